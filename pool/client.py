@@ -1,0 +1,321 @@
+"""`AsyncClient` and `Client`: enqueue jobs, look them up, wait for their results.
+
+The asyncio client does the work; the sync client runs it on a private event loop, so both
+behave the same. Waiting for a result blocks in Redis (BLMOVE on the job's done list, which the
+ack script fills) instead of polling the job record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio
+
+from pool import clock
+from pool.config import Config, load
+from pool.connection import (
+    BLOCK_TIMEOUT_S, OUTAGE_ERRORS, async_client, blocking_client, describe_unreachable, resolve_url,
+)
+from pool.errors import JobNotFound, ResultTimeout, UsageError
+from pool.jobs import Job, Status, encode_arguments, enqueue_fields, new_job_id
+from pool.keys import QUEUE_NAME_RULE, Keys, is_valid_queue_name
+from pool.scripts import Scripts
+
+_HANDLER_NAME_RULE = "a dotted path such as 'examples.tasks.add'"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job to enqueue with :meth:`AsyncClient.enqueue_many`.
+
+    Args:
+        handler: dotted path of a registered handler.
+        args: positional arguments (JSON values).
+        kwargs: keyword arguments (JSON values).
+        queue: target queue; default: the first queue of the config.
+        timeout: seconds the job may run; default: the config's ``timeout``.
+        result_ttl: seconds its result is kept; default: the config's ``result_ttl``.
+        job_id: a chosen id; enqueueing an id that exists returns the existing job.
+    """
+
+    handler: str
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    timeout: float | None = None
+    result_ttl: float | None = None
+    job_id: str | None = None
+
+
+class AsyncClient:
+    """Enqueue and inspect jobs from asyncio code.
+
+    Args:
+        config: the pool's settings (queues, key prefix, payload limit, Redis).
+        url: Redis URL; default: the config's ``redis.url`` or its running embedded server.
+    """
+
+    def __init__(self, config: Config, url: str | None = None) -> None:
+        self.config = config
+        self.url = url or resolve_url(config)
+        self.keys = Keys(config.key_prefix)
+        self._redis: redis.asyncio.Redis | None = None
+        self._blocking: redis.asyncio.Redis | None = None
+        self._scripts: Scripts | None = None
+
+    @classmethod
+    def from_config(cls, path: str | Path, url: str | None = None) -> AsyncClient:
+        """A client for the pool described by the YAML file at ``path``."""
+        return cls(load(path), url)
+
+    @property
+    def redis(self) -> redis.asyncio.Redis:
+        if self._redis is None:
+            self._redis = async_client(self.config, self.url)
+            self._scripts = Scripts(self._redis, self.keys)
+        return self._redis
+
+    @property
+    def scripts(self) -> Scripts:
+        self.redis  # noqa: B018 - creates the client and its scripts on first use
+        assert self._scripts is not None
+        return self._scripts
+
+    async def close(self) -> None:
+        for client in (self._redis, self._blocking):
+            if client is not None:
+                await client.aclose()
+        self._redis = self._blocking = self._scripts = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def enqueue(
+        self, handler: str, *args: Any, kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None, timeout: float | None = None, result_ttl: float | None = None,
+        job_id: str | None = None,
+    ) -> Job:
+        """Enqueue one job.
+
+        Args:
+            handler: dotted path of a registered handler (``"examples.tasks.add"``).
+            *args: positional arguments for the handler (JSON values).
+            kwargs: keyword arguments for the handler (JSON values).
+            queue: target queue; default: the first queue in the config.
+            timeout: seconds the job may run (default: the config's ``timeout``).
+            result_ttl: seconds the result is kept (default: the config's ``result_ttl``).
+            job_id: choose the id; if a job with this id exists it is returned unchanged.
+
+        Returns:
+            The job as enqueued (or the existing job with that id).
+
+        Raises:
+            SerializationError: an argument is not JSON-serialisable.
+            PayloadTooLarge: the encoded arguments exceed ``max_payload_size``.
+            UsageError: a bad queue name, handler name or timeout.
+            RedisUnavailable: Redis cannot be reached.
+        """
+        spec = JobSpec(handler, args, kwargs or {}, queue, timeout, result_ttl, job_id)
+        return (await self.enqueue_many([spec]))[0]
+
+    async def enqueue_many(self, specs: Iterable[JobSpec]) -> list[Job]:
+        """Enqueue many jobs in one round trip (one script call per queue, pipelined).
+
+        Returns:
+            The jobs, in the order given. Ids that already existed come back as stored.
+
+        Raises:
+            The same errors as :meth:`enqueue`; nothing is enqueued when any spec is invalid.
+        """
+        now_ms = clock.now_ms()
+        prepared = [self._prepare(spec, now_ms) for spec in specs]
+        by_queue: dict[str, list[int]] = defaultdict(list)
+        for index, (job, _) in enumerate(prepared):
+            by_queue[job.queue].append(index)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue, indexes in by_queue.items():
+                    batch = [(prepared[i][0].id, prepared[i][1]) for i in indexes]
+                    await self.scripts.enqueue(queue, batch, now_ms, client=pipe)  # queues it
+                replies = await pipe.execute()
+        except OUTAGE_ERRORS as exc:
+            raise describe_unreachable(self.url, exc) from None
+        jobs = [job for job, _ in prepared]
+        for (queue, indexes), created in zip(by_queue.items(), replies, strict=True):
+            for index, was_created in zip(indexes, created, strict=True):
+                if was_created:
+                    jobs[index] = _with_enqueued(jobs[index], now_ms)
+                else:
+                    jobs[index] = await self.get_job(jobs[index].id, queue=queue) or jobs[index]
+        return jobs
+
+    def _prepare(self, spec: JobSpec, now_ms: int) -> tuple[Job, list[Any]]:
+        queue = spec.queue or self.config.queues[0]
+        if not is_valid_queue_name(queue):
+            raise UsageError(f"queue {queue!r} is not a valid queue name: {QUEUE_NAME_RULE}")
+        if not _is_dotted_path(spec.handler):
+            raise UsageError(f"handler {spec.handler!r} must be {_HANDLER_NAME_RULE}")
+        timeout_ms = _positive_ms(spec.timeout, "timeout")
+        result_ttl_ms = _positive_ms(spec.result_ttl, "result_ttl")
+        job_id = spec.job_id or new_job_id()
+        if not job_id or len(job_id) > 128 or any(c.isspace() for c in job_id):
+            raise UsageError(f"job_id {job_id!r} must be 1-128 characters without spaces")
+        args_json, kwargs_json = encode_arguments(spec.handler, spec.args, spec.kwargs)
+        job = Job(
+            id=job_id, handler=spec.handler, queue=queue, args=tuple(spec.args),
+            kwargs=dict(spec.kwargs), timeout_ms=timeout_ms, result_ttl_ms=result_ttl_ms,
+            created_ms=now_ms,
+        )
+        return job, enqueue_fields(job, args_json, kwargs_json, self.config.max_payload_bytes)
+
+    async def get_job(self, job_id: str, queue: str | None = None) -> Job | None:
+        """Look a job up by id; None if it does not exist (or its result expired).
+
+        Args:
+            job_id: the job's id.
+            queue: its queue; default: look in every queue of the config (one round trip).
+        """
+        queues = [queue] if queue else list(self.config.queues)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in queues:
+                    pipe.hgetall(self.keys.job(name, job_id))
+                replies = await pipe.execute()
+        except OUTAGE_ERRORS as exc:
+            raise describe_unreachable(self.url, exc) from None
+        for fields in replies:
+            if fields:
+                return Job.from_hash(fields)
+        return None
+
+    async def result(self, job_id: str, timeout: float | None = None, queue: str | None = None) -> Any:
+        """Wait for a job to finish and return its result.
+
+        Args:
+            job_id: the job's id.
+            timeout: seconds to wait; None waits as long as it takes.
+            queue: the job's queue; default: look in every queue of the config.
+
+        Returns:
+            The handler's return value (decoded JSON).
+
+        Raises:
+            JobFailed: the job failed; ``str()`` includes the remote traceback.
+            ResultTimeout: the job did not finish within ``timeout``.
+            JobNotFound: no such job (never enqueued, or its result expired).
+        """
+        job = await self.wait(job_id, timeout, queue)
+        return job.outcome()
+
+    async def wait(self, job_id: str, timeout: float | None = None, queue: str | None = None) -> Job:
+        """Wait for a job to finish and return its record (completed or failed); see :meth:`result`."""
+        deadline = math.inf if timeout is None else clock.monotonic() + timeout
+        job = await self._require(job_id, queue)
+        while not job.status.is_finished:
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0:
+                raise ResultTimeout(f"job {job_id} did not finish within {timeout:g}s (status: {job.status})")
+            await self._block_on_done(job.queue, job_id, min(remaining, BLOCK_TIMEOUT_S))
+            job = await self._require(job_id, job.queue)
+        return job
+
+    async def _require(self, job_id: str, queue: str | None) -> Job:
+        job = await self.get_job(job_id, queue)
+        if job is None:
+            where = f"queue {queue!r}" if queue else "queues " + ", ".join(self.config.queues)
+            raise JobNotFound(f"no job {job_id} in {where} (never enqueued, or its result expired)")
+        return job
+
+    async def _block_on_done(self, queue: str, job_id: str, seconds: float) -> None:
+        # BLMOVE from the done list onto itself: the token stays for every other waiter.
+        if self._blocking is None:
+            self._blocking = blocking_client(self.config, self.url, max_connections=64)
+        done = self.keys.done(queue, job_id)
+        try:
+            await self._blocking.blmove(done, done, timeout=max(seconds, 0.01), src="RIGHT", dest="LEFT")
+        except OUTAGE_ERRORS as exc:
+            raise describe_unreachable(self.url, exc) from None
+
+
+class Client:
+    """The synchronous twin of :class:`AsyncClient`, for scripts and sync web frameworks.
+
+    Calls run on a private event loop; a lock makes one Client safe to share between threads.
+    Do not call it from inside a running event loop: use :class:`AsyncClient` there.
+    """
+
+    def __init__(self, config: Config, url: str | None = None) -> None:
+        self._async = AsyncClient(config, url)
+        self._runner = asyncio.Runner()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, path: str | Path, url: str | None = None) -> Client:
+        """A client for the pool described by the YAML file at ``path``."""
+        return cls(load(path), url)
+
+    @property
+    def config(self) -> Config:
+        return self._async.config
+
+    def _run(self, coroutine: Any) -> Any:
+        with self._lock:
+            return self._runner.run(coroutine)
+
+    def enqueue(self, handler: str, *args: Any, **options: Any) -> Job:
+        """Enqueue one job; see :meth:`AsyncClient.enqueue`."""
+        return self._run(self._async.enqueue(handler, *args, **options))
+
+    def enqueue_many(self, specs: Iterable[JobSpec]) -> list[Job]:
+        """Enqueue many jobs in one round trip; see :meth:`AsyncClient.enqueue_many`."""
+        return self._run(self._async.enqueue_many(list(specs)))
+
+    def get_job(self, job_id: str, queue: str | None = None) -> Job | None:
+        """Look a job up; see :meth:`AsyncClient.get_job`."""
+        return self._run(self._async.get_job(job_id, queue))
+
+    def result(self, job_id: str, timeout: float | None = None, queue: str | None = None) -> Any:
+        """Wait for a job's result; see :meth:`AsyncClient.result`."""
+        return self._run(self._async.result(job_id, timeout, queue))
+
+    def wait(self, job_id: str, timeout: float | None = None, queue: str | None = None) -> Job:
+        """Wait for a job to finish; see :meth:`AsyncClient.wait`."""
+        return self._run(self._async.wait(job_id, timeout, queue))
+
+    def close(self) -> None:
+        with self._lock:
+            self._runner.run(self._async.close())
+            self._runner.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _with_enqueued(job: Job, now_ms: int) -> Job:
+    return replace(job, enqueued_ms=now_ms, status=Status.QUEUED)
+
+
+def _positive_ms(seconds: float | None, name: str) -> int | None:
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise UsageError(f"{name} must be a positive number of seconds (got {seconds!r})")
+    return max(1, int(seconds * 1000))
+
+
+def _is_dotted_path(name: str) -> bool:
+    parts = name.split(".") if isinstance(name, str) else []
+    return len(parts) >= 2 and all(part.isidentifier() for part in parts)

@@ -1,0 +1,426 @@
+"""pool.yaml → frozen, validated settings. Every default and every validation lives here.
+
+Errors name the file, the key path, the value and what is allowed, e.g.
+``pool.yaml: concurency: unknown key (did you mean 'concurrency'?)``. Nothing else in the
+package validates configuration.
+
+Design: a small table of field specs per section (name → parser, default) rather than a schema
+library. The messages we want (key path, "did you mean", units) are the whole point, and a
+generic validator's messages would need rewriting anyway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pool.errors import ConfigError
+from pool.keys import QUEUE_NAME_RULE, is_valid_queue_name
+
+REDIS_URL_ENV = "POOL_REDIS_URL"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    None: 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2,
+    "gb": 1000**3, "gib": 1024**3,
+}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """Client TLS for ``rediss://`` URLs; all paths optional (system CAs by default)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where Redis is. ``url=None`` means: run (or find) the embedded valkey-server."""
+
+    url: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    socket_timeout_s: float = 5.0
+    connect_timeout_s: float = 5.0
+    tls: TLSSettings = TLSSettings()
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.url is None
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings of one pool.yaml. Build with :func:`load` or :func:`from_mapping`."""
+
+    path: Path
+    redis: RedisSettings = RedisSettings()
+    processes: int = 2
+    concurrency: int = 16
+    queues: tuple[str, ...] = ("default",)
+    handlers: tuple[str, ...] = ()
+    timeout_s: float = 30.0
+    result_ttl_s: float = 3600.0
+    key_prefix: str = "pool"
+    shutdown_timeout_s: float = 30.0
+    max_payload_bytes: int = 1024 * 1024
+    heartbeat_interval_s: float = 1.0
+    heartbeat_ttl_s: float = 10.0
+    state_dir: Path = Path(".pool")
+    logging: LoggingSettings = LoggingSettings()
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder of the config file: relative paths and handler imports start here."""
+        return self.path.parent
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers: each takes (value, where) and returns the typed value or raises _Invalid.
+
+
+class _Invalid(Exception):
+    """A value is wrong; the message says what is allowed. Turned into ConfigError with a path."""
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+    rule = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be {rule}")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise _Invalid(f"must be {rule}")
+        return value
+
+    return parse
+
+
+def parse_duration(value: Any) -> float:
+    """'30s', '500ms', '2m', '1h', '1d' or a number of seconds → seconds (float).
+
+    Raises:
+        ValueError: the value is not a duration.
+    """
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    raise ValueError(value)
+
+
+def _duration(minimum_s: float, allow_zero: bool = False) -> Callable[[Any], float]:
+    low = "0" if allow_zero else f"{minimum_s:g}s"
+    rule = f"a duration >= {low} such as '500ms', '30s', '2m', '1h'"
+
+    def parse(value: Any) -> float:
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            raise _Invalid(f"must be {rule}") from None
+        if (seconds == 0 and allow_zero) or seconds >= minimum_s:
+            return seconds
+        raise _Invalid(f"must be {rule}")
+
+    return parse
+
+
+def _size(minimum: int) -> Callable[[Any], int]:
+    rule = f"a size >= {minimum} bytes such as 65536, '512KiB', '1MB'"
+
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise _Invalid(f"must be {rule}")
+        if isinstance(value, int):
+            size = value
+        elif isinstance(value, str) and (match := _SIZE.match(value)):
+            size = int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+        else:
+            raise _Invalid(f"must be {rule}")
+        if size < minimum:
+            raise _Invalid(f"must be {rule}")
+        return size
+
+    return parse
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Invalid("must be a non-empty string")
+    return value
+
+
+def _optional_string(value: Any) -> str | None:
+    return None if value is None else _string(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("must be true or false")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or value.lower() not in allowed:
+            raise _Invalid("must be one of " + ", ".join(allowed))
+        return value.lower()
+
+    return parse
+
+
+def _redis_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    url = _string(value)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise _Invalid(
+            "must start with redis://, rediss:// (TLS) or unix:// "
+            "(or leave `redis` out to use the embedded server)"
+        )
+    return url
+
+
+def _key_prefix(value: Any) -> str:
+    if not isinstance(value, str) or not _PREFIX.match(value):
+        raise _Invalid("must be 1-64 characters of letters, digits, '_', '.', '-'")
+    return value
+
+
+def _queue_name(value: Any) -> str:
+    if not isinstance(value, str) or not is_valid_queue_name(value):
+        raise _Invalid(f"queue names must be {QUEUE_NAME_RULE}")
+    return value
+
+
+def _handler_path(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", value):
+        raise _Invalid("must be a dotted path such as 'examples.tasks' or 'examples.tasks.add'")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections: yaml key → (dataclass field, parser). A nested section is a (class, table) pair.
+
+_Table = Mapping[str, tuple[str, Any]]
+
+_TLS: _Table = {
+    "ca_file": ("ca_file", _optional_string),
+    "cert_file": ("cert_file", _optional_string),
+    "key_file": ("key_file", _optional_string),
+    "verify": ("verify", _boolean),
+}
+_REDIS: _Table = {
+    "url": ("url", _redis_url),
+    "username": ("username", _optional_string),
+    "password": ("password", _optional_string),
+    "socket_timeout": ("socket_timeout_s", _duration(0.1)),
+    "connect_timeout": ("connect_timeout_s", _duration(0.1)),
+    "tls": ("tls", (TLSSettings, _TLS)),
+}
+_LOGGING: _Table = {
+    "level": ("level", _choice(*_LOG_LEVELS)),
+    "format": ("format", _choice(*_LOG_FORMATS)),
+}
+_TOP: _Table = {
+    "redis": ("redis", (RedisSettings, _REDIS)),
+    "processes": ("processes", _integer(1, 512)),
+    "concurrency": ("concurrency", _integer(1, 10_000)),
+    "queues": ("queues", ("list", _queue_name)),
+    "handlers": ("handlers", ("list", _handler_path)),
+    "timeout": ("timeout_s", _duration(0.001)),
+    "result_ttl": ("result_ttl_s", _duration(1.0)),
+    "key_prefix": ("key_prefix", _key_prefix),
+    "shutdown_timeout": ("shutdown_timeout_s", _duration(0, allow_zero=True)),
+    "max_payload_size": ("max_payload_bytes", _size(64)),
+    "heartbeat_interval": ("heartbeat_interval_s", _duration(0.05)),
+    "heartbeat_ttl": ("heartbeat_ttl_s", _duration(0.5)),
+    "state_dir": ("state_dir", _string),
+    "logging": ("logging", (LoggingSettings, _LOGGING)),
+}
+
+
+class _Reader:
+    """Walks the parsed YAML with the tables above, collecting the file name for messages."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, where: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {where}: {message}" if where else f"{self.source}: {message}")
+
+    def section(self, data: Any, table: _Table, where: str) -> dict[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise self.error(where, f"must be a mapping of keys ({', '.join(table)})")
+        values: dict[str, Any] = {}
+        for key, raw in data.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key not in table:
+                raise self.error(path, _unknown_key_message(str(key), table))
+            attribute, parser = table[key]
+            values[attribute] = self.value(raw, parser, path)
+        return values
+
+    def value(self, raw: Any, parser: Any, path: str) -> Any:
+        if isinstance(parser, tuple) and parser[0] == "list":
+            return self.list_of(raw, parser[1], path)
+        if isinstance(parser, tuple):
+            cls, table = parser
+            return cls(**self.section(raw, table, path))
+        try:
+            return parser(raw)
+        except _Invalid as exc:
+            raise self.error(path, f"{exc} (got {raw!r})") from None
+
+    def list_of(self, raw: Any, parser: Callable[[Any], Any], path: str) -> tuple[Any, ...]:
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not raw:
+            raise self.error(path, f"must be a non-empty list (got {raw!r})")
+        items = tuple(self.value(item, parser, f"{path}[{i}]") for i, item in enumerate(raw))
+        if len(set(items)) != len(items):
+            raise self.error(path, f"lists the same entry twice (got {raw!r})")
+        return items
+
+
+def _unknown_key_message(key: str, table: _Table) -> str:
+    close = difflib.get_close_matches(key, list(table), n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(table)
+    return f"unknown key ({hint})"
+
+
+def expand_env(data: Any, source: str, environ: Mapping[str, str], where: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of the parsed YAML.
+
+    Raises:
+        ConfigError: a referenced variable is not set and has no default.
+    """
+    if isinstance(data, dict):
+        return {
+            k: expand_env(v, source, environ, f"{where}.{k}" if where else str(k))
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [expand_env(v, source, environ, f"{where}[{i}]") for i, v in enumerate(data)]
+    if not isinstance(data, str) or "${" not in data:
+        return data
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{source}: {where}: environment variable {name} is not set "
+            f"(export it, or write ${{{name}:-default}})"
+        )
+
+    return _ENV_REF.sub(substitute, data)
+
+
+def from_mapping(
+    data: Any, path: Path | str = "pool.yaml", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate an already-parsed YAML document.
+
+    Args:
+        data: the document (a mapping, or None for an empty file).
+        path: the file it came from; used in messages and to resolve relative paths.
+        environ: environment for ``${VAR}`` and ``POOL_REDIS_URL`` (default ``os.environ``).
+
+    Raises:
+        ConfigError: naming the key path, the value and what is allowed.
+    """
+    environ = os.environ if environ is None else environ
+    path = Path(path).resolve()
+    source = path.name
+    reader = _Reader(source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise reader.error("", "must be a mapping of settings (see README, Configuration)")
+    data = expand_env(data, source, environ)
+    values = reader.section(data, _TOP, "")
+    config = Config(path=path, **values)
+    config = _apply_environment(config, environ, reader)
+    return _check_relations(config, reader)
+
+
+def _apply_environment(config: Config, environ: Mapping[str, str], reader: _Reader) -> Config:
+    url = environ.get(REDIS_URL_ENV)
+    if url:
+        try:
+            checked = _redis_url(url)
+        except _Invalid as exc:
+            raise ConfigError(f"{REDIS_URL_ENV}: {exc}") from None
+        config = config.replace(redis=dataclasses.replace(config.redis, url=checked))
+    state_dir = Path(config.state_dir)
+    if not state_dir.is_absolute():
+        state_dir = config.base_dir / state_dir
+    return config.replace(state_dir=state_dir)
+
+
+def _check_relations(config: Config, reader: _Reader) -> Config:
+    if config.heartbeat_ttl_s <= 2 * config.heartbeat_interval_s:
+        raise reader.error(
+            "heartbeat_ttl",
+            f"must be more than twice heartbeat_interval "
+            f"(got {config.heartbeat_ttl_s:g}s with an interval of {config.heartbeat_interval_s:g}s)",
+        )
+    return config
+
+
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a pool.yaml.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, or a setting is wrong.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (pass the path of your pool.yaml)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path.name}: {where}{problem}") from None
+    return from_mapping(data, path, environ)

@@ -1,0 +1,155 @@
+"""Building Redis clients (URL, TLS, ACL, timeouts) and surviving outages (backoff, logging).
+
+Every client `pool` makes comes from here. Clients are built with redis-py's own command retries
+turned off: a BLMOVE or an ack resent after a lost reply can strand or misreport a job, so the
+callers retry at the edge of their loops, where they know what a retry means.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from pool import embedded
+from pool.config import Config
+from pool.errors import RedisUnavailable
+
+logger = logging.getLogger(__name__)
+
+# A blocking claim waits at most this long, so loops notice shutdown; its socket timeout is longer
+# so that a reply that is merely slow is never mistaken for a dead connection.
+BLOCK_TIMEOUT_S = 2.0
+BLOCKING_SOCKET_MARGIN_S = 3.0
+
+# Errors that mean "Redis is not reachable right now" rather than "the command was wrong".
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z]+://[^:/@]*:)(?P<password>[^@]*)(?P<tail>@)")
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ``***``: safe for logs, errors and `pool status`."""
+    return _PASSWORD_IN_URL.sub(r"\g<head>***\g<tail>", url)
+
+
+def resolve_url(config: Config) -> str:
+    """The Redis URL this config points at: ``redis.url``, or the running embedded server's.
+
+    Raises:
+        RedisUnavailable: no URL is configured and the embedded server is not running.
+    """
+    if config.redis.url:
+        return config.redis.url
+    url = embedded.find_url(config.state_dir)
+    if url is None:
+        raise RedisUnavailable(
+            f"the embedded Redis of {config.path.name} is not running (state dir {config.state_dir}); "
+            f"start the pool with `pool run {config.path.name}`, or set redis.url"
+        )
+    return url
+
+
+def _client_kwargs(config: Config, url: str, socket_timeout_s: float | None) -> dict[str, Any]:
+    settings = config.redis
+    kwargs: dict[str, Any] = {
+        "socket_timeout": socket_timeout_s or settings.socket_timeout_s,
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_timeout": False,
+    }
+    if settings.username:
+        kwargs["username"] = settings.username
+    if settings.password:
+        kwargs["password"] = settings.password
+    if url.startswith("rediss://"):
+        tls = settings.tls
+        kwargs["ssl_cert_reqs"] = "required" if tls.verify else "none"
+        kwargs["ssl_check_hostname"] = tls.verify
+        if tls.ca_file:
+            kwargs["ssl_ca_certs"] = tls.ca_file
+        if tls.cert_file:
+            kwargs["ssl_certfile"] = tls.cert_file
+        if tls.key_file:
+            kwargs["ssl_keyfile"] = tls.key_file
+    return kwargs
+
+
+def async_client(
+    config: Config, url: str, *, socket_timeout_s: float | None = None,
+    max_connections: int | None = None,
+) -> redis.asyncio.Redis:
+    """An asyncio client for ``url``. Create it inside the process (and loop) that uses it."""
+    kwargs = _client_kwargs(config, url, socket_timeout_s)
+    if max_connections:
+        kwargs["max_connections"] = max_connections
+    return redis.asyncio.Redis.from_url(url, **kwargs)
+
+
+def blocking_client(config: Config, url: str, max_connections: int) -> redis.asyncio.Redis:
+    """A client reserved for blocking claims, so heartbeats and acks never queue behind them."""
+    timeout = max(config.redis.socket_timeout_s, BLOCK_TIMEOUT_S + BLOCKING_SOCKET_MARGIN_S)
+    return async_client(config, url, socket_timeout_s=timeout, max_connections=max_connections)
+
+
+def sync_client(config: Config, url: str) -> redis.Redis:
+    """A synchronous client (supervisor housekeeping, CLI). Its pool resets itself after a fork."""
+    return redis.Redis.from_url(url, **_client_kwargs(config, url, None))
+
+
+def describe_unreachable(url: str, exc: BaseException) -> RedisUnavailable:
+    """A one-line error for a Redis that cannot be reached, without the password."""
+    reason = str(exc).strip() or type(exc).__name__
+    return RedisUnavailable(f"cannot reach Redis at {redact(url)}: {reason}")
+
+
+def backoff_s(attempt: int, base_s: float = 0.05, cap_s: float = 2.0) -> float:
+    """Exponential backoff with full jitter (attempt 0, 1, 2 ...), capped at ``cap_s``.
+
+    The cap is short on purpose: work must resume within about a second of Redis coming back.
+    """
+    return random.uniform(0, min(cap_s, base_s * (2 ** min(attempt, 16))))
+
+
+class Outage:
+    """Tracks one connection's outage so that it is logged once at the start and once at the end."""
+
+    def __init__(self, what: str, url: str) -> None:
+        self.what = what
+        self.url = redact(url)
+        self.attempt = 0
+        self.started: float | None = None
+
+    @property
+    def is_ongoing(self) -> bool:
+        return self.started is not None
+
+    def failed(self, exc: BaseException) -> float:
+        """Record a failed attempt; returns how long to wait before the next one (seconds)."""
+        if self.started is None:
+            self.started = time.monotonic()
+            logger.warning("%s lost Redis at %s (%s); retrying with backoff", self.what, self.url,
+                           str(exc) or type(exc).__name__)
+        self.attempt += 1
+        return backoff_s(self.attempt)
+
+    def recovered(self) -> None:
+        if self.started is not None:
+            logger.warning("%s reconnected to Redis at %s after %.1fs", self.what, self.url,
+                           time.monotonic() - self.started)
+        self.started = None
+        self.attempt = 0

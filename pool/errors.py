@@ -1,0 +1,89 @@
+"""Every error `pool` raises on purpose, and the exit codes the CLI maps them to.
+
+Each exception carries a message written for a person: what was wrong, where, and how to fix it.
+The CLI prints that one line; it never prints a traceback for these.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes of the `pool` command and of worker processes."""
+
+    OK = 0
+    JOB_FAILED = 1  # `pool enqueue --wait` when the job failed; generic runtime failure
+    USAGE = 2  # bad config, bad arguments, handler import error
+    UNAVAILABLE = 3  # Redis cannot be reached
+    BOOT = 4  # a worker process could not boot: the supervisor halts instead of respawning
+
+
+class PoolError(Exception):
+    """Base class of every error raised by `pool` on purpose."""
+
+    exit_code = ExitCode.JOB_FAILED
+
+
+class ConfigError(PoolError):
+    """pool.yaml (or a value derived from it) is invalid."""
+
+    exit_code = ExitCode.USAGE
+
+
+class HandlerError(ConfigError):
+    """A handler named in the config cannot be imported or is not callable."""
+
+
+class UsageError(PoolError):
+    """The command line or an API call was used wrongly (bad argument, bad queue name)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class SerializationError(UsageError):
+    """Job arguments or a result cannot be encoded as JSON."""
+
+
+class PayloadTooLarge(UsageError):
+    """An encoded job is larger than `max_payload_size`."""
+
+
+class RedisUnavailable(PoolError):
+    """Redis cannot be reached (refused, timed out, embedded server not running)."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class JobNotFound(PoolError):
+    """No job with this id exists (never enqueued, or its result has expired)."""
+
+
+class ResultTimeout(PoolError, TimeoutError):
+    """The job did not finish within the time the caller was willing to wait."""
+
+
+class JobFailed(PoolError):
+    """The job ran and failed; carries the remote error and traceback.
+
+    Attributes:
+        job_id: id of the failed job.
+        error: one-line description of the remote exception (``"ValueError: bad input"``).
+        remote_traceback: the traceback text captured in the worker.
+    """
+
+    def __init__(self, job_id: str, error: str, remote_traceback: str | None) -> None:
+        self.job_id = job_id
+        self.error = error
+        self.remote_traceback = remote_traceback or ""
+        super().__init__(f"job {job_id} failed: {error}")
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class JobTimeout(PoolError, TimeoutError):
+    """Raised inside the worker when a job runs past its timeout."""

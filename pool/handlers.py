@@ -1,0 +1,152 @@
+"""Handlers by dotted path: import them, list them, refuse anything not registered.
+
+A job names its handler by the function's dotted path (``examples.tasks.add``). Only names
+registered in pool.yaml are ever looked up: a job can never make a worker import a module.
+The registry is built and validated in the supervisor before any fork, so an import error stops
+`pool run` at start-up with one clear line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pool.errors import HandlerError
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A registered handler: its public name and how to call it."""
+
+    name: str
+    func: Callable[..., Any]
+    is_async: bool
+
+
+class Registry:
+    """The handlers one worker may run, by name."""
+
+    def __init__(self, handlers: Iterable[Handler] = ()) -> None:
+        self._handlers = {handler.name: handler for handler in handlers}
+
+    def get(self, name: str) -> Handler | None:
+        return self._handlers.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._handlers
+
+
+def handler_name(func: Callable[..., Any]) -> str:
+    """The dotted path a job uses to name ``func``."""
+    return f"{func.__module__}.{func.__qualname__}"
+
+
+def _make_handler(name: str, func: Callable[..., Any]) -> Handler:
+    return Handler(name=name, func=func, is_async=inspect.iscoroutinefunction(func))
+
+
+def _import_failure(exc: BaseException, module_name: str, path: str) -> HandlerError:
+    if isinstance(exc, ModuleNotFoundError) and exc.name and (
+        module_name == exc.name or module_name.startswith(exc.name + ".")
+    ):
+        return HandlerError(
+            f"handler '{path}' not found: no module named '{exc.name}' "
+            f"(is it on PYTHONPATH, or next to pool.yaml?)"
+        )
+    return HandlerError(f"handler '{path}': importing '{module_name}' failed: {_last_line(exc)}")
+
+
+def _import_module(module_name: str, path: str) -> ModuleType:
+    try:
+        return importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any error in user code at import is a config error
+        raise _import_failure(exc, module_name, path) from None
+
+
+def _module_if_exists(path: str) -> ModuleType | None:
+    """Import ``path`` as a module; None only when no module of exactly that name exists."""
+    try:
+        return importlib.import_module(path)
+    except ModuleNotFoundError as exc:
+        if exc.name == path and "." in path:
+            return None
+        raise _import_failure(exc, path, path) from None
+    except Exception as exc:  # noqa: BLE001
+        raise _import_failure(exc, path, path) from None
+
+
+def _last_line(exc: BaseException) -> str:
+    """`TypeError: x` plus the user-code line it came from, so the one-line error is actionable."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _public_functions(module: ModuleType) -> list[Callable[..., Any]]:
+    """Functions defined in ``module`` itself whose names do not start with '_'."""
+    exported = getattr(module, "__all__", None)
+    found = []
+    for name, value in vars(module).items():
+        if not inspect.isfunction(value) or value.__module__ != module.__name__:
+            continue
+        if (exported is not None and name not in exported) or name.startswith("_"):
+            continue
+        found.append(value)
+    return found
+
+
+def resolve(path: str) -> list[Handler]:
+    """Turn one configured dotted path into its handlers.
+
+    ``pkg.module`` registers every public function of the module; ``pkg.module.func`` one function.
+
+    Raises:
+        HandlerError: the module cannot be imported, the attribute is missing or not callable,
+            or a module has no public functions.
+    """
+    module = _module_if_exists(path)
+    if module is not None:
+        functions = _public_functions(module)
+        if not functions:
+            raise HandlerError(f"handler module '{path}' has no public functions to register")
+        return [_make_handler(f"{path}.{f.__name__}", f) for f in functions]
+    module_name, _, attribute = path.rpartition(".")
+    module = _import_module(module_name, path)
+    func = getattr(module, attribute, None)
+    if func is None:
+        raise HandlerError(f"handler '{path}' not found: module '{module_name}' has no '{attribute}'")
+    if not callable(func):
+        raise HandlerError(f"handler '{path}' is a {type(func).__name__}, not a function")
+    return [_make_handler(path, func)]
+
+
+def load_registry(paths: Iterable[str], base_dir: Path | None = None) -> Registry:
+    """Import every configured handler path into a registry.
+
+    Args:
+        paths: dotted paths from pool.yaml ``handlers:``.
+        base_dir: folder of pool.yaml, put on ``sys.path`` so that ``examples.tasks`` next to it
+            imports without installing anything.
+
+    Raises:
+        HandlerError: the first path that cannot be imported.
+    """
+    if base_dir is not None and str(base_dir) not in sys.path:
+        sys.path.insert(0, str(base_dir))
+    handlers: list[Handler] = []
+    for path in paths:
+        handlers.extend(resolve(path))
+    return Registry(handlers)

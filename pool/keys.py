@@ -1,0 +1,64 @@
+"""The whole Redis key schema of `pool`, one function per key.
+
+Every key of one queue carries the hash tag ``{queue}`` so that all of them live in one Cluster
+slot, and each Lua script touches a single slot.
+
+| key                                   | type | written by                  | read by                   |
+| ------------------------------------- | ---- | --------------------------- | ------------------------- |
+| ``<p>:{q}:queue``                     | list | enqueue (LPUSH), requeue    | worker claim (BLMOVE)     |
+| ``<p>:{q}:active:<worker_id>``        | list | claim (BLMOVE / claim.lua)  | ack, requeue, status      |
+| ``<p>:{q}:job:<id>``                  | hash | enqueue, start, ack         | client, worker, status    |
+| ``<p>:{q}:done:<id>``                 | list | ack (one token, with TTL)   | client waiting on result  |
+| ``<p>:{q}:stats``                     | hash | ack (completed/failed)      | status                    |
+| ``<p>:workers``                       | set  | worker start/stop           | status, supervisor        |
+| ``<p>:worker:<worker_id>``            | hash | worker heartbeat (with TTL) | status, supervisor        |
+
+``<p>`` is ``key_prefix`` from pool.yaml (default ``pool``).
+"""
+
+from __future__ import annotations
+
+import re
+
+# Queue names become part of keys and hash tags: no braces, colons or spaces.
+QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+QUEUE_NAME_RULE = "1-64 characters: letters, digits, '_', '.', '-', starting with a letter or digit"
+
+
+def is_valid_queue_name(name: str) -> bool:
+    """Whether ``name`` may be used as a queue name (and so inside a hash tag)."""
+    return bool(QUEUE_NAME_PATTERN.match(name))
+
+
+class Keys:
+    """Key builder for one key prefix."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def queue(self, queue: str) -> str:
+        return f"{self.prefix}:{{{queue}}}:queue"
+
+    def active(self, queue: str, worker_id: str) -> str:
+        return f"{self.prefix}:{{{queue}}}:active:{worker_id}"
+
+    def job_prefix(self, queue: str) -> str:
+        """Prefix of job hashes; Lua scripts append the id to build a job key in the same slot."""
+        return f"{self.prefix}:{{{queue}}}:job:"
+
+    def job(self, queue: str, job_id: str) -> str:
+        return f"{self.prefix}:{{{queue}}}:job:{job_id}"
+
+    def done(self, queue: str, job_id: str) -> str:
+        return f"{self.prefix}:{{{queue}}}:done:{job_id}"
+
+    def stats(self, queue: str) -> str:
+        return f"{self.prefix}:{{{queue}}}:stats"
+
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"

@@ -1,0 +1,365 @@
+"""One worker process: claim jobs, run them in job slots under their timeouts, acknowledge them.
+
+Loop shape (one fetcher per queue, all sharing ``concurrency`` job slots):
+
+    reserve free slots → claim.lua (non-blocking, up to that many) → start a task per job
+    queue empty → BLMOVE (blocks ≤ 2 s, one slot reserved) → claim.lua starts the moved id
+
+Each job task runs the handler (coroutine, or thread pool for plain functions) under its timeout,
+then ack.lua writes the outcome and removes the id from the active list in one step. A heartbeat
+task keeps the worker's registry entry alive. On stop: no more claims, running jobs get
+``shutdown_timeout`` to finish, the rest are cancelled and requeue.lua puts them back.
+
+Redis errors are handled at the edge of each loop (connection.Outage: backoff, logged once).
+After any error around a claim the worker re-reads its own active list, because the server may
+have moved an id whose reply never arrived; such ids are started, never left stranded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import socket
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import redis.asyncio
+
+from pool import clock
+from pool.config import Config
+from pool.connection import (
+    BLOCK_TIMEOUT_S, OUTAGE_ERRORS, Outage, async_client, blocking_client, resolve_url,
+)
+from pool.handlers import Registry
+from pool.jobs import Job, Status, dumps
+from pool.keys import Keys
+from pool.scripts import JobNotActive, Scripts, check
+
+logger = logging.getLogger(__name__)
+
+
+def make_worker_id(nonce: str, pid: int | None = None) -> str:
+    """``host:pid:nonce``: unique across hosts and across pid reuse."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}:{nonce}"
+
+
+class Worker:
+    """Runs jobs from the configured queues until stopped.
+
+    Args:
+        config: the pool's settings.
+        registry: the handlers this worker may run; anything else is refused.
+        worker_id: from :func:`make_worker_id`.
+        url: Redis URL (default: from the config).
+        burst: stop by itself once every queue is empty and no job is running (tests, `drain`).
+    """
+
+    def __init__(
+        self, config: Config, registry: Registry, worker_id: str, *, url: str | None = None,
+        burst: bool = False,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.worker_id = worker_id
+        self.url = url or resolve_url(config)
+        self.burst = burst
+        self.keys = Keys(config.key_prefix)
+        self.stopping = asyncio.Event()
+        self.fast_stop = False
+        self.done_count = 0
+        self.failed_count = 0
+        self.started_ms = clock.now_ms()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._reserved = 0
+        self._slot_freed = asyncio.Event()
+        self._outage = Outage(f"worker {worker_id}", self.url)
+        self._redis: redis.asyncio.Redis
+        self._blocking: redis.asyncio.Redis
+        self._scripts: Scripts
+        self._executor = ThreadPoolExecutor(config.concurrency, thread_name_prefix="pool-job")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Graceful stop: no more claims; running jobs get ``shutdown_timeout`` to finish."""
+        if self.stopping.is_set():
+            self.fast_stop = True
+        self.stopping.set()
+        self._slot_freed.set()
+
+    async def run(self) -> None:
+        """Work until :meth:`stop` (or, in burst mode, until the queues are empty)."""
+        self._redis = async_client(self.config, self.url, max_connections=self.config.concurrency + 8)
+        self._blocking = blocking_client(self.config, self.url, max_connections=len(self.config.queues) + 1)
+        self._scripts = Scripts(self._redis, self.keys)
+        logger.info("worker %s serving %s with %d job slots", self.worker_id,
+                    ", ".join(self.config.queues), self.config.concurrency)
+        try:
+            heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+            fetchers = [asyncio.create_task(self._fetch_loop(q), name=f"fetch:{q}") for q in self.config.queues]
+            await self._wait_until_done(fetchers)
+            await self._drain()
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            await self._with_retry("deregister", self._deregister)
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            await self._redis.aclose()
+            await self._blocking.aclose()
+        logger.info("worker %s stopped: %d done, %d failed", self.worker_id, self.done_count, self.failed_count)
+
+    async def _wait_until_done(self, fetchers: list[asyncio.Task[None]]) -> None:
+        if self.burst:
+            await asyncio.gather(*fetchers)
+            return
+        await self.stopping.wait()
+        # Never cancel a BLMOVE in flight (the server may already have moved the id): the fetchers
+        # see the stop flag within one block timeout.
+        await asyncio.gather(*fetchers)
+
+    async def _drain(self) -> None:
+        """Let running jobs finish within shutdown_timeout, cancel the rest, requeue them."""
+        running = list(self._running.values())
+        if running and not self.fast_stop:
+            logger.info("waiting up to %gs for %d running job(s)", self.config.shutdown_timeout_s, len(running))
+            _, pending = await asyncio.wait(running, timeout=self.config.shutdown_timeout_s)
+        else:
+            pending = set(running)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for queue in self.config.queues:
+            moved = await self._with_retry("requeue", self._scripts.requeue, queue, self.worker_id)
+            if moved:
+                logger.warning("requeued %d unfinished job(s) on %s", moved, queue)
+
+    # -- claiming -------------------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        return self.config.concurrency - len(self._running) - self._reserved
+
+    async def _reserve(self, most: int) -> int:
+        """Wait for at least one free job slot and reserve up to ``most``; 0 when stopping."""
+        while self._free_slots() <= 0 and not self.stopping.is_set():
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        if self.stopping.is_set():
+            return 0
+        count = min(most, self._free_slots())
+        self._reserved += count
+        return count
+
+    def _release(self, count: int) -> None:
+        self._reserved -= count
+        self._slot_freed.set()
+
+    async def _fetch_loop(self, queue: str) -> None:
+        while not self.stopping.is_set():
+            try:
+                found = await self._claim_ready(queue)
+                if not found:
+                    if self.burst:
+                        if not self._running:
+                            return
+                        await self._wait_for_any_job()
+                        continue
+                    await self._claim_blocking(queue)
+                self._outage.recovered()
+            except OUTAGE_ERRORS as exc:
+                await asyncio.sleep(self._outage.failed(exc))
+                await self._reconcile(queue)
+
+    async def _claim_ready(self, queue: str) -> int:
+        """Claim as many ready jobs as there are free slots, without blocking. Returns how many."""
+        reserved = await self._reserve(self.config.concurrency)
+        if not reserved:
+            return 0
+        try:
+            records = await self._scripts.claim(queue, self.worker_id, clock.now_ms(), reserved)
+        finally:
+            self._release(reserved)
+        self._start_all(records)
+        return len(records)
+
+    async def _claim_blocking(self, queue: str) -> None:
+        """Block on an empty queue (≤ BLOCK_TIMEOUT_S) with one slot reserved; start what arrives."""
+        if not await self._reserve(1):
+            return
+        try:
+            job_id = await self._blocking.blmove(
+                self.keys.queue(queue), self.keys.active(queue, self.worker_id),
+                timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT",
+            )
+            if job_id is None or self.stopping.is_set():
+                return  # while stopping, a moved id stays in the active list and is requeued
+            records = await self._scripts.claim(
+                queue, self.worker_id, clock.now_ms(), 0, moved_id=job_id.decode()
+            )
+        finally:
+            self._release(1)
+        self._start_all(records)
+
+    async def _reconcile(self, queue: str) -> None:
+        """Start ids in our active list that no task runs: claims whose reply was lost."""
+        try:
+            listed = await self._redis.lrange(self.keys.active(queue, self.worker_id), 0, -1)
+            for raw in listed:
+                job_id = raw.decode()
+                if job_id not in self._running and not self.stopping.is_set():
+                    self._start_all(await self._scripts.claim(
+                        queue, self.worker_id, clock.now_ms(), 0, moved_id=job_id))
+        except OUTAGE_ERRORS:
+            return  # still down: the fetch loop backs off and reconciles again
+
+    async def _wait_for_any_job(self) -> None:
+        self._slot_freed.clear()
+        await self._slot_freed.wait()
+
+    def _start_all(self, records: list[list[bytes]]) -> None:
+        for pairs in records:
+            fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
+            if b"missing" in fields:
+                logger.error("job %s was claimed but its record is gone; dropped", fields[b"id"].decode())
+                continue
+            job = Job.from_hash(fields)
+            if job.id in self._running:
+                continue
+            task = asyncio.create_task(self._run_job(job), name=f"job:{job.id}")
+            self._running[job.id] = task
+            task.add_done_callback(functools.partial(self._job_finished, job.id))
+
+    def _job_finished(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self._running.pop(job_id, None)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("job %s: internal error", job_id, exc_info=task.exception())
+
+    # -- running --------------------------------------------------------------------------------
+
+    async def _run_job(self, job: Job) -> None:
+        started = clock.monotonic()
+        status, fields = await self._execute(job)
+        run_ms = (clock.monotonic() - started) * 1000
+        acked = await self._with_retry("ack", self._ack, job, status, fields)
+        if status is Status.COMPLETED:
+            self.done_count += 1
+        else:
+            self.failed_count += 1
+        self._log_job(job, status, run_ms, fields, acked)
+
+    async def _execute(self, job: Job) -> tuple[Status, list[Any]]:
+        """Run the handler; returns the outcome and the fields to store. Never raises but Cancelled."""
+        handler = self.registry.get(job.handler)
+        if handler is None:
+            return _failure(
+                f"UnknownHandler: handler '{job.handler}' is not registered in this pool "
+                f"(registered: {', '.join(self.registry.names()) or 'none'}); add it to `handlers:` in pool.yaml",
+                None,
+            )
+        timeout_s = job.timeout_ms / 1000 if job.timeout_ms else self.config.timeout_s
+        try:
+            async with asyncio.timeout(timeout_s) as deadline:
+                if handler.is_async:
+                    result = await handler.func(*job.args, **(job.kwargs or {}))
+                else:
+                    call = functools.partial(handler.func, *job.args, **(job.kwargs or {}))
+                    result = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except TimeoutError as exc:
+            if deadline.expired():
+                return _failure(f"JobTimeout: job exceeded its timeout of {timeout_s:g}s", None)
+            return _failure(_describe(exc), traceback.format_exc())
+        except Exception as exc:  # noqa: BLE001 - a handler's exception fails the job, never the worker
+            return _failure(_describe(exc), traceback.format_exc())
+        try:
+            return Status.COMPLETED, ["result", dumps(result)]
+        except TypeError as exc:
+            return _failure(
+                f"SerializationError: the result of {job.handler} is not JSON-serialisable "
+                f"({type(result).__name__}: {exc})", None,
+            )
+
+    async def _ack(self, job: Job, status: Status, fields: list[Any]) -> bool:
+        code = await self._scripts.ack(
+            job.queue, self.worker_id, job.id, status.value, clock.now_ms(),
+            int(self.config.result_ttl_s * 1000), fields,
+        )
+        try:
+            check("ack", code)
+        except JobNotActive:
+            return False
+        return True
+
+    def _log_job(self, job: Job, status: Status, run_ms: float, fields: list[Any], acked: bool) -> None:
+        wait_ms = max(0, (job.started_ms or 0) - (job.enqueued_ms or job.created_ms or 0))
+        extra = {"job_id": job.id, "queue": job.queue, "handler": job.handler,
+                 "outcome": status.value, "wait_ms": wait_ms, "run_ms": round(run_ms, 1)}
+        if not acked:
+            logger.warning("job %s %s finished but was requeued meanwhile; outcome dropped",
+                           job.id, job.handler, extra=extra)
+        elif status is Status.COMPLETED:
+            logger.info("job %s %s queue=%s wait=%dms run=%.1fms completed",
+                        job.id, job.handler, job.queue, wait_ms, run_ms, extra=extra)
+        else:
+            logger.warning("job %s %s queue=%s wait=%dms run=%.1fms failed: %s",
+                           job.id, job.handler, job.queue, wait_ms, run_ms, fields[1], extra=extra)
+
+    # -- heartbeat and registry -----------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self._heartbeat()
+                self._outage.recovered()
+                await asyncio.sleep(self.config.heartbeat_interval_s)
+            except OUTAGE_ERRORS as exc:
+                await asyncio.sleep(self._outage.failed(exc))
+
+    def _state(self) -> str:
+        if self.stopping.is_set():
+            return "stopping"
+        return "busy" if self._running else "idle"
+
+    async def _heartbeat(self) -> None:
+        key = self.keys.worker(self.worker_id)
+        host, pid, _ = self.worker_id.rsplit(":", 2)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={
+                "id": self.worker_id, "host": host, "pid": pid,
+                "queues": ",".join(self.config.queues), "started_ms": self.started_ms,
+                "heartbeat_ms": clock.now_ms(), "state": self._state(),
+                "in_flight": len(self._running), "done": self.done_count, "failed": self.failed_count,
+                "concurrency": self.config.concurrency,
+            })
+            pipe.pexpire(key, int(self.config.heartbeat_ttl_s * 1000))
+            pipe.sadd(self.keys.workers(), self.worker_id)
+            await pipe.execute()
+
+    async def _deregister(self) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.worker(self.worker_id))
+            pipe.srem(self.keys.workers(), self.worker_id)
+            await pipe.execute()
+
+    async def _with_retry(self, what: str, func: Any, *args: Any) -> Any:
+        """Retry an idempotent step through an outage until it succeeds (acks are never dropped)."""
+        while True:
+            try:
+                result = await func(*args)
+                self._outage.recovered()
+                return result
+            except OUTAGE_ERRORS as exc:
+                await asyncio.sleep(self._outage.failed(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _failure(error: str, trace: str | None) -> tuple[Status, list[Any]]:
+    fields: list[Any] = ["error", error]
+    if trace:
+        fields += ["traceback", trace]
+    return Status.FAILED, fields
