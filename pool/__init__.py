@@ -1,1 +1,42 @@
-"""pool."""
+"""pool: a Redis-backed, multi-process job worker pool that never loses a job.
+
+The public API is what ``__all__`` lists; everything else is internal.
+
+    from pool import Client
+    client = Client.from_config("pool.yaml")
+    job = client.enqueue("examples.tasks.add", 1, 2)
+    client.result(job.id, timeout=10)   # 3
+"""
+
+from pool.client import AsyncClient, Client, JobSpec
+from pool.errors import (
+    ConfigError,
+    HandlerError,
+    JobFailed,
+    JobNotFound,
+    PayloadTooLarge,
+    PoolError,
+    RedisUnavailable,
+    ResultTimeout,
+    SerializationError,
+    UsageError,
+)
+from pool.jobs import Job, Status
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ConfigError",
+    "HandlerError",
+    "Job",
+    "JobFailed",
+    "JobNotFound",
+    "JobSpec",
+    "PayloadTooLarge",
+    "PoolError",
+    "RedisUnavailable",
+    "ResultTimeout",
+    "SerializationError",
+    "Status",
+    "UsageError",
+]

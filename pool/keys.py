@@ -18,11 +18,18 @@ slot, and each Lua script touches a single slot.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 
 # Queue names become part of keys and hash tags: no braces, colons or spaces.
 QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 QUEUE_NAME_RULE = "1-64 characters: letters, digits, '_', '.', '-', starting with a letter or digit"
+
+
+def make_worker_id(nonce: str, pid: int | None = None) -> str:
+    """``host:pid:nonce``: unique across hosts and across pid reuse; logs and keys carry it."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}:{nonce}"
 
 
 def is_valid_queue_name(name: str) -> bool:

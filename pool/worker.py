@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
-import socket
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -35,15 +33,10 @@ from pool.connection import (
 )
 from pool.handlers import Registry
 from pool.jobs import Job, Status, dumps
-from pool.keys import Keys
+from pool.keys import Keys, make_worker_id  # noqa: F401 - re-exported for callers
 from pool.scripts import JobNotActive, Scripts, check
 
 logger = logging.getLogger(__name__)
-
-
-def make_worker_id(nonce: str, pid: int | None = None) -> str:
-    """``host:pid:nonce``: unique across hosts and across pid reuse."""
-    return f"{socket.gethostname()}:{pid or os.getpid()}:{nonce}"
 
 
 class Worker:
@@ -363,3 +356,22 @@ def _failure(error: str, trace: str | None) -> tuple[Status, list[Any]]:
     if trace:
         fields += ["traceback", trace]
     return Status.FAILED, fields
+
+
+def main(config: Config, registry: Registry, worker_id: str, url: str) -> int:
+    """Entry point of a forked worker process; returns its exit code.
+
+    Builds the event loop (uvloop) and every Redis client here, after the fork. SIGTERM stops
+    gracefully, a second SIGTERM stops fast; SIGINT is ignored because the supervisor relays it.
+    """
+    import signal
+
+    import uvloop
+
+    worker = Worker(config, registry, worker_id, url=url)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        loop = runner.get_loop()
+        loop.add_signal_handler(signal.SIGTERM, worker.stop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        runner.run(worker.run())
+    return 0

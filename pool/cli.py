@@ -1,0 +1,173 @@
+"""The `pool` command: argument parsing and turning errors into one line and an exit code.
+
+No logic lives here: each subcommand calls into the package and prints what it returns.
+Every error `pool` raises on purpose becomes ``pool: <message>`` on stderr and its
+:class:`~pool.errors.ExitCode`; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import orjson
+
+from pool import config as config_module
+from pool.errors import ExitCode, JobFailed, PoolError, UsageError
+
+EXAMPLES = """\
+examples:
+  pool run pool.yaml                                   start the supervisor and its workers
+  pool enqueue pool.yaml examples.tasks.add 1 2        enqueue a job, print its id
+  pool enqueue pool.yaml examples.tasks.add 1 2 --wait enqueue and print the result (3)
+  pool enqueue pool.yaml examples.tasks.word_count --kwargs '{"text": "a b a"}'
+  pool status pool.yaml                                queues and workers at a glance
+  pool status pool.yaml --json                         the same, for scripts
+  pool job pool.yaml JOB_ID                            one job's full record
+
+exit codes: 0 ok, 1 job failed, 2 bad config or usage, 3 Redis unreachable
+environment: POOL_REDIS_URL overrides redis.url of the config
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.USAGE, f"pool: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pool", description="A Redis-backed, multi-process job worker pool.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run the supervisor and its worker processes")
+    run.add_argument("config", metavar="CONFIG", help="path of pool.yaml")
+
+    enqueue = commands.add_parser("enqueue", help="enqueue one job")
+    enqueue.add_argument("config", metavar="CONFIG", help="path of pool.yaml")
+    enqueue.add_argument("handler", metavar="HANDLER", help="dotted path, e.g. examples.tasks.add")
+    enqueue.add_argument("args", metavar="ARG", nargs="*", help="arguments: JSON, or else a plain string")
+    enqueue.add_argument("--kwargs", metavar="JSON", help="keyword arguments as a JSON object")
+    enqueue.add_argument("--queue", metavar="Q", help="target queue (default: the first in the config)")
+    enqueue.add_argument("--job-id", metavar="ID", help="choose the id; an existing id is not enqueued twice")
+    enqueue.add_argument("--job-timeout", metavar="S", type=float, help="seconds the job may run")
+    enqueue.add_argument("--wait", action="store_true", help="wait for the job and print its result as JSON")
+    enqueue.add_argument("--timeout", metavar="S", type=float, help="with --wait: give up after S seconds")
+
+    status = commands.add_parser("status", help="show queues and workers")
+    status.add_argument("config", metavar="CONFIG", help="path of pool.yaml")
+    status.add_argument("--json", action="store_true", help="print one JSON object (stable shape)")
+
+    job = commands.add_parser("job", help="show one job's record as JSON")
+    job.add_argument("config", metavar="CONFIG", help="path of pool.yaml")
+    job.add_argument("job_id", metavar="ID")
+    job.add_argument("--queue", metavar="Q", help="the job's queue (default: search all)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `pool` console script; returns the exit code."""
+    options = build_parser().parse_args(argv)
+    try:
+        return int(_COMMANDS[options.command](options))
+    except JobFailed as exc:
+        print(f"pool: {exc.error}", file=sys.stderr)
+        if exc.remote_traceback:
+            print(exc.remote_traceback.rstrip(), file=sys.stderr)
+        return ExitCode.JOB_FAILED
+    except PoolError as exc:
+        print(f"pool: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(options: argparse.Namespace) -> int:
+    from pool import logs, worker
+    from pool.handlers import load_registry
+    from pool.supervisor import Supervisor
+
+    config = config_module.load(options.config)
+    if not config.handlers:
+        raise UsageError(f"{config.path.name}: handlers: list at least one handler to run (e.g. examples.tasks)")
+    logs.setup(config.logging, "supervisor")
+    registry = load_registry(config.handlers, config.base_dir)
+    return Supervisor(config, registry, worker.main).run()
+
+
+def _enqueue(options: argparse.Namespace) -> int:
+    from pool.client import Client
+
+    config = config_module.load(options.config)
+    args = [_parse_arg(arg) for arg in options.args]
+    kwargs = _parse_kwargs(options.kwargs)
+    with Client(config) as client:
+        job = client.enqueue(options.handler, *args, kwargs=kwargs, queue=options.queue,
+                             timeout=options.job_timeout, job_id=options.job_id)
+        if not options.wait:
+            print(job.id)
+            return ExitCode.OK
+        result = client.result(job.id, timeout=options.timeout, queue=job.queue)
+    print(orjson.dumps(result).decode())
+    return ExitCode.OK
+
+
+def _status(options: argparse.Namespace) -> int:
+    from pool import status
+    from pool.connection import OUTAGE_ERRORS, describe_unreachable, resolve_url, sync_client
+
+    config = config_module.load(options.config)
+    url = resolve_url(config)
+    client = sync_client(config, url)
+    try:
+        data = status.snapshot(client, config, url)
+    except OUTAGE_ERRORS as exc:
+        raise describe_unreachable(url, exc) from None
+    finally:
+        client.close()
+    if options.json:
+        print(orjson.dumps(data).decode())
+    else:
+        print(status.render(data, options.config))
+    return ExitCode.OK
+
+
+def _job(options: argparse.Namespace) -> int:
+    from pool.client import Client
+
+    config = config_module.load(options.config)
+    with Client(config) as client:
+        job = client.get_job(options.job_id, queue=options.queue)
+    if job is None:
+        raise PoolError(f"no job {options.job_id} (never enqueued, or its result expired)")
+    print(orjson.dumps(job.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    return ExitCode.OK
+
+
+def _parse_arg(text: str) -> Any:
+    """A command-line argument as JSON (``2``, ``"x"``, ``[1]``), or else the plain string."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def _parse_kwargs(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"--kwargs must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--kwargs must be a JSON object such as '{{\"text\": \"hi\"}}' (got {text})")
+    return value
+
+
+_COMMANDS = {"run": _run, "enqueue": _enqueue, "status": _status, "job": _job}

@@ -1,0 +1,127 @@
+"""A read-only snapshot of the pool for `pool status`: queues, workers, and their counts.
+
+The JSON shape (``pool status --json``) is stable; new fields may be added, none renamed:
+
+    {"redis": {"url": str, "version": str},
+     "queues": {name: {"queued": int, "active": int, "completed": int, "failed": int}},
+     "workers": [{"id", "host", "pid", "state", "queues", "in_flight", "done", "failed",
+                  "concurrency", "started_ms", "heartbeat_age_s", "uptime_s"}]}
+
+``state`` is busy, idle or stopping from the worker's own heartbeat, or ``lost`` when the worker
+is still registered but its heartbeat has expired (its jobs stay counted as active).
+Everything is read in two pipelined round trips, whatever the number of workers and queues.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from pool import clock
+from pool.config import Config
+from pool.connection import redact
+from pool.keys import Keys
+
+
+def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
+    """Read queues and workers. Raises redis errors as they come (the CLI reports them)."""
+    keys = Keys(config.key_prefix)
+    worker_ids = sorted(member.decode() for member in client.smembers(keys.workers()))
+    with client.pipeline(transaction=False) as pipe:
+        pipe.info("server")
+        for worker_id in worker_ids:
+            pipe.hgetall(keys.worker(worker_id))
+        for queue in config.queues:
+            pipe.llen(keys.queue(queue))
+            pipe.hgetall(keys.stats(queue))
+            for worker_id in worker_ids:
+                pipe.llen(keys.active(queue, worker_id))
+        replies = iter(pipe.execute())
+    info = next(replies)
+    now_ms = clock.now_ms()
+    workers = [_worker(worker_id, next(replies), now_ms) for worker_id in worker_ids]
+    queues = {}
+    for queue in config.queues:
+        queued, stats = next(replies), next(replies)
+        active = sum(next(replies) for _ in worker_ids)
+        queues[queue] = {
+            "queued": queued,
+            "active": active,
+            "completed": int(stats.get(b"completed", 0)),
+            "failed": int(stats.get(b"failed", 0)),
+        }
+    version = info.get("valkey_version") or info.get("redis_version") or "unknown"
+    return {"redis": {"url": redact(url), "version": str(version)}, "queues": queues, "workers": workers}
+
+
+def _worker(worker_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str, Any]:
+    host, pid, _ = (worker_id.rsplit(":", 2) + ["", ""])[:3]
+    if not fields:
+        return {"id": worker_id, "host": host, "pid": int(pid) if pid.isdigit() else None,
+                "state": "lost", "queues": [], "in_flight": None, "done": None, "failed": None,
+                "concurrency": None, "started_ms": None, "heartbeat_age_s": None, "uptime_s": None}
+    get = lambda name: fields.get(name.encode(), b"").decode()  # noqa: E731
+    started_ms = int(get("started_ms") or now_ms)
+    return {
+        "id": worker_id,
+        "host": get("host"),
+        "pid": int(get("pid") or 0),
+        "state": get("state") or "idle",
+        "queues": [q for q in get("queues").split(",") if q],
+        "in_flight": int(get("in_flight") or 0),
+        "done": int(get("done") or 0),
+        "failed": int(get("failed") or 0),
+        "concurrency": int(get("concurrency") or 0),
+        "started_ms": started_ms,
+        "heartbeat_age_s": round(max(0, now_ms - int(get("heartbeat_ms") or now_ms)) / 1000, 1),
+        "uptime_s": round(max(0, now_ms - started_ms) / 1000, 1),
+    }
+
+
+def render(data: dict[str, Any], config_name: str) -> str:
+    """The snapshot as an aligned text view for a terminal."""
+    lines = [f"pool status  ·  Redis {data['redis']['version']} at {data['redis']['url']}", ""]
+    queue_rows = [["QUEUE", "QUEUED", "ACTIVE", "COMPLETED", "FAILED"]]
+    for name, counts in data["queues"].items():
+        queue_rows.append([name, *(str(counts[k]) for k in ("queued", "active", "completed", "failed"))])
+    lines += _table(queue_rows, right_from=1) + [""]
+    workers = data["workers"]
+    if not workers:
+        lines.append(f"no workers running: start them with `pool run {config_name}`")
+        return "\n".join(lines)
+    rows = [["WORKER", "HOST", "PID", "STATE", "IN FLIGHT", "DONE", "FAILED", "HEARTBEAT", "UPTIME"]]
+    for w in workers:
+        rows.append([
+            w["id"], w["host"], str(w["pid"] or "?"), w["state"],
+            _dash(w["in_flight"]) + (f"/{w['concurrency']}" if w["concurrency"] else ""),
+            _dash(w["done"]), _dash(w["failed"]),
+            "expired" if w["heartbeat_age_s"] is None else f"{w['heartbeat_age_s']:.1f}s ago",
+            _duration(w["uptime_s"]),
+        ])
+    lines += _table(rows, right_from=4)
+    return "\n".join(lines)
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def _table(rows: list[list[str]], right_from: int) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    out = []
+    for row in rows:
+        cells = [cell.rjust(w) if i >= right_from else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        out.append("  ".join(cells).rstrip())
+    return out
