@@ -130,10 +130,12 @@ class Supervisor:
 
     def _wait_s(self) -> float:
         """Sleep until the next signal, at most 1 s, or until the next respawn is due."""
-        due = [slot.spawn_at for slot in self.slots if slot.spawn_at > 0]
-        if due and not self.stopping:
-            return max(0.01, min(1.0, min(due) - time.monotonic()))
-        return 1.0
+        if self.stopping:
+            return 1.0
+        now = time.monotonic()
+        running = {child.index for child in self.children.values()}
+        due = [s.spawn_at for i, s in enumerate(self.slots) if i not in running and s.spawn_at > now]
+        return max(0.01, min([1.0, *(at - now for at in due)]))
 
     # -- signals ----------------------------------------------------------------------------------
 
