@@ -11,23 +11,25 @@ import asyncio
 import math
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio
 
 from pool import clock
 from pool.config import Config, load
 from pool.connection import (
-    BLOCK_TIMEOUT_S, OUTAGE_ERRORS, async_client, blocking_client, describe_unreachable, resolve_url,
+    BLOCK_TIMEOUT_S, CLIENT_ATTEMPTS, OUTAGE_ERRORS, async_client, backoff_s, blocking_client,
+    describe_unreachable, resolve_url,
 )
 from pool.errors import JobNotFound, ResultTimeout, UsageError
 from pool.jobs import Job, Status, encode_arguments, enqueue_fields, new_job_id
 from pool.keys import QUEUE_NAME_RULE, Keys, is_valid_queue_name
 from pool.scripts import Scripts
 
+T = TypeVar("T")
 _HANDLER_NAME_RULE = "a dotted path such as 'examples.tasks.add'"
 
 
@@ -142,14 +144,14 @@ class AsyncClient:
         by_queue: dict[str, list[int]] = defaultdict(list)
         for index, (job, _) in enumerate(prepared):
             by_queue[job.queue].append(index)
-        try:
+        async def send() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for queue, indexes in by_queue.items():
                     batch = [(prepared[i][0].id, prepared[i][1]) for i in indexes]
                     await self.scripts.enqueue(queue, batch, now_ms, client=pipe)  # queues it
-                replies = await pipe.execute()
-        except OUTAGE_ERRORS as exc:
-            raise describe_unreachable(self.url, exc) from None
+                return await pipe.execute()
+
+        replies = await self._retrying(send)
         jobs = [job for job, _ in prepared]
         for (queue, indexes), created in zip(by_queue.items(), replies, strict=True):
             for index, was_created in zip(indexes, created, strict=True):
@@ -186,14 +188,14 @@ class AsyncClient:
             queue: its queue; default: look in every queue of the config (one round trip).
         """
         queues = [queue] if queue else list(self.config.queues)
-        try:
+
+        async def send() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in queues:
                     pipe.hgetall(self.keys.job(name, job_id))
-                replies = await pipe.execute()
-        except OUTAGE_ERRORS as exc:
-            raise describe_unreachable(self.url, exc) from None
-        for fields in replies:
+                return await pipe.execute()
+
+        for fields in await self._retrying(send):
             if fields:
                 return Job.from_hash(fields)
         return None
@@ -241,10 +243,25 @@ class AsyncClient:
         if self._blocking is None:
             self._blocking = blocking_client(self.config, self.url, max_connections=64)
         done = self.keys.done(queue, job_id)
-        try:
-            await self._blocking.blmove(done, done, timeout=max(seconds, 0.01), src="RIGHT", dest="LEFT")
-        except OUTAGE_ERRORS as exc:
-            raise describe_unreachable(self.url, exc) from None
+        blocking = self._blocking
+        await self._retrying(
+            lambda: blocking.blmove(done, done, timeout=max(seconds, 0.01), src="RIGHT", dest="LEFT")
+        )
+
+    async def _retrying(self, send: Callable[[], Awaitable[T]]) -> T:
+        """Run ``send``, resending it after a dropped connection (every client call is idempotent).
+
+        Raises:
+            RedisUnavailable: still unreachable after CLIENT_ATTEMPTS tries.
+        """
+        for attempt in range(CLIENT_ATTEMPTS):
+            try:
+                return await send()
+            except OUTAGE_ERRORS as exc:
+                if attempt == CLIENT_ATTEMPTS - 1:
+                    raise describe_unreachable(self.url, exc) from None
+                await asyncio.sleep(backoff_s(attempt + 1, base_s=0.05, cap_s=0.5))
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 class Client:

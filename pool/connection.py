@@ -111,6 +111,11 @@ def sync_client(config: Config, url: str) -> redis.Redis:
     return redis.Redis.from_url(url, **_client_kwargs(config, url, None))
 
 
+# The public client resends a call after a dropped connection (a stale pooled socket after a
+# server restart or CLIENT KILL); safe because every command it sends is idempotent.
+CLIENT_ATTEMPTS = 4
+
+
 def describe_unreachable(url: str, exc: BaseException) -> RedisUnavailable:
     """A one-line error for a Redis that cannot be reached, without the password."""
     reason = str(exc).strip() or type(exc).__name__

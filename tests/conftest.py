@@ -1,0 +1,109 @@
+"""Shared fixtures: one real server per test run, a fresh key prefix per test.
+
+The server is the embedded valkey-server (the same binary `pool run` uses), started on a unix
+socket in a temporary folder, without persistence. Tests never share keys: each one gets its own
+``key_prefix``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from pool.config import Config, from_mapping
+from pool.embedded import EmbeddedServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    srv = EmbeddedServer(tmp_path_factory.mktemp("valkey"), persist=False)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def url(server: EmbeddedServer) -> str:
+    assert server.url is not None
+    return server.url
+
+
+@pytest.fixture
+def prefix() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def r(url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_config(prefix: str, url: str, tmp_path: Path):
+    """Build a Config for this test's prefix on the test server; keyword args override keys."""
+
+    def build(**overrides: Any) -> Config:
+        data: dict[str, Any] = {
+            "redis": {"url": url},
+            "key_prefix": prefix,
+            "handlers": ["tests.sample_handlers"],
+            "concurrency": 4,
+            "processes": 1,
+            "shutdown_timeout": "5s",
+        }
+        data.update(overrides)
+        return from_mapping(data, ROOT / "pool.yaml", environ={})
+
+    return build
+
+
+@pytest.fixture
+def write_config(prefix: str, url: str, tmp_path: Path):
+    """Write a pool.yaml into tmp_path for subprocess tests; returns its path."""
+
+    def write(name: str = "pool.yaml", **overrides: Any) -> Path:
+        data: dict[str, Any] = {
+            "redis": {"url": url},
+            "key_prefix": prefix,
+            "handlers": ["tests.sample_handlers"],
+            "processes": 2,
+            "concurrency": 8,
+            "shutdown_timeout": "10s",
+            "heartbeat_interval": "200ms",
+            "heartbeat_ttl": "2s",
+        }
+        data.update(overrides)
+        data = {k: v for k, v in data.items() if v is not None}
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return write
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "POOL_REDIS_URL"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def pool_cli(*args: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run the `pool` command in a subprocess (as a user would) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "pool", *args], capture_output=True, text=True, timeout=timeout,
+        env=kwargs.pop("env", cli_env()), **kwargs,
+    )

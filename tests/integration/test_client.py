@@ -1,0 +1,193 @@
+"""The client API against a real server: enqueue, enqueue_many, lookup, result waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from pool import AsyncClient, Client, JobSpec, Status
+from pool.errors import JobFailed, JobNotFound, PayloadTooLarge, ResultTimeout, SerializationError, UsageError
+from pool.keys import Keys
+from pool.testing import async_wait_until, drain
+
+
+@pytest.fixture
+async def client(make_config, url):
+    async with AsyncClient(make_config(queues=["default", "other"]), url) as c:
+        yield c
+
+
+def _is_blocked_in_blmove(r):
+    async def check() -> bool:
+        return any(c.get("cmd") == "blmove" for c in r.client_list())
+    return check
+
+
+def commands_run(r, name: str) -> int:
+    stats = r.info("commandstats")
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+async def test_enqueue_returns_a_queued_job(client, r):
+    job = await client.enqueue("tests.sample_handlers.add", 1, 2)
+    assert job.status is Status.QUEUED
+    assert job.queue == "default"
+    assert job.enqueued_ms is not None
+    stored = await client.get_job(job.id)
+    assert (stored.handler, stored.args, stored.status, stored.attempts) == ("tests.sample_handlers.add", (1, 2), Status.QUEUED, 0)
+    assert r.lrange(Keys(client.config.key_prefix).queue("default"), 0, -1) == [job.id.encode()]
+
+
+async def test_enqueue_many_is_one_round_trip_per_call(client, r):
+    """100 jobs over two queues: one pipeline with one script call per queue."""
+    before = commands_run(r, "evalsha") + commands_run(r, "eval")
+    specs = [JobSpec("tests.sample_handlers.add", (i, i), queue="default" if i % 2 else "other") for i in range(100)]
+    jobs = await client.enqueue_many(specs)
+    after = commands_run(r, "evalsha") + commands_run(r, "eval")
+    assert after - before <= 2 + 1  # one per queue (+1 if the script had to be loaded)
+    assert [j.args for j in jobs] == [(i, i) for i in range(100)]
+    assert {j.queue for j in jobs} == {"default", "other"}
+    keys = Keys(client.config.key_prefix)
+    assert r.llen(keys.queue("default")) == 50 and r.llen(keys.queue("other")) == 50
+
+
+async def test_enqueue_many_validates_everything_before_writing(client, r):
+    specs = [JobSpec("tests.sample_handlers.add", (1, 2)), JobSpec("tests.sample_handlers.add", (object(),))]
+    with pytest.raises(SerializationError):
+        await client.enqueue_many(specs)
+    assert r.llen(Keys(client.config.key_prefix).queue("default")) == 0
+
+
+async def test_enqueue_with_existing_id_returns_the_existing_job(client, r):
+    first = await client.enqueue("tests.sample_handlers.add", 1, 2, job_id="invoice-42")
+    second = await client.enqueue("tests.sample_handlers.add", 9, 9, job_id="invoice-42")
+    assert second.id == first.id == "invoice-42"
+    assert second.args == (1, 2)
+    assert r.llen(Keys(client.config.key_prefix).queue("default")) == 1
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (dict(handler="add"), "handler 'add' must be a dotted path"),
+    (dict(handler="tests.sample_handlers.add", queue="bad queue"), "queue 'bad queue' is not a valid queue name"),
+    (dict(handler="tests.sample_handlers.add", timeout=0), "timeout must be a positive number of seconds (got 0)"),
+    (dict(handler="tests.sample_handlers.add", job_id="a b"), "job_id 'a b' must be 1-128 characters without spaces"),
+])
+async def test_bad_enqueue_arguments_are_usage_errors(client, call, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        await client.enqueue(call.pop("handler"), **call)
+
+
+async def test_non_serialisable_arguments_are_rejected_at_enqueue(client):
+    with pytest.raises(SerializationError, match="argument 0 of tests.sample_handlers.add is not JSON-serialisable"):
+        await client.enqueue("tests.sample_handlers.add", {1, 2}, 3)
+
+
+async def test_payload_above_limit_is_refused(make_config, url):
+    async with AsyncClient(make_config(max_payload_size=1024), url) as client:
+        with pytest.raises(PayloadTooLarge, match="over max_payload_size"):
+            await client.enqueue("tests.sample_handlers.echo", "x" * 2000)
+
+
+async def test_result_returns_value_of_a_completed_job(client, url):
+    job = await client.enqueue("tests.sample_handlers.echo", 1, kwargs={"k": "v"})
+    await drain(client.config, url)
+    assert await client.result(job.id, timeout=5) == {"args": [1], "kwargs": {"k": "v"}}
+
+
+async def test_result_raises_remote_error_with_traceback(client, url):
+    job = await client.enqueue("tests.sample_handlers.explode", "bad input")
+    await drain(client.config, url)
+    with pytest.raises(JobFailed) as info:
+        await client.result(job.id, timeout=5)
+    assert info.value.error == "ValueError: bad input"
+    assert 'raise ValueError(message)' in info.value.remote_traceback
+    assert "sample_handlers.py" in str(info.value)
+
+
+async def test_result_times_out_clearly(client):
+    job = await client.enqueue("tests.sample_handlers.add", 1, 2)
+    with pytest.raises(ResultTimeout, match=rf"job {job.id} did not finish within 0.2s \(status: queued\)"):
+        await client.result(job.id, timeout=0.2)
+
+
+async def test_unknown_job_is_not_found(client):
+    with pytest.raises(JobNotFound, match="no job nope in queues default, other"):
+        await client.result("nope", timeout=1)
+    assert await client.get_job("nope") is None
+
+
+async def test_waiting_blocks_in_redis_instead_of_polling(client, url, r):
+    """A waiter that waits ~1.5 s reads the record a handful of times, not in a loop."""
+    job = await client.enqueue("tests.sample_handlers.add", 2, 3)
+    waiter = asyncio.create_task(client.result(job.id, timeout=10))
+    keys = Keys(client.config.key_prefix)
+    await asyncio.sleep(0)  # let the waiter issue its first read
+    before = commands_run(r, "hgetall")
+    # Wait until the waiter is blocked on the done list, then hold it there across one block period.
+    await async_wait_until(_is_blocked_in_blmove(r), timeout=5, message="the waiter to block")
+    await asyncio.sleep(1.5)  # the waiting period under test; nothing to synchronise on
+    await drain(client.config, url)
+    assert await waiter == 5
+    reads = commands_run(r, "hgetall") - before
+    assert reads <= 4, f"the waiter read the job {reads} times: it is polling"
+    assert r.llen(keys.done("default", job.id)) == 1  # the token stays for other waiters
+
+
+async def test_several_waiters_all_wake(client, url):
+    job = await client.enqueue("tests.sample_handlers.add", 1, 1)
+    async with AsyncClient(client.config, url) as other:
+        waiters = [asyncio.create_task(c.result(job.id, timeout=10)) for c in (client, other, other)]
+        await drain(client.config, url)
+        assert await asyncio.gather(*waiters) == [2, 2, 2]
+
+
+async def test_lookup_by_queue_and_across_queues(client):
+    job = await client.enqueue("tests.sample_handlers.add", 1, 2, queue="other")
+    assert (await client.get_job(job.id)).queue == "other"
+    assert (await client.get_job(job.id, queue="other")).id == job.id
+    assert await client.get_job(job.id, queue="default") is None
+
+
+async def test_results_expire_after_result_ttl(client, url, r):
+    job = await client.enqueue("tests.sample_handlers.add", 1, 2, result_ttl=3)
+    default = await client.enqueue("tests.sample_handlers.add", 1, 2)
+    await drain(client.config, url)
+    keys = Keys(client.config.key_prefix)
+    assert 2000 < r.pttl(keys.job("default", job.id)) <= 3000
+    assert 3_590_000 < r.pttl(keys.job("default", default.id)) <= 3_600_000
+
+
+def test_sync_client_mirrors_the_async_one(make_config, url):
+    config = make_config()
+    with Client(config, url) as client:
+        job = client.enqueue("tests.sample_handlers.add", 20, 22)
+        assert client.get_job(job.id).status is Status.QUEUED
+        asyncio.run(drain(config, url))
+        assert client.result(job.id, timeout=5) == 42
+        assert client.wait(job.id).status is Status.COMPLETED
+
+
+def test_sync_client_is_safe_across_threads(make_config, url):
+    config = make_config()
+    ids: list[str] = []
+    with Client(config, url) as client:
+        def produce() -> None:
+            for i in range(20):
+                ids.append(client.enqueue("tests.sample_handlers.add", i, 0).id)
+        threads = [threading.Thread(target=produce) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        asyncio.run(drain(config, url))
+        assert sorted(client.result(i, timeout=5) for i in ids) == sorted(list(range(20)) * 4)
+
+
+def test_client_from_config_file(write_config, url):
+    path = write_config()
+    with Client.from_config(path) as client:
+        assert client.config.key_prefix.startswith("t")
+        job = client.enqueue("tests.sample_handlers.add", 1, 2)
+        assert client.get_job(job.id) is not None

@@ -1,0 +1,249 @@
+"""A worker in-process against the real server: handlers, timeouts, failures, drain, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+
+import pytest
+
+from pool import AsyncClient, Status
+from pool.handlers import load_registry
+from pool.keys import Keys, make_worker_id
+from pool.testing import async_wait_until, drain
+from pool.worker import Worker
+
+
+@pytest.fixture
+def config(make_config):
+    return make_config(queues=["default", "other"])
+
+
+@pytest.fixture
+async def client(config, url):
+    async with AsyncClient(config, url) as c:
+        yield c
+
+
+def new_worker(config, url, **kwargs) -> Worker:
+    registry = load_registry(config.handlers, config.base_dir)
+    return Worker(config, registry, make_worker_id(secrets.token_hex(3)), url=url, **kwargs)
+
+
+async def run_one(client, url, handler, *args, **options):
+    job = await client.enqueue(handler, *args, **options)
+    await drain(client.config, url)
+    return await client.get_job(job.id)
+
+
+async def test_sync_and_async_handlers_complete(client, url):
+    sync_job = await client.enqueue("tests.sample_handlers.add", 1, 2)
+    async_job = await client.enqueue("tests.sample_handlers.async_add", 3, 4, queue="other")
+    worker = await drain(client.config, url)
+    assert await client.result(sync_job.id, timeout=1) == 3
+    assert await client.result(async_job.id, timeout=1) == 7
+    assert worker.done_count == 2
+
+
+async def test_record_tells_the_whole_story(client, url):
+    job = await run_one(client, url, "tests.sample_handlers.add", 1, 2)
+    assert job.status is Status.COMPLETED
+    assert job.attempts == 1
+    assert job.created_ms <= job.enqueued_ms <= job.started_ms <= job.finished_ms
+    assert job.worker.count(":") == 2
+
+
+async def test_plain_functions_run_in_the_thread_pool(client, url):
+    job = await run_one(client, url, "tests.sample_handlers.thread_name")
+    assert job.result.startswith("pool-job")
+
+
+async def test_blocking_handler_does_not_block_the_event_loop(client, url):
+    """Two blocking 0.5 s handlers and one async job: the async one finishes first."""
+    blockers = [await client.enqueue("tests.sample_handlers.sync_sleep", 0.5) for _ in range(2)]
+    quick = await client.enqueue("tests.sample_handlers.async_add", 1, 1)
+    await drain(client.config, url)
+    jobs = [await client.get_job(j.id) for j in (*blockers, quick)]
+    assert all(j.status is Status.COMPLETED for j in jobs)
+    assert jobs[2].finished_ms < min(j.finished_ms for j in jobs[:2])
+
+
+async def test_async_handler_past_its_timeout_fails_with_timeout_error(client, url):
+    job = await run_one(client, url, "tests.sample_handlers.async_sleep", 10, timeout=0.2)
+    assert job.status is Status.FAILED
+    assert job.error == "JobTimeout: job exceeded its timeout of 0.2s"
+
+
+async def test_sync_handler_past_its_timeout_fails_the_job(client, url):
+    job = await run_one(client, url, "tests.sample_handlers.sync_sleep", 1.0, timeout=0.2)
+    assert job.status is Status.FAILED
+    assert job.error == "JobTimeout: job exceeded its timeout of 0.2s"
+
+
+async def test_default_timeout_comes_from_the_config(make_config, url):
+    config = make_config(timeout="200ms")
+    async with AsyncClient(config, url) as client:
+        job = await run_one(client, url, "tests.sample_handlers.async_sleep", 10)
+    assert job.error == "JobTimeout: job exceeded its timeout of 0.2s"
+
+
+async def test_handler_exception_fails_the_job_not_the_worker(client, url):
+    bad = await client.enqueue("tests.sample_handlers.async_explode", "missing key")
+    good = await client.enqueue("tests.sample_handlers.add", 1, 1)
+    worker = await drain(client.config, url)
+    failed = await client.get_job(bad.id)
+    assert failed.status is Status.FAILED
+    assert failed.error == "KeyError: 'missing key'"
+    assert "async_explode" in failed.traceback
+    assert await client.result(good.id, timeout=1) == 2
+    assert (worker.done_count, worker.failed_count) == (1, 1)
+
+
+async def test_unregistered_handler_is_refused_with_a_clear_error(client, url):
+    job = await run_one(client, url, "os.system", "echo pwned")
+    assert job.status is Status.FAILED
+    assert job.error.startswith("UnknownHandler: handler 'os.system' is not registered in this pool (registered: ")
+    assert "tests.sample_handlers.add" in job.error
+
+
+async def test_unserialisable_result_fails_the_job(client, url):
+    job = await run_one(client, url, "tests.sample_handlers.unserialisable_result")
+    assert job.status is Status.FAILED
+    assert job.error.startswith("SerializationError: the result of tests.sample_handlers.unserialisable_result is not JSON-serialisable")
+
+
+async def test_concurrency_bounds_jobs_in_flight(make_config, url):
+    config = make_config(concurrency=3)
+    async with AsyncClient(config, url) as client:
+        jobs = [await client.enqueue("tests.sample_handlers.track_concurrency", 0.05) for _ in range(12)]
+        await drain(config, url)
+        peaks = [await client.result(j.id, timeout=1) for j in jobs]
+    assert max(peaks) == 3
+
+
+async def test_worker_registers_and_heartbeats_then_deregisters(config, url, r):
+    worker = new_worker(config, url)
+    task = asyncio.create_task(worker.run())
+    keys = Keys(config.key_prefix)
+
+    async def registered():
+        return r.hgetall(keys.worker(worker.worker_id))
+
+    entry = await async_wait_until(registered, timeout=5, message="worker registration")
+    assert entry[b"state"] == b"idle"
+    assert entry[b"queues"] == b"default,other"
+    assert 0 < r.pttl(keys.worker(worker.worker_id)) <= config.heartbeat_ttl_s * 1000
+    assert r.sismember(keys.workers(), worker.worker_id)
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    assert not r.exists(keys.worker(worker.worker_id))
+    assert not r.sismember(keys.workers(), worker.worker_id)
+
+
+async def test_blocked_worker_wakes_on_enqueue(config, url, client):
+    """An idle worker blocks in BLMOVE and picks a new job up within milliseconds."""
+    worker = new_worker(config, url)
+    task = asyncio.create_task(worker.run())
+    try:
+        job = await client.enqueue("tests.sample_handlers.add", 5, 5, queue="other")
+        assert await client.result(job.id, timeout=5) == 10
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_graceful_stop_lets_running_jobs_finish(config, url, client, tmp_path):
+    worker = new_worker(config, url)
+    task = asyncio.create_task(worker.run())
+    started = tmp_path / "started"
+    job = await client.enqueue("tests.sample_handlers.touch_then_sleep", str(started), 0.5)
+    await async_wait_until(_exists(started), timeout=5, message="job start")
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    assert (await client.get_job(job.id)).status is Status.COMPLETED
+
+
+async def test_job_outliving_shutdown_timeout_is_requeued(make_config, url, tmp_path, r):
+    config = make_config(shutdown_timeout="100ms")
+    worker = new_worker(config, url)
+    task = asyncio.create_task(worker.run())
+    started = tmp_path / "started"
+    async with AsyncClient(config, url) as client:
+        job = await client.enqueue("tests.sample_handlers.touch_then_sleep", str(started), 30)
+        await async_wait_until(_exists(started), timeout=5, message="job start")
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        stored = await client.get_job(job.id)
+    keys = Keys(config.key_prefix)
+    assert stored.status is Status.QUEUED
+    assert r.lrange(keys.queue("default"), 0, -1) == [job.id.encode()]
+    assert r.llen(keys.active("default", worker.worker_id)) == 0
+
+
+async def test_second_stop_cancels_running_jobs_at_once(config, url, client, tmp_path, r):
+    worker = new_worker(config, url)
+    task = asyncio.create_task(worker.run())
+    started = tmp_path / "started"
+    job = await client.enqueue("tests.sample_handlers.touch_then_sleep", str(started), 30)
+    await async_wait_until(_exists(started), timeout=5, message="job start")
+    worker.stop()
+    worker.stop()
+    await asyncio.wait_for(task, 5)
+    assert (await client.get_job(job.id)).status is Status.QUEUED
+
+
+async def test_worker_survives_its_connections_being_killed(config, url, client, r):
+    """CLIENT KILL drops every connection mid-run: the worker reconnects and finishes every job."""
+    worker = new_worker(config, url)
+    task = asyncio.create_task(worker.run())
+    try:
+        first = [await client.enqueue("tests.sample_handlers.async_sleep", 0.05) for _ in range(20)]
+        await async_wait_until(_status_count(client, first, Status.COMPLETED, 5), timeout=10, message="first jobs")
+        r.client_kill_filter(_type="normal", skipme=True)
+        second = [await client.enqueue("tests.sample_handlers.add", i, 1) for i in range(20)]
+        results = [await client.result(j.id, timeout=15) for j in second]
+        assert results == [i + 1 for i in range(20)]
+        for job in first:
+            assert await client.result(job.id, timeout=15) == 0.05
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def test_lost_claim_reply_is_reconciled(config, url, client, r):
+    """An id moved into the worker's active list without the worker knowing is still run."""
+    worker = new_worker(config, url)
+    keys = Keys(config.key_prefix)
+    job = await client.enqueue("tests.sample_handlers.add", 7, 7)
+    # As if the server executed BLMOVE but the reply was lost on the way back:
+    r.lmove(keys.queue("default"), keys.active("default", worker.worker_id), "RIGHT", "LEFT")
+    task = asyncio.create_task(worker.run())
+
+    async def registered() -> bool:
+        return bool(r.exists(keys.worker(worker.worker_id)))
+
+    try:
+        await async_wait_until(registered, timeout=5, message="worker registration")
+        await worker._reconcile("default")
+        assert await client.result(job.id, timeout=5) == 14
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+
+
+def _exists(path):
+    async def check() -> bool:
+        return path.exists()
+    return check
+
+
+def _status_count(client, jobs, status, count):
+    async def check() -> bool:
+        found = [await client.get_job(j.id) for j in jobs]
+        return sum(1 for j in found if j.status is status) >= count
+    return check
+
+
+def test_handlers_never_run_on_the_event_loop_thread():
+    assert threading.current_thread() is threading.main_thread()

@@ -1,0 +1,97 @@
+"""Handlers used by the tests (registered as the module `tests.sample_handlers`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+
+def add(a: float, b: float) -> float:
+    return a + b
+
+
+async def async_add(a: float, b: float) -> float:
+    await asyncio.sleep(0)
+    return a + b
+
+
+def thread_name() -> str:
+    """Which thread ran me: plain functions must run in the worker's job thread pool."""
+    return threading.current_thread().name
+
+
+async def async_sleep(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+def sync_sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def explode(message: str) -> None:
+    raise ValueError(message)
+
+
+async def async_explode(message: str) -> None:
+    raise KeyError(message)
+
+
+def unserialisable_result() -> object:
+    return {1, 2, 3}
+
+
+def echo(*args: object, **kwargs: object) -> dict[str, object]:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+async def wait_for_file(path: str, seconds: float = 30.0) -> str:
+    """Run until `path` exists (lets a test hold a job in flight), then return its contents."""
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        await asyncio.sleep(0.01)
+    with open(path) as fh:
+        return fh.read()
+
+
+def touch_then_block(path: str, seconds: float) -> str:
+    """Signal that the job has started (creates `path`), then block."""
+    with open(path, "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(seconds)
+    return "finished"
+
+
+async def touch_then_sleep(path: str, seconds: float) -> str:
+    with open(path, "w") as fh:
+        fh.write(str(os.getpid()))
+    await asyncio.sleep(seconds)
+    return "finished"
+
+
+_active = 0
+_peak = 0
+_lock = threading.Lock()
+
+
+async def track_concurrency(seconds: float) -> int:
+    """Record how many of these run at once in this process; returns the peak seen so far."""
+    global _active, _peak
+    with _lock:
+        _active += 1
+        _peak = max(_peak, _active)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        with _lock:
+            _active -= 1
+    return _peak

@@ -1,0 +1,174 @@
+"""pool.yaml parsing: defaults, durations, env expansion, and errors that name key and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pool.config import Config, from_mapping, load, parse_duration
+from pool.errors import ConfigError
+
+
+def parse(data, environ=None) -> Config:
+    return from_mapping(data, "/srv/app/pool.yaml", environ or {})
+
+
+def error_of(data, environ=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(data, environ)
+    return str(info.value)
+
+
+def test_empty_file_gives_documented_defaults():
+    """An empty pool.yaml is valid and every setting takes its documented default."""
+    config = parse(None)
+    assert config.processes == 2
+    assert config.concurrency == 16
+    assert config.queues == ("default",)
+    assert config.timeout_s == 30.0
+    assert config.result_ttl_s == 3600.0
+    assert config.key_prefix == "pool"
+    assert config.redis.is_embedded
+    assert config.state_dir == Path("/srv/app/.pool")
+
+
+def test_interface_example_parses():
+    """The example from the issue's interface section parses into typed values."""
+    config = parse({
+        "redis": {"url": "redis://localhost:6379/0"}, "processes": 2, "concurrency": 16,
+        "queues": ["default"], "timeout": "30s", "result_ttl": "1h",
+        "handlers": ["examples.tasks", "examples.images.thumbnail"],
+    })
+    assert config.redis.url == "redis://localhost:6379/0"
+    assert config.handlers == ("examples.tasks", "examples.images.thumbnail")
+    assert config.result_ttl_s == 3600.0
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30s", 30.0), ("500ms", 0.5), ("2m", 120.0), ("1h", 3600.0), ("1d", 86400.0),
+    ("1.5s", 1.5), (10, 10.0), (0.25, 0.25),
+])
+def test_durations_accept_units(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_typo_is_an_error_with_a_suggestion():
+    """`concurency:` is never silently ignored: the message names the file, key and the fix."""
+    assert error_of({"concurency": 4}) == "pool.yaml: concurency: unknown key (did you mean 'concurrency'?)"
+
+
+def test_unknown_nested_key_names_its_path():
+    assert error_of({"redis": {"ulr": "redis://x"}}) == "pool.yaml: redis.ulr: unknown key (did you mean 'url'?)"
+
+
+def test_unknown_key_without_close_match_lists_allowed_keys():
+    message = error_of({"logging": {"colour": True}})
+    assert message.startswith("pool.yaml: logging.colour: unknown key (allowed: level, format")
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"processes": 0}, "pool.yaml: processes: must be an integer >= 1 and <= 512 (got 0)"),
+    ({"processes": "two"}, "pool.yaml: processes: must be an integer >= 1 and <= 512 (got 'two')"),
+    ({"concurrency": True}, "pool.yaml: concurrency: must be an integer >= 1 and <= 10000 (got True)"),
+    ({"timeout": "soon"}, "pool.yaml: timeout: must be a duration >= 0.001s such as '500ms', '30s', '2m', '1h' (got 'soon')"),
+    ({"timeout": "0s"}, "pool.yaml: timeout: must be a duration >= 0.001s such as '500ms', '30s', '2m', '1h' (got '0s')"),
+    ({"queues": ["a b"]}, "pool.yaml: queues[0]: queue names must be 1-64 characters: letters, digits, '_', '.', '-', starting with a letter or digit (got 'a b')"),
+    ({"queues": ["x{y}"]}, "pool.yaml: queues[0]: queue names must be 1-64 characters: letters, digits, '_', '.', '-', starting with a letter or digit (got 'x{y}')"),
+    ({"queues": []}, "pool.yaml: queues: must be a non-empty list (got [])"),
+    ({"queues": ["a", "a"]}, "pool.yaml: queues: lists the same entry twice (got ['a', 'a'])"),
+    ({"handlers": ["examples/tasks.py"]}, "pool.yaml: handlers[0]: must be a dotted path such as 'examples.tasks' or 'examples.tasks.add' (got 'examples/tasks.py')"),
+    ({"redis": {"url": "http://x"}}, "pool.yaml: redis.url: must start with redis://, rediss:// (TLS) or unix:// (or leave `redis` out to use the embedded server) (got 'http://x')"),
+    ({"redis": "redis://x"}, "pool.yaml: redis: must be a mapping of keys (url, username, password, socket_timeout, connect_timeout, tls)"),
+    ({"logging": {"level": "loud"}}, "pool.yaml: logging.level: must be one of debug, info, warning, error (got 'loud')"),
+    ({"max_payload_size": "lots"}, "pool.yaml: max_payload_size: must be a size >= 64 bytes such as 65536, '512KiB', '1MB' (got 'lots')"),
+    ({"key_prefix": "a:b"}, "pool.yaml: key_prefix: must be 1-64 characters of letters, digits, '_', '.', '-' (got 'a:b')"),
+])
+def test_bad_values_name_key_value_and_rule(data, expected):
+    assert error_of(data) == expected
+
+
+def test_top_level_must_be_a_mapping():
+    assert error_of(["processes", 2]) == "pool.yaml: must be a mapping of settings (see README, Configuration)"
+
+
+def test_sizes_accept_units():
+    assert parse({"max_payload_size": "512KiB"}).max_payload_bytes == 512 * 1024
+    assert parse({"max_payload_size": "1MB"}).max_payload_bytes == 1_000_000
+    assert parse({"max_payload_size": 4096}).max_payload_bytes == 4096
+
+
+def test_heartbeat_ttl_must_exceed_two_intervals():
+    message = error_of({"heartbeat_interval": "1s", "heartbeat_ttl": "2s"})
+    assert message.startswith("pool.yaml: heartbeat_ttl: must be more than twice heartbeat_interval")
+
+
+def test_env_variables_expand_so_secrets_stay_out_of_the_file():
+    config = parse(
+        {"redis": {"url": "redis://${REDIS_HOST}:6379/0", "password": "${REDIS_PASSWORD}"}},
+        {"REDIS_HOST": "cache.internal", "REDIS_PASSWORD": "s3cret"},
+    )
+    assert config.redis.url == "redis://cache.internal:6379/0"
+    assert config.redis.password == "s3cret"
+    assert "s3cret" not in repr(config)
+
+
+def test_env_default_is_used_when_unset():
+    assert parse({"key_prefix": "${PREFIX:-jobs}"}).key_prefix == "jobs"
+
+
+def test_missing_env_variable_names_key_and_variable():
+    message = error_of({"redis": {"password": "${REDIS_PASSWORD}"}})
+    assert message == (
+        "pool.yaml: redis.password: environment variable REDIS_PASSWORD is not set "
+        "(export it, or write ${REDIS_PASSWORD:-default})"
+    )
+
+
+def test_pool_redis_url_overrides_config():
+    config = parse({"redis": {"url": "redis://a:6379/0"}}, {"POOL_REDIS_URL": "unix:///run/redis.sock"})
+    assert config.redis.url == "unix:///run/redis.sock"
+
+
+def test_pool_redis_url_is_validated():
+    with pytest.raises(ConfigError, match="POOL_REDIS_URL: must start with redis://"):
+        parse({}, {"POOL_REDIS_URL": "localhost:6379"})
+
+
+def test_redis_settings_accept_acl_tls_and_timeouts():
+    config = parse({"redis": {
+        "url": "rediss://cache:6380/2", "username": "pool", "password": "pw",
+        "socket_timeout": "2s", "connect_timeout": "500ms",
+        "tls": {"ca_file": "/etc/ca.pem", "verify": False},
+    }})
+    assert config.redis.username == "pool"
+    assert config.redis.socket_timeout_s == 2.0
+    assert config.redis.connect_timeout_s == 0.5
+    assert config.redis.tls.ca_file == "/etc/ca.pem"
+    assert config.redis.tls.verify is False
+
+
+def test_load_reports_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load(tmp_path / "nope.yaml")
+
+
+def test_load_reports_invalid_yaml_with_line(tmp_path):
+    path = tmp_path / "pool.yaml"
+    path.write_text("processes: 2\nqueues: [default\n")
+    with pytest.raises(ConfigError, match=r"^pool.yaml: line \d+: "):
+        load(path)
+
+
+def test_load_uses_safe_load(tmp_path):
+    """Python object tags are refused: YAML never constructs objects."""
+    path = tmp_path / "pool.yaml"
+    path.write_text("processes: !!python/object/apply:os.getpid []\n")
+    with pytest.raises(ConfigError):
+        load(path)
+
+
+def test_relative_state_dir_is_next_to_the_config(tmp_path):
+    path = tmp_path / "pool.yaml"
+    path.write_text("state_dir: var/pool\n")
+    assert load(path, environ={}).state_dir == tmp_path / "var" / "pool"

@@ -1,0 +1,67 @@
+"""Job encoding: JSON only, clear errors for what JSON cannot carry, size limits."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from pool.errors import JobFailed, PayloadTooLarge, SerializationError
+from pool.jobs import Job, Status, encode_arguments, enqueue_fields
+
+
+def test_arguments_encode_as_json():
+    args, kwargs = encode_arguments("m.f", (1, "two", [3]), {"x": {"y": None}})
+    assert args == b'[1,"two",[3]]'
+    assert kwargs == b'{"x":{"y":null}}'
+
+
+def test_non_serialisable_argument_is_named():
+    with pytest.raises(SerializationError) as info:
+        encode_arguments("m.f", (1, object()), {})
+    assert str(info.value).startswith("argument 1 of m.f is not JSON-serialisable (object:")
+    assert "pool never pickles" in str(info.value)
+
+
+def test_non_serialisable_keyword_argument_is_named():
+    with pytest.raises(SerializationError, match="keyword argument 'when' of m.f is not JSON-serialisable"):
+        encode_arguments("m.f", (), {"when": {1, 2}})
+
+
+def test_non_string_dict_keys_are_refused():
+    with pytest.raises(SerializationError, match="argument 0 of m.f"):
+        encode_arguments("m.f", ({1: "a"},), {})
+
+
+def test_datetimes_travel_as_iso_strings():
+    args, _ = encode_arguments("m.f", (datetime.date(2026, 1, 2),), {})
+    assert args == b'["2026-01-02"]'
+
+
+def test_payload_over_limit_is_refused():
+    job = Job(id="j", handler="m.f", queue="default", created_ms=1)
+    args, kwargs = encode_arguments("m.f", ("x" * 200,), {})
+    with pytest.raises(PayloadTooLarge, match=r"job for m.f is 2\d\d bytes, over max_payload_size \(100 bytes\)"):
+        enqueue_fields(job, args, kwargs, 100)
+
+
+def test_record_round_trips_through_a_hash():
+    job = Job(id="j1", handler="m.f", queue="q", args=(1,), kwargs={"a": 2}, created_ms=5, timeout_ms=700)
+    args, kwargs = encode_arguments(job.handler, job.args, job.kwargs)
+    flat = enqueue_fields(job, args, kwargs, 10_000)
+    raw = {str(k).encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in zip(flat[::2], flat[1::2])}
+    back = Job.from_hash(raw)
+    assert (back.id, back.handler, back.queue, back.args, back.kwargs) == ("j1", "m.f", "q", (1,), {"a": 2})
+    assert (back.status, back.attempts, back.timeout_ms, back.created_ms) == (Status.QUEUED, 0, 700, 5)
+
+
+def test_outcome_raises_remote_error_with_traceback():
+    job = Job(id="j", handler="m.f", queue="q", status=Status.FAILED, error="ValueError: no", traceback="Traceback ...\nValueError: no")
+    with pytest.raises(JobFailed) as info:
+        job.outcome()
+    assert info.value.error == "ValueError: no"
+    assert "Remote traceback:\nTraceback ...\nValueError: no" in str(info.value)
+
+
+def test_outcome_returns_result():
+    assert Job(id="j", handler="m.f", queue="q", status=Status.COMPLETED, result=[1]).outcome() == [1]
