@@ -95,3 +95,11 @@ async def track_concurrency(seconds: float) -> int:
         with _lock:
             _active -= 1
     return _peak
+
+
+async def start_then_wait(started: str, release: str, seconds: float = 60.0) -> int:
+    """Append this process's pid to `started`, then run until `release` exists; returns the pid."""
+    with open(started, "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    await wait_for_file(release, seconds)
+    return os.getpid()

@@ -1,0 +1,63 @@
+"""`pool run` as a subprocess, the way users and operators run it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pool.testing import wait_until
+from tests.conftest import cli_env
+
+
+class PoolProcess:
+    """A running `pool run CONFIG`, with its output in a log file the test can wait on."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pool", "run", str(config)], stdout=self._log_file,
+            stderr=subprocess.STDOUT, env=cli_env(), cwd=config.parent,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for_log(self, text: str, timeout: float = 20.0, count: int = 1) -> None:
+        def seen() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pool run exited early ({self.proc.returncode}):\n{self.output()}")
+            return self.output().count(text) >= count
+        wait_until(seen, timeout=timeout, message=f"{text!r} in the log of pool run")
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log_file.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log_file.close()
+
+
+@pytest.fixture
+def start_pool(tmp_path):
+    started: list[PoolProcess] = []
+
+    def start(config: Path, name: str = "pool-run.log") -> PoolProcess:
+        process = PoolProcess(config, tmp_path / name)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

@@ -1,0 +1,140 @@
+"""`pool run` end to end: real processes, real signals, a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import redis
+import yaml
+
+from pool import Client, JobSpec, Status
+from pool.embedded import EmbeddedServer, free_port
+from pool.keys import Keys
+from pool.testing import wait_until
+from tests.conftest import ROOT, pool_cli
+
+
+def workers_running(config: Path, count: int):
+    def check():
+        result = pool_cli("status", str(config), "--json")
+        if result.returncode != 0:
+            return None
+        data = json.loads(result.stdout)
+        live = [w for w in data["workers"] if w["state"] in ("idle", "busy")]
+        return data if len(live) == count else None
+    return check
+
+
+def test_embedded_server_quick_tour(tmp_path, start_pool):
+    """The README's tour: pool run on the embedded server, enqueue and status from another shell."""
+    # Given the documented pool.yaml (no redis: section) in a fresh folder
+    config = tmp_path / "pool.yaml"
+    config.write_text((ROOT / "pool.yaml").read_text())
+    pool = start_pool(config)
+    # When its workers are up
+    data = wait_until(workers_running(config, 2), timeout=30, message="2 workers in pool status")
+    assert data["redis"]["url"].startswith("unix://")
+    # Then enqueue finds the embedded server by itself and returns results
+    added = pool_cli("enqueue", str(config), "examples.tasks.add", "1", "2", "--wait", "--timeout", "10")
+    assert (added.returncode, added.stdout.strip()) == (0, "3"), added.stderr
+    thumb = pool_cli("enqueue", str(config), "examples.images.thumbnail", "1024", "768", "--wait")
+    assert json.loads(thumb.stdout) == {"width": 256, "height": 192}
+    failed = pool_cli("enqueue", str(config), "examples.tasks.fail", "boom", "--wait")
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("pool: RuntimeError: boom\nTraceback")
+    job_id = pool_cli("enqueue", str(config), "examples.tasks.word_count", "--kwargs", '{"text": "a b a"}').stdout.strip()
+    shown = wait_until(lambda: _finished_job(config, job_id), timeout=10, message="word_count to finish")
+    assert shown["result"] == {"a": 2, "b": 1}
+    counts = json.loads(pool_cli("status", str(config), "--json").stdout)["queues"]["default"]
+    assert counts == {"queued": 0, "active": 0, "completed": 3, "failed": 1}
+    text = pool_cli("status", str(config))
+    assert "QUEUE" in text.stdout and "WORKER" in text.stdout
+    # And SIGTERM stops everything with exit 0, the embedded server included
+    assert pool.stop() == 0, pool.output()
+    assert not (tmp_path / ".pool" / "server.json").exists()
+    assert (tmp_path / ".pool" / "appendonlydir").is_dir()  # AOF persistence was on
+    down = pool_cli("status", str(config))
+    assert down.returncode == 3
+    assert "is not running" in down.stderr
+
+
+def _finished_job(config: Path, job_id: str):
+    result = pool_cli("job", str(config), job_id)
+    data = json.loads(result.stdout) if result.returncode == 0 else None
+    return data if data and data["status"] in ("completed", "failed") else None
+
+
+def test_two_processes_finish_1000_jobs_then_stop_cleanly(write_config, start_pool, url):
+    config = write_config(processes=2, concurrency=8)
+    pool = start_pool(config)
+    wait_until(workers_running(config, 2), timeout=30, message="2 workers")
+    with Client.from_config(config) as client:
+        jobs = client.enqueue_many(JobSpec("tests.sample_handlers.add", (i, 1000)) for i in range(1000))
+        results = [client.result(job.id, timeout=60) for job in jobs]
+        records = [client.get_job(job.id) for job in jobs]
+    assert results == [i + 1000 for i in range(1000)]
+    assert all(r.status is Status.COMPLETED and r.attempts == 1 for r in records)
+    assert len({r.worker for r in records}) == 2, "both worker processes should have run jobs"
+    assert pool.stop(signal.SIGTERM) == 0, pool.output()
+    keys = Keys(yaml.safe_load(config.read_text())["key_prefix"])
+    server = redis.Redis.from_url(url)
+    assert server.llen(keys.queue("default")) == 0
+    assert server.scard(keys.workers()) == 0
+    assert "supervisor stopped" in pool.output()
+
+
+def test_run_waits_for_redis_and_starts_once_it_answers(write_config, start_pool, tmp_path):
+    port = free_port()
+    config = write_config(redis={"url": f"redis://127.0.0.1:{port}/0"}, processes=1)
+    pool = start_pool(config)
+    pool.wait_for_log("waiting for Redis at redis://127.0.0.1:")
+    server = EmbeddedServer(tmp_path / "late-redis", persist=False, port=port)
+    try:
+        server.start()
+        pool.wait_for_log("started worker-1")
+        with Client.from_config(config) as client:
+            job = client.enqueue("tests.sample_handlers.add", 2, 2)
+            assert client.result(job.id, timeout=20) == 4
+        assert pool.stop() == 0
+    finally:
+        server.stop()
+    assert pool.output().count("waiting for Redis") == 1, "the wait is logged once, not per retry"
+
+
+def test_killed_worker_has_its_job_requeued_and_is_respawned(write_config, start_pool, tmp_path):
+    config = write_config(processes=1, concurrency=2)
+    pool = start_pool(config)
+    wait_until(workers_running(config, 1), timeout=30, message="1 worker")
+    started, release = tmp_path / "started", tmp_path / "release"
+    with Client.from_config(config) as client:
+        job = client.enqueue("tests.sample_handlers.start_then_wait", str(started), str(release))
+        first_pid = int(wait_until(lambda: started.exists() and started.read_text().split(), timeout=10)[0])
+        # When the worker running it is SIGKILLed mid-job
+        os.kill(first_pid, signal.SIGKILL)
+        # Then the supervisor requeues it and a respawned worker runs it again
+        pids = wait_until(lambda: len(started.read_text().split()) >= 2 and started.read_text().split(), timeout=15)
+        assert int(pids[1]) != first_pid
+        release.write_text("go")
+        assert client.result(job.id, timeout=15) == int(pids[1])
+        assert client.get_job(job.id).attempts == 2
+    assert "was killed by SIGKILL" in pool.output()
+    assert pool.stop() == 0
+
+
+def test_sigterm_requeues_jobs_that_outlive_shutdown_timeout(write_config, start_pool, tmp_path, url):
+    config = write_config(processes=1, shutdown_timeout="300ms")
+    pool = start_pool(config)
+    wait_until(workers_running(config, 1), timeout=30, message="1 worker")
+    started, release = tmp_path / "started", tmp_path / "release"
+    with Client.from_config(config) as client:
+        job = client.enqueue("tests.sample_handlers.start_then_wait", str(started), str(release))
+        wait_until(started.exists, timeout=10, message="job start")
+        assert pool.stop(signal.SIGTERM) == 0, pool.output()
+        stored = client.get_job(job.id)
+    keys = Keys(yaml.safe_load(config.read_text())["key_prefix"])
+    assert stored.status is Status.QUEUED
+    assert redis.Redis.from_url(url).lrange(keys.queue("default"), 0, -1) == [job.id.encode()]
+    assert "requeued 1 unfinished job(s) on default" in pool.output()
