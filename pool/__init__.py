@@ -11,6 +11,7 @@ The public API is what ``__all__`` lists; everything else is internal.
 from pool.client import AsyncClient, Client, JobSpec
 from pool.errors import (
     ConfigError,
+    CorruptJob,
     HandlerError,
     JobFailed,
     JobNotFound,
@@ -27,6 +28,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ConfigError",
+    "CorruptJob",
     "HandlerError",
     "Job",
     "JobFailed",

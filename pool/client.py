@@ -21,8 +21,14 @@ import redis.asyncio
 from pool import clock
 from pool.config import Config, load
 from pool.connection import (
-    BLOCK_TIMEOUT_S, CLIENT_ATTEMPTS, OUTAGE_ERRORS, async_client, backoff_s, blocking_client,
-    describe_unreachable, resolve_url,
+    BLOCK_TIMEOUT_S,
+    CLIENT_ATTEMPTS,
+    OUTAGE_ERRORS,
+    async_client,
+    backoff_s,
+    blocking_client,
+    describe_unreachable,
+    resolve_url,
 )
 from pool.errors import JobNotFound, ResultTimeout, UsageError
 from pool.jobs import Job, Status, encode_arguments, enqueue_fields, new_job_id

@@ -8,6 +8,7 @@ find it. A server left running by a supervisor that was killed is found and reus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -162,10 +163,8 @@ class EmbeddedServer:
         """Stop the server: SIGTERM makes valkey flush its AOF and exit; SIGKILL after timeout_s."""
         if self.pid is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self._is_running():
             time.sleep(0.02)  # waiting for another process to exit: no event to block on portably

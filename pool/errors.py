@@ -59,6 +59,10 @@ class JobNotFound(PoolError):
     """No job with this id exists (never enqueued, or its result has expired)."""
 
 
+class CorruptJob(PoolError):
+    """A job record in Redis cannot be decoded (written by hand, or by an incompatible version)."""
+
+
 class ResultTimeout(PoolError, TimeoutError):
     """The job did not finish within the time the caller was willing to wait."""
 

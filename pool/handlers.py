@@ -72,7 +72,7 @@ def _import_failure(exc: BaseException, module_name: str, path: str) -> HandlerE
 def _import_module(module_name: str, path: str) -> ModuleType:
     try:
         return importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any error in user code at import is a config error
+    except Exception as exc:  # any error in user code at import is a config error, not a crash
         raise _import_failure(exc, module_name, path) from None
 
 
@@ -84,7 +84,7 @@ def _module_if_exists(path: str) -> ModuleType | None:
         if exc.name == path and "." in path:
             return None
         raise _import_failure(exc, path, path) from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _import_failure(exc, path, path) from None
 
 

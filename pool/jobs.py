@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from pool.errors import JobFailed, PayloadTooLarge, SerializationError
+from pool.errors import CorruptJob, JobFailed, PayloadTooLarge, SerializationError
 
 
 class Status(enum.StrEnum):
@@ -94,7 +94,19 @@ class Job:
 
     @classmethod
     def from_hash(cls, fields: Mapping[bytes, bytes]) -> Job:
-        """Build a Job from the raw HGETALL reply of its hash."""
+        """Build a Job from the raw HGETALL reply of its hash.
+
+        Raises:
+            CorruptJob: a field cannot be decoded.
+        """
+        try:
+            return cls._from_fields(fields)
+        except (ValueError, KeyError, TypeError) as exc:
+            job_id = fields.get(b"id", b"?").decode(errors="replace")
+            raise CorruptJob(f"job {job_id}: its record cannot be decoded ({exc})") from None
+
+    @classmethod
+    def _from_fields(cls, fields: Mapping[bytes, bytes]) -> Job:
         get = fields.get
         return cls(
             id=get(b"id", b"").decode(),

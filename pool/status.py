@@ -56,7 +56,7 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
 
 
 def _worker(worker_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str, Any]:
-    host, pid, _ = (worker_id.rsplit(":", 2) + ["", ""])[:3]
+    host, pid, _ = ([*worker_id.rsplit(":", 2), "", ""])[:3]
     if not fields:
         return {"id": worker_id, "host": host, "pid": int(pid) if pid.isdigit() else None,
                 "state": "lost", "queues": [], "in_flight": None, "done": None, "failed": None,
@@ -85,7 +85,7 @@ def render(data: dict[str, Any], config_name: str) -> str:
     queue_rows = [["QUEUE", "QUEUED", "ACTIVE", "COMPLETED", "FAILED"]]
     for name, counts in data["queues"].items():
         queue_rows.append([name, *(str(counts[k]) for k in ("queued", "active", "completed", "failed"))])
-    lines += _table(queue_rows, right_from=1) + [""]
+    lines += [*_table(queue_rows, right_from=1), ""]
     workers = data["workers"]
     if not workers:
         lines.append(f"no workers running: start them with `pool run {config_name}`")
@@ -122,6 +122,6 @@ def _table(rows: list[list[str]], right_from: int) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     out = []
     for row in rows:
-        cells = [cell.rjust(w) if i >= right_from else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        cells = [cell.rjust(w) if i >= right_from else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=False))]
         out.append("  ".join(cells).rstrip())
     return out

@@ -14,6 +14,7 @@ requeued here. Redis work here uses the sync client, disconnected before every f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -105,6 +106,9 @@ class Supervisor:
             while self.children or not self.stopping:
                 self._tick()
             self._requeue_pending()
+            if self.pending:
+                logger.error("Redis is unreachable: the unfinished jobs of %s stay in their active lists "
+                             "until a supervisor reclaims them", ", ".join(self.pending))
             logger.info("supervisor stopped")
         finally:
             if self.embedded is not None:
@@ -171,10 +175,8 @@ class Supervisor:
 
     def _signal_children(self, signum: int) -> None:
         for pid in list(self.children):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
     # -- children ---------------------------------------------------------------------------------
 
@@ -209,7 +211,7 @@ class Supervisor:
             logs.setup(self.config.logging, f"worker-{index + 1}")
             code = ExitCode.JOB_FAILED
             code = self.worker_main(self.config, self.registry, make_worker_id(nonce), self.url)
-        except BaseException:  # noqa: BLE001 - the child must never return into the supervisor
+        except BaseException:
             logger.exception("worker-%d crashed", index + 1)
         finally:
             logging.shutdown()
@@ -330,7 +332,7 @@ class Supervisor:
 
     def _requeue_worker(self, worker_id: str) -> None:
         moved = sum(self.scripts.requeue(queue, worker_id) for queue in self.config.queues)
-        with self.redis.pipeline(transaction=True) as pipe:
+        with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(self.keys.worker(worker_id))
             pipe.srem(self.keys.workers(), worker_id)
             pipe.execute()

@@ -29,11 +29,17 @@ import redis.asyncio
 from pool import clock
 from pool.config import Config
 from pool.connection import (
-    BLOCK_TIMEOUT_S, OUTAGE_ERRORS, Outage, async_client, blocking_client, resolve_url,
+    BLOCK_TIMEOUT_S,
+    OUTAGE_ERRORS,
+    Outage,
+    async_client,
+    blocking_client,
+    resolve_url,
 )
+from pool.errors import CorruptJob
 from pool.handlers import Registry
 from pool.jobs import Job, Status, dumps
-from pool.keys import Keys, make_worker_id  # noqa: F401 - re-exported for callers
+from pool.keys import Keys
 from pool.scripts import JobNotActive, Scripts, check
 
 logger = logging.getLogger(__name__)
@@ -62,6 +68,7 @@ class Worker:
         self.keys = Keys(config.key_prefix)
         self.stopping = asyncio.Event()
         self.fast_stop = False
+        self.crashed = False
         self.done_count = 0
         self.failed_count = 0
         self.started_ms = clock.now_ms()
@@ -93,6 +100,8 @@ class Worker:
         try:
             heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
             fetchers = [asyncio.create_task(self._fetch_loop(q), name=f"fetch:{q}") for q in self.config.queues]
+            for task in (heartbeat, *fetchers):
+                task.add_done_callback(self._background_done)
             await self._wait_until_done(fetchers)
             await self._drain()
             heartbeat.cancel()
@@ -104,14 +113,25 @@ class Worker:
             await self._blocking.aclose()
         logger.info("worker %s stopped: %d done, %d failed", self.worker_id, self.done_count, self.failed_count)
 
-    async def _wait_until_done(self, fetchers: list[asyncio.Task[None]]) -> None:
-        if self.burst:
-            await asyncio.gather(*fetchers)
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        """A heartbeat or fetcher died of something other than an outage: stop and exit non-zero.
+
+        Its supervisor requeues whatever is left and starts a fresh process.
+        """
+        if task.cancelled() or task.exception() is None:
             return
-        await self.stopping.wait()
+        logger.error("worker %s: %s failed; stopping this process", self.worker_id, task.get_name(),
+                     exc_info=task.exception())
+        self.crashed = True
+        self.stop()
+        self.stop()
+
+    async def _wait_until_done(self, fetchers: list[asyncio.Task[None]]) -> None:
+        if not self.burst:
+            await self.stopping.wait()
         # Never cancel a BLMOVE in flight (the server may already have moved the id): the fetchers
-        # see the stop flag within one block timeout.
-        await asyncio.gather(*fetchers)
+        # see the stop flag within one block timeout. Their failures are reported by _background_done.
+        await asyncio.gather(*fetchers, return_exceptions=True)
 
     async def _drain(self) -> None:
         """Let running jobs finish within shutdown_timeout, cancel the rest, requeue them."""
@@ -174,7 +194,7 @@ class Worker:
             records = await self._scripts.claim(queue, self.worker_id, clock.now_ms(), reserved)
         finally:
             self._release(reserved)
-        self._start_all(records)
+        self._start_all(queue, records)
         return len(records)
 
     async def _claim_blocking(self, queue: str) -> None:
@@ -193,7 +213,7 @@ class Worker:
             )
         finally:
             self._release(1)
-        self._start_all(records)
+        self._start_all(queue, records)
 
     async def _reconcile(self, queue: str) -> None:
         """Start ids in our active list that no task runs: claims whose reply was lost."""
@@ -202,7 +222,7 @@ class Worker:
             for raw in listed:
                 job_id = raw.decode()
                 if job_id not in self._running and not self.stopping.is_set():
-                    self._start_all(await self._scripts.claim(
+                    self._start_all(queue, await self._scripts.claim(
                         queue, self.worker_id, clock.now_ms(), 0, moved_id=job_id))
         except OUTAGE_ERRORS:
             return  # still down: the fetch loop backs off and reconciles again
@@ -211,18 +231,34 @@ class Worker:
         self._slot_freed.clear()
         await self._slot_freed.wait()
 
-    def _start_all(self, records: list[list[bytes]]) -> None:
+    def _start_all(self, queue: str, records: list[list[bytes]]) -> None:
         for pairs in records:
             fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
+            job_id = fields.get(b"id", b"").decode()
             if b"missing" in fields:
-                logger.error("job %s was claimed but its record is gone; dropped", fields[b"id"].decode())
+                logger.error("job %s was claimed but its record is gone; dropped", job_id)
                 continue
-            job = Job.from_hash(fields)
-            if job.id in self._running:
+            if job_id in self._running:
                 continue
-            task = asyncio.create_task(self._run_job(job), name=f"job:{job.id}")
-            self._running[job.id] = task
-            task.add_done_callback(functools.partial(self._job_finished, job.id))
+            try:
+                job = Job.from_hash(fields)
+            except CorruptJob as exc:
+                # A record this version cannot read must fail, not crash the process: a crash would
+                # requeue it and crash the next worker the same way.
+                job = Job(id=job_id, handler=fields.get(b"handler", b"?").decode(errors="replace"), queue=queue)
+                self._spawn(job, self._reject(job, f"CorruptJob: {exc}"))
+                continue
+            self._spawn(job, self._run_job(job))
+
+    def _spawn(self, job: Job, work: Any) -> None:
+        task = asyncio.create_task(work, name=f"job:{job.id}")
+        self._running[job.id] = task
+        task.add_done_callback(functools.partial(self._job_finished, job.id))
+
+    async def _reject(self, job: Job, error: str) -> None:
+        await self._with_retry("ack", self._ack, job, Status.FAILED, ["error", error])
+        self.failed_count += 1
+        logger.error("job %s failed: %s", job.id, error, extra={"job_id": job.id, "queue": job.queue})
 
     def _job_finished(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
@@ -264,7 +300,7 @@ class Worker:
             if deadline.expired():
                 return _failure(f"JobTimeout: job exceeded its timeout of {timeout_s:g}s", None)
             return _failure(_describe(exc), traceback.format_exc())
-        except Exception as exc:  # noqa: BLE001 - a handler's exception fails the job, never the worker
+        except (Exception, SystemExit) as exc:  # a handler's exception fails the job, never the worker
             return _failure(_describe(exc), traceback.format_exc())
         try:
             return Status.COMPLETED, ["result", dumps(result)]
@@ -318,7 +354,7 @@ class Worker:
     async def _heartbeat(self) -> None:
         key = self.keys.worker(self.worker_id)
         host, pid, _ = self.worker_id.rsplit(":", 2)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping={
                 "id": self.worker_id, "host": host, "pid": pid,
                 "queues": ",".join(self.config.queues), "started_ms": self.started_ms,
@@ -331,7 +367,7 @@ class Worker:
             await pipe.execute()
 
     async def _deregister(self) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.delete(self.keys.worker(self.worker_id))
             pipe.srem(self.keys.workers(), self.worker_id)
             await pipe.execute()
@@ -374,4 +410,4 @@ def main(config: Config, registry: Registry, worker_id: str, url: str) -> int:
         loop.add_signal_handler(signal.SIGTERM, worker.stop)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         runner.run(worker.run())
-    return 0
+    return 1 if worker.crashed else 0

@@ -42,7 +42,7 @@ def test_enqueue_of_existing_id_changes_nothing(r, keys, scripts):
 def test_claim_moves_up_to_k_in_fifo_order_and_marks_active(r, keys, scripts):
     enqueue(scripts, "q", "a", "b", "c")
     claimed = scripts.claim("q", W, 2000, 2)
-    ids = [dict(zip(c[::2], c[1::2]))[b"id"] for c in claimed]
+    ids = [dict(zip(c[::2], c[1::2], strict=False))[b"id"] for c in claimed]
     assert ids == [b"a", b"b"]
     record = r.hgetall(keys.job("q", "a"))
     assert (record[b"status"], record[b"attempts"], record[b"worker"], record[b"started_ms"]) == (b"active", b"1", W.encode(), b"2000")
@@ -58,7 +58,7 @@ def test_claim_starts_an_id_already_moved_by_blmove(r, keys, scripts):
     enqueue(scripts, "q", "a", "b")
     r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")
     claimed = scripts.claim("q", W, 5, 0, moved_id="a")
-    assert [dict(zip(c[::2], c[1::2]))[b"id"] for c in claimed] == [b"a"]
+    assert [dict(zip(c[::2], c[1::2], strict=False))[b"id"] for c in claimed] == [b"a"]
     assert r.hget(keys.job("q", "a"), "status") == b"active"
     assert r.llen(keys.queue("q")) == 1
 
@@ -118,7 +118,7 @@ def test_requeue_puts_jobs_back_at_the_head_oldest_first(r, keys, scripts):
     enqueue(scripts, "q", "d")
     assert scripts.requeue("q", W) == 2
     # Claim order after requeue: a, b (requeued first), then c, d.
-    order = [dict(zip(c[::2], c[1::2]))[b"id"] for c in scripts.claim("q", "other:2:x", 5, 10)]
+    order = [dict(zip(c[::2], c[1::2], strict=False))[b"id"] for c in scripts.claim("q", "other:2:x", 5, 10)]
     assert order == [b"a", b"b", b"c", b"d"]
     assert r.llen(keys.active("q", W)) == 0
 

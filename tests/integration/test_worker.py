@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from pool import AsyncClient, Status
+from pool import AsyncClient, CorruptJob, Status
 from pool.handlers import load_registry
 from pool.keys import Keys, make_worker_id
 from pool.testing import async_wait_until, drain
@@ -98,6 +98,39 @@ async def test_handler_exception_fails_the_job_not_the_worker(client, url):
     assert "async_explode" in failed.traceback
     assert await client.result(good.id, timeout=1) == 2
     assert (worker.done_count, worker.failed_count) == (1, 1)
+
+
+async def test_handler_calling_sys_exit_fails_only_its_job(client, url):
+    bad = await client.enqueue("tests.sample_handlers.exits", 3)
+    good = await client.enqueue("tests.sample_handlers.add", 1, 1)
+    worker = await drain(client.config, url)
+    assert (await client.get_job(bad.id)).error == "SystemExit: 3"
+    assert await client.result(good.id, timeout=1) == 2
+    assert not worker.crashed
+
+
+async def test_corrupt_record_fails_its_job_instead_of_crashing(client, url, r):
+    job = await client.enqueue("tests.sample_handlers.add", 1, 2)
+    r.hset(Keys(client.config.key_prefix).job("default", job.id), "args", "{not json")
+    worker = await drain(client.config, url)
+    raw = r.hgetall(Keys(client.config.key_prefix).job("default", job.id))
+    assert raw[b"status"] == b"failed"
+    assert raw[b"error"].startswith(f"CorruptJob: job {job.id}: its record cannot be decoded".encode())
+    with pytest.raises(CorruptJob, match=f"job {job.id}: its record cannot be decoded"):
+        await client.get_job(job.id)
+    assert (worker.failed_count, worker.crashed) == (1, False)
+
+
+async def test_heartbeat_failing_for_another_reason_stops_the_process(config, url, client):
+    """Anything but an outage in the heartbeat ends the worker with crashed=True (its supervisor respawns it)."""
+    worker = new_worker(config, url)
+
+    async def broken_heartbeat() -> None:
+        raise RuntimeError("heartbeat bug")
+
+    worker._heartbeat = broken_heartbeat
+    await asyncio.wait_for(worker.run(), 10)
+    assert worker.crashed
 
 
 async def test_unregistered_handler_is_refused_with_a_clear_error(client, url):

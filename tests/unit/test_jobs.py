@@ -49,7 +49,7 @@ def test_record_round_trips_through_a_hash():
     job = Job(id="j1", handler="m.f", queue="q", args=(1,), kwargs={"a": 2}, created_ms=5, timeout_ms=700)
     args, kwargs = encode_arguments(job.handler, job.args, job.kwargs)
     flat = enqueue_fields(job, args, kwargs, 10_000)
-    raw = {str(k).encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in zip(flat[::2], flat[1::2])}
+    raw = {str(k).encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in zip(flat[::2], flat[1::2], strict=False)}
     back = Job.from_hash(raw)
     assert (back.id, back.handler, back.queue, back.args, back.kwargs) == ("j1", "m.f", "q", (1,), {"a": 2})
     assert (back.status, back.attempts, back.timeout_ms, back.created_ms) == (Status.QUEUED, 0, 700, 5)
