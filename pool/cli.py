@@ -90,15 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(options: argparse.Namespace) -> int:
     from pool import logs, worker
-    from pool.handlers import load_registry
+    from pool.handlers import check_importable
     from pool.supervisor import Supervisor
 
     config = config_module.load(options.config)
-    if not config.handlers:
-        raise UsageError(f"{config.path.name}: handlers: list at least one handler to run (e.g. examples.tasks)")
+    check_importable(config)
     logs.setup(config.logging, "supervisor")
-    registry = load_registry(config.handlers, config.base_dir)
-    return Supervisor(config, registry, worker.main).run()
+    return Supervisor(config, worker.main).run()
 
 
 def _enqueue(options: argparse.Namespace) -> int:

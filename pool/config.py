@@ -89,6 +89,11 @@ class Config:
     max_payload_bytes: int = 1024 * 1024
     heartbeat_interval_s: float = 1.0
     heartbeat_ttl_s: float = 10.0
+    reclaim_interval_s: float = 2.0
+    max_deliveries: int = 5
+    max_jobs_per_process: int = 0
+    max_memory_per_process: int = 0
+    timeout_grace_s: float = 10.0
     state_dir: Path = Path(".pool")
     logging: LoggingSettings = LoggingSettings()
 
@@ -265,6 +270,11 @@ _TOP: _Table = {
     "max_payload_size": ("max_payload_bytes", _size(64)),
     "heartbeat_interval": ("heartbeat_interval_s", _duration(0.05)),
     "heartbeat_ttl": ("heartbeat_ttl_s", _duration(0.5)),
+    "reclaim_interval": ("reclaim_interval_s", _duration(0.05)),
+    "max_deliveries": ("max_deliveries", _integer(1, 1000)),
+    "max_jobs_per_process": ("max_jobs_per_process", _integer(0)),
+    "max_memory_per_process": ("max_memory_per_process", _size(0)),
+    "timeout_grace": ("timeout_grace_s", _duration(0, allow_zero=True)),
     "state_dir": ("state_dir", _string),
     "logging": ("logging", (LoggingSettings, _LOGGING)),
 }

@@ -17,6 +17,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad config, bad arguments, handler import error
     UNAVAILABLE = 3  # Redis cannot be reached
     BOOT = 4  # a worker process could not boot: the supervisor halts instead of respawning
+    RECYCLE = 5  # a worker asks to be replaced (max jobs, memory, stuck thread): respawn at once
 
 
 class PoolError(Exception):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Iterable
@@ -150,3 +152,40 @@ def load_registry(paths: Iterable[str], base_dir: Path | None = None) -> Registr
     for path in paths:
         handlers.extend(resolve(path))
     return Registry(handlers)
+
+
+def check_importable(config: Any) -> None:
+    """Import the config's handlers in a fresh interpreter, so the supervisor stays free of user code.
+
+    The supervisor never imports handler modules itself: its forked workers do, so a reload
+    (SIGHUP) runs new code. This check runs them once in a subprocess with the supervisor's
+    import path, and turns a failure into the same one-line error.
+
+    Raises:
+        HandlerError: the first handler that cannot be imported (one line).
+    """
+    if not config.handlers:
+        raise HandlerError(f"{config.path.name}: handlers: list at least one handler to run (e.g. examples.tasks)")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    command = [sys.executable, "-c", _CHECK_PROGRAM, str(config.base_dir), *config.handlers]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        raise HandlerError("importing the handlers took over 300s; is a module doing work at import?") from None
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        raise HandlerError(lines[-1] if lines else f"importing the handlers failed (exit {result.returncode})")
+
+
+_CHECK_PROGRAM = """
+import sys
+from pathlib import Path
+from pool.errors import HandlerError
+from pool.handlers import load_registry
+try:
+    load_registry(sys.argv[2:], Path(sys.argv[1]))
+except HandlerError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(2)
+"""

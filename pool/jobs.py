@@ -22,10 +22,11 @@ class Status(enum.StrEnum):
     ACTIVE = "active"
     COMPLETED = "completed"
     FAILED = "failed"
+    DEAD = "dead"  # quarantined: delivered max_deliveries times, its worker died each time
 
     @property
     def is_finished(self) -> bool:
-        return self in (Status.COMPLETED, Status.FAILED)
+        return self in (Status.COMPLETED, Status.FAILED, Status.DEAD)
 
 
 def new_job_id() -> str:
@@ -156,7 +157,7 @@ class Job:
         Raises:
             JobFailed: the job failed; carries the remote error and traceback.
         """
-        if self.status is Status.FAILED:
+        if self.status in (Status.FAILED, Status.DEAD):
             raise JobFailed(self.id, self.error or "unknown error", self.traceback)
         return self.result
 

@@ -6,12 +6,19 @@ slot, and each Lua script touches a single slot.
 | key                                   | type | written by                  | read by                   |
 | ------------------------------------- | ---- | --------------------------- | ------------------------- |
 | ``<p>:{q}:queue``                     | list | enqueue (LPUSH), requeue    | worker claim (BLMOVE)     |
-| ``<p>:{q}:active:<worker_id>``        | list | claim (BLMOVE / claim.lua)  | ack, requeue, status      |
-| ``<p>:{q}:job:<id>``                  | hash | enqueue, start, ack         | client, worker, status    |
+| ``<p>:{q}:active:<worker_id>``        | list | claim (BLMOVE / claim.lua)  | ack, requeue, reclaim     |
+| ``<p>:{q}:job:<id>``                  | hash | enqueue, claim, ack         | client, worker, status    |
 | ``<p>:{q}:done:<id>``                 | list | ack (one token, with TTL)   | client waiting on result  |
-| ``<p>:{q}:stats``                     | hash | ack (completed/failed)      | status                    |
-| ``<p>:workers``                       | set  | worker start/stop           | status, supervisor        |
-| ``<p>:worker:<worker_id>``            | hash | worker heartbeat (with TTL) | status, supervisor        |
+| ``<p>:{q}:stats``                     | hash | ack, reclaim (totals)       | status                    |
+| ``<p>:{q}:dead``                      | zset | requeue/reclaim (poison)    | status, operators         |
+| ``<p>:{q}:workers``                   | set  | worker heartbeat            | reclaim (supervisors)     |
+| ``<p>:{q}:alive:<worker_id>``         | str  | worker heartbeat (PX ttl)   | reclaim: expired = dead   |
+| ``<p>:workers``                       | set  | worker heartbeat            | status                    |
+| ``<p>:worker:<worker_id>``            | hash | worker heartbeat (with TTL) | status                    |
+| ``<p>:marker``                        | hash | supervisor (once per data)  | supervisor, status        |
+
+The per-queue ``workers`` set and ``alive`` keys repeat, in each queue's hash tag, what the
+global registry says: reclaim.lua needs liveness, registry and active list in one slot.
 
 ``<p>`` is ``key_prefix`` from pool.yaml (default ``pool``).
 """
@@ -51,9 +58,9 @@ class Keys:
     def active(self, queue: str, worker_id: str) -> str:
         return f"{self.prefix}:{{{queue}}}:active:{worker_id}"
 
-    def job_prefix(self, queue: str) -> str:
-        """Prefix of job hashes; Lua scripts append the id to build a job key in the same slot."""
-        return f"{self.prefix}:{{{queue}}}:job:"
+    def queue_prefix(self, queue: str) -> str:
+        """``<p>:{q}:``: Lua scripts build job and done keys from it, in the queue's slot."""
+        return f"{self.prefix}:{{{queue}}}:"
 
     def job(self, queue: str, job_id: str) -> str:
         return f"{self.prefix}:{{{queue}}}:job:{job_id}"
@@ -63,6 +70,18 @@ class Keys:
 
     def stats(self, queue: str) -> str:
         return f"{self.prefix}:{{{queue}}}:stats"
+
+    def dead(self, queue: str) -> str:
+        return f"{self.prefix}:{{{queue}}}:dead"
+
+    def queue_workers(self, queue: str) -> str:
+        return f"{self.prefix}:{{{queue}}}:workers"
+
+    def alive(self, queue: str, worker_id: str) -> str:
+        return f"{self.prefix}:{{{queue}}}:alive:{worker_id}"
+
+    def marker(self) -> str:
+        return f"{self.prefix}:marker"
 
     def workers(self) -> str:
         return f"{self.prefix}:workers"

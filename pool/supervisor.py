@@ -1,51 +1,59 @@
-"""The pre-fork supervisor behind `pool run`: start workers, watch them, stop them cleanly.
+"""The pre-fork supervisor behind `pool run`: start workers, watch them, replace them, stop them.
 
-It never runs jobs and holds no event loop. Shape (after gunicorn's arbiter):
+It never runs jobs, never imports handler code and holds no event loop. Shape (gunicorn's arbiter):
 
     start embedded Redis if the config names none → wait until Redis answers → check it
-    loop every ≤ 1 s: dispatch signals (handle_<signame>) → reap children → requeue the jobs of
-    any that died → spawn up to `processes` (with backoff against crash loops)
+    loop every ≤ 1 s: dispatch signals (handle_<signame>) → reap children → kill frozen ones →
+    housekeeping (requeue the jobs of the dead, reclaim expired workers, watch for data loss)
+    → roll one worker if reloading → spawn up to `processes` (with backoff against crash loops)
 
-Signal handlers only put the signal number on a queue; the loop does the work. TERM/INT start
-a graceful stop (workers finish in-flight jobs within `shutdown_timeout`, requeue the rest);
-a second TERM/INT stops fast; workers that outlive the deadline are SIGKILLed and their jobs
-requeued here. Redis work here uses the sync client, disconnected before every fork.
+Signals (gunicorn's conventions): TERM/INT graceful stop, a second one fast; HUP reloads the
+config and handler code by replacing workers one at a time; TTIN/TTOU add or remove a worker.
+Handlers only put the signal number on a queue; the loop does the work.
+
+A frozen worker is found without Redis: each worker touches a file from its event loop, and a
+file that goes stale for `heartbeat_ttl` gets the process SIGKILLed (a frozen loop cannot run a
+SIGTERM handler) and its jobs requeued.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
 import secrets
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-import redis
-
+from pool import config as config_module
 from pool.config import Config
-from pool.connection import OUTAGE_ERRORS, backoff_s, describe_unreachable, redact, sync_client
+from pool.connection import OUTAGE_ERRORS, backoff_s, describe_unreachable, redact
 from pool.embedded import EmbeddedServer
-from pool.errors import ExitCode, RedisUnavailable
-from pool.handlers import Registry
-from pool.keys import Keys, make_worker_id
-from pool.scripts import Scripts
+from pool.errors import ExitCode, PoolError, RedisUnavailable
+from pool.handlers import check_importable
+from pool.housekeeping import Housekeeper
+from pool.keys import make_worker_id
 
 logger = logging.getLogger(__name__)
 
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+HANDLED_SIGNALS = (
+    signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+)
 MIN_REDIS_VERSION = (6, 2)
-# After the shutdown deadline, workers get this long beyond it before SIGKILL.
-KILL_GRACE_S = 5.0
-# A worker that ran this long is considered healthy: its crash-loop backoff resets.
-HEALTHY_RUN_S = 30.0
+KILL_GRACE_S = 5.0  # after the shutdown deadline, workers get this long before SIGKILL
+HEALTHY_RUN_S = 30.0  # a worker that ran this long resets its slot's crash-loop backoff
 MAX_RESPAWN_DELAY_S = 30.0
+BOOT_ALLOWANCE_S = 60.0  # time to import handlers before the first touch of the alive file
+# Settings a reload (SIGHUP) cannot change in a running pool.
+FIXED_ON_RELOAD = ("redis", "key_prefix", "state_dir")
 
-# The function a forked child runs: (config, registry, worker_id, url) -> exit code.
-WorkerMain = Callable[[Config, Registry, str, str], int]
+# What a forked child runs: (config, worker_id, url, alive_file) -> exit code.
+WorkerMain = Callable[[Config, str, str, str], int]
 
 
 @dataclass
@@ -53,6 +61,9 @@ class _Child:
     index: int
     worker_id: str
     started: float
+    alive_file: Path
+    created_mtime: float
+    killed: bool = False
 
 
 @dataclass
@@ -67,28 +78,24 @@ class Supervisor:
     """Runs `processes` worker processes for one config until told to stop.
 
     Args:
-        config: validated settings.
-        registry: handlers, imported before any fork so import errors stop start-up.
+        config: validated settings (handlers already checked with :func:`check_importable`).
         worker_main: what each forked child runs (``pool.worker.main``).
     """
 
-    def __init__(self, config: Config, registry: Registry, worker_main: WorkerMain) -> None:
+    def __init__(self, config: Config, worker_main: WorkerMain) -> None:
         self.config = config
-        self.registry = registry
         self.worker_main = worker_main
-        self.keys = Keys(config.key_prefix)
         self.children: dict[int, _Child] = {}
         self.slots = [_Slot() for _ in range(config.processes)]
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.stopping = False
         self.stop_deadline = 0.0
         self.halt_reason: str | None = None
-        # Worker ids whose active lists still need requeueing (kept while Redis is down).
-        self.pending: list[str] = []
+        self.retiring: set[int] = set()  # pids to replace, one at a time, after a reload
         self.embedded: EmbeddedServer | None = None
         self.url = ""
-        self._redis: redis.Redis | None = None
-        self._scripts: Scripts | None = None
+        self.housekeeper: Housekeeper | None = None
+        self.run_dir = Path(tempfile.mkdtemp(prefix="pool-run-"))
 
     # -- main loop --------------------------------------------------------------------------------
 
@@ -97,6 +104,7 @@ class Supervisor:
         self._install_signal_handlers()
         try:
             self.url = self._start_redis()
+            self.housekeeper = Housekeeper(self.config, self.url)
             if not self._wait_for_redis():
                 return ExitCode.OK
             self._check_server()
@@ -105,12 +113,10 @@ class Supervisor:
                         redact(self.url), ", ".join(self.config.queues))
             while self.children or not self.stopping:
                 self._tick()
-            self._requeue_pending()
-            if self.pending:
-                logger.error("Redis is unreachable: the unfinished jobs of %s stay in their active lists "
-                             "until a supervisor reclaims them", ", ".join(self.pending))
+            self._finish_housekeeping()
             logger.info("supervisor stopped")
         finally:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
             if self.embedded is not None:
                 self.embedded.stop()
         if self.halt_reason:
@@ -119,10 +125,12 @@ class Supervisor:
         return ExitCode.OK
 
     def _tick(self) -> None:
+        assert self.housekeeper is not None
+        self.housekeeper.tick(reclaim=not self.stopping)
         if self.stopping:
             self._kill_overdue()
         else:
-            self._requeue_pending()
+            self._roll()
             self._spawn_missing()
         try:
             signum = self.signals.get(timeout=self._wait_s())
@@ -131,6 +139,7 @@ class Supervisor:
         if signum is not None:
             self._dispatch(signum)
         self._reap()
+        self._kill_frozen()
 
     def _wait_s(self) -> float:
         """Sleep until the next signal, at most 1 s, or until the next respawn is due."""
@@ -140,6 +149,13 @@ class Supervisor:
         running = {child.index for child in self.children.values()}
         due = [s.spawn_at for i, s in enumerate(self.slots) if i not in running and s.spawn_at > now]
         return max(0.01, min([1.0, *(at - now for at in due)]))
+
+    def _finish_housekeeping(self) -> None:
+        assert self.housekeeper is not None
+        self.housekeeper.tick(reclaim=False)
+        if self.housekeeper.dead_workers:
+            logger.error("Redis is unreachable: the unfinished jobs of %s stay in their active lists "
+                         "until a supervisor reclaims them", ", ".join(self.housekeeper.dead_workers))
 
     # -- signals ----------------------------------------------------------------------------------
 
@@ -173,10 +189,52 @@ class Supervisor:
     def handle_sigchld(self) -> None:
         """Wakes the loop; reaping happens right after every dispatch."""
 
+    def handle_sighup(self) -> None:
+        """Reload the config and handler code, then replace the workers one at a time."""
+        if self.stopping:
+            return
+        try:
+            fresh = config_module.load(self.config.path)
+            check_importable(fresh)
+        except PoolError as exc:
+            logger.error("reload refused, the running workers stay: %s", exc)
+            return
+        for name in FIXED_ON_RELOAD:
+            if getattr(fresh, name) != getattr(self.config, name):
+                logger.warning("reload: %s changed; it takes effect only after a restart", name)
+                fresh = replace(fresh, **{name: getattr(self.config, name)})
+        self.config = fresh
+        self._resize(fresh.processes)
+        self.retiring = set(self.children)
+        logger.info("reloading %s: replacing %d worker(s) one at a time", fresh.path.name, len(self.retiring))
+
+    def handle_sigttin(self) -> None:
+        self._resize(len(self.slots) + 1)
+        logger.info("SIGTTIN: now %d worker process(es)", len(self.slots))
+
+    def handle_sigttou(self) -> None:
+        if len(self.slots) <= 1:
+            logger.warning("SIGTTOU ignored: at least one worker process must run")
+            return
+        self._resize(len(self.slots) - 1)
+        logger.info("SIGTTOU: now %d worker process(es)", len(self.slots))
+
+    def _resize(self, processes: int) -> None:
+        self.slots = self.slots[:processes] + [_Slot() for _ in range(processes - len(self.slots))]
+        for pid, child in list(self.children.items()):
+            if child.index >= processes:
+                self._signal(pid, signal.SIGTERM)
+
     def _signal_children(self, signum: int) -> None:
         for pid in list(self.children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+            self._signal(pid, signum)
+
+    @staticmethod
+    def _signal(pid: int, signum: int) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass  # already gone: the reaper will see it
 
     # -- children ---------------------------------------------------------------------------------
 
@@ -189,18 +247,20 @@ class Supervisor:
 
     def _spawn(self, index: int) -> None:
         nonce = secrets.token_hex(3)
-        if self._redis is not None:
-            self._redis.connection_pool.disconnect()  # no Redis connection crosses a fork
+        alive_file = self.run_dir / f"worker-{nonce}.alive"
+        alive_file.touch()
+        assert self.housekeeper is not None
+        self.housekeeper.disconnect()  # no Redis connection crosses a fork
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         pid = os.fork()
         if pid == 0:
-            self._become_worker(index, nonce)  # never returns
+            self._become_worker(index, nonce, alive_file)  # never returns
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         worker_id = make_worker_id(nonce, pid)
-        self.children[pid] = _Child(index, worker_id, time.monotonic())
+        self.children[pid] = _Child(index, worker_id, time.monotonic(), alive_file, alive_file.stat().st_mtime)
         logger.info("started worker-%d pid %d (%s)", index + 1, pid, worker_id)
 
-    def _become_worker(self, index: int, nonce: str) -> None:
+    def _become_worker(self, index: int, nonce: str, alive_file: Path) -> None:
         code = ExitCode.BOOT
         try:
             for signum in HANDLED_SIGNALS:
@@ -210,8 +270,8 @@ class Supervisor:
 
             logs.setup(self.config.logging, f"worker-{index + 1}")
             code = ExitCode.JOB_FAILED
-            code = self.worker_main(self.config, self.registry, make_worker_id(nonce), self.url)
-        except BaseException:
+            code = self.worker_main(self.config, make_worker_id(nonce), self.url, str(alive_file))
+        except BaseException:  # the child must never return into the supervisor's loop
             logger.exception("worker-%d crashed", index + 1)
         finally:
             logging.shutdown()
@@ -227,38 +287,87 @@ class Supervisor:
                 return
             child = self.children.pop(pid, None)
             if child is not None:
-                self._child_exited(pid, child, status)
+                child.alive_file.unlink(missing_ok=True)
+                self._child_exited(pid, child, os.waitstatus_to_exitcode(status))
 
-    def _child_exited(self, pid: int, child: _Child, status: int) -> None:
-        code = os.waitstatus_to_exitcode(status)
-        self.pending.append(child.worker_id)
-        if code == 0 and self.stopping:
-            logger.info("worker-%d pid %d exited", child.index + 1, pid)
+    def _child_exited(self, pid: int, child: _Child, code: int) -> None:
+        assert self.housekeeper is not None
+        self.housekeeper.worker_died(child.worker_id)
+        name = f"worker-{child.index + 1} pid {pid}"
+        retired = pid in self.retiring or child.index >= len(self.slots)
+        self.retiring.discard(pid)
+        if code == ExitCode.OK and (self.stopping or retired):
+            logger.info("%s exited", name)
             return
+        if code == ExitCode.RECYCLE and not self.stopping:
+            logger.info("%s recycled itself (see its log for why); starting a fresh one", name)
+            return
+        if code == ExitCode.BOOT:
+            self.halt_reason = f"worker-{child.index + 1} could not boot (see its log above)"
+            if not self.stopping:
+                self.handle_sigterm()
         reason = _describe_exit(code)
+        if self.stopping:
+            logger.warning("%s %s while stopping; its jobs are requeued", name, reason)
+            return
+        delay = self._backoff(child)
+        logger.error("%s %s; its jobs are requeued, restarting in %.1fs", name, reason, delay)
+
+    def _backoff(self, child: _Child) -> float:
+        if child.index >= len(self.slots):
+            return 0.0
         slot = self.slots[child.index]
         if time.monotonic() - child.started >= HEALTHY_RUN_S:
             slot.failures = 0
         delay = 0.0 if slot.failures == 0 else min(MAX_RESPAWN_DELAY_S, 0.5 * 2 ** (slot.failures - 1))
         slot.failures += 1
         slot.spawn_at = time.monotonic() + delay
-        if code == ExitCode.BOOT:
-            self.halt_reason = f"worker-{child.index + 1} could not boot (see its log above)"
-            if not self.stopping:
-                self.handle_sigterm()
-        if not self.stopping:
-            logger.error("worker-%d pid %d %s; its jobs are requeued, restarting in %.1fs",
-                         child.index + 1, pid, reason, delay)
-        else:
-            logger.warning("worker-%d pid %d %s while stopping; its jobs are requeued",
-                           child.index + 1, pid, reason)
+        return delay
+
+    def _kill_frozen(self) -> None:
+        """SIGKILL workers whose event loop stopped touching their alive file."""
+        now = time.time()
+        for pid, child in self.children.items():
+            if child.killed:
+                continue
+            try:
+                mtime = child.alive_file.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            booted = mtime != child.created_mtime
+            limit = self.config.heartbeat_ttl_s if booted else max(self.config.heartbeat_ttl_s, BOOT_ALLOWANCE_S)
+            if now - mtime > limit:
+                logger.error("worker-%d pid %d has not run its event loop for %.0fs (frozen? a blocking "
+                             "call in an async handler?): killing it", child.index + 1, pid, now - mtime)
+                child.killed = True
+                self._signal(pid, signal.SIGKILL)
+
+    def _roll(self) -> None:
+        """During a reload, stop one old worker once every slot runs a booted worker."""
+        self.retiring &= set(self.children)
+        if not self.retiring or len(self.children) < len(self.slots):
+            return
+        if any(not self._is_booted(child) for child in self.children.values()):
+            return
+        if any(self.children[pid].killed for pid in self.retiring):
+            return
+        pid = min(self.retiring, key=lambda p: self.children[p].index)
+        self.children[pid].killed = True  # marks "being replaced": not picked twice
+        self._signal(pid, signal.SIGTERM)
+
+    @staticmethod
+    def _is_booted(child: _Child) -> bool:
+        try:
+            return child.alive_file.stat().st_mtime != child.created_mtime
+        except FileNotFoundError:
+            return False
 
     def _kill_overdue(self) -> None:
         if self.children and time.monotonic() >= self.stop_deadline:
             logger.warning("%d worker(s) still running past the shutdown deadline: SIGKILL", len(self.children))
             self._signal_children(signal.SIGKILL)
 
-    # -- Redis --------------------------------------------------------------------------------------
+    # -- Redis ------------------------------------------------------------------------------------
 
     def _start_redis(self) -> str:
         if self.config.redis.url:
@@ -266,24 +375,13 @@ class Supervisor:
         self.embedded = EmbeddedServer(self.config.state_dir)
         return self.embedded.start()
 
-    @property
-    def redis(self) -> redis.Redis:
-        if self._redis is None:
-            self._redis = sync_client(self.config, self.url)
-        return self._redis
-
-    @property
-    def scripts(self) -> Scripts:
-        if self._scripts is None:
-            self._scripts = Scripts(self.redis, self.keys)
-        return self._scripts
-
     def _wait_for_redis(self) -> bool:
         """Block until Redis answers PING; False if told to stop meanwhile."""
+        assert self.housekeeper is not None
         attempt = 0
         while True:
             try:
-                self.redis.ping()
+                self.housekeeper.redis.ping()
                 if attempt:
                     logger.info("Redis at %s answers; starting", redact(self.url))
                 return True
@@ -293,7 +391,7 @@ class Supervisor:
                                    redact(self.url), describe_unreachable(self.url, exc))
                 attempt += 1
             try:
-                signum = self.signals.get(timeout=backoff_s(attempt, base_s=0.1, cap_s=2.0) + 0.05)
+                signum = self.signals.get(timeout=backoff_s(attempt, base_s=0.1, cap_s=1.0) + 0.05)
                 if signum in (signal.SIGTERM, signal.SIGINT):
                     logger.info("stopped while waiting for Redis")
                     return False
@@ -302,42 +400,27 @@ class Supervisor:
 
     def _check_server(self) -> None:
         """Refuse Redis < 6.2 (no BLMOVE); warn about eviction; say which persistence is on."""
+        assert self.housekeeper is not None
+        client = self.housekeeper.redis
         try:
-            info = self.redis.info("server") | self.redis.info("persistence")
-        except redis.exceptions.ResponseError:
-            return  # INFO disabled by the provider: nothing to check
+            info = client.info("server") | client.info("persistence")
+        except OUTAGE_ERRORS:
+            return  # gone again: the housekeeper reports outages
         version = str(info.get("valkey_version") or info.get("redis_version") or "0")
         parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
         if parts and parts < MIN_REDIS_VERSION:
             raise RedisUnavailable(f"Redis {version} at {redact(self.url)} is too old: pool needs 6.2 or newer (BLMOVE)")
         persistence = "AOF" if info.get("aof_enabled") else "RDB snapshots only" if info.get("rdb_last_save_time") else "none"
         logger.info("Redis %s, persistence: %s", version, persistence)
+        if not info.get("aof_enabled"):
+            logger.warning("Redis has no AOF (appendonly no): a crash of Redis can lose queued jobs")
         try:
-            policy = self.redis.config_get("maxmemory-policy").get("maxmemory-policy")
-        except redis.exceptions.ResponseError:
-            return  # CONFIG disabled (managed Redis)
+            policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+        except Exception:  # CONFIG is often disabled on managed Redis: nothing to check then
+            return
         if policy and policy != "noeviction":
             logger.warning("Redis maxmemory-policy is %r: eviction can silently delete queued jobs; "
                            "set it to 'noeviction'", policy)
-
-    def _requeue_pending(self) -> None:
-        """Requeue the active lists of exited workers; keeps what fails for the next tick."""
-        remaining = []
-        for worker_id in self.pending:
-            try:
-                self._requeue_worker(worker_id)
-            except OUTAGE_ERRORS:
-                remaining.append(worker_id)
-        self.pending = remaining
-
-    def _requeue_worker(self, worker_id: str) -> None:
-        moved = sum(self.scripts.requeue(queue, worker_id) for queue in self.config.queues)
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(self.keys.worker(worker_id))
-            pipe.srem(self.keys.workers(), worker_id)
-            pipe.execute()
-        if moved:
-            logger.warning("requeued %d job(s) of %s", moved, worker_id)
 
 
 def _describe_exit(code: int) -> str:

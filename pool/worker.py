@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import sys
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import redis.asyncio
@@ -36,8 +38,8 @@ from pool.connection import (
     blocking_client,
     resolve_url,
 )
-from pool.errors import CorruptJob
-from pool.handlers import Registry
+from pool.errors import CorruptJob, ExitCode, HandlerError
+from pool.handlers import Registry, load_registry
 from pool.jobs import Job, Status, dumps
 from pool.keys import Keys
 from pool.scripts import JobNotActive, Scripts, check
@@ -54,11 +56,14 @@ class Worker:
         worker_id: from :func:`make_worker_id`.
         url: Redis URL (default: from the config).
         burst: stop by itself once every queue is empty and no job is running (tests, `drain`).
+        parent_pid: the supervisor's pid; the worker stops when its parent changes (orphaned).
+        alive_file: a file touched from the event loop every heartbeat; its supervisor kills the
+            process when it goes stale (a frozen loop), without asking Redis.
     """
 
     def __init__(
         self, config: Config, registry: Registry, worker_id: str, *, url: str | None = None,
-        burst: bool = False,
+        burst: bool = False, parent_pid: int | None = None, alive_file: str | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -69,10 +74,14 @@ class Worker:
         self.stopping = asyncio.Event()
         self.fast_stop = False
         self.crashed = False
+        self.recycle_reason: str | None = None
+        self.parent_pid = parent_pid
+        self.alive_file = alive_file
         self.done_count = 0
         self.failed_count = 0
         self.started_ms = clock.now_ms()
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
         self._reserved = 0
         self._slot_freed = asyncio.Event()
         self._outage = Outage(f"worker {worker_id}", self.url)
@@ -80,6 +89,12 @@ class Worker:
         self._blocking: redis.asyncio.Redis
         self._scripts: Scripts
         self._executor = ThreadPoolExecutor(config.concurrency, thread_name_prefix="pool-job")
+
+    @property
+    def exit_code(self) -> int:
+        if self.crashed:
+            return ExitCode.JOB_FAILED
+        return ExitCode.RECYCLE if self.recycle_reason else ExitCode.OK
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -90,6 +105,13 @@ class Worker:
         self.stopping.set()
         self._slot_freed.set()
 
+    def recycle(self, reason: str) -> None:
+        """Stop gracefully and exit with ExitCode.RECYCLE so the supervisor starts a fresh process."""
+        if self.recycle_reason is None:
+            logger.warning("worker %s recycling: %s", self.worker_id, reason)
+            self.recycle_reason = reason
+        self.stop()
+
     async def run(self) -> None:
         """Work until :meth:`stop` (or, in burst mode, until the queues are empty)."""
         self._redis = async_client(self.config, self.url, max_connections=self.config.concurrency + 8)
@@ -99,13 +121,15 @@ class Worker:
                     ", ".join(self.config.queues), self.config.concurrency)
         try:
             heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+            local = asyncio.create_task(self._local_liveness_loop(), name="liveness")
             fetchers = [asyncio.create_task(self._fetch_loop(q), name=f"fetch:{q}") for q in self.config.queues]
             for task in (heartbeat, *fetchers):
                 task.add_done_callback(self._background_done)
             await self._wait_until_done(fetchers)
             await self._drain()
             heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            local.cancel()
+            await asyncio.gather(heartbeat, local, return_exceptions=True)
             await self._with_retry("deregister", self._deregister)
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -145,7 +169,10 @@ class Worker:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         for queue in self.config.queues:
-            moved = await self._with_retry("requeue", self._scripts.requeue, queue, self.worker_id)
+            moved, _ = await self._with_retry(
+                "requeue", self._scripts.requeue, queue, self.worker_id, "stop",
+                self.config.max_deliveries, clock.now_ms(),
+            )
             if moved:
                 logger.warning("requeued %d unfinished job(s) on %s", moved, queue)
 
@@ -278,6 +305,9 @@ class Worker:
         else:
             self.failed_count += 1
         self._log_job(job, status, run_ms, fields, acked)
+        limit = self.config.max_jobs_per_process
+        if limit and self.done_count + self.failed_count >= limit:
+            self.recycle(f"ran {limit} jobs (max_jobs_per_process)")
 
     async def _execute(self, job: Job) -> tuple[Status, list[Any]]:
         """Run the handler; returns the outcome and the fields to store. Never raises but Cancelled."""
@@ -289,15 +319,19 @@ class Worker:
                 None,
             )
         timeout_s = job.timeout_ms / 1000 if job.timeout_ms else self.config.timeout_s
+        thread: Future[Any] | None = None
         try:
             async with asyncio.timeout(timeout_s) as deadline:
                 if handler.is_async:
                     result = await handler.func(*job.args, **(job.kwargs or {}))
                 else:
-                    call = functools.partial(handler.func, *job.args, **(job.kwargs or {}))
-                    result = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+                    thread = self._executor.submit(handler.func, *job.args, **(job.kwargs or {}))
+                    # shield: on timeout stop waiting, but keep the future to see whether it ends
+                    result = await asyncio.shield(asyncio.wrap_future(thread))
         except TimeoutError as exc:
             if deadline.expired():
+                if thread is not None and not thread.done():
+                    self._watch_stuck_thread(thread, job, timeout_s)
                 return _failure(f"JobTimeout: job exceeded its timeout of {timeout_s:g}s", None)
             return _failure(_describe(exc), traceback.format_exc())
         except (Exception, SystemExit) as exc:  # a handler's exception fails the job, never the worker
@@ -309,6 +343,24 @@ class Worker:
                 f"SerializationError: the result of {job.handler} is not JSON-serialisable "
                 f"({type(result).__name__}: {exc})", None,
             )
+
+    def _watch_stuck_thread(self, thread: Future[Any], job: Job, timeout_s: float) -> None:
+        """A thread cannot be cancelled: if it still runs `timeout_grace` later, recycle the process."""
+        grace = self.config.timeout_grace_s
+
+        async def watch() -> None:
+            try:
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(thread)), grace)
+            except TimeoutError:
+                self.recycle(f"the thread of job {job.id} ({job.handler}) is still running "
+                             f"{timeout_s + grace:g}s after it started (timeout {timeout_s:g}s + "
+                             f"timeout_grace {grace:g}s) and cannot be cancelled")
+            except Exception:  # the job already failed: only whether the thread ends matters
+                pass
+
+        task = asyncio.create_task(watch(), name=f"stuck:{job.id}")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
 
     async def _ack(self, job: Job, status: Status, fields: list[Any]) -> bool:
         code = await self._scripts.ack(
@@ -339,12 +391,30 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         while True:
+            self._check_process()
             try:
                 await self._heartbeat()
                 self._outage.recovered()
                 await asyncio.sleep(self.config.heartbeat_interval_s)
             except OUTAGE_ERRORS as exc:
                 await asyncio.sleep(self._outage.failed(exc))
+
+    def _check_process(self) -> None:
+        """Stop when orphaned (the supervisor died); recycle when over max_memory_per_process."""
+        if self.parent_pid is not None and os.getppid() != self.parent_pid and not self.stopping.is_set():
+            logger.error("worker %s: its supervisor (pid %d) is gone; stopping", self.worker_id, self.parent_pid)
+            self.stop()
+        limit = self.config.max_memory_per_process
+        if limit and (rss := resident_memory_bytes()) > limit:
+            self.recycle(f"uses {rss / 2**20:.0f} MiB, over max_memory_per_process ({limit / 2**20:.0f} MiB)")
+
+    async def _local_liveness_loop(self) -> None:
+        """Touch the alive file from the event loop: a frozen loop stops touching it."""
+        if self.alive_file is None:
+            return
+        while True:
+            os.utime(self.alive_file)
+            await asyncio.sleep(self.config.heartbeat_interval_s)
 
     def _state(self) -> str:
         if self.stopping.is_set():
@@ -354,7 +424,11 @@ class Worker:
     async def _heartbeat(self) -> None:
         key = self.keys.worker(self.worker_id)
         host, pid, _ = self.worker_id.rsplit(":", 2)
+        ttl_ms = int(self.config.heartbeat_ttl_s * 1000)
         async with self._redis.pipeline(transaction=False) as pipe:
+            for queue in self.config.queues:
+                pipe.set(self.keys.alive(queue, self.worker_id), self._state(), px=ttl_ms)
+                pipe.sadd(self.keys.queue_workers(queue), self.worker_id)
             pipe.hset(key, mapping={
                 "id": self.worker_id, "host": host, "pid": pid,
                 "queues": ",".join(self.config.queues), "started_ms": self.started_ms,
@@ -362,11 +436,12 @@ class Worker:
                 "in_flight": len(self._running), "done": self.done_count, "failed": self.failed_count,
                 "concurrency": self.config.concurrency,
             })
-            pipe.pexpire(key, int(self.config.heartbeat_ttl_s * 1000))
+            pipe.pexpire(key, ttl_ms)
             pipe.sadd(self.keys.workers(), self.worker_id)
             await pipe.execute()
 
     async def _deregister(self) -> None:
+        # The per-queue registry and liveness keys went with requeue.lua ('stop').
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.delete(self.keys.worker(self.worker_id))
             pipe.srem(self.keys.workers(), self.worker_id)
@@ -394,20 +469,38 @@ def _failure(error: str, trace: str | None) -> tuple[Status, list[Any]]:
     return Status.FAILED, fields
 
 
-def main(config: Config, registry: Registry, worker_id: str, url: str) -> int:
+def main(config: Config, worker_id: str, url: str, alive_file: str | None = None) -> int:
     """Entry point of a forked worker process; returns its exit code.
 
-    Builds the event loop (uvloop) and every Redis client here, after the fork. SIGTERM stops
-    gracefully, a second SIGTERM stops fast; SIGINT is ignored because the supervisor relays it.
+    Imports the handlers and builds the event loop (uvloop) and every Redis client here, after the
+    fork, so a rolling restart (SIGHUP) runs new code. SIGTERM stops gracefully, a second SIGTERM
+    stops fast; SIGINT is ignored because the supervisor relays it.
     """
     import signal
 
     import uvloop
 
-    worker = Worker(config, registry, worker_id, url=url)
+    try:
+        registry = load_registry(config.handlers, config.base_dir)
+    except HandlerError as exc:
+        logger.error("cannot start: %s", exc)
+        return ExitCode.BOOT
+    worker = Worker(config, registry, worker_id, url=url, parent_pid=os.getppid(), alive_file=alive_file)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         loop = runner.get_loop()
         loop.add_signal_handler(signal.SIGTERM, worker.stop)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         runner.run(worker.run())
-    return 1 if worker.crashed else 0
+    return worker.exit_code
+
+
+def resident_memory_bytes() -> int:
+    """This process's resident set size (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024

@@ -23,8 +23,18 @@ class JobNotActive(PoolError):
     """ack: the job is no longer in this worker's active list (requeued or reclaimed meanwhile)."""
 
 
+class WorkerAlive(PoolError):
+    """requeue (reclaim): the worker's liveness key still exists; nothing was moved."""
+
+
+class AlreadyReclaimed(PoolError):
+    """requeue (reclaim): another caller reclaimed this worker first; nothing was moved."""
+
+
 _FAILURES: dict[tuple[str, int], type[PoolError]] = {
     ("ack", -1): JobNotActive,
+    ("requeue", -1): WorkerAlive,
+    ("requeue", -2): AlreadyReclaimed,
 }
 
 
@@ -75,7 +85,7 @@ class Scripts:
         Returns a list of raw HGETALL pair lists, one per claimed job.
         """
         keys = [self.keys.queue(queue), self.keys.active(queue, worker_id)]
-        args: list[Any] = [self.keys.job_prefix(queue), worker_id, now_ms, count]
+        args: list[Any] = [self.keys.queue_prefix(queue), worker_id, now_ms, count]
         if moved_id is not None:
             args.append(moved_id)
         return self._claim(keys=keys, args=args, client=client)
@@ -92,7 +102,20 @@ class Scripts:
         args = [job_id, status, now_ms, default_ttl_ms, worker_id, *fields]
         return self._ack(keys=keys, args=args, client=client)
 
-    def requeue(self, queue: str, worker_id: str, client: Any = None) -> Any:
-        """Move everything in a worker's active list back to the head of the queue. Returns count."""
-        keys = [self.keys.active(queue, worker_id), self.keys.queue(queue)]
-        return self._requeue(keys=keys, args=[self.keys.job_prefix(queue)], client=client)
+    def requeue(
+        self, queue: str, worker_id: str, mode: str, max_deliveries: int, now_ms: int, client: Any = None
+    ) -> Any:
+        """Give a worker's active list back to the queue (see requeue.lua for the modes).
+
+        Args:
+            mode: 'stop' (clean hand-back), 'died' (its supervisor saw it die) or 'reclaim'
+                (its liveness key expired; exactly once among concurrent callers).
+
+        Returns [requeued, buried], or -1 / -2 for 'reclaim' (see check).
+        """
+        keys = [
+            self.keys.active(queue, worker_id), self.keys.queue(queue), self.keys.dead(queue),
+            self.keys.stats(queue), self.keys.queue_workers(queue), self.keys.alive(queue, worker_id),
+        ]
+        args = [self.keys.queue_prefix(queue), mode, max_deliveries, now_ms, worker_id]
+        return self._requeue(keys=keys, args=args, client=client)

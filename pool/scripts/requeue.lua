@@ -1,21 +1,74 @@
---[[ requeue: put every job of a worker's active list back at the head of its queue.
+--[[ requeue: give a worker's active list back to the queue; the one script for stop, death and
+  reclaim, so that all three count deliveries and bury poison jobs the same way.
   KEYS[1]  active list of the worker (LIST)
   KEYS[2]  queue list (LIST)
-  ARGV[1]  job hash key prefix of this queue ('<prefix>:{q}:job:'; same hash tag as KEYS)
-  Returns  the number of ids moved
-  Invariant: each id moves with LMOVE (never held only in memory); the oldest claim ends up
-  next in line, so requeued jobs run before anything enqueued after them. ]]
-local active, queue, job_prefix = KEYS[1], KEYS[2], ARGV[1]
-local moved = 0
+  KEYS[3]  dead set of the queue (ZSET, score = now_ms)
+  KEYS[4]  stats hash of the queue (HASH): 'reclaimed' and 'dead' totals
+  KEYS[5]  per-queue worker registry (SET)
+  KEYS[6]  the worker's liveness key in this queue (STRING with PX TTL)
+  ARGV[1]  key prefix of this queue ('<prefix>:{q}:'; job and done keys are built from it and
+           carry the same hash tag as KEYS, so they live in the same Cluster slot)
+  ARGV[2]  mode: 'stop'    the worker stopped cleanly and hands its jobs back: the delivery
+                           does not count (deliveries - 1)
+                 'died'    its supervisor saw it die: the delivery counts; a job delivered
+                           max_deliveries times goes to the dead set instead of the queue
+                 'reclaim' as 'died', for a worker found dead because its liveness key expired;
+                           only if the key is gone and this caller is the one that unregisters it
+  ARGV[3]  max_deliveries
+  ARGV[4]  now_ms
+  ARGV[5]  worker id
+  Returns  {requeued, buried}; for 'reclaim' also -1 the worker is alive (liveness key exists),
+           -2 another caller reclaimed it first (no longer registered)
+  Invariants: each id moves with LMOVE or LPOP+ZADD in this one step, never held in memory; the
+  oldest claim ends up next in line; in 'reclaim' only the caller whose SREM removes the worker
+  moves its list, so concurrent reclaimers requeue each job exactly once. Expiry is judged by
+  Redis (the key's TTL), never by comparing the clocks of different hosts. ]]
+local active, queue, dead, stats, registry, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local qprefix, mode, max_deliveries, now_ms, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+
+if mode == 'reclaim' then
+  if redis.call('EXISTS', alive) == 1 then
+    return -1
+  end
+  if redis.call('SREM', registry, worker) == 0 then
+    return -2
+  end
+else
+  redis.call('SREM', registry, worker)
+  redis.call('DEL', alive)
+end
+
+local requeued, buried = 0, 0
 while true do
-  local id = redis.call('LMOVE', active, queue, 'LEFT', 'RIGHT')
+  local id = redis.call('LINDEX', active, 0)
   if not id then
     break
   end
-  local job = job_prefix .. id
-  if redis.call('EXISTS', job) == 1 then
-    redis.call('HSET', job, 'status', 'queued')
+  local job = qprefix .. 'job:' .. id
+  local deliveries = tonumber(redis.call('HGET', job, 'deliveries') or '0')
+  if mode ~= 'stop' and deliveries >= max_deliveries and redis.call('EXISTS', job) == 1 then
+    redis.call('LPOP', active)
+    redis.call('ZADD', dead, now_ms, id)
+    redis.call('HSET', job, 'status', 'dead', 'finished_ms', now_ms, 'error',
+      'PoisonJob: delivered ' .. deliveries .. ' times and its worker died each time before ' ..
+      'acknowledging it (max_deliveries is ' .. max_deliveries .. ')')
+    redis.call('RPUSH', qprefix .. 'done:' .. id, 'dead')
+    buried = buried + 1
+  else
+    redis.call('LMOVE', active, queue, 'LEFT', 'RIGHT')
+    if redis.call('EXISTS', job) == 1 then
+      redis.call('HSET', job, 'status', 'queued')
+      if mode == 'stop' and deliveries > 0 then
+        redis.call('HINCRBY', job, 'deliveries', -1)
+      end
+    end
+    requeued = requeued + 1
   end
-  moved = moved + 1
 end
-return moved
+if buried > 0 then
+  redis.call('HINCRBY', stats, 'dead', buried)
+end
+if requeued > 0 and mode ~= 'stop' then
+  redis.call('HINCRBY', stats, 'reclaimed', requeued)
+end
+return {requeued, buried}

@@ -65,3 +65,10 @@ def test_outcome_raises_remote_error_with_traceback():
 
 def test_outcome_returns_result():
     assert Job(id="j", handler="m.f", queue="q", status=Status.COMPLETED, result=[1]).outcome() == [1]
+
+
+def test_dead_job_outcome_raises_its_reason():
+    job = Job(id="j", handler="m.f", queue="q", status=Status.DEAD, error="PoisonJob: delivered 5 times")
+    assert job.status.is_finished
+    with pytest.raises(JobFailed, match="PoisonJob: delivered 5 times"):
+        job.outcome()

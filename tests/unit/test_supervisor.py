@@ -2,41 +2,47 @@
 
 from __future__ import annotations
 
-import os
+import shutil
 import signal
 
 import pytest
 
-from pool.config import from_mapping
+from pool.config import load
 from pool.errors import ExitCode
-from pool.handlers import Registry
 from pool.supervisor import Supervisor, _Child, _describe_exit
 
 
+class FakeHousekeeper:
+    def __init__(self) -> None:
+        self.dead_workers: list[str] = []
+
+    def worker_died(self, worker_id: str) -> None:
+        self.dead_workers.append(worker_id)
+
+
 @pytest.fixture
-def supervisor(monkeypatch):
-    config = from_mapping({"processes": 2, "handlers": ["examples.tasks"]}, "/tmp/pool.yaml", {})
-    sup = Supervisor(config, Registry(), worker_main=lambda *a: 0)
+def supervisor(monkeypatch, tmp_path):
+    path = tmp_path / "pool.yaml"
+    path.write_text("processes: 2\nhandlers: [examples.tasks]\n")
+    sup = Supervisor(load(path, environ={}), worker_main=lambda *a: 0)
+    sup.housekeeper = FakeHousekeeper()
     clock = {"now": 1000.0}
     monkeypatch.setattr("pool.supervisor.time.monotonic", lambda: clock["now"])
+    monkeypatch.setattr(sup, "_signal", lambda pid, signum: sup.sent.append((pid, signum)))
+    sup.sent = []
     sup.clock = clock
-    return sup
+    yield sup
+    shutil.rmtree(sup.run_dir, ignore_errors=True)
 
 
-def exit_status(code: int) -> int:
-    """A waitpid status for an exit code (negative: killed by that signal)."""
-    return (-code) & 0x7F if code < 0 else (code & 0xFF) << 8
+def child(sup, index=0, ran_for=1.0):
+    return _Child(index=index, worker_id=f"h:{100 + index}:x", started=sup.clock["now"] - ran_for,
+                  alive_file=sup.run_dir / f"w{index}", created_mtime=0.0)
 
 
 def crash(sup, index=0, code=1, ran_for=1.0):
-    child = _Child(index=index, worker_id=f"h:{100 + index}:x", started=sup.clock["now"] - ran_for)
-    sup._child_exited(100 + index, child, exit_status(code))
+    sup._child_exited(100 + index, child(sup, index, ran_for), code)
     return sup.slots[index].spawn_at - sup.clock["now"]
-
-
-def test_exit_status_helper_matches_the_os():
-    assert os.waitstatus_to_exitcode(exit_status(3)) == 3
-    assert os.waitstatus_to_exitcode(exit_status(-9)) == -9
 
 
 def test_first_crash_respawns_at_once_then_backs_off(supervisor):
@@ -59,23 +65,66 @@ def test_backoff_is_per_slot(supervisor):
 
 def test_dead_worker_is_queued_for_requeue(supervisor):
     crash(supervisor, code=-signal.SIGKILL)
-    assert supervisor.pending == ["h:100:x"]
+    assert supervisor.housekeeper.dead_workers == ["h:100:x"]
 
 
-def test_boot_failure_halts_instead_of_respawning(supervisor, monkeypatch):
-    monkeypatch.setattr(supervisor, "_signal_children", lambda signum: None)
+def test_every_exit_requeues_even_a_clean_one(supervisor):
+    supervisor.stopping = True
+    crash(supervisor, code=0)
+    assert supervisor.housekeeper.dead_workers == ["h:100:x"]
+
+
+def test_recycled_worker_is_replaced_without_backoff(supervisor):
+    for _ in range(3):
+        assert crash(supervisor, code=ExitCode.RECYCLE) <= 0
+
+
+def test_worker_retired_by_a_reload_is_replaced_without_backoff(supervisor):
+    supervisor.retiring = {100}
+    assert crash(supervisor, code=0) <= 0
+    assert supervisor.retiring == set()
+
+
+def test_ttin_and_ttou_change_the_number_of_workers(supervisor):
+    supervisor.children = {100: child(supervisor, 0), 101: child(supervisor, 1)}
+    supervisor._dispatch(signal.SIGTTIN)
+    assert len(supervisor.slots) == 3
+    supervisor._dispatch(signal.SIGTTOU)
+    supervisor._dispatch(signal.SIGTTOU)
+    assert len(supervisor.slots) == 1
+    assert supervisor.sent == [(101, signal.SIGTERM)]  # the worker of the removed slot stops
+    supervisor._dispatch(signal.SIGTTOU)
+    assert len(supervisor.slots) == 1  # never below one
+
+
+def test_reload_with_a_broken_config_keeps_the_running_workers(supervisor, caplog):
+    supervisor.children = {100: child(supervisor, 0)}
+    supervisor.config.path.write_text("processes: 2\nconcurency: 3\nhandlers: [examples.tasks]\n")
+    supervisor._dispatch(signal.SIGHUP)
+    assert supervisor.retiring == set()
+    assert "reload refused, the running workers stay: pool.yaml: concurency: unknown key" in caplog.text
+
+
+def test_reload_marks_every_worker_for_replacement(supervisor):
+    supervisor.children = {100: child(supervisor, 0), 101: child(supervisor, 1)}
+    supervisor.config.path.write_text("processes: 3\nconcurrency: 4\nhandlers: [examples.tasks]\n")
+    supervisor._dispatch(signal.SIGHUP)
+    assert supervisor.retiring == {100, 101}
+    assert (len(supervisor.slots), supervisor.config.concurrency) == (3, 4)
+
+
+def test_boot_failure_halts_instead_of_respawning(supervisor):
     crash(supervisor, code=ExitCode.BOOT)
     assert supervisor.stopping
     assert supervisor.halt_reason == "worker-1 could not boot (see its log above)"
 
 
-def test_second_stop_signal_shortens_the_deadline(supervisor, monkeypatch):
-    sent = []
-    monkeypatch.setattr(supervisor, "_signal_children", sent.append)
+def test_second_stop_signal_shortens_the_deadline(supervisor):
+    supervisor.children = {100: child(supervisor, 0)}
     supervisor._dispatch(signal.SIGTERM)
     first_deadline = supervisor.stop_deadline
     supervisor._dispatch(signal.SIGINT)
-    assert sent == [signal.SIGTERM, signal.SIGTERM]
+    assert supervisor.sent == [(100, signal.SIGTERM), (100, signal.SIGTERM)]
     assert supervisor.stop_deadline < first_deadline
 
 

@@ -1,0 +1,164 @@
+"""The supervisor's Redis chores: requeue the jobs of dead workers, reclaim expired ones, watch
+that Redis kept its data.
+
+Everything here is synchronous and runs from the supervisor's loop (≤ 1 s tick), so it needs no
+thread or event loop across fork. Errors that mean "Redis is unreachable" are absorbed and
+retried on the next tick; they are logged once per outage.
+
+Reclaiming waits one heartbeat TTL after this supervisor's own outage ends: while it was cut
+off, every heartbeat looked stale from where it stood, and the workers need a moment to renew.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from pool import clock
+from pool.config import Config
+from pool.connection import OUTAGE_ERRORS, Outage, redact, sync_client
+from pool.keys import Keys
+from pool.scripts import AlreadyReclaimed, Scripts, WorkerAlive, check
+
+logger = logging.getLogger(__name__)
+
+
+class Housekeeper:
+    """Redis-side upkeep of one supervisor.
+
+    Args:
+        config: the pool's settings.
+        url: the Redis URL the pool uses.
+    """
+
+    def __init__(self, config: Config, url: str) -> None:
+        self.config = config
+        self.url = url
+        self.keys = Keys(config.key_prefix)
+        self.outage = Outage("supervisor", url)
+        self.dead_workers: list[str] = []
+        self.reclaimed_total = 0
+        self._next_reclaim = 0.0
+        self._reclaim_after = 0.0
+        self._marker_seen = False
+        self._run_id: str | None = None
+        self._redis: redis.Redis | None = None
+        self._scripts: Scripts | None = None
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = sync_client(self.config, self.url)
+        return self._redis
+
+    @property
+    def scripts(self) -> Scripts:
+        if self._scripts is None:
+            self._scripts = Scripts(self.redis, self.keys)
+        return self._scripts
+
+    def disconnect(self) -> None:
+        """Drop pooled connections: called before every fork, so no socket is shared with a child."""
+        if self._redis is not None:
+            self._redis.connection_pool.disconnect()
+
+    def worker_died(self, worker_id: str) -> None:
+        """Queue the requeue of a worker the supervisor saw exit (done on this or a later tick)."""
+        self.dead_workers.append(worker_id)
+
+    def tick(self, reclaim: bool = True) -> None:
+        """Do what is due; never raises for an outage (it is retried next tick)."""
+        try:
+            self._requeue_dead()
+            now = clock.monotonic()
+            if reclaim and now >= self._next_reclaim:
+                self._next_reclaim = now + self.config.reclaim_interval_s
+                self.check_data()
+                if now >= self._reclaim_after:
+                    self.reclaim_expired()
+        except OUTAGE_ERRORS as exc:
+            self.outage.failed(exc)
+            return
+        if self.outage.is_ongoing:
+            self.outage.recovered()
+            self._reclaim_after = clock.monotonic() + self.config.heartbeat_ttl_s
+
+    # -- requeue and reclaim ----------------------------------------------------------------------
+
+    def _requeue_dead(self) -> None:
+        while self.dead_workers:
+            worker_id = self.dead_workers[0]
+            for queue in self.config.queues:
+                requeued, buried = self.scripts.requeue(
+                    queue, worker_id, "died", self.config.max_deliveries, clock.now_ms())
+                self._report(worker_id, queue, requeued, buried, "it died")
+            self._forget(worker_id)
+            self.dead_workers.pop(0)
+
+    def reclaim_expired(self) -> int:
+        """Reclaim the jobs of every worker whose liveness key expired; returns jobs requeued."""
+        total = 0
+        for queue in self.config.queues:
+            members = [m.decode() for m in self.redis.smembers(self.keys.queue_workers(queue))]
+            if not members:
+                continue
+            with self.redis.pipeline(transaction=False) as pipe:
+                for worker_id in members:
+                    pipe.exists(self.keys.alive(queue, worker_id))
+                alive = pipe.execute()
+            for worker_id, is_alive in zip(members, alive, strict=True):
+                if not is_alive:
+                    total += self._reclaim(queue, worker_id)
+        return total
+
+    def _reclaim(self, queue: str, worker_id: str) -> int:
+        reply = self.scripts.requeue(queue, worker_id, "reclaim", self.config.max_deliveries, clock.now_ms())
+        if isinstance(reply, int):
+            try:
+                check("requeue", reply)
+            except (WorkerAlive, AlreadyReclaimed):
+                return 0  # it heartbeated meanwhile, or another supervisor was first
+        requeued, buried = reply
+        self._report(worker_id, queue, requeued, buried, "its heartbeat expired")
+        self._forget(worker_id)
+        self.reclaimed_total += requeued
+        return int(requeued)
+
+    def _forget(self, worker_id: str) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self.keys.worker(worker_id))
+            pipe.srem(self.keys.workers(), worker_id)
+            pipe.execute()
+
+    def _report(self, worker_id: str, queue: str, requeued: int, buried: int, why: str) -> None:
+        if requeued:
+            logger.warning("requeued %d job(s) of %s on %s: %s", requeued, worker_id, queue, why)
+        if buried:
+            logger.error("moved %d job(s) of %s on %s to the dead set: delivered %d times, "
+                         "and their worker died each time (max_deliveries)",
+                         buried, worker_id, queue, self.config.max_deliveries)
+
+    # -- data loss ------------------------------------------------------------------------------
+
+    def check_data(self) -> None:
+        """Shout when Redis lost the pool's data (restart without persistence, FLUSHALL).
+
+        A marker hash is written once; if it disappears, everything written before it is gone
+        too. The server's run_id tells a restart from a flush in the message.
+        """
+        run_id = str(self.redis.info("server").get("run_id", ""))
+        restarted = self._run_id is not None and run_id != self._run_id
+        marker = self.keys.marker()
+        if self.redis.exists(marker):
+            if restarted:
+                logger.warning("Redis at %s restarted (run_id changed) and kept its data", redact(self.url))
+        elif self._marker_seen:
+            what = "restarted without its data (no persistence?)" if restarted else "lost the pool's keys (FLUSHALL?)"
+            logger.critical("Redis at %s %s: every job queued before now is gone. Check its "
+                            "persistence settings (appendonly yes).", redact(self.url), what)
+            self.redis.hset(marker, mapping={"data_lost_ms": clock.now_ms(), "run_id": run_id})
+        else:
+            self.redis.hsetnx(marker, "created_ms", clock.now_ms())
+        self._marker_seen = True
+        self._run_id = run_id
