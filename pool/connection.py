@@ -122,7 +122,7 @@ def describe_unreachable(url: str, exc: BaseException) -> RedisUnavailable:
     return RedisUnavailable(f"cannot reach Redis at {redact(url)}: {reason}")
 
 
-def backoff_s(attempt: int, base_s: float = 0.05, cap_s: float = 2.0) -> float:
+def backoff_s(attempt: int, base_s: float = 0.05, cap_s: float = 1.0) -> float:
     """Exponential backoff with full jitter (attempt 0, 1, 2 ...), capped at ``cap_s``.
 
     The cap is short on purpose: work must resume within about a second of Redis coming back.

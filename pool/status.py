@@ -3,9 +3,14 @@
 The JSON shape (``pool status --json``) is stable; new fields may be added, none renamed:
 
     {"redis": {"url": str, "version": str},
-     "queues": {name: {"queued": int, "active": int, "completed": int, "failed": int}},
+     "queues": {name: {"queued": int, "active": int, "completed": int, "failed": int,
+                       "dead": int, "reclaimed": int}},
      "workers": [{"id", "host", "pid", "state", "queues", "in_flight", "done", "failed",
-                  "concurrency", "started_ms", "heartbeat_age_s", "uptime_s"}]}
+                  "concurrency", "started_ms", "heartbeat_age_s", "uptime_s"}],
+     "warnings": [str]}
+
+``warnings`` says, in words, what an operator must know first: Redis lost the pool's data
+(restarted without persistence), or no pool has ever run against this Redis.
 
 ``state`` is busy, idle or stopping from the worker's own heartbeat, or ``lost`` when the worker
 is still registered but its heartbeat has expired (its jobs stay counted as active).
@@ -30,29 +35,44 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
     worker_ids = sorted(member.decode() for member in client.smembers(keys.workers()))
     with client.pipeline(transaction=False) as pipe:
         pipe.info("server")
+        pipe.hgetall(keys.marker())
         for worker_id in worker_ids:
             pipe.hgetall(keys.worker(worker_id))
         for queue in config.queues:
             pipe.llen(keys.queue(queue))
             pipe.hgetall(keys.stats(queue))
+            pipe.zcard(keys.dead(queue))
             for worker_id in worker_ids:
                 pipe.llen(keys.active(queue, worker_id))
         replies = iter(pipe.execute())
-    info = next(replies)
+    info, marker = next(replies), next(replies)
     now_ms = clock.now_ms()
     workers = [_worker(worker_id, next(replies), now_ms) for worker_id in worker_ids]
     queues = {}
     for queue in config.queues:
-        queued, stats = next(replies), next(replies)
+        queued, stats, dead = next(replies), next(replies), next(replies)
         active = sum(next(replies) for _ in worker_ids)
         queues[queue] = {
             "queued": queued,
             "active": active,
             "completed": int(stats.get(b"completed", 0)),
             "failed": int(stats.get(b"failed", 0)),
+            "dead": dead,
+            "reclaimed": int(stats.get(b"reclaimed", 0)),
         }
     version = info.get("valkey_version") or info.get("redis_version") or "unknown"
-    return {"redis": {"url": redact(url), "version": str(version)}, "queues": queues, "workers": workers}
+    return {"redis": {"url": redact(url), "version": str(version)}, "queues": queues, "workers": workers,
+            "warnings": _warnings(marker, now_ms)}
+
+
+def _warnings(marker: dict[bytes, bytes], now_ms: int) -> list[str]:
+    if not marker:
+        return ["no pool has run against this Redis yet (or it lost its data before one started)"]
+    lost = marker.get(b"data_lost_ms")
+    if lost:
+        ago = _duration((now_ms - int(lost)) / 1000)
+        return [f"Redis LOST ITS DATA {ago} ago (restarted without persistence?): jobs queued before then are gone"]
+    return []
 
 
 def _worker(worker_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str, Any]:
@@ -82,9 +102,11 @@ def _worker(worker_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str
 def render(data: dict[str, Any], config_name: str) -> str:
     """The snapshot as an aligned text view for a terminal."""
     lines = [f"pool status  ·  Redis {data['redis']['version']} at {data['redis']['url']}", ""]
-    queue_rows = [["QUEUE", "QUEUED", "ACTIVE", "COMPLETED", "FAILED"]]
+    lines[1:1] = [f"WARNING: {warning}" for warning in data.get("warnings", [])]
+    columns = ("queued", "active", "completed", "failed", "dead", "reclaimed")
+    queue_rows = [["QUEUE", *(c.upper() for c in columns)]]
     for name, counts in data["queues"].items():
-        queue_rows.append([name, *(str(counts[k]) for k in ("queued", "active", "completed", "failed"))])
+        queue_rows.append([name, *(str(counts[k]) for k in columns)])
     lines += [*_table(queue_rows, right_from=1), ""]
     workers = data["workers"]
     if not workers:

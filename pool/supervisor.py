@@ -46,7 +46,9 @@ HANDLED_SIGNALS = (
 )
 MIN_REDIS_VERSION = (6, 2)
 KILL_GRACE_S = 5.0  # after the shutdown deadline, workers get this long before SIGKILL
-HEALTHY_RUN_S = 30.0  # a worker that ran this long resets its slot's crash-loop backoff
+# A worker whose event loop ran this long is no crash loop: its slot's backoff resets. Deaths
+# after that are counted per job (max_deliveries), not punished with slower respawns.
+HEALTHY_RUN_S = 1.0
 MAX_RESPAWN_DELAY_S = 30.0
 BOOT_ALLOWANCE_S = 60.0  # time to import handlers before the first touch of the alive file
 # Settings a reload (SIGHUP) cannot change in a running pool.
@@ -317,7 +319,7 @@ class Supervisor:
         if child.index >= len(self.slots):
             return 0.0
         slot = self.slots[child.index]
-        if time.monotonic() - child.started >= HEALTHY_RUN_S:
+        if self._is_booted(child) and time.monotonic() - child.started >= HEALTHY_RUN_S:
             slot.failures = 0
         delay = 0.0 if slot.failures == 0 else min(MAX_RESPAWN_DELAY_S, 0.5 * 2 ** (slot.failures - 1))
         slot.failures += 1

@@ -108,3 +108,26 @@ async def start_then_wait(started: str, release: str, seconds: float = 60.0) -> 
 def exits(code: int) -> None:
     """A handler calling sys.exit must fail its job, not stop the worker."""
     raise SystemExit(code)
+
+
+def journal(path: str, key: str, sleep_ms: float = 0.0) -> str:
+    """Append start/end lines (key, pid, wall time) to `path`: an account of runs kept outside Redis."""
+    with open(path, "a") as fh:
+        fh.write(f"start {key} {os.getpid()} {time.time():.6f}\n")
+    if sleep_ms:
+        time.sleep(sleep_ms / 1000)
+    with open(path, "a") as fh:
+        fh.write(f"end {key} {os.getpid()} {time.time():.6f}\n")
+    return key
+
+
+def kill_own_process() -> None:
+    """A poison job: SIGKILLs the worker process running it."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def freeze_event_loop(seconds: float) -> None:
+    """A badly written async handler: a blocking call that freezes the worker's event loop."""
+    time.sleep(seconds)

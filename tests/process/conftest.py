@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -16,12 +17,13 @@ from tests.conftest import cli_env
 class PoolProcess:
     """A running `pool run CONFIG`, with its output in a log file the test can wait on."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, new_session: bool = False) -> None:
         self.log = log
         self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pool", "run", str(config)], stdout=self._log_file,
             stderr=subprocess.STDOUT, env=cli_env(), cwd=config.parent,
+            start_new_session=new_session,  # its own process group: killpg stands for a lost host
         )
 
     def output(self) -> str:
@@ -48,13 +50,18 @@ class PoolProcess:
             self.proc.wait()
         self._log_file.close()
 
+    def kill_group(self) -> None:
+        """SIGKILL the supervisor and all its workers at once (started with new_session=True)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
 
 @pytest.fixture
 def start_pool(tmp_path):
     started: list[PoolProcess] = []
 
-    def start(config: Path, name: str = "pool-run.log") -> PoolProcess:
-        process = PoolProcess(config, tmp_path / name)
+    def start(config: Path, name: str = "pool-run.log", new_session: bool = False) -> PoolProcess:
+        process = PoolProcess(config, tmp_path / name, new_session)
         started.append(process)
         return process
 

@@ -51,10 +51,12 @@ def test_first_crash_respawns_at_once_then_backs_off(supervisor):
     assert delays[-1] == 30.0  # capped
 
 
-def test_a_worker_that_ran_long_enough_resets_its_backoff(supervisor):
+def test_a_worker_that_booted_and_ran_resets_its_backoff(supervisor, monkeypatch):
     for _ in range(4):
         crash(supervisor)
-    assert crash(supervisor, ran_for=60.0) == 0.0
+    assert crash(supervisor, ran_for=60.0) == 4.0  # never booted (no loop ran): still a crash loop
+    monkeypatch.setattr(Supervisor, "_is_booted", staticmethod(lambda child: True))
+    assert crash(supervisor, ran_for=2.0) == 0.0
 
 
 def test_backoff_is_per_slot(supervisor):
