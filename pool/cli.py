@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import orjson
+import redis
 
 from pool import config as config_module
 from pool.errors import ExitCode, JobFailed, PoolError, UsageError
@@ -84,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PoolError as exc:
         print(f"pool: {exc}", file=sys.stderr)
         return exc.exit_code
+    except redis.exceptions.RedisError as exc:
+        # Refused by the server (missing ACL permission, OOM, READONLY replica): one line.
+        print(f"pool: Redis refused the command: {exc}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
     except KeyboardInterrupt:
         return 130
 

@@ -8,6 +8,7 @@ ack script fills) instead of polling the job record.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 from collections import defaultdict
@@ -30,7 +31,7 @@ from pool.connection import (
     describe_unreachable,
     resolve_url,
 )
-from pool.errors import JobNotFound, ResultTimeout, UsageError
+from pool.errors import JobNotFound, RedisUnavailable, ResultTimeout, UsageError
 from pool.jobs import Job, Status, encode_arguments, enqueue_fields, new_job_id
 from pool.keys import QUEUE_NAME_RULE, Keys, is_valid_queue_name
 from pool.scripts import Scripts
@@ -211,7 +212,8 @@ class AsyncClient:
 
         Args:
             job_id: the job's id.
-            timeout: seconds to wait; None waits as long as it takes.
+            timeout: seconds to wait; None waits as long as it takes. A Redis outage within that
+                time is waited out.
             queue: the job's queue; default: look in every queue of the config.
 
         Returns:
@@ -228,14 +230,27 @@ class AsyncClient:
     async def wait(self, job_id: str, timeout: float | None = None, queue: str | None = None) -> Job:
         """Wait for a job to finish and return its record (completed or failed); see :meth:`result`."""
         deadline = math.inf if timeout is None else clock.monotonic() + timeout
-        job = await self._require(job_id, queue)
+        job = await self._outlasting_outages(deadline, lambda: self._require(job_id, queue))
         while not job.status.is_finished:
             remaining = deadline - clock.monotonic()
             if remaining <= 0:
                 raise ResultTimeout(f"job {job_id} did not finish within {timeout:g}s (status: {job.status})")
-            await self._block_on_done(job.queue, job_id, min(remaining, BLOCK_TIMEOUT_S))
-            job = await self._require(job_id, job.queue)
+            block = functools.partial(self._block_on_done, job.queue, job_id, min(remaining, BLOCK_TIMEOUT_S))
+            await self._outlasting_outages(deadline, block)
+            job = await self._outlasting_outages(deadline, functools.partial(self._require, job_id, job.queue))
         return job
+
+    async def _outlasting_outages(self, deadline: float, call: Callable[[], Awaitable[T]]) -> T:
+        """A waiter rides out a Redis outage until its own deadline, then reports it."""
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except RedisUnavailable:
+                attempt += 1
+                if clock.monotonic() + 0.1 >= deadline:
+                    raise
+                await asyncio.sleep(min(backoff_s(attempt), max(0.0, deadline - clock.monotonic())))
 
     async def _require(self, job_id: str, queue: str | None) -> Job:
         job = await self.get_job(job_id, queue)
@@ -334,7 +349,7 @@ def _with_enqueued(job: Job, now_ms: int) -> Job:
 def _positive_ms(seconds: float | None, name: str) -> int | None:
     if seconds is None:
         return None
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
         raise UsageError(f"{name} must be a positive number of seconds (got {seconds!r})")
     return max(1, int(seconds * 1000))
 

@@ -213,7 +213,33 @@ def _redis_url(value: Any) -> str | None:
             "must start with redis://, rediss:// (TLS) or unix:// "
             "(or leave `redis` out to use the embedded server)"
         )
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise _Invalid(f"is not a valid Redis URL ({exc})") from None
     return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``: safe for logs, errors and `pool status`.
+
+    The user information ends at the last '@' before the host, so a password that contains
+    '@' is hidden whole.
+    """
+    scheme, sep, rest = url.partition("://")
+    head = scheme + sep if sep else ""
+    rest = rest if sep else url  # a malformed URL (no "://") may still carry a password
+    if "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{head}{user}{':***' if colon else ''}@{host}"
+
+
+# Values never echoed in an error message: the URL is shown redacted, the others not at all.
+_SECRET_PATHS = {"redis.url": redact_url, "redis.username": lambda v: "***", "redis.password": lambda v: "***"}
 
 
 def _key_prefix(value: Any) -> str:
@@ -312,7 +338,9 @@ class _Reader:
         try:
             return parser(raw)
         except _Invalid as exc:
-            raise self.error(path, f"{exc} (got {raw!r})") from None
+            hide = _SECRET_PATHS.get(path)
+            shown = hide(raw) if hide and isinstance(raw, str) else "***" if hide else raw
+            raise self.error(path, f"{exc} (got {shown!r})") from None
 
     def list_of(self, raw: Any, parser: Callable[[Any], Any], path: str) -> tuple[Any, ...]:
         if isinstance(raw, str):
@@ -395,7 +423,7 @@ def _apply_environment(config: Config, environ: Mapping[str, str], reader: _Read
         try:
             checked = _redis_url(url)
         except _Invalid as exc:
-            raise ConfigError(f"{REDIS_URL_ENV}: {exc}") from None
+            raise ConfigError(f"{REDIS_URL_ENV}: {exc} (got {redact_url(url)!r})") from None
         config = config.replace(redis=dataclasses.replace(config.redis, url=checked))
     state_dir = Path(config.state_dir)
     if not state_dir.is_absolute():

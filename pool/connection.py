@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import time
 from typing import Any
 
@@ -19,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from pool import embedded
-from pool.config import Config
+from pool.config import Config, redact_url
 from pool.errors import RedisUnavailable
 
 logger = logging.getLogger(__name__)
@@ -39,12 +38,7 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z]+://[^:/@]*:)(?P<password>[^@]*)(?P<tail>@)")
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced by ``***``: safe for logs, errors and `pool status`."""
-    return _PASSWORD_IN_URL.sub(r"\g<head>***\g<tail>", url)
+redact = redact_url  # the one place that knows how a URL hides its password (config.py)
 
 
 def resolve_url(config: Config) -> str:

@@ -4,6 +4,8 @@
 persistence in the config's state folder, and records its address in ``<state_dir>/server.json``.
 `pool enqueue`, `pool status` and :class:`pool.Client` with the same pool.yaml read that file to
 find it. A server left running by a supervisor that was killed is found and reused, not doubled.
+The file also names the owner (the `pool run` that stops the server when it exits): a second
+`pool run` on the same folder shares the server but never stops it while its owner lives.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class EmbeddedServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self.url: str | None = None
+        self.owned = False
 
     @property
     def socket_path(self) -> Path:
@@ -112,10 +115,7 @@ class EmbeddedServer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         existing = find_url(self.state_dir)
         if existing and _answers(existing):
-            self.url = existing
-            self.pid = int(json.loads((self.state_dir / ADDRESS_FILE).read_text())["pid"])
-            logger.info("using the embedded Redis already running at %s (pid %d)", existing, self.pid)
-            return existing
+            return self._adopt(existing)
         self.port = self.port or free_port()
         use_socket = len(str(self.socket_path)) <= _UNIX_PATH_MAX
         self.url = f"unix://{self.socket_path}" if use_socket else f"redis://127.0.0.1:{self.port}"
@@ -128,9 +128,31 @@ class EmbeddedServer:
             )
         self.pid = self.process.pid
         self._wait_ready(timeout_s, log_file)
-        (self.state_dir / ADDRESS_FILE).write_text(json.dumps({"url": self.url, "pid": self.pid}))
+        self.owned = True
+        self._write_address()
         logger.info("started embedded Redis (valkey-server) at %s, data in %s", self.url, self.state_dir)
         return self.url
+
+    def _adopt(self, url: str) -> str:
+        """Use a running server; take it over only if the `pool run` that owned it is gone."""
+        info = json.loads((self.state_dir / ADDRESS_FILE).read_text())
+        self.url, self.pid = url, int(info["pid"])
+        owner = int(info.get("owner") or 0)
+        self.owned = not (owner and owner != os.getpid() and _pid_alive(owner))
+        if self.owned:
+            self._write_address()
+        logger.info("using the embedded Redis already running at %s (pid %d)%s", url, self.pid,
+                    "" if self.owned else f", owned by pool run pid {owner}")
+        return url
+
+    def _write_address(self) -> None:
+        info = {"url": self.url, "pid": self.pid, "owner": os.getpid()}
+        (self.state_dir / ADDRESS_FILE).write_text(json.dumps(info))
+
+    def forget_process(self) -> None:
+        """The server process exited and was reaped elsewhere (the supervisor's waitpid)."""
+        self.process = None
+        self.pid = None
 
     def _command(self, use_socket: bool) -> list[str]:
         command = [
@@ -160,8 +182,12 @@ class EmbeddedServer:
         raise RedisUnavailable(f"embedded valkey-server did not start: {' | '.join(tail) or 'no log output'}")
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the server: SIGTERM makes valkey flush its AOF and exit; SIGKILL after timeout_s."""
+        """Stop the server if this process owns it: SIGTERM makes valkey flush its AOF and exit;
+        SIGKILL after timeout_s. A server owned by another live `pool run` is left running."""
         if self.pid is None:
+            return
+        if not self.owned:
+            logger.info("leaving the embedded Redis running: another pool run owns it")
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)

@@ -43,6 +43,7 @@ class Housekeeper:
         self._reclaim_after = 0.0
         self._marker_seen = False
         self._run_id: str | None = None
+        self._last_error: str | None = None
         self._redis: redis.Redis | None = None
         self._scripts: Scripts | None = None
 
@@ -68,8 +69,14 @@ class Housekeeper:
         self.dead_workers.append(worker_id)
 
     def tick(self, reclaim: bool = True) -> None:
-        """Do what is due; never raises for an outage (it is retried next tick)."""
+        """Do what is due; never raises for a Redis error (it is retried next tick)."""
         try:
+            if self.outage.is_ongoing:
+                self.redis.ping()
+                # Back from our own outage: while cut off, every heartbeat looked stale from here.
+                # Hold reclaiming off for one TTL so that the workers can renew theirs first.
+                self.outage.recovered()
+                self._reclaim_after = clock.monotonic() + self.config.heartbeat_ttl_s
             self._requeue_dead()
             now = clock.monotonic()
             if reclaim and now >= self._next_reclaim:
@@ -80,9 +87,14 @@ class Housekeeper:
         except OUTAGE_ERRORS as exc:
             self.outage.failed(exc)
             return
-        if self.outage.is_ongoing:
-            self.outage.recovered()
-            self._reclaim_after = clock.monotonic() + self.config.heartbeat_ttl_s
+        except redis.exceptions.RedisError as exc:
+            # READONLY after a failover, a missing ACL permission, OOM: the supervisor must keep
+            # watching its workers, so report it (once until it changes) and retry next tick.
+            if str(exc) != self._last_error:
+                logger.error("housekeeping failed on Redis at %s: %s; retrying", redact(self.url), exc)
+                self._last_error = str(exc)
+            return
+        self._last_error = None
 
     # -- requeue and reclaim ----------------------------------------------------------------------
 
@@ -147,7 +159,10 @@ class Housekeeper:
         A marker hash is written once; if it disappears, everything written before it is gone
         too. The server's run_id tells a restart from a flush in the message.
         """
-        run_id = str(self.redis.info("server").get("run_id", ""))
+        try:
+            run_id = str(self.redis.info("server").get("run_id", ""))
+        except redis.exceptions.ResponseError:
+            run_id = ""  # INFO not allowed for this user: judge by the marker alone
         restarted = self._run_id is not None and run_id != self._run_id
         marker = self.keys.marker()
         if self.redis.exists(marker):

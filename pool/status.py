@@ -34,7 +34,6 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
     keys = Keys(config.key_prefix)
     worker_ids = sorted(member.decode() for member in client.smembers(keys.workers()))
     with client.pipeline(transaction=False) as pipe:
-        pipe.info("server")
         pipe.hgetall(keys.marker())
         for worker_id in worker_ids:
             pipe.hgetall(keys.worker(worker_id))
@@ -45,7 +44,7 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
             for worker_id in worker_ids:
                 pipe.llen(keys.active(queue, worker_id))
         replies = iter(pipe.execute())
-    info, marker = next(replies), next(replies)
+    marker = next(replies)
     now_ms = clock.now_ms()
     workers = [_worker(worker_id, next(replies), now_ms) for worker_id in worker_ids]
     queues = {}
@@ -60,9 +59,18 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
             "dead": dead,
             "reclaimed": int(stats.get(b"reclaimed", 0)),
         }
-    version = info.get("valkey_version") or info.get("redis_version") or "unknown"
+    version = _server_version(client)
     return {"redis": {"url": redact(url), "version": str(version)}, "queues": queues, "workers": workers,
             "warnings": _warnings(marker, now_ms)}
+
+
+def _server_version(client: redis.Redis) -> str:
+    """The server's version, or 'unknown' where INFO is not allowed (managed Redis, ACL)."""
+    try:
+        info = client.info("server")
+    except redis.exceptions.ResponseError:
+        return "unknown"
+    return str(info.get("valkey_version") or info.get("redis_version") or "unknown")
 
 
 def _warnings(marker: dict[bytes, bytes], now_ms: int) -> list[str]:

@@ -18,6 +18,7 @@ SIGTERM handler) and its jobs requeued.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -29,6 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import redis
 
 from pool import config as config_module
 from pool.config import Config
@@ -66,6 +69,9 @@ class _Child:
     alive_file: Path
     created_mtime: float
     killed: bool = False
+    booted: bool = False  # its event loop ran (touched the alive file); set when reaped
+    last_mtime: float = 0.0
+    last_change: float = 0.0  # monotonic time the alive file was last seen to change
 
 
 @dataclass
@@ -113,8 +119,13 @@ class Supervisor:
             logger.info("supervisor pid %d starting %d worker(s) x %d slots on %s, queues: %s",
                         os.getpid(), self.config.processes, self.config.concurrency,
                         redact(self.url), ", ".join(self.config.queues))
-            while self.children or not self.stopping:
-                self._tick()
+            try:
+                while self.children or not self.stopping:
+                    self._tick()
+            except BaseException:
+                logger.exception("supervisor failed; stopping its workers first")
+                self._stop_children_now()
+                raise
             self._finish_housekeeping()
             logger.info("supervisor stopped")
         finally:
@@ -128,6 +139,8 @@ class Supervisor:
 
     def _tick(self) -> None:
         assert self.housekeeper is not None
+        if self.embedded is not None and self.embedded.owned and self.embedded.pid is None and not self.stopping:
+            self._restart_embedded()
         self.housekeeper.tick(reclaim=not self.stopping)
         if self.stopping:
             self._kill_overdue()
@@ -233,10 +246,8 @@ class Supervisor:
 
     @staticmethod
     def _signal(pid: int, signum: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # already gone: the reaper will see it
             os.kill(pid, signum)
-        except ProcessLookupError:
-            pass  # already gone: the reaper will see it
 
     # -- children ---------------------------------------------------------------------------------
 
@@ -259,7 +270,9 @@ class Supervisor:
             self._become_worker(index, nonce, alive_file)  # never returns
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         worker_id = make_worker_id(nonce, pid)
-        self.children[pid] = _Child(index, worker_id, time.monotonic(), alive_file, alive_file.stat().st_mtime)
+        mtime = alive_file.stat().st_mtime
+        self.children[pid] = _Child(index, worker_id, time.monotonic(), alive_file, mtime,
+                                    last_mtime=mtime, last_change=time.monotonic())
         logger.info("started worker-%d pid %d (%s)", index + 1, pid, worker_id)
 
     def _become_worker(self, index: int, nonce: str, alive_file: Path) -> None:
@@ -267,6 +280,10 @@ class Supervisor:
         try:
             for signum in HANDLED_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
+            # Relayed by the supervisor, or meant for it alone: a closed terminal (HUP) or job
+            # control must not kill or stop workers mid-job.
+            for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+                signal.signal(signum, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
             from pool import logs
 
@@ -287,10 +304,29 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            if self.embedded is not None and pid == self.embedded.pid:
+                self._embedded_exited(os.waitstatus_to_exitcode(status))
+                continue
             child = self.children.pop(pid, None)
             if child is not None:
+                child.booted = self._is_booted(child)  # decided before its file goes
                 child.alive_file.unlink(missing_ok=True)
                 self._child_exited(pid, child, os.waitstatus_to_exitcode(status))
+
+    def _embedded_exited(self, code: int) -> None:
+        assert self.embedded is not None
+        self.embedded.forget_process()
+        if self.stopping:
+            return
+        logger.error("the embedded Redis %s; restarting it (its AOF keeps the jobs)", _describe_exit(code))
+        self._restart_embedded()
+
+    def _restart_embedded(self) -> None:
+        assert self.embedded is not None
+        try:
+            self.embedded.start()
+        except RedisUnavailable as exc:
+            logger.error("%s; retrying in a second", exc)
 
     def _child_exited(self, pid: int, child: _Child, code: int) -> None:
         assert self.housekeeper is not None
@@ -319,7 +355,7 @@ class Supervisor:
         if child.index >= len(self.slots):
             return 0.0
         slot = self.slots[child.index]
-        if self._is_booted(child) and time.monotonic() - child.started >= HEALTHY_RUN_S:
+        if child.booted and time.monotonic() - child.started >= HEALTHY_RUN_S:
             slot.failures = 0
         delay = 0.0 if slot.failures == 0 else min(MAX_RESPAWN_DELAY_S, 0.5 * 2 ** (slot.failures - 1))
         slot.failures += 1
@@ -327,8 +363,12 @@ class Supervisor:
         return delay
 
     def _kill_frozen(self) -> None:
-        """SIGKILL workers whose event loop stopped touching their alive file."""
-        now = time.time()
+        """SIGKILL workers whose event loop stopped touching their alive file.
+
+        Staleness is judged on this process's monotonic clock (when the file was last seen to
+        change), so a wall-clock step never makes every worker look frozen.
+        """
+        now = time.monotonic()
         for pid, child in self.children.items():
             if child.killed:
                 continue
@@ -336,11 +376,13 @@ class Supervisor:
                 mtime = child.alive_file.stat().st_mtime
             except FileNotFoundError:
                 continue
+            if mtime != child.last_mtime:
+                child.last_mtime, child.last_change = mtime, now
             booted = mtime != child.created_mtime
             limit = self.config.heartbeat_ttl_s if booted else max(self.config.heartbeat_ttl_s, BOOT_ALLOWANCE_S)
-            if now - mtime > limit:
+            if now - child.last_change > limit:
                 logger.error("worker-%d pid %d has not run its event loop for %.0fs (frozen? a blocking "
-                             "call in an async handler?): killing it", child.index + 1, pid, now - mtime)
+                             "call in an async handler?): killing it", child.index + 1, pid, now - child.last_change)
                 child.killed = True
                 self._signal(pid, signal.SIGKILL)
 
@@ -363,6 +405,16 @@ class Supervisor:
             return child.alive_file.stat().st_mtime != child.created_mtime
         except FileNotFoundError:
             return False
+
+    def _stop_children_now(self) -> None:
+        """Last resort before the supervisor exits on an error: never leave workers behind."""
+        self._signal_children(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.shutdown_timeout_s + KILL_GRACE_S
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)  # waiting for children to exit; SIGCHLD handling is what failed
+        self._signal_children(signal.SIGKILL)
+        self._reap()
 
     def _kill_overdue(self) -> None:
         if self.children and time.monotonic() >= self.stop_deadline:
@@ -387,6 +439,8 @@ class Supervisor:
                 if attempt:
                     logger.info("Redis at %s answers; starting", redact(self.url))
                 return True
+            except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+                raise describe_unreachable(self.url, exc) from None  # waiting would not fix it
             except OUTAGE_ERRORS as exc:
                 if attempt == 0:
                     logger.warning("waiting for Redis at %s (%s); the pool starts once it answers",
@@ -406,16 +460,18 @@ class Supervisor:
         client = self.housekeeper.redis
         try:
             info = client.info("server") | client.info("persistence")
-        except OUTAGE_ERRORS:
-            return  # gone again: the housekeeper reports outages
+        except redis.exceptions.RedisError:
+            return  # INFO not allowed, or Redis gone again (the housekeeper reports outages)
         version = str(info.get("valkey_version") or info.get("redis_version") or "0")
         parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
         if parts and parts < MIN_REDIS_VERSION:
             raise RedisUnavailable(f"Redis {version} at {redact(self.url)} is too old: pool needs 6.2 or newer (BLMOVE)")
-        persistence = "AOF" if info.get("aof_enabled") else "RDB snapshots only" if info.get("rdb_last_save_time") else "none"
-        logger.info("Redis %s, persistence: %s", version, persistence)
-        if not info.get("aof_enabled"):
-            logger.warning("Redis has no AOF (appendonly no): a crash of Redis can lose queued jobs")
+        if info.get("aof_enabled"):
+            logger.info("Redis %s, persistence: AOF", version)
+        else:
+            logger.warning("Redis %s has no AOF (appendonly no): a crash or restart of Redis can lose "
+                           "queued jobs (RDB snapshots, if configured, lose everything since the last one)",
+                           version)
         try:
             policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
         except Exception:  # CONFIG is often disabled on managed Redis: nothing to check then

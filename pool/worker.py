@@ -42,9 +42,11 @@ from pool.errors import CorruptJob, ExitCode, HandlerError
 from pool.handlers import Registry, load_registry
 from pool.jobs import Job, Status, dumps
 from pool.keys import Keys
-from pool.scripts import JobNotActive, Scripts, check
+from pool.scripts import JobNotActive, Scripts, check, solo_threshold
 
 logger = logging.getLogger(__name__)
+
+RECONCILE_INTERVAL_S = 5.0
 
 
 class Worker:
@@ -72,6 +74,7 @@ class Worker:
         self.burst = burst
         self.keys = Keys(config.key_prefix)
         self.stopping = asyncio.Event()
+        self._fast = asyncio.Event()
         self.fast_stop = False
         self.crashed = False
         self.recycle_reason: str | None = None
@@ -81,14 +84,22 @@ class Worker:
         self.failed_count = 0
         self.started_ms = clock.now_ms()
         self._running: dict[str, asyncio.Task[None]] = {}
+        # A redelivered job runs alone (see claim.lua): while one runs, or one waits for this
+        # process to be idle, nothing else is claimed.
+        self._solo: str | None = None
+        self._idle_wanted = False
+        self._solo_at = solo_threshold(config.max_deliveries)
         self._watchers: set[asyncio.Task[None]] = set()
+        self._acking: set[str] = set()  # jobs writing their outcome: never cancelled
         self._reserved = 0
         self._slot_freed = asyncio.Event()
         self._outage = Outage(f"worker {worker_id}", self.url)
         self._redis: redis.asyncio.Redis
         self._blocking: redis.asyncio.Redis
         self._scripts: Scripts
-        self._executor = ThreadPoolExecutor(config.concurrency, thread_name_prefix="pool-job")
+        # Twice the job slots: a thread stuck past its timeout keeps its thread until the process
+        # is recycled (timeout_grace), and new jobs must not wait for a thread meanwhile.
+        self._executor = ThreadPoolExecutor(2 * config.concurrency, thread_name_prefix="pool-job")
 
     @property
     def exit_code(self) -> int:
@@ -99,9 +110,13 @@ class Worker:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Graceful stop: no more claims; running jobs get ``shutdown_timeout`` to finish."""
+        """Graceful stop: no more claims; running jobs get ``shutdown_timeout`` to finish.
+
+        A second call stops fast: running jobs are cancelled at once (and requeued).
+        """
         if self.stopping.is_set():
             self.fast_stop = True
+            self._fast.set()
         self.stopping.set()
         self._slot_freed.set()
 
@@ -158,16 +173,19 @@ class Worker:
         await asyncio.gather(*fetchers, return_exceptions=True)
 
     async def _drain(self) -> None:
-        """Let running jobs finish within shutdown_timeout, cancel the rest, requeue them."""
+        """Let running jobs finish within shutdown_timeout (or until a second stop), cancel the
+        rest, and requeue them. Jobs already writing their outcome are let finish."""
         running = list(self._running.values())
         if running and not self.fast_stop:
             logger.info("waiting up to %gs for %d running job(s)", self.config.shutdown_timeout_s, len(running))
-            _, pending = await asyncio.wait(running, timeout=self.config.shutdown_timeout_s)
-        else:
-            pending = set(running)
+            fast = asyncio.create_task(self._fast.wait())
+            await asyncio.wait([asyncio.gather(*running, return_exceptions=True), fast],
+                               timeout=self.config.shutdown_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            fast.cancel()
+        pending = [task for job_id, task in self._running.items() if job_id not in self._acking]
         for task in pending:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
         for queue in self.config.queues:
             moved, _ = await self._with_retry(
                 "requeue", self._scripts.requeue, queue, self.worker_id, "stop",
@@ -181,12 +199,21 @@ class Worker:
     def _free_slots(self) -> int:
         return self.config.concurrency - len(self._running) - self._reserved
 
-    async def _reserve(self, most: int) -> int:
-        """Wait for at least one free job slot and reserve up to ``most``; 0 when stopping."""
-        while self._free_slots() <= 0 and not self.stopping.is_set():
+    def _may_claim(self) -> bool:
+        if self._solo is not None or (self._idle_wanted and (self._running or self._reserved)):
+            return False
+        return self._free_slots() > 0
+
+    async def _wait_until_claimable(self) -> bool:
+        """Wait until a job may be claimed; False when stopping."""
+        while not self._may_claim() and not self.stopping.is_set():
             self._slot_freed.clear()
             await self._slot_freed.wait()
-        if self.stopping.is_set():
+        return not self.stopping.is_set()
+
+    async def _reserve(self, most: int) -> int:
+        """Wait for at least one free job slot and reserve up to ``most``; 0 when stopping."""
+        if not await self._wait_until_claimable():
             return 0
         count = min(most, self._free_slots())
         self._reserved += count
@@ -197,7 +224,11 @@ class Worker:
         self._slot_freed.set()
 
     async def _fetch_loop(self, queue: str) -> None:
+        next_reconcile = clock.monotonic() + RECONCILE_INTERVAL_S
         while not self.stopping.is_set():
+            if clock.monotonic() >= next_reconcile:
+                next_reconcile = clock.monotonic() + RECONCILE_INTERVAL_S
+                await self._reconcile(queue)
             try:
                 found = await self._claim_ready(queue)
                 if not found:
@@ -217,40 +248,51 @@ class Worker:
         reserved = await self._reserve(self.config.concurrency)
         if not reserved:
             return 0
+        self._idle_wanted = False
         try:
-            records = await self._scripts.claim(queue, self.worker_id, clock.now_ms(), reserved)
+            records = await self._scripts.claim(
+                queue, self.worker_id, clock.now_ms(), reserved, len(self._running), solo_at=self._solo_at)
         finally:
             self._release(reserved)
-        self._start_all(queue, records)
-        return len(records)
+        return self._start_all(queue, records)
 
     async def _claim_blocking(self, queue: str) -> None:
-        """Block on an empty queue (≤ BLOCK_TIMEOUT_S) with one slot reserved; start what arrives."""
-        if not await self._reserve(1):
+        """Block on an empty queue (≤ BLOCK_TIMEOUT_S) while a slot is free; start what arrives.
+
+        No slot is held during the block, so other queues' fetchers can use it meanwhile; an id
+        that arrives waits in the active list (safe) until a slot is reserved for it.
+        """
+        if not await self._wait_until_claimable():
             return
+        job_id = await self._blocking.blmove(
+            self.keys.queue(queue), self.keys.active(queue, self.worker_id),
+            timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT",
+        )
+        if job_id is None or not await self._reserve(1):
+            return  # while stopping, a moved id stays in the active list and is requeued
         try:
-            job_id = await self._blocking.blmove(
-                self.keys.queue(queue), self.keys.active(queue, self.worker_id),
-                timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT",
-            )
-            if job_id is None or self.stopping.is_set():
-                return  # while stopping, a moved id stays in the active list and is requeued
             records = await self._scripts.claim(
-                queue, self.worker_id, clock.now_ms(), 0, moved_id=job_id.decode()
-            )
+                queue, self.worker_id, clock.now_ms(), 0, len(self._running), moved_id=job_id.decode(),
+                solo_at=self._solo_at)
         finally:
             self._release(1)
         self._start_all(queue, records)
 
     async def _reconcile(self, queue: str) -> None:
-        """Start ids in our active list that no task runs: claims whose reply was lost."""
+        """Start ids in our active list that no task runs: claims whose reply was lost.
+
+        Runs after every error around a claim and every RECONCILE_INTERVAL_S: a claim sent
+        before a partition can reach the server after its client gave up on it, and move an id
+        into this list long after the error that a one-off check would follow.
+        """
         try:
             listed = await self._redis.lrange(self.keys.active(queue, self.worker_id), 0, -1)
             for raw in listed:
                 job_id = raw.decode()
                 if job_id not in self._running and not self.stopping.is_set():
                     self._start_all(queue, await self._scripts.claim(
-                        queue, self.worker_id, clock.now_ms(), 0, moved_id=job_id))
+                        queue, self.worker_id, clock.now_ms(), 0, len(self._running), moved_id=job_id,
+                        solo_at=self._solo_at))
         except OUTAGE_ERRORS:
             return  # still down: the fetch loop backs off and reconciles again
 
@@ -258,9 +300,13 @@ class Worker:
         self._slot_freed.clear()
         await self._slot_freed.wait()
 
-    def _start_all(self, queue: str, records: list[list[bytes]]) -> None:
+    def _start_all(self, queue: str, records: list[list[bytes]]) -> int:
+        """Start a task per claimed record; returns how many records there were."""
         for pairs in records:
             fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
+            if b"solo_wait" in fields:
+                self._idle_wanted = True
+                continue
             job_id = fields.get(b"id", b"").decode()
             if b"missing" in fields:
                 logger.error("job %s was claimed but its record is gone; dropped", job_id)
@@ -275,7 +321,12 @@ class Worker:
                 job = Job(id=job_id, handler=fields.get(b"handler", b"?").decode(errors="replace"), queue=queue)
                 self._spawn(job, self._reject(job, f"CorruptJob: {exc}"))
                 continue
+            if b"solo" in fields:
+                self._solo = job_id
+                logger.warning("job %s: workers died holding it %s times; running it alone", job_id,
+                               fields.get(b"deliveries", b"?").decode())
             self._spawn(job, self._run_job(job))
+        return len(records)
 
     def _spawn(self, job: Job, work: Any) -> None:
         task = asyncio.create_task(work, name=f"job:{job.id}")
@@ -289,6 +340,8 @@ class Worker:
 
     def _job_finished(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
+        if self._solo == job_id:
+            self._solo = None
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("job %s: internal error", job_id, exc_info=task.exception())
@@ -299,7 +352,11 @@ class Worker:
         started = clock.monotonic()
         status, fields = await self._execute(job)
         run_ms = (clock.monotonic() - started) * 1000
-        acked = await self._with_retry("ack", self._ack, job, status, fields)
+        self._acking.add(job.id)
+        try:
+            acked = await self._with_retry("ack", self._ack, job, status, fields)
+        finally:
+            self._acking.discard(job.id)
         if status is Status.COMPLETED:
             self.done_count += 1
         else:
@@ -330,6 +387,9 @@ class Worker:
                     result = await asyncio.shield(asyncio.wrap_future(thread))
         except TimeoutError as exc:
             if deadline.expired():
+                if thread is not None and thread.cancel():
+                    return _failure(f"JobTimeout: job waited {timeout_s:g}s for a free thread and never "
+                                    "started (threads are stuck in earlier jobs)", None)
                 if thread is not None and not thread.done():
                     self._watch_stuck_thread(thread, job, timeout_s)
                 return _failure(f"JobTimeout: job exceeded its timeout of {timeout_s:g}s", None)

@@ -53,6 +53,11 @@ def _source(name: str) -> str:
 SOURCES = {name: _source(name) for name in ("enqueue", "claim", "ack", "requeue")}
 
 
+def solo_threshold(max_deliveries: int) -> int:
+    """Deliveries from which a job runs alone: 2, or lower so that it stays below max_deliveries."""
+    return max(1, min(2, max_deliveries - 1))
+
+
 class Scripts:
     """The scripts registered on one client, with wrappers that build their keys."""
 
@@ -77,15 +82,20 @@ class Scripts:
         return self._enqueue(keys=keys, args=args, client=client)
 
     def claim(
-        self, queue: str, worker_id: str, now_ms: int, count: int, moved_id: str | None = None,
-        client: Any = None,
+        self, queue: str, worker_id: str, now_ms: int, count: int, running: int,
+        moved_id: str | None = None, solo_at: int = 2, client: Any = None,
     ) -> Any:
         """Move up to ``count`` ids into the worker's active list (plus start ``moved_id``).
 
-        Returns a list of raw HGETALL pair lists, one per claimed job.
+        Args:
+            running: jobs the worker's process runs now (a suspect job needs 0: see claim.lua).
+            solo_at: deliveries from which a job runs alone (:func:`solo_threshold`).
+
+        Returns a list of raw HGETALL pair lists, one per claimed job (see claim.lua for the
+        'missing' and 'solo_wait' entries).
         """
         keys = [self.keys.queue(queue), self.keys.active(queue, worker_id)]
-        args: list[Any] = [self.keys.queue_prefix(queue), worker_id, now_ms, count]
+        args: list[Any] = [self.keys.queue_prefix(queue), worker_id, now_ms, count, running, solo_at]
         if moved_id is not None:
             args.append(moved_id)
         return self._claim(keys=keys, args=args, client=client)

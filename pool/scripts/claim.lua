@@ -5,39 +5,77 @@
   ARGV[2]  worker id
   ARGV[3]  now_ms
   ARGV[4]  k: how many more ids to move from the queue (0 allowed)
-  ARGV[5]  optional: an id that BLMOVE already moved into the active list, to be started first
-  Returns  one array per claimed job: the job hash as HGETALL pairs (with status 'active',
-           attempts and deliveries each counted up by one),
-           or {'id', <id>, 'missing', '1'} for an id whose record is gone (dropped from the list)
+  ARGV[5]  how many jobs the worker's process runs right now
+  ARGV[6]  solo_at: deliveries from which a job runs alone (see below)
+  ARGV[7]  optional: an id already in the active list (moved by BLMOVE, or found by reconcile)
+           to be started first
+  Returns  one array per claimed job: the job hash as HGETALL pairs (status 'active', attempts
+           and deliveries counted up by one), plus 'solo','1' for a redelivered job;
+           {'id', <id>, 'missing', '1'} for an id whose record is gone (dropped from the list);
+           {'solo_wait', '1'} when the next job is a suspect one and the process is busy.
+  Suspect jobs (deliveries >= solo_at: workers died holding them that often) run alone: only
+  a process with nothing running claims one, and it claims nothing else with it. Deaths from
+  then on are counted against the job alone, so a poison job never takes its batch-mates to the
+  dead set with it (solo_at < max_deliveries), while one crash costs no throughput (solo_at 2).
   Invariant: ids move queue -> active with LMOVE, never through the script's memory only, so a
-  crash at any point leaves each id in exactly one list.
-  Job hashes are built as ARGV[1] .. 'job:' .. id: they carry the queue's hash tag, so they live
-  in the same Cluster slot as KEYS[1] and KEYS[2]. ]]
+  crash at any point leaves each id in exactly one list. Job hashes are built as
+  ARGV[1] .. 'job:' .. id: they carry the queue's hash tag, in the same slot as KEYS. ]]
 local queue, active = KEYS[1], KEYS[2]
-local qprefix, worker, now_ms, k = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local qprefix, worker, now_ms = ARGV[1], ARGV[2], ARGV[3]
+local k, running, solo_at, moved = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 
 local claimed = {}
-local function start(id)
+local function redelivered(id)
+  return tonumber(redis.call('HGET', qprefix .. 'job:' .. id, 'deliveries') or '0') >= solo_at
+end
+local function start(id, solo)
   local job = qprefix .. 'job:' .. id
   if redis.call('EXISTS', job) == 0 then
     redis.call('LREM', active, 1, id)
     claimed[#claimed + 1] = {'id', id, 'missing', '1'}
     return
   end
-  redis.call('HSET', job, 'status', 'active', 'started_ms', now_ms, 'worker', worker)
-  redis.call('HINCRBY', job, 'attempts', 1)
-  redis.call('HINCRBY', job, 'deliveries', 1)
-  claimed[#claimed + 1] = redis.call('HGETALL', job)
+  local state = redis.call('HMGET', job, 'status', 'worker')
+  if not (state[1] == 'active' and state[2] == worker) then  -- else: started before, reply lost
+    redis.call('HSET', job, 'status', 'active', 'started_ms', now_ms, 'worker', worker)
+    redis.call('HINCRBY', job, 'attempts', 1)
+    redis.call('HINCRBY', job, 'deliveries', 1)
+  end
+  local record = redis.call('HGETALL', job)
+  if solo then
+    record[#record + 1] = 'solo'
+    record[#record + 1] = '1'
+  end
+  claimed[#claimed + 1] = record
 end
 
-if ARGV[5] then
-  start(ARGV[5])
+if moved then
+  local again = redelivered(moved) and redis.call('HGET', qprefix .. 'job:' .. moved, 'status') ~= 'active'
+  if again and running > 0 then
+    redis.call('LREM', active, 1, moved)
+    redis.call('RPUSH', queue, moved)  -- back at the head, for a process with nothing running
+    return {{'solo_wait', '1'}}
+  end
+  start(moved, again)
+  if again then
+    return claimed
+  end
 end
 for _ = 1, k do
-  local id = redis.call('LMOVE', queue, active, 'RIGHT', 'LEFT')
-  if not id then
+  local head = redis.call('LINDEX', queue, -1)
+  if not head then
     break
   end
-  start(id)
+  if redelivered(head) then
+    if #claimed == 0 and running == 0 then
+      redis.call('LMOVE', queue, active, 'RIGHT', 'LEFT')
+      start(head, true)
+    elseif #claimed == 0 then
+      claimed[1] = {'solo_wait', '1'}
+    end
+    break
+  end
+  redis.call('LMOVE', queue, active, 'RIGHT', 'LEFT')
+  start(head, false)
 end
 return claimed

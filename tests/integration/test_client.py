@@ -72,6 +72,7 @@ async def test_enqueue_with_existing_id_returns_the_existing_job(client, r):
     (dict(handler="add"), "handler 'add' must be a dotted path"),
     (dict(handler="tests.sample_handlers.add", queue="bad queue"), "queue 'bad queue' is not a valid queue name"),
     (dict(handler="tests.sample_handlers.add", timeout=0), "timeout must be a positive number of seconds (got 0)"),
+    (dict(handler="tests.sample_handlers.add", timeout=float("inf")), "timeout must be a positive number of seconds (got inf)"),
     (dict(handler="tests.sample_handlers.add", job_id="a b"), "job_id 'a b' must be 1-128 characters without spaces"),
 ])
 async def test_bad_enqueue_arguments_are_usage_errors(client, call, message):

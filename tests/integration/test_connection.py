@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import threading
 import uuid
@@ -159,3 +160,51 @@ def test_rediss_refuses_an_untrusted_certificate(make_config, tls):
     config = make_config(redis={"url": f"rediss://127.0.0.1:{proxy.port}/0", "connect_timeout": "2s"})
     with Client(config) as client, pytest.raises(RedisUnavailable, match="certificate verify failed"):
         client.enqueue("tests.sample_handlers.add", 1, 1)
+
+
+def test_a_second_user_of_an_embedded_server_never_stops_it(tmp_path):
+    """Another process (a second `pool run` on the same folder) shares the server, never stops it."""
+    import subprocess
+    import sys
+
+    from pool.embedded import EmbeddedServer
+    from tests.conftest import cli_env
+
+    owner = EmbeddedServer(tmp_path / "state", persist=False)
+    url = owner.start()
+    try:
+        guest = ("import sys; from pathlib import Path; from pool.embedded import EmbeddedServer\n"
+                 "s = EmbeddedServer(Path(sys.argv[1]), persist=False); print(s.start(), s.owned); s.stop()")
+        out = subprocess.run([sys.executable, "-c", guest, str(tmp_path / "state")], capture_output=True,
+                             text=True, env=cli_env(), timeout=30, check=True).stdout.split()
+        assert out == [url, "False"]
+        assert redis.Redis.from_url(url).ping()
+    finally:
+        owner.stop()
+    assert not (tmp_path / "state" / "server.json").exists()
+
+
+def test_status_works_for_a_user_without_info(write_config, tcp_url, r):
+    name, password = "noinfo" + uuid.uuid4().hex[:6], uuid.uuid4().hex
+    r.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@all", "-info"])
+    try:
+        config = write_config(redis={"url": f"{tcp_url}/0", "username": name, "password": password})
+        result = pool_cli("status", str(config), "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["redis"]["version"] == "unknown"
+    finally:
+        r.acl_deluser(name)
+
+
+def test_a_refused_command_is_one_line(write_config, tcp_url, r):
+    name, password = "noeval" + uuid.uuid4().hex[:6], uuid.uuid4().hex
+    r.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                  commands=["+@all", "-evalsha", "-eval"])
+    try:
+        config = write_config(redis={"url": f"{tcp_url}/0", "username": name, "password": password})
+        result = pool_cli("enqueue", str(config), "tests.sample_handlers.add", "1", "2")
+        assert result.returncode == 3
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("pool: Redis refused the command: ")
+    finally:
+        r.acl_deluser(name)

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from pool.keys import Keys
-from pool.scripts import AlreadyReclaimed, JobNotActive, Scripts, WorkerAlive, check
+from pool.scripts import AlreadyReclaimed, JobNotActive, Scripts, WorkerAlive, check, solo_threshold
 
 W = "host:1:abc"
 
@@ -43,7 +43,7 @@ def test_enqueue_of_existing_id_changes_nothing(r, keys, scripts):
 
 def test_claim_moves_up_to_k_in_fifo_order_and_marks_active(r, keys, scripts):
     enqueue(scripts, "q", "a", "b", "c")
-    claimed = scripts.claim("q", W, 2000, 2)
+    claimed = scripts.claim("q", W, 2000, 2, 0)
     ids = [dict(zip(c[::2], c[1::2], strict=False))[b"id"] for c in claimed]
     assert ids == [b"a", b"b"]
     record = r.hgetall(keys.job("q", "a"))
@@ -53,13 +53,13 @@ def test_claim_moves_up_to_k_in_fifo_order_and_marks_active(r, keys, scripts):
 
 
 def test_claim_on_empty_queue_returns_nothing(scripts):
-    assert scripts.claim("q", W, 1, 5) == []
+    assert scripts.claim("q", W, 1, 5, 0) == []
 
 
 def test_claim_starts_an_id_already_moved_by_blmove(r, keys, scripts):
     enqueue(scripts, "q", "a", "b")
     r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")
-    claimed = scripts.claim("q", W, 5, 0, moved_id="a")
+    claimed = scripts.claim("q", W, 5, 0, 0, moved_id="a")
     assert [dict(zip(c[::2], c[1::2], strict=False))[b"id"] for c in claimed] == [b"a"]
     assert r.hget(keys.job("q", "a"), "status") == b"active"
     assert r.llen(keys.queue("q")) == 1
@@ -67,14 +67,14 @@ def test_claim_starts_an_id_already_moved_by_blmove(r, keys, scripts):
 
 def test_claim_drops_an_id_whose_record_is_gone(r, keys, scripts):
     r.lpush(keys.queue("q"), "ghost")
-    claimed = scripts.claim("q", W, 5, 1)
+    claimed = scripts.claim("q", W, 5, 1, 0)
     assert claimed == [[b"id", b"ghost", b"missing", b"1"]]
     assert r.llen(keys.active("q", W)) == 0
 
 
 def test_ack_writes_outcome_and_releases_in_one_step(r, keys, scripts):
     enqueue(scripts, "q", "a")
-    scripts.claim("q", W, 5, 1)
+    scripts.claim("q", W, 5, 1, 0)
     assert scripts.ack("q", W, "a", "completed", 9000, 60_000, ["result", b"42"]) == 1
     record = r.hgetall(keys.job("q", "a"))
     assert (record[b"status"], record[b"result"], record[b"finished_ms"]) == (b"completed", b"42", b"9000")
@@ -88,7 +88,7 @@ def test_ack_writes_outcome_and_releases_in_one_step(r, keys, scripts):
 def test_ack_uses_the_jobs_own_result_ttl(r, keys, scripts):
     enqueue(scripts, "q", "a")
     r.hset(keys.job("q", "a"), "result_ttl_ms", 5000)
-    scripts.claim("q", W, 5, 1)
+    scripts.claim("q", W, 5, 1, 0)
     scripts.ack("q", W, "a", "failed", 9000, 60_000, ["error", "E"])
     assert 4000 < r.pttl(keys.job("q", "a")) <= 5000
     assert r.hget(keys.stats("q"), "failed") == b"1"
@@ -96,7 +96,7 @@ def test_ack_uses_the_jobs_own_result_ttl(r, keys, scripts):
 
 def test_ack_retried_after_lost_reply_is_recognised(r, keys, scripts):
     enqueue(scripts, "q", "a")
-    scripts.claim("q", W, 5, 1)
+    scripts.claim("q", W, 5, 1, 0)
     scripts.ack("q", W, "a", "completed", 9000, 60_000, ["result", b"1"])
     assert scripts.ack("q", W, "a", "completed", 9001, 60_000, ["result", b"1"]) == 0
     assert r.hget(keys.stats("q"), "completed") == b"1"  # not counted twice
@@ -104,7 +104,7 @@ def test_ack_retried_after_lost_reply_is_recognised(r, keys, scripts):
 
 def test_ack_of_job_no_longer_active_writes_nothing(r, keys, scripts):
     enqueue(scripts, "q", "a")
-    scripts.claim("q", W, 5, 1)
+    scripts.claim("q", W, 5, 1, 0)
     scripts.requeue("q", W, "stop", 5, 1)
     code = scripts.ack("q", W, "a", "completed", 9000, 60_000, ["result", b"1"])
     assert code == -1
@@ -121,11 +121,16 @@ def ids_of(claimed):
 @pytest.mark.parametrize("mode", ["stop", "died"])
 def test_requeue_puts_jobs_back_at_the_head_oldest_first(r, keys, scripts, mode):
     enqueue(scripts, "q", "a", "b", "c")
-    scripts.claim("q", W, 5, 2)  # a, b active; c waiting
+    scripts.claim("q", W, 5, 2, 0)  # a, b active; c waiting
     enqueue(scripts, "q", "d")
     assert scripts.requeue("q", W, mode, 5, 1) == [2, 0]
-    # Claim order after requeue: a, b (requeued first), then c, d.
-    assert ids_of(scripts.claim("q", "other:2:x", 5, 10)) == [b"a", b"b", b"c", b"d"]
+    # Claim order after requeue: a, b (requeued first), then c, d. After a death a and b are
+    # redelivered jobs, which are claimed one at a time.
+    order: list[bytes] = []
+    while batch := ids_of(scripts.claim("q", "other:2:x", 5, 10, 0)):
+        order += batch
+        r.delete(keys.active("q", "other:2:x"))  # as if acked, without touching the records
+    assert order == [b"a", b"b", b"c", b"d"]
     assert r.llen(keys.active("q", W)) == 0
 
 
@@ -135,7 +140,7 @@ def test_requeue_of_empty_list_moves_nothing(scripts):
 
 def test_claim_counts_a_delivery_and_a_clean_stop_gives_it_back(r, keys, scripts):
     enqueue(scripts, "q", "a")
-    scripts.claim("q", W, 5, 1)
+    scripts.claim("q", W, 5, 1, 0)
     assert r.hget(keys.job("q", "a"), "deliveries") == b"1"
     scripts.requeue("q", W, "stop", 5, 1)
     assert r.hmget(keys.job("q", "a"), "deliveries", "status", "attempts") == [b"0", b"queued", b"1"]
@@ -144,17 +149,16 @@ def test_claim_counts_a_delivery_and_a_clean_stop_gives_it_back(r, keys, scripts
 
 def test_death_keeps_the_delivery_and_is_counted(r, keys, scripts):
     enqueue(scripts, "q", "a")
-    scripts.claim("q", W, 5, 1)
+    scripts.claim("q", W, 5, 1, 0)
     scripts.requeue("q", W, "died", 5, 1)
     assert r.hget(keys.job("q", "a"), "deliveries") == b"1"
     assert r.hget(keys.stats("q"), "reclaimed") == b"1"
 
 
 def test_poison_job_goes_to_the_dead_set_after_max_deliveries(r, keys, scripts):
-    enqueue(scripts, "q", "poison", "innocent")
-    # The innocent job shares the dying worker twice; the poison job kills it three times.
-    for round_, count in enumerate([2, 2, 1]):
-        scripts.claim("q", W, 5, count)
+    enqueue(scripts, "q", "poison")
+    for round_ in range(3):
+        assert ids_of(scripts.claim("q", W, 5, 1, 0)) == [b"poison"]
         requeued, buried = scripts.requeue("q", W, "died", 3, 7000 + round_)
     assert (requeued, buried) == (0, 1)
     assert r.zrange(keys.dead("q"), 0, -1, withscores=True) == [(b"poison", 7002.0)]
@@ -164,20 +168,19 @@ def test_poison_job_goes_to_the_dead_set_after_max_deliveries(r, keys, scripts):
                                 b"acknowledging it (max_deliveries is 3)")
     assert r.lrange(keys.done("q", "poison"), 0, -1) == [b"dead"]
     assert r.hget(keys.stats("q"), "dead") == b"1"
-    assert r.lrange(keys.queue("q"), 0, -1) == [b"innocent"]
-    assert r.hget(keys.job("q", "innocent"), "deliveries") == b"2"
+    assert r.llen(keys.queue("q")) == 0
 
 
 def test_a_clean_stop_never_buries(r, keys, scripts):
     enqueue(scripts, "q", "a")
     r.hset(keys.job("q", "a"), "deliveries", 10)
-    scripts.claim("q", W, 5, 1)
+    scripts.claim("q", W, 5, 1, 0)
     assert scripts.requeue("q", W, "stop", 3, 1) == [1, 0]
 
 
 def test_reclaim_refuses_a_live_worker(r, keys, scripts):
     enqueue(scripts, "q", "a")
-    scripts.claim("q", W, 5, 1)
+    scripts.claim("q", W, 5, 1, 0)
     r.sadd(keys.queue_workers("q"), W)
     r.set(keys.alive("q", W), "busy", px=10_000)
     code = scripts.requeue("q", W, "reclaim", 5, 1)
@@ -189,7 +192,7 @@ def test_reclaim_refuses_a_live_worker(r, keys, scripts):
 
 def test_reclaim_of_an_expired_worker_happens_once(r, keys, scripts):
     enqueue(scripts, "q", "a", "b")
-    scripts.claim("q", W, 5, 2)
+    scripts.claim("q", W, 5, 2, 0)
     r.sadd(keys.queue_workers("q"), W)  # registered, liveness key expired (never set here)
     assert scripts.requeue("q", W, "reclaim", 5, 1) == [2, 0]
     code = scripts.requeue("q", W, "reclaim", 5, 1)
@@ -207,7 +210,7 @@ def test_concurrent_reclaimers_requeue_each_job_exactly_once(url, keys, r):
     scripts = Scripts(r, keys)
     ids = [f"j{i}" for i in range(50)]
     enqueue(scripts, "q", *ids)
-    scripts.claim("q", W, 5, 50)
+    scripts.claim("q", W, 5, 50, 0)
     r.sadd(keys.queue_workers("q"), W)
     barrier = threading.Barrier(8)
     replies = []
@@ -227,6 +230,79 @@ def test_concurrent_reclaimers_requeue_each_job_exactly_once(url, keys, r):
     assert sorted(replies, key=str) == sorted([[50, 0]] + [-2] * 7, key=str)
     assert sorted(r.lrange(keys.queue("q"), 0, -1)) == sorted(i.encode() for i in ids)
     assert r.hget(keys.stats("q"), "reclaimed") == b"50"
+
+
+def redeliver(r, keys, *ids):
+    """Make jobs suspects: workers died holding them twice (solo_at is 2 by default)."""
+    for job_id in ids:
+        r.hset(keys.job("q", job_id), "deliveries", 2)
+
+
+def test_solo_threshold_stays_below_max_deliveries():
+    assert [solo_threshold(m) for m in (1, 2, 3, 5, 50)] == [1, 1, 2, 2, 2]
+
+
+def test_one_death_does_not_make_a_job_a_suspect(r, keys, scripts):
+    enqueue(scripts, "q", "a", "b")
+    scripts.claim("q", W, 1, 2, 0)
+    scripts.requeue("q", W, "died", 5, 1)
+    assert ids_of(scripts.claim("q", W, 2, 2, 1)) == [b"a", b"b"]  # together, even in a busy process
+
+
+def test_redelivered_job_is_claimed_alone_by_an_idle_process(r, keys, scripts):
+    enqueue(scripts, "q", "again", "fresh")
+    redeliver(r, keys, "again")
+    claimed = scripts.claim("q", W, 5, 5, 0)
+    assert ids_of(claimed) == [b"again"]
+    assert dict(zip(claimed[0][::2], claimed[0][1::2], strict=True))[b"solo"] == b"1"
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"fresh"]
+
+
+def test_busy_process_does_not_claim_a_redelivered_job(r, keys, scripts):
+    enqueue(scripts, "q", "again")
+    redeliver(r, keys, "again")
+    assert scripts.claim("q", W, 5, 5, 3) == [[b"solo_wait", b"1"]]
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"again"]
+
+
+def test_claim_stops_before_a_redelivered_job(r, keys, scripts):
+    enqueue(scripts, "q", "fresh", "again")
+    redeliver(r, keys, "again")
+    assert ids_of(scripts.claim("q", W, 5, 5, 0)) == [b"fresh"]
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"again"]
+
+
+def test_redelivered_job_moved_by_blmove_into_a_busy_process_goes_back(r, keys, scripts):
+    enqueue(scripts, "q", "again", "later")
+    redeliver(r, keys, "again")
+    r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")
+    assert scripts.claim("q", W, 5, 0, 2, moved_id="again") == [[b"solo_wait", b"1"]]
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"later", b"again"]  # back at the head
+    assert r.llen(keys.active("q", W)) == 0
+
+
+def test_reconciling_a_started_job_does_not_count_it_twice(r, keys, scripts):
+    enqueue(scripts, "q", "a")
+    scripts.claim("q", W, 5, 1, 0)
+    again = scripts.claim("q", W, 6, 0, 1, moved_id="a")
+    assert ids_of(again) == [b"a"]
+    assert r.hmget(keys.job("q", "a"), "attempts", "deliveries") == [b"1", b"1"]
+
+
+def test_innocent_batch_mates_of_a_poison_job_are_not_buried(r, keys, scripts):
+    """A poison job kills its worker twice with 3 innocent jobs beside it, then keeps killing alone."""
+    enqueue(scripts, "q", "poison", "i1", "i2", "i3")
+    for _ in range(2):  # the requeued batch is claimed together again: all four counted twice
+        assert ids_of(scripts.claim("q", W, 1, 4, 0)) == [b"poison", b"i1", b"i2", b"i3"]
+        scripts.requeue("q", W, "died", 3, 1)
+    # now suspects, each runs alone; the poison one kills its worker a third time
+    assert ids_of(scripts.claim("q", W, 2, 4, 0)) == [b"poison"]
+    scripts.requeue("q", W, "died", 3, 2)
+    assert r.zrange(keys.dead("q"), 0, -1) == [b"poison"]
+    for innocent in (b"i1", b"i2", b"i3"):  # each runs alone and completes
+        assert ids_of(scripts.claim("q", W, 3, 4, 0)) == [innocent]
+        scripts.ack("q", W, innocent.decode(), "completed", 4, 1000, ["result", b"1"])
+    assert r.hget(keys.stats("q"), "completed") == b"3"
 
 
 def test_all_keys_of_a_queue_share_one_hash_tag(keys):

@@ -226,6 +226,52 @@ async def test_second_stop_cancels_running_jobs_at_once(config, url, client, tmp
     assert (await client.get_job(job.id)).status is Status.QUEUED
 
 
+async def test_second_stop_during_the_drain_cancels_at_once(config, url, client, tmp_path):
+    """The first stop waits for running jobs; a second one, even mid-wait, cancels them now."""
+    worker = new_worker(config, url)
+    task = asyncio.create_task(worker.run())
+    started = tmp_path / "started"
+    job = await client.enqueue("tests.sample_handlers.touch_then_sleep", str(started), 30)
+    await async_wait_until(_exists(started), timeout=5, message="job start")
+    worker.stop()
+    await async_wait_until(_draining(worker), timeout=5, message="the drain to begin")
+    worker.stop()
+    await asyncio.wait_for(task, 3)
+    assert (await client.get_job(job.id)).status is Status.QUEUED
+
+
+def _draining(worker):
+    async def check() -> bool:
+        return worker.stopping.is_set() and not any(t.get_name().startswith("fetch:") and not t.done()
+                                                     for t in asyncio.all_tasks())
+    return check
+
+
+async def test_stuck_thread_does_not_starve_later_plain_jobs(make_config, url):
+    """A sync job stuck past its timeout keeps its thread; the next sync job still gets one."""
+    config = make_config(concurrency=1, timeout_grace="30s")
+    async with AsyncClient(config, url) as client:
+        stuck = await client.enqueue("tests.sample_handlers.sync_sleep", 1.5, timeout=0.1)
+        after = await client.enqueue("tests.sample_handlers.add", 1, 2, timeout=1)
+        await drain(config, url)
+        assert (await client.get_job(stuck.id)).error == "JobTimeout: job exceeded its timeout of 0.1s"
+        assert await client.result(after.id, timeout=1) == 3
+
+
+async def test_one_slot_serves_several_queues(make_config, url):
+    """With concurrency 1, a fetcher blocked on an empty queue does not hold the slot."""
+    config = make_config(concurrency=1, queues=["a", "b"])
+    worker = new_worker(config, url)
+    task = asyncio.create_task(worker.run())
+    try:
+        async with AsyncClient(config, url) as client:
+            job = await client.enqueue("tests.sample_handlers.add", 2, 2, queue="b")
+            assert await client.result(job.id, timeout=5) == 4
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+
+
 async def test_worker_survives_its_connections_being_killed(config, url, client, r):
     """CLIENT KILL drops every connection mid-run: the worker reconnects and finishes every job."""
     worker = new_worker(config, url)
@@ -260,6 +306,31 @@ async def test_lost_claim_reply_is_reconciled(config, url, client, r):
         await async_wait_until(registered, timeout=5, message="worker registration")
         await worker._reconcile("default")
         assert await client.result(job.id, timeout=5) == 14
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_stale_claim_landing_later_is_found_by_periodic_reconcile(config, url, client, r, monkeypatch):
+    """A claim that reaches the server after its client gave up moves an id nobody waits for."""
+    monkeypatch.setattr("pool.worker.RECONCILE_INTERVAL_S", 0.3)
+    worker = new_worker(config, url)
+    keys = Keys(config.key_prefix)
+    task = asyncio.create_task(worker.run())
+
+    async def registered() -> bool:
+        return bool(r.exists(keys.worker(worker.worker_id)))
+
+    try:
+        await async_wait_until(registered, timeout=5, message="worker registration")
+        # enqueue and move in one MULTI, so the worker's own BLMOVE cannot take the job first
+        with r.pipeline(transaction=True) as pipe:
+            fields = ["id", "stale", "handler", "tests.sample_handlers.add", "queue", "default",
+                      "args", "[5,6]", "kwargs", "{}", "status", "queued", "attempts", 0, "created_ms", 1]
+            pipe.hset(keys.job("default", "stale"), mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
+            pipe.lpush(keys.active("default", worker.worker_id), "stale")
+            pipe.execute()
+        assert await client.result("stale", timeout=5) == 11
     finally:
         worker.stop()
         await asyncio.wait_for(task, 10)

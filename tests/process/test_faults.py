@@ -176,6 +176,8 @@ def test_network_blackhole_heals_without_loss(write_config, start_pool, server, 
         assert results == [f"a{i}" for i in range(200)] + [f"b{i}" for i in range(200)]
         assert time.monotonic() - healed_at < 30
         assert "lost Redis" in pool.output() and "reconnected to Redis" in pool.output()
+        # the supervisor was cut off too: it must not take the partition for dead workers
+        assert "heartbeat expired" not in pool.output()
         assert pool.stop() == 0
     assert_drained(redis.Redis.from_url(url), key_prefix(config))
 
@@ -343,3 +345,64 @@ def test_redis_that_comes_back_empty_is_reported_loudly(write_config, start_pool
         assert pool.stop() == 0
     finally:
         server.stop()
+
+
+def test_embedded_redis_that_dies_is_restarted_with_its_data(tmp_path, start_pool):
+    # Given the documented pool.yaml on its embedded server, with one job's result stored
+    config = tmp_path / "pool.yaml"
+    config.write_text(yaml.safe_dump({"processes": 1, "handlers": ["examples.tasks"]}))
+    pool = start_pool(config)
+    wait_until(live_workers(config, 1), timeout=30, message="1 worker")
+    before = pool_cli("enqueue", str(config), "examples.tasks.add", "1", "2")
+    server_pid = json.loads((tmp_path / ".pool" / "server.json").read_text())["pid"]
+    # When valkey-server is SIGKILLed
+    os.kill(server_pid, signal.SIGKILL)
+    # Then the supervisor restarts it from its AOF and the pool carries on
+    pool.wait_for_log("the embedded Redis was killed by SIGKILL (out of memory?); restarting it")
+    after = pool_cli("enqueue", str(config), "examples.tasks.add", "2", "3", "--wait", "--timeout", "20")
+    assert after.stdout.strip() == "5", after.stderr
+    assert json.loads(pool_cli("job", str(config), before.stdout.strip()).stdout)["result"] == 3
+    assert pool.stop() == 0
+
+
+def test_wrong_password_stops_pool_run_with_one_line(write_config, server, r):
+    name = "u" + os.urandom(4).hex()
+    r.acl_setuser(name, enabled=True, passwords=["+right"], keys=["*"], commands=["+@all"])
+    try:
+        config = write_config(redis={"url": f"redis://{name}:wrong@127.0.0.1:{server.port}/0"})
+        result = pool_cli("run", str(config), timeout=30)
+        assert result.returncode == 3
+        assert "invalid username-password pair" in result.stderr.strip().splitlines()[-1]
+        assert "wrong" not in result.stderr.replace("wrong@", "").replace("WRONGPASS", "")
+    finally:
+        r.acl_deluser(name)
+
+
+def test_workers_ignore_signals_meant_for_the_supervisor(write_config, start_pool):
+    config = write_config(processes=1)
+    pool = start_pool(config)
+    data = wait_until(live_workers(config, 1), timeout=30, message="1 worker")
+    pid = data["workers"][0]["pid"]
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTTIN):
+        os.kill(pid, signum)
+    with Client.from_config(config) as client:
+        assert client.result(client.enqueue("tests.sample_handlers.pid").id, timeout=10) == pid
+    assert pool.stop() == 0
+
+
+def test_supervisor_outlives_redis_errors_in_housekeeping(write_config, start_pool, server, r):
+    """A user without SMEMBERS: reclaim fails every tick, is logged once, and jobs still run."""
+    name, password = "u" + os.urandom(4).hex(), os.urandom(8).hex()
+    r.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@all", "-smembers"])
+    try:
+        config = write_config(redis={"url": f"redis://{name}:{password}@127.0.0.1:{server.port}/0"},
+                              processes=1, reclaim_interval="100ms")
+        pool = start_pool(config)
+        pool.wait_for_log("housekeeping failed on Redis")
+        with Client.from_config(config) as client:
+            job = client.enqueue("tests.sample_handlers.add", 3, 4)
+            assert client.result(job.id, timeout=15) == 7
+        assert pool.output().count("housekeeping failed on Redis") == 1
+        assert pool.stop() == 0
+    finally:
+        r.acl_deluser(name)

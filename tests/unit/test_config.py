@@ -172,3 +172,21 @@ def test_relative_state_dir_is_next_to_the_config(tmp_path):
     path = tmp_path / "pool.yaml"
     path.write_text("state_dir: var/pool\n")
     assert load(path, environ={}).state_dir == tmp_path / "var" / "pool"
+
+
+def test_secrets_are_never_echoed_in_errors():
+    message = error_of({"redis": {"url": "redis//admin:S3cretPW@db:6379"}})
+    assert "S3cretPW" not in message and "admin:***@db:6379" in message
+    assert "123456789" not in error_of({"redis": {"password": 123456789}})
+
+
+def test_url_with_a_bad_port_is_a_config_error():
+    assert error_of({"redis": {"url": "redis://db:notaport/0"}}).startswith(
+        "pool.yaml: redis.url: is not a valid Redis URL (Port could not be cast")
+
+
+def test_redact_hides_a_password_containing_at_signs():
+    from pool.config import redact_url
+
+    assert redact_url("redis://admin:p@ss@127.0.0.1:6379/0") == "redis://admin:***@127.0.0.1:6379/0"
+    assert redact_url("redis://127.0.0.1:6379") == "redis://127.0.0.1:6379"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 
@@ -35,13 +36,13 @@ def supervisor(monkeypatch, tmp_path):
     shutil.rmtree(sup.run_dir, ignore_errors=True)
 
 
-def child(sup, index=0, ran_for=1.0):
+def child(sup, index=0, ran_for=1.0, booted=False):
     return _Child(index=index, worker_id=f"h:{100 + index}:x", started=sup.clock["now"] - ran_for,
-                  alive_file=sup.run_dir / f"w{index}", created_mtime=0.0)
+                  alive_file=sup.run_dir / f"w{index}", created_mtime=1000.0, booted=booted)
 
 
-def crash(sup, index=0, code=1, ran_for=1.0):
-    sup._child_exited(100 + index, child(sup, index, ran_for), code)
+def crash(sup, index=0, code=1, ran_for=1.0, booted=False):
+    sup._child_exited(100 + index, child(sup, index, ran_for, booted), code)
     return sup.slots[index].spawn_at - sup.clock["now"]
 
 
@@ -51,12 +52,22 @@ def test_first_crash_respawns_at_once_then_backs_off(supervisor):
     assert delays[-1] == 30.0  # capped
 
 
-def test_a_worker_that_booted_and_ran_resets_its_backoff(supervisor, monkeypatch):
+def test_a_worker_that_booted_and_ran_resets_its_backoff(supervisor):
     for _ in range(4):
         crash(supervisor)
     assert crash(supervisor, ran_for=60.0) == 4.0  # never booted (no loop ran): still a crash loop
-    monkeypatch.setattr(Supervisor, "_is_booted", staticmethod(lambda child: True))
-    assert crash(supervisor, ran_for=2.0) == 0.0
+    assert crash(supervisor, ran_for=2.0, booted=True) == 0.0
+
+
+def test_reaping_notes_whether_the_child_booted_before_removing_its_file(supervisor, monkeypatch):
+    booted = child(supervisor, 0)
+    booted.alive_file.write_text("")
+    os.utime(booted.alive_file, (booted.created_mtime + 5, booted.created_mtime + 5))
+    supervisor.children = {4242: booted}
+    waits = iter([(4242, 0), (0, 0)])
+    monkeypatch.setattr("pool.supervisor.os.waitpid", lambda pid, flags: next(waits))
+    supervisor._reap()
+    assert booted.booted and not booted.alive_file.exists()
 
 
 def test_backoff_is_per_slot(supervisor):

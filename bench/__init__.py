@@ -1,0 +1,1 @@
+"""Benchmarks and fault drills; run them as scripts (see README.md)."""
