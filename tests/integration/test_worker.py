@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from pool import AsyncClient, CorruptJob, Status
+from pool.errors import ExitCode
 from pool.handlers import load_registry
 from pool.keys import Keys, make_worker_id
 from pool.testing import async_wait_until, drain
@@ -334,6 +335,39 @@ async def test_stale_claim_landing_later_is_found_by_periodic_reconcile(config, 
     finally:
         worker.stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_max_jobs_per_process_recycles_the_worker(make_config, url, r):
+    config = make_config(concurrency=1, max_jobs_per_process=3)
+    async with AsyncClient(config, url) as client:
+        for i in range(5):
+            await client.enqueue("tests.sample_handlers.add", i, 0)
+        worker = new_worker(config, url)
+        await asyncio.wait_for(worker.run(), 10)  # stops by itself
+    assert worker.exit_code == ExitCode.RECYCLE
+    assert worker.recycle_reason == "ran 3 jobs (max_jobs_per_process)"
+    assert worker.done_count == 3
+    assert r.llen(Keys(config.key_prefix).queue("default")) == 2
+
+
+async def test_max_memory_per_process_recycles_the_worker(make_config, url):
+    config = make_config(max_memory_per_process=1024)  # any real process is larger
+    worker = new_worker(config, url)
+    await asyncio.wait_for(worker.run(), 10)
+    assert worker.exit_code == ExitCode.RECYCLE
+    assert "over max_memory_per_process" in worker.recycle_reason
+
+
+async def test_thread_stuck_past_timeout_and_grace_recycles_the_worker(make_config, url):
+    config = make_config(timeout_grace="200ms")
+    worker = new_worker(config, url)
+    task = asyncio.create_task(worker.run())
+    async with AsyncClient(config, url) as client:
+        job = await client.enqueue("tests.sample_handlers.sync_sleep", 1.5, timeout=0.1)
+        await asyncio.wait_for(task, 10)  # the worker recycles itself
+        assert (await client.get_job(job.id)).error == "JobTimeout: job exceeded its timeout of 0.1s"
+    assert worker.exit_code == ExitCode.RECYCLE
+    assert "cannot be cancelled" in worker.recycle_reason
 
 
 def _exists(path):

@@ -406,3 +406,15 @@ def test_supervisor_outlives_redis_errors_in_housekeeping(write_config, start_po
         assert pool.stop() == 0
     finally:
         r.acl_deluser(name)
+
+
+def test_recycled_workers_are_replaced_and_lose_nothing(write_config, start_pool):
+    config = write_config(processes=2, concurrency=2, max_jobs_per_process=10)
+    pool = start_pool(config)
+    wait_until(live_workers(config, 2), timeout=30, message="2 workers")
+    with Client.from_config(config) as client:
+        jobs = client.enqueue_many(JobSpec("tests.sample_handlers.add", (i, 1)) for i in range(100))
+        assert [client.result(j.id, timeout=60) for j in jobs] == [i + 1 for i in range(100)]
+    assert pool.output().count("recycled itself") >= 4
+    assert "restarting in" not in pool.output()  # a recycle is no crash: no backoff
+    assert pool.stop() == 0
