@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import threading
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -30,6 +32,25 @@ async def client(config, url):
 def new_worker(config, url, **kwargs) -> Worker:
     registry = load_registry(config.handlers, config.base_dir)
     return Worker(config, registry, make_worker_id(secrets.token_hex(3)), url=url, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker, r) -> AsyncIterator[Worker]:
+    """Run ``worker`` in the background until the block ends; enter once it has registered."""
+    task = asyncio.create_task(worker.run())
+    key = Keys(worker.config.key_prefix).worker(worker.worker_id)
+
+    async def registered() -> bool:
+        if task.done():
+            task.result()  # surface a crash instead of timing out
+        return bool(r.exists(key))
+
+    try:
+        await async_wait_until(registered, timeout=5, message="worker registration")
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 15)
 
 
 async def run_one(client, url, handler, *args, **options):
@@ -175,16 +196,11 @@ async def test_worker_registers_and_heartbeats_then_deregisters(config, url, r):
     assert not r.sismember(keys.workers(), worker.worker_id)
 
 
-async def test_blocked_worker_wakes_on_enqueue(config, url, client):
+async def test_blocked_worker_wakes_on_enqueue(config, url, client, r):
     """An idle worker blocks in BLMOVE and picks a new job up within milliseconds."""
-    worker = new_worker(config, url)
-    task = asyncio.create_task(worker.run())
-    try:
+    async with running(new_worker(config, url), r):
         job = await client.enqueue("tests.sample_handlers.add", 5, 5, queue="other")
         assert await client.result(job.id, timeout=5) == 10
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_graceful_stop_lets_running_jobs_finish(config, url, client, tmp_path):
@@ -259,25 +275,17 @@ async def test_stuck_thread_does_not_starve_later_plain_jobs(make_config, url):
         assert await client.result(after.id, timeout=1) == 3
 
 
-async def test_one_slot_serves_several_queues(make_config, url):
+async def test_one_slot_serves_several_queues(make_config, url, r):
     """With concurrency 1, a fetcher blocked on an empty queue does not hold the slot."""
     config = make_config(concurrency=1, queues=["a", "b"])
-    worker = new_worker(config, url)
-    task = asyncio.create_task(worker.run())
-    try:
-        async with AsyncClient(config, url) as client:
-            job = await client.enqueue("tests.sample_handlers.add", 2, 2, queue="b")
-            assert await client.result(job.id, timeout=5) == 4
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 10)
+    async with running(new_worker(config, url), r), AsyncClient(config, url) as client:
+        job = await client.enqueue("tests.sample_handlers.add", 2, 2, queue="b")
+        assert await client.result(job.id, timeout=5) == 4
 
 
 async def test_worker_survives_its_connections_being_killed(config, url, client, r):
     """CLIENT KILL drops every connection mid-run: the worker reconnects and finishes every job."""
-    worker = new_worker(config, url)
-    task = asyncio.create_task(worker.run())
-    try:
+    async with running(new_worker(config, url), r):
         first = [await client.enqueue("tests.sample_handlers.async_sleep", 0.05) for _ in range(20)]
         await async_wait_until(_status_count(client, first, Status.COMPLETED, 5), timeout=10, message="first jobs")
         r.client_kill_filter(_type="normal", skipme=True)
@@ -286,9 +294,6 @@ async def test_worker_survives_its_connections_being_killed(config, url, client,
         assert results == [i + 1 for i in range(20)]
         for job in first:
             assert await client.result(job.id, timeout=15) == 0.05
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 15)
 
 
 async def test_lost_claim_reply_is_reconciled(config, url, client, r):
@@ -298,18 +303,9 @@ async def test_lost_claim_reply_is_reconciled(config, url, client, r):
     job = await client.enqueue("tests.sample_handlers.add", 7, 7)
     # As if the server executed BLMOVE but the reply was lost on the way back:
     r.lmove(keys.queue("default"), keys.active("default", worker.worker_id), "RIGHT", "LEFT")
-    task = asyncio.create_task(worker.run())
-
-    async def registered() -> bool:
-        return bool(r.exists(keys.worker(worker.worker_id)))
-
-    try:
-        await async_wait_until(registered, timeout=5, message="worker registration")
+    async with running(worker, r):
         await worker._reconcile("default")
         assert await client.result(job.id, timeout=5) == 14
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_stale_claim_landing_later_is_found_by_periodic_reconcile(config, url, client, r, monkeypatch):
@@ -317,13 +313,7 @@ async def test_stale_claim_landing_later_is_found_by_periodic_reconcile(config, 
     monkeypatch.setattr("pool.worker.RECONCILE_INTERVAL_S", 0.3)
     worker = new_worker(config, url)
     keys = Keys(config.key_prefix)
-    task = asyncio.create_task(worker.run())
-
-    async def registered() -> bool:
-        return bool(r.exists(keys.worker(worker.worker_id)))
-
-    try:
-        await async_wait_until(registered, timeout=5, message="worker registration")
+    async with running(worker, r):
         # enqueue and move in one MULTI, so the worker's own BLMOVE cannot take the job first
         with r.pipeline(transaction=True) as pipe:
             fields = ["id", "stale", "handler", "tests.sample_handlers.add", "queue", "default",
@@ -332,9 +322,6 @@ async def test_stale_claim_landing_later_is_found_by_periodic_reconcile(config, 
             pipe.lpush(keys.active("default", worker.worker_id), "stale")
             pipe.execute()
         assert await client.result("stale", timeout=5) == 11
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_max_jobs_per_process_recycles_the_worker(make_config, url, r):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pool.testing import wait_until
-from tests.conftest import cli_env
+from tests.conftest import cli_env, pool_cli
 
 
 class PoolProcess:
@@ -54,6 +55,20 @@ class PoolProcess:
         """SIGKILL the supervisor and all its workers at once (started with new_session=True)."""
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+
+def live_workers(config: Path, count: int):
+    """A predicate for wait_until: `pool status --json` once at least ``count`` workers are up."""
+
+    def check() -> dict | None:
+        result = pool_cli("status", str(config), "--json")
+        if result.returncode != 0:
+            return None
+        data = json.loads(result.stdout)
+        live = [w for w in data["workers"] if w["state"] in ("idle", "busy")]
+        return data if len(live) >= count else None
+
+    return check
 
 
 @pytest.fixture

@@ -22,16 +22,7 @@ from pool.keys import Keys
 from pool.testing import wait_until
 from tests.conftest import pool_cli
 from tests.faults import FaultProxy
-
-
-def live_workers(config: Path, count: int):
-    def check():
-        result = pool_cli("status", str(config), "--json")
-        if result.returncode != 0:
-            return None
-        data = json.loads(result.stdout)
-        return data if len([w for w in data["workers"] if w["state"] in ("idle", "busy")]) >= count else None
-    return check
+from tests.process.conftest import live_workers
 
 
 def key_prefix(config: Path) -> Keys:

@@ -15,17 +15,7 @@ from pool.embedded import EmbeddedServer, free_port
 from pool.keys import Keys
 from pool.testing import wait_until
 from tests.conftest import ROOT, pool_cli
-
-
-def workers_running(config: Path, count: int):
-    def check():
-        result = pool_cli("status", str(config), "--json")
-        if result.returncode != 0:
-            return None
-        data = json.loads(result.stdout)
-        live = [w for w in data["workers"] if w["state"] in ("idle", "busy")]
-        return data if len(live) == count else None
-    return check
+from tests.process.conftest import live_workers
 
 
 def test_embedded_server_quick_tour(tmp_path, start_pool):
@@ -35,7 +25,7 @@ def test_embedded_server_quick_tour(tmp_path, start_pool):
     config.write_text((ROOT / "pool.yaml").read_text())
     pool = start_pool(config)
     # When its workers are up
-    data = wait_until(workers_running(config, 2), timeout=30, message="2 workers in pool status")
+    data = wait_until(live_workers(config, 2), timeout=30, message="2 workers in pool status")
     assert data["redis"]["url"].startswith("unix://")
     # Then enqueue finds the embedded server by itself and returns results
     added = pool_cli("enqueue", str(config), "examples.tasks.add", "1", "2", "--wait", "--timeout", "10")
@@ -70,7 +60,7 @@ def _finished_job(config: Path, job_id: str):
 def test_two_processes_finish_1000_jobs_then_stop_cleanly(write_config, start_pool, url):
     config = write_config(processes=2, concurrency=8)
     pool = start_pool(config)
-    wait_until(workers_running(config, 2), timeout=30, message="2 workers")
+    wait_until(live_workers(config, 2), timeout=30, message="2 workers")
     with Client.from_config(config) as client:
         jobs = client.enqueue_many(JobSpec("tests.sample_handlers.add", (i, 1000)) for i in range(1000))
         results = [client.result(job.id, timeout=60) for job in jobs]
@@ -107,7 +97,7 @@ def test_run_waits_for_redis_and_starts_once_it_answers(write_config, start_pool
 def test_killed_worker_has_its_job_requeued_and_is_respawned(write_config, start_pool, tmp_path):
     config = write_config(processes=1, concurrency=2)
     pool = start_pool(config)
-    wait_until(workers_running(config, 1), timeout=30, message="1 worker")
+    wait_until(live_workers(config, 1), timeout=30, message="1 worker")
     started, release = tmp_path / "started", tmp_path / "release"
     with Client.from_config(config) as client:
         job = client.enqueue("tests.sample_handlers.start_then_wait", str(started), str(release))
@@ -127,7 +117,7 @@ def test_killed_worker_has_its_job_requeued_and_is_respawned(write_config, start
 def test_sigterm_requeues_jobs_that_outlive_shutdown_timeout(write_config, start_pool, tmp_path, url):
     config = write_config(processes=1, shutdown_timeout="300ms")
     pool = start_pool(config)
-    wait_until(workers_running(config, 1), timeout=30, message="1 worker")
+    wait_until(live_workers(config, 1), timeout=30, message="1 worker")
     started, release = tmp_path / "started", tmp_path / "release"
     with Client.from_config(config) as client:
         job = client.enqueue("tests.sample_handlers.start_then_wait", str(started), str(release))
