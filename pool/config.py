@@ -67,6 +67,53 @@ class RedisSettings:
 
 
 @dataclass(frozen=True)
+class RetrySettings:
+    """How failed jobs are retried. In a handler entry, None means "inherit the pool's `retries`".
+
+    Attributes:
+        max_retries: retries after the first attempt (0: none).
+        backoff_s: delay before the first retry; each next one doubles (with ±20% jitter).
+        backoff_max_s: the longest delay between two attempts.
+        retry_on: exception class names that retry; empty means every exception.
+        fail_on: exception class names that never retry (checked first).
+        dead_letter: exhausted jobs go to the dead set (True) or end as `failed` with a TTL.
+    """
+
+    max_retries: int | None = 0
+    backoff_s: float | None = 1.0
+    backoff_max_s: float | None = 600.0
+    retry_on: tuple[str, ...] | None = ()
+    fail_on: tuple[str, ...] | None = ()
+    dead_letter: bool | None = True
+
+    def merged_over(self, base: RetrySettings) -> RetrySettings:
+        """These settings, with every None taken from ``base``."""
+        return RetrySettings(**{
+            f.name: getattr(base, f.name) if getattr(self, f.name) is None else getattr(self, f.name)
+            for f in dataclasses.fields(self)
+        })
+
+
+INHERIT = RetrySettings(None, None, None, None, None, None)
+
+
+@dataclass(frozen=True)
+class DeadLetterSettings:
+    """How long and how many dead jobs are kept per queue (the oldest go first)."""
+
+    ttl_s: float = 7 * 86400.0
+    max_jobs: int = 10_000
+
+
+@dataclass(frozen=True)
+class ScriptSettings:
+    """Script jobs (the built-in `pool.script` handler): where executables may live."""
+
+    allowed_dirs: tuple[str, ...] = ()
+    max_output_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "info"
     format: str = "text"
@@ -82,6 +129,12 @@ class Config:
     concurrency: int = 16
     queues: tuple[str, ...] = ("default",)
     handlers: tuple[str, ...] = ()
+    handler_retries: Mapping[str, RetrySettings] = field(default_factory=dict)
+    retries: RetrySettings = RetrySettings()
+    dead_letter: DeadLetterSettings = DeadLetterSettings()
+    scripts: ScriptSettings = ScriptSettings()
+    max_result_bytes: int = 1024 * 1024
+    events: bool = True
     timeout_s: float = 30.0
     result_ttl_s: float = 3600.0
     key_prefix: str = "pool"
@@ -260,6 +313,12 @@ def _handler_path(value: Any) -> str:
     return value
 
 
+def _exception_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", value):
+        raise _Invalid("must be an exception class name such as 'ConnectionError' or 'httpx.TimeoutException'")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # Sections: yaml key → (dataclass field, parser). A nested section is a (class, table) pair.
 
@@ -279,6 +338,23 @@ _REDIS: _Table = {
     "connect_timeout": ("connect_timeout_s", _duration(0.1)),
     "tls": ("tls", (TLSSettings, _TLS)),
 }
+_RETRY_FIELDS: _Table = {
+    "max_retries": ("max_retries", _integer(0, 1000)),
+    "backoff": ("backoff_s", _duration(0, allow_zero=True)),
+    "backoff_max": ("backoff_max_s", _duration(0, allow_zero=True)),
+    "retry_on": ("retry_on", ("list", _exception_name)),
+    "fail_on": ("fail_on", ("list", _exception_name)),
+    "dead_letter": ("dead_letter", _boolean),
+}
+_HANDLER_ENTRY: _Table = {"path": ("path", _handler_path), **_RETRY_FIELDS}
+_DEAD_LETTER: _Table = {
+    "ttl": ("ttl_s", _duration(1.0)),
+    "max": ("max_jobs", _integer(1)),
+}
+_SCRIPTS: _Table = {
+    "allowed_dirs": ("allowed_dirs", ("list", _string)),
+    "max_output": ("max_output_bytes", _size(1)),
+}
 _LOGGING: _Table = {
     "level": ("level", _choice(*_LOG_LEVELS)),
     "format": ("format", _choice(*_LOG_FORMATS)),
@@ -288,7 +364,12 @@ _TOP: _Table = {
     "processes": ("processes", _integer(1, 512)),
     "concurrency": ("concurrency", _integer(1, 10_000)),
     "queues": ("queues", ("list", _queue_name)),
-    "handlers": ("handlers", ("list", _handler_path)),
+    "handlers": ("handlers", ("handlers",)),
+    "retries": ("retries", (RetrySettings, _RETRY_FIELDS)),
+    "dead_letter": ("dead_letter", (DeadLetterSettings, _DEAD_LETTER)),
+    "scripts": ("scripts", (ScriptSettings, _SCRIPTS)),
+    "max_result_size": ("max_result_bytes", _size(64)),
+    "events": ("events", _boolean),
     "timeout": ("timeout_s", _duration(0.001)),
     "result_ttl": ("result_ttl_s", _duration(1.0)),
     "key_prefix": ("key_prefix", _key_prefix),
@@ -330,6 +411,8 @@ class _Reader:
         return values
 
     def value(self, raw: Any, parser: Any, path: str) -> Any:
+        if isinstance(parser, tuple) and parser[0] == "handlers":
+            return self.handlers(raw, path)
         if isinstance(parser, tuple) and parser[0] == "list":
             return self.list_of(raw, parser[1], path)
         if isinstance(parser, tuple):
@@ -341,6 +424,29 @@ class _Reader:
             hide = _SECRET_PATHS.get(path)
             shown = hide(raw) if hide and isinstance(raw, str) else "***" if hide else raw
             raise self.error(path, f"{exc} (got {shown!r})") from None
+
+    def handlers(self, raw: Any, path: str) -> tuple[tuple[str, ...], dict[str, RetrySettings]]:
+        """Entries are dotted paths, or mappings with `path` and retry settings for it."""
+        if isinstance(raw, (str, dict)):
+            raw = [raw]
+        if not isinstance(raw, list) or not raw:
+            raise self.error(path, f"must be a non-empty list (got {raw!r})")
+        paths: list[str] = []
+        retries: dict[str, RetrySettings] = {}
+        for i, entry in enumerate(raw):
+            where = f"{path}[{i}]"
+            if isinstance(entry, dict):
+                values = self.section(entry, _HANDLER_ENTRY, where)
+                if "path" not in values:
+                    raise self.error(where, "needs `path:` (the handler's dotted path)")
+                handler = values.pop("path")
+                retries[handler] = dataclasses.replace(INHERIT, **values)
+            else:
+                handler = self.value(entry, _handler_path, where)
+            if handler in paths:
+                raise self.error(path, f"lists {handler!r} twice")
+            paths.append(handler)
+        return tuple(paths), retries
 
     def list_of(self, raw: Any, parser: Callable[[Any], Any], path: str) -> tuple[Any, ...]:
         if isinstance(raw, str):
@@ -412,6 +518,8 @@ def from_mapping(
         raise reader.error("", "must be a mapping of settings (see README, Configuration)")
     data = expand_env(data, source, environ)
     values = reader.section(data, _TOP, "")
+    if "handlers" in values:
+        values["handlers"], values["handler_retries"] = values["handlers"]
     config = Config(path=path, **values)
     config = _apply_environment(config, environ, reader)
     return _check_relations(config, reader)
@@ -432,6 +540,9 @@ def _apply_environment(config: Config, environ: Mapping[str, str], reader: _Read
 
 
 def _check_relations(config: Config, reader: _Reader) -> Config:
+    if config.scripts.allowed_dirs:
+        dirs = tuple(str((config.base_dir / d).resolve()) for d in config.scripts.allowed_dirs)
+        config = config.replace(scripts=dataclasses.replace(config.scripts, allowed_dirs=dirs))
     if config.heartbeat_ttl_s <= 2 * config.heartbeat_interval_s:
         raise reader.error(
             "heartbeat_ttl",

@@ -92,3 +92,21 @@ class JobFailed(PoolError):
 
 class JobTimeout(PoolError, TimeoutError):
     """Raised inside the worker when a job runs past its timeout."""
+
+
+class JobCancelled(PoolError):
+    """The job was cancelled (`pool cancel`, :meth:`pool.Client.cancel`) before it finished."""
+
+
+class Retry(Exception):
+    """Raise in a handler to ask for another attempt (it counts against ``max_retries``).
+
+    Args:
+        delay: seconds to wait before the next attempt; None uses the backoff schedule.
+        reason: why, shown as the attempt's error.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason

@@ -18,18 +18,52 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
+from pool.config import INHERIT, RetrySettings
 from pool.errors import HandlerError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True, slots=True)
 class Handler:
-    """A registered handler: its public name and how to call it."""
+    """A registered handler: its public name, how to call it, and its own retry settings."""
 
     name: str
     func: Callable[..., Any]
     is_async: bool
+    retries: RetrySettings = INHERIT
+
+
+def task(
+    *, max_retries: int | None = None, backoff: float | None = None, backoff_max: float | None = None,
+    retry_on: Iterable[type[BaseException] | str] | None = None,
+    fail_on: Iterable[type[BaseException] | str] | None = None, dead_letter: bool | None = None,
+) -> Callable[[F], F]:
+    """Give a handler its own retry settings (pool.yaml's handler entry, then the job, win over these).
+
+    Args:
+        max_retries: retries after the first attempt.
+        backoff: seconds before the first retry (doubling after each, ±20% jitter).
+        backoff_max: the longest wait between attempts, in seconds.
+        retry_on: exception classes (or names) that retry; others fail at once.
+        fail_on: exception classes (or names) that never retry.
+        dead_letter: False to end exhausted jobs as `failed` instead of in the dead set.
+    """
+
+    def names(types: Iterable[type[BaseException] | str] | None) -> tuple[str, ...] | None:
+        if types is None:
+            return None
+        return tuple(t if isinstance(t, str) else f"{t.__module__}.{t.__qualname__}" for t in types)
+
+    settings = RetrySettings(max_retries, backoff, backoff_max, names(retry_on), names(fail_on), dead_letter)
+
+    def mark(func: F) -> F:
+        func.__pool_retries__ = settings  # type: ignore[attr-defined]
+        return func
+
+    return mark
 
 
 class Registry:
@@ -57,7 +91,8 @@ def handler_name(func: Callable[..., Any]) -> str:
 
 
 def _make_handler(name: str, func: Callable[..., Any]) -> Handler:
-    return Handler(name=name, func=func, is_async=inspect.iscoroutinefunction(func))
+    retries = getattr(func, "__pool_retries__", INHERIT)
+    return Handler(name=name, func=func, is_async=inspect.iscoroutinefunction(func), retries=retries)
 
 
 def _import_failure(exc: BaseException, module_name: str, path: str) -> HandlerError:

@@ -12,6 +12,7 @@ off, every heartbeat looked stale from where it stood, and the workers need a mo
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 
@@ -64,6 +65,11 @@ class Housekeeper:
         if self._redis is not None:
             self._redis.connection_pool.disconnect()
 
+    @property
+    def _burial(self) -> dict[str, Any]:
+        """How requeue.lua keeps the poison jobs it buries."""
+        return {"dead_ttl_ms": int(self.config.dead_letter.ttl_s * 1000), "events": self.config.events}
+
     def worker_died(self, worker_id: str) -> None:
         """Queue the requeue of a worker the supervisor saw exit (done on this or a later tick)."""
         self.dead_workers.append(worker_id)
@@ -103,7 +109,7 @@ class Housekeeper:
             worker_id = self.dead_workers[0]
             for queue in self.config.queues:
                 requeued, buried = self.scripts.requeue(
-                    queue, worker_id, "died", self.config.max_deliveries, clock.now_ms())
+                    queue, worker_id, "died", self.config.max_deliveries, clock.now_ms(), **self._burial)
                 self._report(worker_id, queue, requeued, buried, "it died")
             self._forget(worker_id)
             self.dead_workers.pop(0)
@@ -125,7 +131,8 @@ class Housekeeper:
         return total
 
     def _reclaim(self, queue: str, worker_id: str) -> int:
-        reply = self.scripts.requeue(queue, worker_id, "reclaim", self.config.max_deliveries, clock.now_ms())
+        reply = self.scripts.requeue(
+            queue, worker_id, "reclaim", self.config.max_deliveries, clock.now_ms(), **self._burial)
         if isinstance(reply, int):
             try:
                 check("requeue", reply)

@@ -14,19 +14,24 @@ from typing import Any
 
 import orjson
 
-from pool.errors import CorruptJob, JobFailed, PayloadTooLarge, SerializationError
+from pool.errors import CorruptJob, JobCancelled, JobFailed, PayloadTooLarge, SerializationError
 
 
 class Status(enum.StrEnum):
+    """Where a job is: queued → active → completed | failed | dead | cancelled, and between
+    attempts ``retrying`` (waiting in the delayed set)."""
+
     QUEUED = "queued"
     ACTIVE = "active"
+    RETRYING = "retrying"  # an attempt failed; the next waits in the delayed set until due_ms
     COMPLETED = "completed"
-    FAILED = "failed"
-    DEAD = "dead"  # quarantined: delivered max_deliveries times, its worker died each time
+    FAILED = "failed"  # retries exhausted, dead letter off for its handler: kept for result_ttl
+    DEAD = "dead"  # retries exhausted (or a poison job): kept in the dead set for an operator
+    CANCELLED = "cancelled"
 
     @property
     def is_finished(self) -> bool:
-        return self in (Status.COMPLETED, Status.FAILED, Status.DEAD)
+        return self in (Status.COMPLETED, Status.FAILED, Status.DEAD, Status.CANCELLED)
 
 
 def new_job_id() -> str:
@@ -92,6 +97,11 @@ class Job:
     result: Any = None
     error: str | None = None
     traceback: str | None = None
+    max_retries: int | None = None
+    deliveries: int = 0
+    due_ms: int | None = None
+    updated_ms: int | None = None
+    history: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_hash(cls, fields: Mapping[bytes, bytes]) -> Job:
@@ -127,6 +137,11 @@ class Job:
             result=orjson.loads(get(b"result")) if get(b"result") else None,
             error=_str_or_none(get(b"error")),
             traceback=_str_or_none(get(b"traceback")),
+            max_retries=_int_or_none(get(b"max_retries")),
+            deliveries=int(get(b"deliveries", b"0")),
+            due_ms=_int_or_none(get(b"due_ms")),
+            updated_ms=_int_or_none(get(b"updated_ms")),
+            history=tuple(orjson.loads(get(b"history", b"[]"))),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +164,11 @@ class Job:
             "result": self.result,
             "error": self.error,
             "traceback": self.traceback,
+            "max_retries": self.max_retries,
+            "deliveries": self.deliveries,
+            "due_ms": self.due_ms,
+            "updated_ms": self.updated_ms,
+            "history": list(self.history),
         }
 
     def outcome(self) -> Any:
@@ -159,6 +179,8 @@ class Job:
         """
         if self.status in (Status.FAILED, Status.DEAD):
             raise JobFailed(self.id, self.error or "unknown error", self.traceback)
+        if self.status is Status.CANCELLED:
+            raise JobCancelled(f"job {self.id} was cancelled")
         return self.result
 
 
@@ -177,12 +199,14 @@ def enqueue_fields(job: Job, args_json: bytes, kwargs_json: bytes, max_payload_b
     fields: list[Any] = [
         "id", job.id, "handler", job.handler, "queue", job.queue,
         "args", args_json, "kwargs", kwargs_json, "status", Status.QUEUED.value,
-        "attempts", 0, "created_ms", job.created_ms,
+        "attempts", 0, "created_ms", job.created_ms, "updated_ms", job.created_ms,
     ]
     if job.timeout_ms is not None:
         fields += ["timeout_ms", job.timeout_ms]
     if job.result_ttl_ms is not None:
         fields += ["result_ttl_ms", job.result_ttl_ms]
+    if job.max_retries is not None:
+        fields += ["max_retries", job.max_retries]
     return fields
 
 

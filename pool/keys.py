@@ -10,7 +10,10 @@ slot, and each Lua script touches a single slot.
 | ``<p>:{q}:job:<id>``                  | hash | enqueue, claim, ack         | client, worker, status    |
 | ``<p>:{q}:done:<id>``                 | list | ack (one token, with TTL)   | client waiting on result  |
 | ``<p>:{q}:stats``                     | hash | ack, reclaim (totals)       | status                    |
-| ``<p>:{q}:dead``                      | zset | requeue/reclaim (poison)    | status, operators         |
+| ``<p>:{q}:delayed``                   | zset | ack (retrying)              | claim (promotes due jobs) |
+| ``<p>:{q}:dead``                      | zset | ack (dead), requeue poison  | status, `pool dead`       |
+| ``<p>:{q}:cancel:<worker_id>``        | set  | cancel (running jobs)       | the worker's heartbeat    |
+| ``<p>:{q}:events`` (channel)          | pub  | ack, cancel, requeue        | `pool events`, clients    |
 | ``<p>:{q}:workers``                   | set  | worker heartbeat            | reclaim (supervisors)     |
 | ``<p>:{q}:alive:<worker_id>``         | str  | worker heartbeat (PX ttl)   | reclaim: expired = dead   |
 | ``<p>:workers``                       | set  | worker heartbeat            | status                    |
@@ -70,6 +73,16 @@ class Keys:
 
     def stats(self, queue: str) -> str:
         return f"{self.prefix}:{{{queue}}}:stats"
+
+    def delayed(self, queue: str) -> str:
+        return f"{self.prefix}:{{{queue}}}:delayed"
+
+    def cancel(self, queue: str, worker_id: str) -> str:
+        return f"{self.prefix}:{{{queue}}}:cancel:{worker_id}"
+
+    def events(self, queue: str) -> str:
+        """Pub/sub channel of a queue's finished jobs (a channel, not a key)."""
+        return f"{self.prefix}:{{{queue}}}:events"
 
     def dead(self, queue: str) -> str:
         return f"{self.prefix}:{{{queue}}}:dead"

@@ -3,8 +3,8 @@
 The JSON shape (``pool status --json``) is stable; new fields may be added, none renamed:
 
     {"redis": {"url": str, "version": str},
-     "queues": {name: {"queued": int, "active": int, "completed": int, "failed": int,
-                       "dead": int, "reclaimed": int}},
+     "queues": {name: {"queued": int, "active": int, "delayed": int, "completed": int,
+                       "failed": int, "dead": int, "reclaimed": int}},
      "workers": [{"id", "host", "pid", "state", "queues", "in_flight", "done", "failed",
                   "concurrency", "started_ms", "heartbeat_age_s", "uptime_s"}],
      "warnings": [str]}
@@ -41,6 +41,7 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
             pipe.llen(keys.queue(queue))
             pipe.hgetall(keys.stats(queue))
             pipe.zcard(keys.dead(queue))
+            pipe.zcard(keys.delayed(queue))
             for worker_id in worker_ids:
                 pipe.llen(keys.active(queue, worker_id))
         replies = iter(pipe.execute())
@@ -49,11 +50,12 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
     workers = [_worker(worker_id, next(replies), now_ms) for worker_id in worker_ids]
     queues = {}
     for queue in config.queues:
-        queued, stats, dead = next(replies), next(replies), next(replies)
+        queued, stats, dead, delayed = next(replies), next(replies), next(replies), next(replies)
         active = sum(next(replies) for _ in worker_ids)
         queues[queue] = {
             "queued": queued,
             "active": active,
+            "delayed": delayed,
             "completed": int(stats.get(b"completed", 0)),
             "failed": int(stats.get(b"failed", 0)),
             "dead": dead,
@@ -111,7 +113,7 @@ def render(data: dict[str, Any], config_name: str) -> str:
     """The snapshot as an aligned text view for a terminal."""
     lines = [f"pool status  ·  Redis {data['redis']['version']} at {data['redis']['url']}", ""]
     lines[1:1] = [f"WARNING: {warning}" for warning in data.get("warnings", [])]
-    columns = ("queued", "active", "completed", "failed", "dead", "reclaimed")
+    columns = ("queued", "active", "delayed", "completed", "failed", "dead", "reclaimed")
     queue_rows = [["QUEUE", *(c.upper() for c in columns)]]
     for name, counts in data["queues"].items():
         queue_rows.append([name, *(str(counts[k]) for k in columns)])

@@ -23,12 +23,13 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import redis.asyncio
 
-from pool import clock
+from pool import clock, outcomes
 from pool.config import Config
 from pool.connection import (
     BLOCK_TIMEOUT_S,
@@ -42,6 +43,7 @@ from pool.errors import CorruptJob, ExitCode, HandlerError
 from pool.handlers import Registry, load_registry
 from pool.jobs import Job, Status, dumps
 from pool.keys import Keys
+from pool.outcomes import Decision, Failure
 from pool.scripts import JobNotActive, Scripts, check, solo_threshold
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,8 @@ class Worker:
         self._solo_at = solo_threshold(config.max_deliveries)
         self._watchers: set[asyncio.Task[None]] = set()
         self._acking: set[str] = set()  # jobs writing their outcome: never cancelled
+        self._cancel_requested: set[str] = set()  # running jobs cancelled by `pool cancel`
+        self._next_due_ms: dict[str, int] = {}  # per queue: when its earliest delayed job falls due
         self._reserved = 0
         self._slot_freed = asyncio.Event()
         self._outage = Outage(f"worker {worker_id}", self.url)
@@ -189,7 +193,7 @@ class Worker:
         for queue in self.config.queues:
             moved, _ = await self._with_retry(
                 "requeue", self._scripts.requeue, queue, self.worker_id, "stop",
-                self.config.max_deliveries, clock.now_ms(),
+                self.config.max_deliveries, clock.now_ms(), events=self.config.events,
             )
             if moved:
                 logger.warning("requeued %d unfinished job(s) on %s", moved, queue)
@@ -250,11 +254,11 @@ class Worker:
             return 0
         self._idle_wanted = False
         try:
-            records = await self._scripts.claim(
+            reply = await self._scripts.claim(
                 queue, self.worker_id, clock.now_ms(), reserved, len(self._running), solo_at=self._solo_at)
         finally:
             self._release(reserved)
-        return self._start_all(queue, records)
+        return self._start_all(queue, reply)
 
     async def _claim_blocking(self, queue: str) -> None:
         """Block on an empty queue (≤ BLOCK_TIMEOUT_S) while a slot is free; start what arrives.
@@ -266,17 +270,24 @@ class Worker:
             return
         job_id = await self._blocking.blmove(
             self.keys.queue(queue), self.keys.active(queue, self.worker_id),
-            timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT",
+            timeout=self._block_timeout_s(queue), src="RIGHT", dest="LEFT",
         )
         if job_id is None or not await self._reserve(1):
             return  # while stopping, a moved id stays in the active list and is requeued
         try:
-            records = await self._scripts.claim(
+            reply = await self._scripts.claim(
                 queue, self.worker_id, clock.now_ms(), 0, len(self._running), moved_id=job_id.decode(),
                 solo_at=self._solo_at)
         finally:
             self._release(1)
-        self._start_all(queue, records)
+        self._start_all(queue, reply)
+
+    def _block_timeout_s(self, queue: str) -> float:
+        """Block no longer than until the queue's next delayed job falls due (claim promotes it)."""
+        due = self._next_due_ms.get(queue, -1)
+        if due < 0:
+            return BLOCK_TIMEOUT_S
+        return min(BLOCK_TIMEOUT_S, max(0.01, (due - clock.now_ms()) / 1000))
 
     async def _reconcile(self, queue: str) -> None:
         """Start ids in our active list that no task runs: claims whose reply was lost.
@@ -300,8 +311,10 @@ class Worker:
         self._slot_freed.clear()
         await self._slot_freed.wait()
 
-    def _start_all(self, queue: str, records: list[list[bytes]]) -> int:
-        """Start a task per claimed record; returns how many records there were."""
+    def _start_all(self, queue: str, reply: list[Any]) -> int:
+        """Start a task per claimed record of a claim.lua reply; returns how many there were."""
+        next_due, records = reply
+        self._next_due_ms[queue] = int(next_due)
         for pairs in records:
             fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
             if b"solo_wait" in fields:
@@ -334,7 +347,7 @@ class Worker:
         task.add_done_callback(functools.partial(self._job_finished, job.id))
 
     async def _reject(self, job: Job, error: str) -> None:
-        await self._with_retry("ack", self._ack, job, Status.FAILED, ["error", error])
+        await self._fail(job, Failure("CorruptJob", error.removeprefix("CorruptJob: ")), 0.0)
         self.failed_count += 1
         logger.error("job %s failed: %s", job.id, error, extra={"job_id": job.id, "queue": job.queue})
 
@@ -350,31 +363,41 @@ class Worker:
 
     async def _run_job(self, job: Job) -> None:
         started = clock.monotonic()
-        status, fields = await self._execute(job)
+        try:
+            result, failure = await self._execute(job)
+        except asyncio.CancelledError:
+            if job.id not in self._cancel_requested:
+                raise  # shutting down: the job stays in the active list and is requeued
+            result, failure = None, Failure("Cancelled", "cancelled while running")
         run_ms = (clock.monotonic() - started) * 1000
         self._acking.add(job.id)
         try:
-            acked = await self._with_retry("ack", self._ack, job, status, fields)
+            if failure is None:
+                assert result is not None
+                status, decision = Status.COMPLETED, None
+                acked = await self._with_retry("ack", self._ack_success, job, result, run_ms)
+            else:
+                status, decision = await self._fail(job, failure, run_ms)
+                acked = decision is not None
         finally:
             self._acking.discard(job.id)
+            self._cancel_requested.discard(job.id)
         if status is Status.COMPLETED:
             self.done_count += 1
         else:
             self.failed_count += 1
-        self._log_job(job, status, run_ms, fields, acked)
+        self._log_job(job, status, run_ms, failure, decision, acked)
         limit = self.config.max_jobs_per_process
         if limit and self.done_count + self.failed_count >= limit:
             self.recycle(f"ran {limit} jobs (max_jobs_per_process)")
 
-    async def _execute(self, job: Job) -> tuple[Status, list[Any]]:
-        """Run the handler; returns the outcome and the fields to store. Never raises but Cancelled."""
+    async def _execute(self, job: Job) -> tuple[bytes | None, Failure | None]:
+        """Run the handler: (result JSON, None) or (None, failure). Raises only CancelledError."""
         handler = self.registry.get(job.handler)
         if handler is None:
-            return _failure(
-                f"UnknownHandler: handler '{job.handler}' is not registered in this pool "
-                f"(registered: {', '.join(self.registry.names()) or 'none'}); add it to `handlers:` in pool.yaml",
-                None,
-            )
+            return None, Failure("UnknownHandler", (
+                f"handler '{job.handler}' is not registered in this pool (registered: "
+                f"{', '.join(self.registry.names()) or 'none'}); add it to `handlers:` in pool.yaml"))
         timeout_s = job.timeout_ms / 1000 if job.timeout_ms else self.config.timeout_s
         thread: Future[Any] | None = None
         try:
@@ -386,23 +409,68 @@ class Worker:
                     # shield: on timeout stop waiting, but keep the future to see whether it ends
                     result = await asyncio.shield(asyncio.wrap_future(thread))
         except TimeoutError as exc:
-            if deadline.expired():
-                if thread is not None and thread.cancel():
-                    return _failure(f"JobTimeout: job waited {timeout_s:g}s for a free thread and never "
-                                    "started (threads are stuck in earlier jobs)", None)
-                if thread is not None and not thread.done():
-                    self._watch_stuck_thread(thread, job, timeout_s)
-                return _failure(f"JobTimeout: job exceeded its timeout of {timeout_s:g}s", None)
-            return _failure(_describe(exc), traceback.format_exc())
+            if not deadline.expired():
+                return None, Failure.of(exc, traceback.format_exc())
+            if thread is not None and thread.cancel():
+                return None, Failure("JobTimeout", f"job waited {timeout_s:g}s for a free thread and never "
+                                     "started (threads are stuck in earlier jobs)")
+            if thread is not None and not thread.done():
+                self._watch_stuck_thread(thread, job, timeout_s)
+            return None, Failure("JobTimeout", f"job exceeded its timeout of {timeout_s:g}s")
         except (Exception, SystemExit) as exc:  # a handler's exception fails the job, never the worker
-            return _failure(_describe(exc), traceback.format_exc())
+            return None, Failure.of(exc, traceback.format_exc())
+        return self._encode_result(job, result)
+
+    def _encode_result(self, job: Job, result: Any) -> tuple[bytes | None, Failure | None]:
         try:
-            return Status.COMPLETED, ["result", dumps(result)]
+            encoded = dumps(result)
         except TypeError as exc:
-            return _failure(
-                f"SerializationError: the result of {job.handler} is not JSON-serialisable "
-                f"({type(result).__name__}: {exc})", None,
-            )
+            return None, Failure("SerializationError", (
+                f"the result of {job.handler} is not JSON-serialisable ({type(result).__name__}: {exc})"))
+        if len(encoded) > self.config.max_result_bytes:
+            return None, Failure("ResultTooLarge", (
+                f"the result of {job.handler} is {len(encoded)} bytes, over max_result_size "
+                f"({self.config.max_result_bytes} bytes); store it elsewhere and return a reference"))
+        return encoded, None
+
+    async def _ack_success(self, job: Job, result: bytes, run_ms: float) -> bool:
+        now_ms = clock.now_ms()
+        event = outcomes.event(job, Status.COMPLETED, run_ms, now_ms, result=result) if self.config.events else None
+        code = await self._scripts.ack(
+            job.queue, self.worker_id, job.id, Status.COMPLETED.value, now_ms,
+            int(self.config.result_ttl_s * 1000), ["result", result], event=event,
+        )
+        return self._acked(code)
+
+    async def _fail(self, job: Job, failure: Failure, run_ms: float) -> tuple[Status, Decision | None]:
+        """Record a failed attempt: retry later, or finish as dead, failed or cancelled."""
+        now_ms = clock.now_ms()
+        if failure.kind == "Cancelled":
+            decision = Decision(Status.CANCELLED)
+        else:
+            settings = outcomes.retry_settings(self.config, self.registry.get(job.handler), job)
+            decision = outcomes.decide(failure, settings, job, now_ms)
+        fields: list[Any] = ["error", failure.error]
+        if failure.traceback:
+            fields += ["traceback", failure.traceback]
+        dead = decision.status is Status.DEAD
+        ttl_s = self.config.dead_letter.ttl_s if dead else self.config.result_ttl_s
+        event = outcomes.event(job, decision.status, run_ms, now_ms, error=failure.error,
+                               due_ms=decision.due_ms) if self.config.events else None
+        code = await self._with_retry(
+            "ack", self._scripts.ack, job.queue, self.worker_id, job.id, decision.status.value, now_ms,
+            int(ttl_s * 1000), fields, due_ms=decision.due_ms, dead_max=self.config.dead_letter.max_jobs,
+            history=outcomes.history_entry(job, failure, decision, now_ms, self.worker_id), event=event,
+        )
+        return decision.status, decision if self._acked(code) else None
+
+    @staticmethod
+    def _acked(code: int) -> bool:
+        try:
+            check("ack", code)
+        except JobNotActive:
+            return False
+        return True
 
     def _watch_stuck_thread(self, thread: Future[Any], job: Job, timeout_s: float) -> None:
         """A thread cannot be cancelled: if it still runs `timeout_grace` later, recycle the process."""
@@ -422,30 +490,21 @@ class Worker:
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
 
-    async def _ack(self, job: Job, status: Status, fields: list[Any]) -> bool:
-        code = await self._scripts.ack(
-            job.queue, self.worker_id, job.id, status.value, clock.now_ms(),
-            int(self.config.result_ttl_s * 1000), fields,
-        )
-        try:
-            check("ack", code)
-        except JobNotActive:
-            return False
-        return True
-
-    def _log_job(self, job: Job, status: Status, run_ms: float, fields: list[Any], acked: bool) -> None:
+    def _log_job(self, job: Job, status: Status, run_ms: float, failure: Failure | None,
+                 decision: Decision | None, acked: bool) -> None:
         wait_ms = max(0, (job.started_ms or 0) - (job.enqueued_ms or job.created_ms or 0))
         extra = {"job_id": job.id, "queue": job.queue, "handler": job.handler,
                  "outcome": status.value, "wait_ms": wait_ms, "run_ms": round(run_ms, 1)}
+        head = f"job {job.id} {job.handler} queue={job.queue} wait={wait_ms}ms run={run_ms:.1f}ms"
         if not acked:
-            logger.warning("job %s %s finished but was requeued meanwhile; outcome dropped",
-                           job.id, job.handler, extra=extra)
-        elif status is Status.COMPLETED:
-            logger.info("job %s %s queue=%s wait=%dms run=%.1fms completed",
-                        job.id, job.handler, job.queue, wait_ms, run_ms, extra=extra)
+            logger.warning("%s finished but was requeued meanwhile; outcome dropped", head, extra=extra)
+        elif failure is None:
+            logger.info("%s completed", head, extra=extra)
+        elif decision is not None and decision.status is Status.RETRYING:
+            logger.warning("%s failed (attempt %d), retrying in %.1fs: %s", head, job.attempts,
+                           decision.delay_s or 0, failure.error, extra=extra)
         else:
-            logger.warning("job %s %s queue=%s wait=%dms run=%.1fms failed: %s",
-                           job.id, job.handler, job.queue, wait_ms, run_ms, fields[1], extra=extra)
+            logger.warning("%s %s: %s", head, status.value, failure.error, extra=extra)
 
     # -- heartbeat and registry -----------------------------------------------------------------
 
@@ -489,6 +548,7 @@ class Worker:
             for queue in self.config.queues:
                 pipe.set(self.keys.alive(queue, self.worker_id), self._state(), px=ttl_ms)
                 pipe.sadd(self.keys.queue_workers(queue), self.worker_id)
+                pipe.spop(self.keys.cancel(queue, self.worker_id), 1000)
             pipe.hset(key, mapping={
                 "id": self.worker_id, "host": host, "pid": pid,
                 "queues": ",".join(self.config.queues), "started_ms": self.started_ms,
@@ -498,7 +558,18 @@ class Worker:
             })
             pipe.pexpire(key, ttl_ms)
             pipe.sadd(self.keys.workers(), self.worker_id)
-            await pipe.execute()
+            replies = await pipe.execute()
+        for cancelled in replies[2:3 * len(self.config.queues):3]:
+            self._cancel_running(job_id.decode() for job_id in cancelled or ())
+
+    def _cancel_running(self, job_ids: Iterable[str]) -> None:
+        """Cancel the tasks of jobs that `pool cancel` asked to stop; they finish as cancelled."""
+        for job_id in job_ids:
+            task = self._running.get(job_id)
+            if task is not None and job_id not in self._acking:
+                logger.info("job %s: cancelling it as requested", job_id)
+                self._cancel_requested.add(job_id)
+                task.cancel()
 
     async def _deregister(self) -> None:
         # The per-queue registry and liveness keys went with requeue.lua ('stop').
@@ -507,26 +578,15 @@ class Worker:
             pipe.srem(self.keys.workers(), self.worker_id)
             await pipe.execute()
 
-    async def _with_retry(self, what: str, func: Any, *args: Any) -> Any:
+    async def _with_retry(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Retry an idempotent step through an outage until it succeeds (acks are never dropped)."""
         while True:
             try:
-                result = await func(*args)
+                result = await func(*args, **kwargs)
                 self._outage.recovered()
                 return result
             except OUTAGE_ERRORS as exc:
                 await asyncio.sleep(self._outage.failed(exc))
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _failure(error: str, trace: str | None) -> tuple[Status, list[Any]]:
-    fields: list[Any] = ["error", error]
-    if trace:
-        fields += ["traceback", trace]
-    return Status.FAILED, fields
 
 
 def main(config: Config, worker_id: str, url: str, alive_file: str | None = None) -> int:

@@ -50,7 +50,7 @@ def _source(name: str) -> str:
     return resources.files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
-SOURCES = {name: _source(name) for name in ("enqueue", "claim", "ack", "requeue")}
+SOURCES = {name: _source(name) for name in ("enqueue", "claim", "ack", "requeue", "revive", "purge", "cancel")}
 
 
 def solo_threshold(max_deliveries: int) -> int:
@@ -67,6 +67,9 @@ class Scripts:
         self._claim = client.register_script(SOURCES["claim"])
         self._ack = client.register_script(SOURCES["ack"])
         self._requeue = client.register_script(SOURCES["requeue"])
+        self._revive = client.register_script(SOURCES["revive"])
+        self._purge = client.register_script(SOURCES["purge"])
+        self._cancel = client.register_script(SOURCES["cancel"])
 
     def enqueue(
         self, queue: str, jobs: Sequence[tuple[str, Sequence[Any]]], now_ms: int, client: Any = None
@@ -85,35 +88,44 @@ class Scripts:
         self, queue: str, worker_id: str, now_ms: int, count: int, running: int,
         moved_id: str | None = None, solo_at: int = 2, client: Any = None,
     ) -> Any:
-        """Move up to ``count`` ids into the worker's active list (plus start ``moved_id``).
+        """Promote due jobs, then move up to ``count`` ids into the worker's active list.
 
         Args:
             running: jobs the worker's process runs now (a suspect job needs 0: see claim.lua).
+            moved_id: an id already in the active list to start first (BLMOVE, reconcile).
             solo_at: deliveries from which a job runs alone (:func:`solo_threshold`).
 
-        Returns a list of raw HGETALL pair lists, one per claimed job (see claim.lua for the
-        'missing' and 'solo_wait' entries).
+        Returns ``[next_due_ms, claimed]``: claimed holds one raw HGETALL pair list per job
+        (see claim.lua for the 'missing' and 'solo_wait' entries).
         """
-        keys = [self.keys.queue(queue), self.keys.active(queue, worker_id)]
+        keys = [self.keys.queue(queue), self.keys.active(queue, worker_id), self.keys.delayed(queue)]
         args: list[Any] = [self.keys.queue_prefix(queue), worker_id, now_ms, count, running, solo_at]
         if moved_id is not None:
             args.append(moved_id)
         return self._claim(keys=keys, args=args, client=client)
 
     def ack(
-        self, queue: str, worker_id: str, job_id: str, status: str, now_ms: int,
-        default_ttl_ms: int, fields: Sequence[Any], client: Any = None,
+        self, queue: str, worker_id: str, job_id: str, outcome: str, now_ms: int, ttl_ms: int,
+        fields: Sequence[Any], *, due_ms: int | None = None, dead_max: int = 10_000,
+        history: bytes = b"", event: bytes | None = None, client: Any = None,
     ) -> Any:
-        """Write a job's outcome and drop it from the active list. Returns 1, 0 (retried) or -1."""
+        """Write an attempt's outcome and drop the id from the active list (see ack.lua).
+
+        Returns 1, 0 (a retried ack) or -1 (no longer active: see :func:`check`).
+        """
         keys = [
             self.keys.active(queue, worker_id), self.keys.job(queue, job_id),
-            self.keys.done(queue, job_id), self.keys.stats(queue),
+            self.keys.done(queue, job_id), self.keys.stats(queue), self.keys.delayed(queue),
+            self.keys.dead(queue),
         ]
-        args = [job_id, status, now_ms, default_ttl_ms, worker_id, *fields]
+        channel = self.keys.events(queue) if event is not None else ""
+        args = [job_id, outcome, now_ms, ttl_ms, worker_id, "" if due_ms is None else due_ms, dead_max,
+                history, channel, event or b"", self.keys.queue_prefix(queue), *fields]
         return self._ack(keys=keys, args=args, client=client)
 
     def requeue(
-        self, queue: str, worker_id: str, mode: str, max_deliveries: int, now_ms: int, client: Any = None
+        self, queue: str, worker_id: str, mode: str, max_deliveries: int, now_ms: int, *,
+        dead_ttl_ms: int = 7 * 86_400_000, events: bool = True, client: Any = None,
     ) -> Any:
         """Give a worker's active list back to the queue (see requeue.lua for the modes).
 
@@ -127,5 +139,27 @@ class Scripts:
             self.keys.active(queue, worker_id), self.keys.queue(queue), self.keys.dead(queue),
             self.keys.stats(queue), self.keys.queue_workers(queue), self.keys.alive(queue, worker_id),
         ]
-        args = [self.keys.queue_prefix(queue), mode, max_deliveries, now_ms, worker_id]
+        args = [self.keys.queue_prefix(queue), mode, max_deliveries, now_ms, worker_id, dead_ttl_ms,
+                self.keys.events(queue) if events else ""]
         return self._requeue(keys=keys, args=args, client=client)
+
+    def revive(self, queue: str, job_id: str, now_ms: int, client: Any = None) -> Any:
+        """Send a dead job back to its queue with its attempts reset. Returns 1, or 0 if not dead."""
+        keys = [self.keys.dead(queue), self.keys.queue(queue), self.keys.job(queue, job_id),
+                self.keys.done(queue, job_id)]
+        return self._revive(keys=keys, args=[job_id, now_ms], client=client)
+
+    def purge(self, queue: str, job_id: str, client: Any = None) -> Any:
+        """Delete a dead job. Returns 1, or 0 if it is not in the dead set."""
+        keys = [self.keys.dead(queue), self.keys.job(queue, job_id), self.keys.done(queue, job_id)]
+        return self._purge(keys=keys, args=[job_id], client=client)
+
+    def cancel(
+        self, queue: str, job_id: str, now_ms: int, ttl_ms: int, event: bytes | None, client: Any = None
+    ) -> Any:
+        """Cancel a job: 1 cancelled, 2 requested (running), 0 already finished, -1 no such job."""
+        keys = [self.keys.queue(queue), self.keys.delayed(queue), self.keys.job(queue, job_id),
+                self.keys.done(queue, job_id), self.keys.stats(queue)]
+        args = [job_id, now_ms, ttl_ms, self.keys.queue_prefix(queue),
+                self.keys.events(queue) if event is not None else "", event or b""]
+        return self._cancel(keys=keys, args=args, client=client)

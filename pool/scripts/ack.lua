@@ -1,32 +1,77 @@
---[[ ack: record a job's outcome and release it from its worker, in one step.
+--[[ ack: record the outcome of an attempt and release the job from its worker, in one step.
   KEYS[1]  active list of the worker (LIST)
   KEYS[2]  job hash (HASH)
   KEYS[3]  done list of the job (LIST): one token wakes callers blocked waiting for the result
-  KEYS[4]  stats hash of the queue (HASH): completed / failed totals
+  KEYS[4]  stats hash of the queue (HASH): a total per outcome
+  KEYS[5]  delayed set of the queue (ZSET, score = due_ms): retrying jobs wait here
+  KEYS[6]  dead set of the queue (ZSET, score = now_ms)
   ARGV[1]  job id
-  ARGV[2]  status: 'completed' or 'failed'
+  ARGV[2]  outcome: 'completed' | 'failed' | 'cancelled' (finished, kept for the result TTL),
+           'dead' (kept in the dead set), 'retrying' (waits in the delayed set until due_ms)
   ARGV[3]  now_ms
-  ARGV[4]  default result TTL in ms (the job's own result_ttl_ms field wins)
+  ARGV[4]  TTL in ms: the default result TTL (the job's own result_ttl_ms field wins), or for
+           'dead' the dead-letter TTL
   ARGV[5]  worker id (to recognise a retried ack of this worker's own, already written)
-  ARGV[6..] field/value pairs to store: result, or error and traceback
+  ARGV[6]  due_ms ('retrying'), or ''
+  ARGV[7]  dead_max: the most dead jobs kept in this queue (the oldest are deleted)
+  ARGV[8]  history entry (a JSON object) appended to the job's 'history' array, or ''
+  ARGV[9]  channel to publish ARGV[10] on, or '' (events off)
+  ARGV[10] event payload (JSON)
+  ARGV[11] key prefix of the queue ('<prefix>:{q}:'), to delete the oldest dead jobs' keys
+  ARGV[12..] field/value pairs to store: result, or error and traceback
   Returns  1 acked; 0 already acked by this worker (a retry after a lost reply: nothing changes);
-           -1 the id is not in this worker's active list (requeued or reclaimed meanwhile:
-           nothing is written, the job will run again or already has)
-  Invariant: the id leaves the active list exactly when the outcome is written. ]]
-local active, job, done, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, status, now_ms, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
+           -1 the id is not in this worker's active list (requeued, reclaimed or cancelled
+           meanwhile: nothing is written, the job will run again or already has)
+  Invariant: the id leaves the active list exactly when the outcome is written, and lands in
+  exactly one place: finished (hash with TTL), the delayed set or the dead set. ]]
+local active, job, done, stats, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, outcome, now_ms, ttl_ms, worker = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local due_ms, dead_max, entry, channel = ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9]
 
 if redis.call('LREM', active, 1, id) == 0 then
   local current = redis.call('HMGET', job, 'status', 'worker')
-  if current[1] == status and current[2] == worker then
+  if current[1] == outcome and current[2] == worker then
     return 0
   end
   return -1
 end
-local ttl_ms = tonumber(redis.call('HGET', job, 'result_ttl_ms')) or tonumber(ARGV[4])
-redis.call('HSET', job, 'status', status, 'finished_ms', now_ms, unpack(ARGV, 6))
-redis.call('PEXPIRE', job, ttl_ms)
-redis.call('RPUSH', done, status)
-redis.call('PEXPIRE', done, ttl_ms)
-redis.call('HINCRBY', stats, status, 1)
+
+redis.call('HSET', job, 'status', outcome, 'updated_ms', now_ms, unpack(ARGV, 12))
+if entry ~= '' then
+  local history = redis.call('HGET', job, 'history')
+  if history then
+    history = string.sub(history, 1, -2) .. ',' .. entry .. ']'
+  else
+    history = '[' .. entry .. ']'
+  end
+  redis.call('HSET', job, 'history', history)
+end
+
+if outcome == 'retrying' then
+  redis.call('ZADD', delayed, due_ms, id)
+  redis.call('HSET', job, 'due_ms', due_ms)
+else
+  redis.call('HSET', job, 'finished_ms', now_ms)
+  if outcome == 'dead' then
+    redis.call('ZADD', dead, now_ms, id)
+    redis.call('ZREMRANGEBYSCORE', dead, '-inf', tonumber(now_ms) - ttl_ms)
+    local excess = redis.call('ZCARD', dead) - dead_max
+    if excess > 0 then
+      local prefix = ARGV[11]
+      for _, old in ipairs(redis.call('ZRANGE', dead, 0, excess - 1)) do
+        redis.call('DEL', prefix .. 'job:' .. old, prefix .. 'done:' .. old)
+      end
+      redis.call('ZREMRANGEBYRANK', dead, 0, excess - 1)
+    end
+  else
+    ttl_ms = tonumber(redis.call('HGET', job, 'result_ttl_ms')) or ttl_ms
+  end
+  redis.call('PEXPIRE', job, ttl_ms)
+  redis.call('RPUSH', done, outcome)
+  redis.call('PEXPIRE', done, ttl_ms)
+end
+redis.call('HINCRBY', stats, outcome, 1)
+if channel ~= '' then
+  redis.call('PUBLISH', channel, ARGV[10])
+end
 return 1

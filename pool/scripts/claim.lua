@@ -1,6 +1,8 @@
---[[ claim: take up to k ready jobs into a worker's active list and mark them active, in one step.
+--[[ claim: promote due jobs, then take up to k ready jobs into a worker's active list and mark
+  them active, in one step.
   KEYS[1]  queue list (LIST)
   KEYS[2]  active list of this worker for this queue (LIST)
+  KEYS[3]  delayed set of the queue (ZSET, score = due_ms): due jobs move to the queue first
   ARGV[1]  key prefix of this queue ('<prefix>:{q}:'; the same hash tag as KEYS)
   ARGV[2]  worker id
   ARGV[3]  now_ms
@@ -9,7 +11,8 @@
   ARGV[6]  solo_at: deliveries from which a job runs alone (see below)
   ARGV[7]  optional: an id already in the active list (moved by BLMOVE, or found by reconcile)
            to be started first
-  Returns  one array per claimed job: the job hash as HGETALL pairs (status 'active', attempts
+  Returns  {next_due_ms, claimed}: when the earliest delayed job falls due (-1: none), and in
+           claimed one array per claimed job: the job hash as HGETALL pairs (status 'active', attempts
            and deliveries counted up by one), plus 'solo','1' for a redelivered job;
            {'id', <id>, 'missing', '1'} for an id whose record is gone (dropped from the list);
            {'solo_wait', '1'} when the next job is a suspect one and the process is busy.
@@ -20,9 +23,17 @@
   Invariant: ids move queue -> active with LMOVE, never through the script's memory only, so a
   crash at any point leaves each id in exactly one list. Job hashes are built as
   ARGV[1] .. 'job:' .. id: they carry the queue's hash tag, in the same slot as KEYS. ]]
-local queue, active = KEYS[1], KEYS[2]
+local queue, active, delayed = KEYS[1], KEYS[2], KEYS[3]
 local qprefix, worker, now_ms = ARGV[1], ARGV[2], ARGV[3]
 local k, running, solo_at, moved = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+
+-- Promote: due jobs join the tail of the queue (in due order), each exactly once.
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms, 'LIMIT', 0, 1000)) do
+  redis.call('ZREM', delayed, id)
+  redis.call('LPUSH', queue, id)
+  redis.call('HSET', qprefix .. 'job:' .. id, 'status', 'queued', 'updated_ms', now_ms)
+end
+local next_due = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2] or -1
 
 local claimed = {}
 local function redelivered(id)
@@ -37,7 +48,7 @@ local function start(id, solo)
   end
   local state = redis.call('HMGET', job, 'status', 'worker')
   if not (state[1] == 'active' and state[2] == worker) then  -- else: started before, reply lost
-    redis.call('HSET', job, 'status', 'active', 'started_ms', now_ms, 'worker', worker)
+    redis.call('HSET', job, 'status', 'active', 'started_ms', now_ms, 'updated_ms', now_ms, 'worker', worker)
     redis.call('HINCRBY', job, 'attempts', 1)
     redis.call('HINCRBY', job, 'deliveries', 1)
   end
@@ -54,11 +65,11 @@ if moved then
   if again and running > 0 then
     redis.call('LREM', active, 1, moved)
     redis.call('RPUSH', queue, moved)  -- back at the head, for a process with nothing running
-    return {{'solo_wait', '1'}}
+    return {next_due, {{'solo_wait', '1'}}}
   end
   start(moved, again)
   if again then
-    return claimed
+    return {next_due, claimed}
   end
 end
 for _ = 1, k do
@@ -78,4 +89,4 @@ for _ = 1, k do
   redis.call('LMOVE', queue, active, 'RIGHT', 'LEFT')
   start(head, false)
 end
-return claimed
+return {next_due, claimed}

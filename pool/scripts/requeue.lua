@@ -17,6 +17,8 @@
   ARGV[3]  max_deliveries
   ARGV[4]  now_ms
   ARGV[5]  worker id
+  ARGV[6]  dead-letter TTL in ms (buried jobs are kept this long)
+  ARGV[7]  channel for a 'dead' event per buried job, or '' (events off)
   Returns  {requeued, buried}; for 'reclaim' also -1 the worker is alive (liveness key exists),
            -2 another caller reclaimed it first (no longer registered)
   Invariants: each id moves with LMOVE or LPOP+ZADD in this one step, never held in memory; the
@@ -25,6 +27,7 @@
   Redis (the key's TTL), never by comparing the clocks of different hosts. ]]
 local active, queue, dead, stats, registry, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local qprefix, mode, max_deliveries, now_ms, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local dead_ttl, channel = tonumber(ARGV[6]), ARGV[7]
 
 if mode == 'reclaim' then
   if redis.call('EXISTS', alive) == 1 then
@@ -47,17 +50,23 @@ while true do
   local job = qprefix .. 'job:' .. id
   local deliveries = tonumber(redis.call('HGET', job, 'deliveries') or '0')
   if mode ~= 'stop' and deliveries >= max_deliveries and redis.call('EXISTS', job) == 1 then
+    local reason = 'PoisonJob: delivered ' .. deliveries .. ' times and its worker died each time ' ..
+      'before acknowledging it (max_deliveries is ' .. max_deliveries .. ')'
     redis.call('LPOP', active)
     redis.call('ZADD', dead, now_ms, id)
-    redis.call('HSET', job, 'status', 'dead', 'finished_ms', now_ms, 'error',
-      'PoisonJob: delivered ' .. deliveries .. ' times and its worker died each time before ' ..
-      'acknowledging it (max_deliveries is ' .. max_deliveries .. ')')
+    redis.call('HSET', job, 'status', 'dead', 'finished_ms', now_ms, 'updated_ms', now_ms, 'error', reason)
+    redis.call('PEXPIRE', job, dead_ttl)
     redis.call('RPUSH', qprefix .. 'done:' .. id, 'dead')
+    redis.call('PEXPIRE', qprefix .. 'done:' .. id, dead_ttl)
+    if channel ~= '' then
+      redis.call('PUBLISH', channel, cjson.encode({id = id, status = 'dead', error = reason,
+        handler = redis.call('HGET', job, 'handler'), ts_ms = tonumber(now_ms)}))
+    end
     buried = buried + 1
   else
     redis.call('LMOVE', active, queue, 'LEFT', 'RIGHT')
     if redis.call('EXISTS', job) == 1 then
-      redis.call('HSET', job, 'status', 'queued')
+      redis.call('HSET', job, 'status', 'queued', 'updated_ms', now_ms)
       if mode == 'stop' and deliveries > 0 then
         redis.call('HINCRBY', job, 'deliveries', -1)
       end

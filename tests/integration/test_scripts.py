@@ -43,9 +43,7 @@ def test_enqueue_of_existing_id_changes_nothing(r, keys, scripts):
 
 def test_claim_moves_up_to_k_in_fifo_order_and_marks_active(r, keys, scripts):
     enqueue(scripts, "q", "a", "b", "c")
-    claimed = scripts.claim("q", W, 2000, 2, 0)
-    ids = [dict(zip(c[::2], c[1::2], strict=False))[b"id"] for c in claimed]
-    assert ids == [b"a", b"b"]
+    assert ids_of(scripts.claim("q", W, 2000, 2, 0)) == [b"a", b"b"]
     record = r.hgetall(keys.job("q", "a"))
     assert (record[b"status"], record[b"attempts"], record[b"worker"], record[b"started_ms"]) == (b"active", b"1", W.encode(), b"2000")
     assert r.lrange(keys.queue("q"), 0, -1) == [b"c"]
@@ -53,22 +51,20 @@ def test_claim_moves_up_to_k_in_fifo_order_and_marks_active(r, keys, scripts):
 
 
 def test_claim_on_empty_queue_returns_nothing(scripts):
-    assert scripts.claim("q", W, 1, 5, 0) == []
+    assert scripts.claim("q", W, 1, 5, 0) == [-1, []]
 
 
 def test_claim_starts_an_id_already_moved_by_blmove(r, keys, scripts):
     enqueue(scripts, "q", "a", "b")
     r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")
-    claimed = scripts.claim("q", W, 5, 0, 0, moved_id="a")
-    assert [dict(zip(c[::2], c[1::2], strict=False))[b"id"] for c in claimed] == [b"a"]
+    assert ids_of(scripts.claim("q", W, 5, 0, 0, moved_id="a")) == [b"a"]
     assert r.hget(keys.job("q", "a"), "status") == b"active"
     assert r.llen(keys.queue("q")) == 1
 
 
 def test_claim_drops_an_id_whose_record_is_gone(r, keys, scripts):
     r.lpush(keys.queue("q"), "ghost")
-    claimed = scripts.claim("q", W, 5, 1, 0)
-    assert claimed == [[b"id", b"ghost", b"missing", b"1"]]
+    assert records(scripts.claim("q", W, 5, 1, 0)) == [[b"id", b"ghost", b"missing", b"1"]]
     assert r.llen(keys.active("q", W)) == 0
 
 
@@ -114,8 +110,13 @@ def test_ack_of_job_no_longer_active_writes_nothing(r, keys, scripts):
     assert r.hget(keys.job("q", "a"), "result") is None
 
 
-def ids_of(claimed):
-    return [dict(zip(c[::2], c[1::2], strict=True))[b"id"] for c in claimed]
+def records(reply):
+    """The claimed records of a claim.lua reply ([next_due_ms, claimed])."""
+    return reply[1]
+
+
+def ids_of(reply):
+    return [dict(zip(c[::2], c[1::2], strict=True))[b"id"] for c in records(reply)]
 
 
 @pytest.mark.parametrize("mode", ["stop", "died"])
@@ -252,8 +253,8 @@ def test_one_death_does_not_make_a_job_a_suspect(r, keys, scripts):
 def test_redelivered_job_is_claimed_alone_by_an_idle_process(r, keys, scripts):
     enqueue(scripts, "q", "again", "fresh")
     redeliver(r, keys, "again")
-    claimed = scripts.claim("q", W, 5, 5, 0)
-    assert ids_of(claimed) == [b"again"]
+    claimed = records(scripts.claim("q", W, 5, 5, 0))
+    assert dict(zip(claimed[0][::2], claimed[0][1::2], strict=True))[b"id"] == b"again"
     assert dict(zip(claimed[0][::2], claimed[0][1::2], strict=True))[b"solo"] == b"1"
     assert r.lrange(keys.queue("q"), 0, -1) == [b"fresh"]
 
@@ -261,7 +262,7 @@ def test_redelivered_job_is_claimed_alone_by_an_idle_process(r, keys, scripts):
 def test_busy_process_does_not_claim_a_redelivered_job(r, keys, scripts):
     enqueue(scripts, "q", "again")
     redeliver(r, keys, "again")
-    assert scripts.claim("q", W, 5, 5, 3) == [[b"solo_wait", b"1"]]
+    assert records(scripts.claim("q", W, 5, 5, 3)) == [[b"solo_wait", b"1"]]
     assert r.lrange(keys.queue("q"), 0, -1) == [b"again"]
 
 
@@ -276,7 +277,7 @@ def test_redelivered_job_moved_by_blmove_into_a_busy_process_goes_back(r, keys, 
     enqueue(scripts, "q", "again", "later")
     redeliver(r, keys, "again")
     r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")
-    assert scripts.claim("q", W, 5, 0, 2, moved_id="again") == [[b"solo_wait", b"1"]]
+    assert records(scripts.claim("q", W, 5, 0, 2, moved_id="again")) == [[b"solo_wait", b"1"]]
     assert r.lrange(keys.queue("q"), 0, -1) == [b"later", b"again"]  # back at the head
     assert r.llen(keys.active("q", W)) == 0
 
@@ -305,7 +306,119 @@ def test_innocent_batch_mates_of_a_poison_job_are_not_buried(r, keys, scripts):
     assert r.hget(keys.stats("q"), "completed") == b"3"
 
 
+def active_job(scripts, job_id="a"):
+    enqueue(scripts, "q", job_id)
+    scripts.claim("q", W, 5, 1, 0)
+
+
+def test_ack_retrying_parks_the_job_in_the_delayed_set_with_its_history(r, keys, scripts):
+    active_job(scripts)
+    entry = b'{"attempt":1,"error":"E1"}'
+    assert scripts.ack("q", W, "a", "retrying", 9000, 60_000, ["error", "E1"], due_ms=12_000, history=entry) == 1
+    assert r.zrange(keys.delayed("q"), 0, -1, withscores=True) == [(b"a", 12000.0)]
+    assert r.hmget(keys.job("q", "a"), "status", "due_ms", "error") == [b"retrying", b"12000", b"E1"]
+    assert r.pttl(keys.job("q", "a")) == -1  # no TTL while waiting
+    assert not r.exists(keys.done("q", "a"))  # waiters keep waiting
+    assert r.hget(keys.job("q", "a"), "history") == b"[" + entry + b"]"
+
+
+def test_history_grows_by_one_entry_per_failed_attempt(r, keys, scripts):
+    active_job(scripts)
+    scripts.ack("q", W, "a", "retrying", 1, 1000, ["error", "E1"], due_ms=0, history=b'{"n":1}')
+    scripts.claim("q", W, 5, 1, 0)
+    scripts.ack("q", W, "a", "dead", 2, 1000, ["error", "E2"], history=b'{"n":2}')
+    assert r.hget(keys.job("q", "a"), "history") == b'[{"n":1},{"n":2}]'
+
+
+def test_claim_promotes_due_jobs_and_reports_the_next_due_time(r, keys, scripts):
+    enqueue(scripts, "q", "due", "later")
+    for job_id, due in (("due", 500), ("later", 9000)):
+        r.lrem(keys.queue("q"), 1, job_id)
+        r.zadd(keys.delayed("q"), {job_id: due})
+    next_due, claimed = scripts.claim("q", W, 1000, 5, 0)
+    assert int(next_due) == 9000
+    assert ids_of([next_due, claimed]) == [b"due"]
+    assert r.zrange(keys.delayed("q"), 0, -1) == [b"later"]
+
+
+def test_ack_dead_keeps_the_job_in_the_dead_set_for_the_dead_letter_ttl(r, keys, scripts):
+    active_job(scripts)
+    scripts.ack("q", W, "a", "dead", 9000, 50_000, ["error", "E"])
+    assert r.zrange(keys.dead("q"), 0, -1) == [b"a"]
+    assert 49_000 < r.pttl(keys.job("q", "a")) <= 50_000
+    assert r.lrange(keys.done("q", "a"), 0, -1) == [b"dead"]
+
+
+def test_dead_set_keeps_at_most_dead_max_jobs(r, keys, scripts):
+    for i in range(3):
+        active_job(scripts, f"d{i}")
+        scripts.ack("q", W, f"d{i}", "dead", 9000 + i, 50_000, ["error", "E"], dead_max=2)
+    assert r.zrange(keys.dead("q"), 0, -1) == [b"d1", b"d2"]
+    assert not r.exists(keys.job("q", "d0"))
+
+
+def test_ack_publishes_the_event(r, keys, scripts):
+    active_job(scripts)
+    pubsub = r.pubsub()
+    pubsub.subscribe(keys.events("q"))
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    scripts.ack("q", W, "a", "completed", 9000, 1000, ["result", b"1"], event=b'{"id":"a"}')
+    message = pubsub.get_message(timeout=5)
+    assert message["data"] == b'{"id":"a"}'
+    pubsub.close()
+
+
+def test_revive_sends_a_dead_job_back_with_a_fresh_count(r, keys, scripts):
+    active_job(scripts)
+    scripts.ack("q", W, "a", "dead", 9000, 50_000, ["error", "E"])
+    assert scripts.revive("q", "a", 10_000) == 1
+    record = r.hgetall(keys.job("q", "a"))
+    assert (record[b"status"], record[b"attempts"], record[b"deliveries"]) == (b"queued", b"0", b"0")
+    assert r.pttl(keys.job("q", "a")) == -1
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"a"]
+    assert not r.exists(keys.done("q", "a"))
+    assert scripts.revive("q", "a", 10_001) == 0  # not dead any more
+
+
+def test_purge_deletes_only_dead_jobs(r, keys, scripts):
+    active_job(scripts)
+    assert scripts.purge("q", "a") == 0
+    scripts.ack("q", W, "a", "dead", 9000, 50_000, ["error", "E"])
+    assert scripts.purge("q", "a") == 1
+    assert not r.exists(keys.job("q", "a")) and not r.zcard(keys.dead("q"))
+
+
+def test_cancel_of_a_queued_job_finishes_it_as_cancelled(r, keys, scripts):
+    enqueue(scripts, "q", "a")
+    assert scripts.cancel("q", "a", 9000, 60_000, None) == 1
+    assert r.llen(keys.queue("q")) == 0
+    assert r.hget(keys.job("q", "a"), "status") == b"cancelled"
+    assert r.lrange(keys.done("q", "a"), 0, -1) == [b"cancelled"]
+
+
+def test_cancel_of_a_retrying_job_removes_it_from_the_delayed_set(r, keys, scripts):
+    active_job(scripts)
+    scripts.ack("q", W, "a", "retrying", 9000, 60_000, ["error", "E"], due_ms=99_000)
+    assert scripts.cancel("q", "a", 9001, 60_000, None) == 1
+    assert r.zcard(keys.delayed("q")) == 0
+
+
+def test_cancel_of_a_running_job_asks_its_worker(r, keys, scripts):
+    active_job(scripts)
+    assert scripts.cancel("q", "a", 9000, 60_000, None) == 2
+    assert r.smembers(keys.cancel("q", W)) == {b"a"}
+    assert r.hget(keys.job("q", "a"), "status") == b"active"
+
+
+def test_cancel_of_a_finished_or_unknown_job(scripts):
+    active_job(scripts)
+    scripts.ack("q", W, "a", "completed", 9000, 60_000, ["result", b"1"])
+    assert scripts.cancel("q", "a", 9001, 60_000, None) == 0
+    assert scripts.cancel("q", "nope", 9001, 60_000, None) == -1
+
+
 def test_all_keys_of_a_queue_share_one_hash_tag(keys):
     tagged = [keys.queue("img"), keys.active("img", W), keys.job("img", "x"), keys.done("img", "x"),
-              keys.stats("img"), keys.dead("img"), keys.queue_workers("img"), keys.alive("img", W)]
+              keys.stats("img"), keys.dead("img"), keys.queue_workers("img"), keys.alive("img", W),
+              keys.delayed("img"), keys.cancel("img", W)]
     assert all("{img}" in key for key in tagged)

@@ -93,13 +93,13 @@ async def test_blocking_handler_does_not_block_the_event_loop(client, url):
 
 async def test_async_handler_past_its_timeout_fails_with_timeout_error(client, url):
     job = await run_one(client, url, "tests.sample_handlers.async_sleep", 10, timeout=0.2)
-    assert job.status is Status.FAILED
+    assert job.status is Status.DEAD
     assert job.error == "JobTimeout: job exceeded its timeout of 0.2s"
 
 
 async def test_sync_handler_past_its_timeout_fails_the_job(client, url):
     job = await run_one(client, url, "tests.sample_handlers.sync_sleep", 1.0, timeout=0.2)
-    assert job.status is Status.FAILED
+    assert job.status is Status.DEAD
     assert job.error == "JobTimeout: job exceeded its timeout of 0.2s"
 
 
@@ -115,7 +115,7 @@ async def test_handler_exception_fails_the_job_not_the_worker(client, url):
     good = await client.enqueue("tests.sample_handlers.add", 1, 1)
     worker = await drain(client.config, url)
     failed = await client.get_job(bad.id)
-    assert failed.status is Status.FAILED
+    assert failed.status is Status.DEAD
     assert failed.error == "KeyError: 'missing key'"
     assert "async_explode" in failed.traceback
     assert await client.result(good.id, timeout=1) == 2
@@ -136,7 +136,7 @@ async def test_corrupt_record_fails_its_job_instead_of_crashing(client, url, r):
     r.hset(Keys(client.config.key_prefix).job("default", job.id), "args", "{not json")
     worker = await drain(client.config, url)
     raw = r.hgetall(Keys(client.config.key_prefix).job("default", job.id))
-    assert raw[b"status"] == b"failed"
+    assert raw[b"status"] == b"dead"
     assert raw[b"error"].startswith(f"CorruptJob: job {job.id}: its record cannot be decoded".encode())
     with pytest.raises(CorruptJob, match=f"job {job.id}: its record cannot be decoded"):
         await client.get_job(job.id)
@@ -157,14 +157,14 @@ async def test_heartbeat_failing_for_another_reason_stops_the_process(config, ur
 
 async def test_unregistered_handler_is_refused_with_a_clear_error(client, url):
     job = await run_one(client, url, "os.system", "echo pwned")
-    assert job.status is Status.FAILED
+    assert job.status is Status.DEAD
     assert job.error.startswith("UnknownHandler: handler 'os.system' is not registered in this pool (registered: ")
     assert "tests.sample_handlers.add" in job.error
 
 
 async def test_unserialisable_result_fails_the_job(client, url):
     job = await run_one(client, url, "tests.sample_handlers.unserialisable_result")
-    assert job.status is Status.FAILED
+    assert job.status is Status.DEAD
     assert job.error.startswith("SerializationError: the result of tests.sample_handlers.unserialisable_result is not JSON-serialisable")
 
 

@@ -39,7 +39,8 @@ def test_embedded_server_quick_tour(tmp_path, start_pool):
     shown = wait_until(lambda: _finished_job(config, job_id), timeout=10, message="word_count to finish")
     assert shown["result"] == {"a": 2, "b": 1}
     counts = json.loads(pool_cli("status", str(config), "--json").stdout)["queues"]["default"]
-    assert counts == {"queued": 0, "active": 0, "completed": 3, "failed": 1, "dead": 0, "reclaimed": 0}
+    assert counts == {"queued": 0, "active": 0, "delayed": 0, "completed": 3, "failed": 0, "dead": 1,
+                      "reclaimed": 0}
     text = pool_cli("status", str(config))
     assert "QUEUE" in text.stdout and "WORKER" in text.stdout
     # And SIGTERM stops everything with exit 0, the embedded server included

@@ -1,0 +1,44 @@
+--[[ cancel: stop a job that has not finished.
+  KEYS[1]  queue list (LIST)   KEYS[2]  delayed set (ZSET)   KEYS[3]  job hash (HASH)
+  KEYS[4]  done list of the job (LIST)   KEYS[5]  stats hash (HASH)
+  ARGV[1]  job id   ARGV[2]  now_ms   ARGV[3]  result TTL in ms (the job's own wins)
+  ARGV[4]  key prefix of the queue ('<prefix>:{q}:'; the worker's cancel set is built from it)
+  ARGV[5]  channel to publish ARGV[6] on, or ''   ARGV[6]  event payload (JSON)
+  Returns  1 cancelled (it was queued or waiting to retry: it is finished as 'cancelled');
+           2 requested (it is running: its worker cancels it at its next heartbeat);
+           0 already finished (nothing to cancel); -1 no such job
+  Invariant: a waiting job leaves its list or set exactly when it is marked cancelled, so it
+  can never be claimed afterwards. ]]
+local queue, delayed, job, done, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local id, now_ms, ttl_ms, qprefix, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+
+local state = redis.call('HMGET', job, 'status', 'worker')
+local status = state[1]
+if not status then
+  return -1
+end
+if status == 'active' then
+  redis.call('HSET', job, 'cancel_requested_ms', now_ms)
+  redis.call('SADD', qprefix .. 'cancel:' .. state[2], id)
+  return 2
+end
+local removed = 0
+if status == 'queued' then
+  removed = redis.call('LREM', queue, 1, id)
+elseif status == 'retrying' or status == 'delayed' then
+  removed = redis.call('ZREM', delayed, id)
+end
+if removed == 0 then
+  return 0
+end
+ttl_ms = tonumber(redis.call('HGET', job, 'result_ttl_ms')) or ttl_ms
+redis.call('HSET', job, 'status', 'cancelled', 'finished_ms', now_ms, 'updated_ms', now_ms,
+  'error', 'Cancelled: cancelled before it ran')
+redis.call('PEXPIRE', job, ttl_ms)
+redis.call('RPUSH', done, 'cancelled')
+redis.call('PEXPIRE', done, ttl_ms)
+redis.call('HINCRBY', stats, 'cancelled', 1)
+if channel ~= '' then
+  redis.call('PUBLISH', channel, ARGV[6])
+end
+return 1

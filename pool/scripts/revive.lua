@@ -1,0 +1,22 @@
+--[[ revive: send a dead job back to its queue for a fresh run, keeping its id and history.
+  KEYS[1]  dead set (ZSET)   KEYS[2]  queue list (LIST)   KEYS[3]  job hash (HASH)
+  KEYS[4]  done list of the job (LIST)
+  ARGV[1]  job id   ARGV[2]  now_ms
+  Returns  1 revived; 0 not in the dead set (revived or purged already, or never dead)
+  Invariant: the id leaves the dead set exactly when it joins the queue; attempts and
+  deliveries restart from 0, the last error and the attempt history stay for the record. ]]
+local dead, queue, job, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, now_ms = ARGV[1], ARGV[2]
+if redis.call('ZREM', dead, id) == 0 then
+  return 0
+end
+if redis.call('EXISTS', job) == 0 then
+  return 0  -- its record expired (dead-letter TTL): nothing left to run
+end
+redis.call('HSET', job, 'status', 'queued', 'attempts', 0, 'deliveries', 0,
+  'updated_ms', now_ms, 'enqueued_ms', now_ms, 'revived_ms', now_ms)
+redis.call('HDEL', job, 'finished_ms', 'due_ms', 'result')
+redis.call('PERSIST', job)
+redis.call('DEL', done)
+redis.call('LPUSH', queue, id)
+return 1
