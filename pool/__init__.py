@@ -13,15 +13,18 @@ from pool.errors import (
     ConfigError,
     CorruptJob,
     HandlerError,
+    JobCancelled,
     JobFailed,
     JobNotFound,
     PayloadTooLarge,
     PoolError,
     RedisUnavailable,
     ResultTimeout,
+    Retry,
     SerializationError,
     UsageError,
 )
+from pool.handlers import task
 from pool.jobs import Job, Status
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "CorruptJob",
     "HandlerError",
     "Job",
+    "JobCancelled",
     "JobFailed",
     "JobNotFound",
     "JobSpec",
@@ -38,7 +42,9 @@ __all__ = [
     "PoolError",
     "RedisUnavailable",
     "ResultTimeout",
+    "Retry",
     "SerializationError",
     "Status",
     "UsageError",
+    "task",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -26,7 +27,11 @@ examples:
   pool enqueue pool.yaml examples.tasks.word_count --kwargs '{"text": "a b a"}'
   pool status pool.yaml                                queues and workers at a glance
   pool status pool.yaml --json                         the same, for scripts
-  pool job pool.yaml JOB_ID                            one job's full record
+  pool job pool.yaml JOB_ID                            one job's full record and history
+  pool dead list pool.yaml                             jobs that exhausted their retries
+  pool dead retry pool.yaml --all                      send every dead job back to its queue
+  pool cancel pool.yaml JOB_ID                         stop a job that has not finished
+  pool events pool.yaml --json                         tail finished jobs as they happen
 
 exit codes: 0 ok, 1 job failed, 2 bad config or usage, 3 Redis unreachable
 environment: POOL_REDIS_URL overrides redis.url of the config
@@ -58,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--queue", metavar="Q", help="target queue (default: the first in the config)")
     enqueue.add_argument("--job-id", metavar="ID", help="choose the id; an existing id is not enqueued twice")
     enqueue.add_argument("--job-timeout", metavar="S", type=float, help="seconds the job may run")
+    enqueue.add_argument("--max-retries", metavar="N", type=int, help="retries after a failed attempt")
     enqueue.add_argument("--wait", action="store_true", help="wait for the job and print its result as JSON")
     enqueue.add_argument("--timeout", metavar="S", type=float, help="with --wait: give up after S seconds")
 
@@ -69,6 +75,34 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("config", metavar="CONFIG", help="path of pool.yaml")
     job.add_argument("job_id", metavar="ID")
     job.add_argument("--queue", metavar="Q", help="the job's queue (default: search all)")
+
+    dead = commands.add_parser("dead", help="the dead-letter queue: list, show, retry, purge")
+    actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    for name, text in (("list", "list dead jobs, newest first"), ("show", "one dead job's record"),
+                       ("retry", "send dead jobs back to their queue (ids kept, attempts reset)"),
+                       ("purge", "delete dead jobs for good")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("config", metavar="CONFIG", help="path of pool.yaml")
+        action.add_argument("--queue", metavar="Q", help="only this queue")
+        if name == "list":
+            action.add_argument("--limit", metavar="N", type=int, default=50)
+            action.add_argument("--json", action="store_true", help="one JSON object per line")
+        elif name == "show":
+            action.add_argument("job_id", metavar="ID")
+        else:
+            action.add_argument("job_ids", metavar="ID", nargs="*")
+            action.add_argument("--all", action="store_true", help="every dead job (of --queue)")
+
+    cancel = commands.add_parser("cancel", help="cancel a queued, waiting or running job")
+    cancel.add_argument("config", metavar="CONFIG", help="path of pool.yaml")
+    cancel.add_argument("job_id", metavar="ID")
+    cancel.add_argument("--queue", metavar="Q", help="the job's queue (default: search all)")
+
+    events = commands.add_parser("events", help="tail finished jobs (completed, failed, retrying, dead, cancelled)")
+    events.add_argument("config", metavar="CONFIG", help="path of pool.yaml")
+    events.add_argument("--queue", metavar="Q", action="append", help="only this queue (repeatable)")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.add_argument("--count", metavar="N", type=int, help="exit after N events")
     return parser
 
 
@@ -112,7 +146,8 @@ def _enqueue(options: argparse.Namespace) -> int:
     kwargs = _parse_kwargs(options.kwargs)
     with Client(config) as client:
         job = client.enqueue(options.handler, *args, kwargs=kwargs, queue=options.queue,
-                             timeout=options.job_timeout, job_id=options.job_id)
+                             timeout=options.job_timeout, job_id=options.job_id,
+                             max_retries=options.max_retries)
         if not options.wait:
             print(job.id)
             return ExitCode.OK
@@ -153,6 +188,77 @@ def _job(options: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _dead(options: argparse.Namespace) -> int:
+    from pool.client import Client
+
+    config = config_module.load(options.config)
+    with Client(config) as client:
+        if options.action == "list":
+            return _print_dead(client.dead_jobs(options.queue, options.limit), options.json)
+        if options.action == "show":
+            job = client.get_job(options.job_id, queue=options.queue)
+            if job is None or job.status.value != "dead":
+                raise PoolError(f"no dead job {options.job_id}")
+            print(orjson.dumps(job.to_dict(), option=orjson.OPT_INDENT_2).decode())
+            return ExitCode.OK
+        if not options.job_ids and not options.all:
+            raise UsageError(f"pool dead {options.action}: name job ids, or --all")
+        op = client.retry_dead if options.action == "retry" else client.purge_dead
+        count = op(options.job_ids, options.queue, all=options.all)
+    print(f"{'retried' if options.action == 'retry' else 'purged'} {count} dead job(s)")
+    return ExitCode.OK
+
+
+def _print_dead(jobs: list[Any], as_json: bool) -> int:
+    if as_json:
+        for job in jobs:
+            print(orjson.dumps(job.to_dict()).decode())
+        return ExitCode.OK
+    if not jobs:
+        print("no dead jobs")
+    for job in jobs:
+        died = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((job.finished_ms or 0) / 1000))
+        print(f"{job.id}  {job.queue}  {job.handler}  attempts={job.attempts}  died={died}  {job.error}")
+    return ExitCode.OK
+
+
+def _cancel(options: argparse.Namespace) -> int:
+    from pool.client import Client
+
+    with Client(config_module.load(options.config)) as client:
+        outcome = client.cancel(options.job_id, options.queue)
+    print({"cancelled": f"cancelled {options.job_id}",
+           "requested": f"asked the worker running {options.job_id} to cancel it",
+           "finished": f"{options.job_id} has already finished; nothing to cancel"}[outcome])
+    return ExitCode.OK if outcome != "finished" else ExitCode.JOB_FAILED
+
+
+def _events(options: argparse.Namespace) -> int:
+    from pool.client import Client
+
+    seen = 0
+    with Client(config_module.load(options.config)) as client:
+        for event in client.events(options.queue):
+            print(orjson.dumps(event).decode() if options.json else _event_line(event), flush=True)
+            seen += 1
+            if options.count and seen >= options.count:
+                break
+    return ExitCode.OK
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    """One readable line: time, queue, status, handler, id, run time, then result or error."""
+    at = time.strftime("%H:%M:%S", time.localtime(event.get("ts_ms", 0) / 1000))
+    line = f"{at}  {event.get('queue', '?')}  {event['status']:<9}  {event.get('handler', '?')}  {event['id']}"
+    if "run_ms" in event:
+        line += f"  {event['run_ms']:.1f}ms"
+    if "error" in event:
+        line += f"  {event['error']}"
+    elif "result" in event:
+        line += "  -> " + orjson.dumps(event["result"]).decode()[:200]
+    return line
+
+
 def _parse_arg(text: str) -> Any:
     """A command-line argument as JSON (``2``, ``"x"``, ``[1]``), or else the plain string."""
     try:
@@ -173,4 +279,7 @@ def _parse_kwargs(text: str | None) -> dict[str, Any]:
     return value
 
 
-_COMMANDS = {"run": _run, "enqueue": _enqueue, "status": _status, "job": _job}
+_COMMANDS = {
+    "run": _run, "enqueue": _enqueue, "status": _status, "job": _job, "dead": _dead,
+    "cancel": _cancel, "events": _events,
+}

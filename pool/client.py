@@ -12,11 +12,12 @@ import functools
 import math
 import threading
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import redis.asyncio
 
 from pool import clock
@@ -32,7 +33,7 @@ from pool.connection import (
     resolve_url,
 )
 from pool.errors import JobNotFound, RedisUnavailable, ResultTimeout, UsageError
-from pool.jobs import Job, Status, encode_arguments, enqueue_fields, new_job_id
+from pool.jobs import Job, Status, dumps, encode_arguments, enqueue_fields, new_job_id
 from pool.keys import QUEUE_NAME_RULE, Keys, is_valid_queue_name
 from pool.scripts import Scripts
 
@@ -52,6 +53,7 @@ class JobSpec:
         timeout: seconds the job may run; default: the config's ``timeout``.
         result_ttl: seconds its result is kept; default: the config's ``result_ttl``.
         job_id: a chosen id; enqueueing an id that exists returns the existing job.
+        max_retries: retries after a failed attempt (overrides the handler's settings).
     """
 
     handler: str
@@ -61,6 +63,7 @@ class JobSpec:
     timeout: float | None = None
     result_ttl: float | None = None
     job_id: str | None = None
+    max_retries: int | None = None
 
 
 class AsyncClient:
@@ -112,7 +115,7 @@ class AsyncClient:
     async def enqueue(
         self, handler: str, *args: Any, kwargs: Mapping[str, Any] | None = None,
         queue: str | None = None, timeout: float | None = None, result_ttl: float | None = None,
-        job_id: str | None = None,
+        job_id: str | None = None, max_retries: int | None = None,
     ) -> Job:
         """Enqueue one job.
 
@@ -124,6 +127,7 @@ class AsyncClient:
             timeout: seconds the job may run (default: the config's ``timeout``).
             result_ttl: seconds the result is kept (default: the config's ``result_ttl``).
             job_id: choose the id; if a job with this id exists it is returned unchanged.
+            max_retries: retries after a failed attempt (default: the handler's settings).
 
         Returns:
             The job as enqueued (or the existing job with that id).
@@ -134,7 +138,7 @@ class AsyncClient:
             UsageError: a bad queue name, handler name or timeout.
             RedisUnavailable: Redis cannot be reached.
         """
-        spec = JobSpec(handler, args, kwargs or {}, queue, timeout, result_ttl, job_id)
+        spec = JobSpec(handler, args, kwargs or {}, queue, timeout, result_ttl, job_id, max_retries)
         return (await self.enqueue_many([spec]))[0]
 
     async def enqueue_many(self, specs: Iterable[JobSpec]) -> list[Job]:
@@ -176,6 +180,9 @@ class AsyncClient:
             raise UsageError(f"handler {spec.handler!r} must be {_HANDLER_NAME_RULE}")
         timeout_ms = _positive_ms(spec.timeout, "timeout")
         result_ttl_ms = _positive_ms(spec.result_ttl, "result_ttl")
+        if spec.max_retries is not None and (isinstance(spec.max_retries, bool) or not isinstance(
+                spec.max_retries, int) or spec.max_retries < 0):
+            raise UsageError(f"max_retries must be an integer >= 0 (got {spec.max_retries!r})")
         job_id = spec.job_id or new_job_id()
         if not job_id or len(job_id) > 128 or any(c.isspace() for c in job_id):
             raise UsageError(f"job_id {job_id!r} must be 1-128 characters without spaces")
@@ -183,7 +190,7 @@ class AsyncClient:
         job = Job(
             id=job_id, handler=spec.handler, queue=queue, args=tuple(spec.args),
             kwargs=dict(spec.kwargs), timeout_ms=timeout_ms, result_ttl_ms=result_ttl_ms,
-            created_ms=now_ms,
+            created_ms=now_ms, max_retries=spec.max_retries,
         )
         return job, enqueue_fields(job, args_json, kwargs_json, self.config.max_payload_bytes)
 
@@ -269,6 +276,99 @@ class AsyncClient:
             lambda: blocking.blmove(done, done, timeout=max(seconds, 0.01), src="RIGHT", dest="LEFT")
         )
 
+    # -- cancellation and the dead-letter queue ----------------------------------------------------
+
+    async def cancel(self, job_id: str, queue: str | None = None) -> str:
+        """Cancel a job that has not finished.
+
+        Returns:
+            'cancelled' (it was waiting: it will never run), 'requested' (it is running: its
+            worker cancels it within a heartbeat) or 'finished' (too late: nothing changed).
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        job = await self._require(job_id, queue)
+        event = None
+        if self.config.events:
+            event = dumps({"id": job.id, "queue": job.queue, "handler": job.handler,
+                           "status": "cancelled", "ts_ms": clock.now_ms()})
+        code = await self._retrying(lambda: self.scripts.cancel(
+            job.queue, job.id, clock.now_ms(), int(self.config.result_ttl_s * 1000), event))
+        if code == -1:
+            raise JobNotFound(f"no job {job_id} (its result expired meanwhile)")
+        return {1: "cancelled", 2: "requested", 0: "finished"}[code]
+
+    async def dead_jobs(self, queue: str | None = None, limit: int = 100) -> list[Job]:
+        """The most recent dead jobs, newest first, across the config's queues (or one)."""
+        queues = [queue] if queue else list(self.config.queues)
+
+        async def send() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in queues:
+                    pipe.zrevrange(self.keys.dead(name), 0, limit - 1)
+                return await pipe.execute()
+
+        ids = [(name, raw.decode()) for name, found in zip(queues, await self._retrying(send), strict=True)
+               for raw in found]
+        jobs = [await self.get_job(job_id, queue=name) for name, job_id in ids]
+        alive = [job for job in jobs if job is not None]
+        alive.sort(key=lambda job: job.finished_ms or 0, reverse=True)
+        return alive[:limit]
+
+    async def retry_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False) -> int:
+        """Send dead jobs back to their queues (attempts reset, ids kept). Returns how many went.
+
+        Args:
+            job_ids: the jobs to retry; or ``all=True`` for every dead job (of ``queue``, or of
+                every queue of the config).
+        """
+        return await self._dead_op("revive", job_ids, queue, all)
+
+    async def purge_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False) -> int:
+        """Delete dead jobs for good. Returns how many were deleted. Arguments as in :meth:`retry_dead`."""
+        return await self._dead_op("purge", job_ids, queue, all)
+
+    async def _dead_op(self, op: str, job_ids: Iterable[str], queue: str | None, every: bool) -> int:
+        targets: list[tuple[str, str]] = []
+        if every:
+            for name in [queue] if queue else list(self.config.queues):
+                members = await self._retrying(functools.partial(self.redis.zrange, self.keys.dead(name), 0, -1))
+                targets += [(name, raw.decode()) for raw in members]
+        else:
+            for job_id in job_ids:
+                job = await self._require(job_id, queue)
+                targets.append((job.queue, job.id))
+        now_ms = clock.now_ms()
+
+        async def send() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name, job_id in targets:
+                    if op == "revive":
+                        await self.scripts.revive(name, job_id, now_ms, client=pipe)
+                    else:
+                        await self.scripts.purge(name, job_id, client=pipe)
+                return await pipe.execute()
+
+        return sum(await self._retrying(send)) if targets else 0
+
+    async def events(self, queues: Iterable[str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Yield each finished attempt's event (completed, failed, retrying, dead, cancelled) as a dict.
+
+        Subscribes to the queues' channels (default: every queue of the config) and runs until the
+        caller stops iterating. Events are not stored: only those published while listening arrive.
+        """
+        channels = [self.keys.events(q) for q in (list(queues) if queues else self.config.queues)]
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(*channels)
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=BLOCK_TIMEOUT_S)
+                if message is not None:
+                    yield orjson.loads(message["data"])
+        finally:
+            await pubsub.aclose()
+
     async def _retrying(self, send: Callable[[], Awaitable[T]]) -> T:
         """Run ``send``, resending it after a dropped connection (every client call is idempotent).
 
@@ -329,6 +429,31 @@ class Client:
     def wait(self, job_id: str, timeout: float | None = None, queue: str | None = None) -> Job:
         """Wait for a job to finish; see :meth:`AsyncClient.wait`."""
         return self._run(self._async.wait(job_id, timeout, queue))
+
+    def cancel(self, job_id: str, queue: str | None = None) -> str:
+        """Cancel a job; see :meth:`AsyncClient.cancel`."""
+        return self._run(self._async.cancel(job_id, queue))
+
+    def dead_jobs(self, queue: str | None = None, limit: int = 100) -> list[Job]:
+        """The most recent dead jobs; see :meth:`AsyncClient.dead_jobs`."""
+        return self._run(self._async.dead_jobs(queue, limit))
+
+    def retry_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False) -> int:
+        """Send dead jobs back to their queues; see :meth:`AsyncClient.retry_dead`."""
+        return self._run(self._async.retry_dead(list(job_ids), queue, all=all))
+
+    def purge_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False) -> int:
+        """Delete dead jobs; see :meth:`AsyncClient.purge_dead`."""
+        return self._run(self._async.purge_dead(list(job_ids), queue, all=all))
+
+    def events(self, queues: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Yield finished attempts' events; see :meth:`AsyncClient.events`."""
+        stream = self._async.events(queues)
+        try:
+            while True:
+                yield self._run(stream.__anext__())
+        finally:
+            self._run(stream.aclose())
 
     def close(self) -> None:
         with self._lock:

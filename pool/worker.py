@@ -18,6 +18,7 @@ have moved an id whose reply never arrived; such ids are started, never left str
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -95,6 +96,7 @@ class Worker:
         self._acking: set[str] = set()  # jobs writing their outcome: never cancelled
         self._cancel_requested: set[str] = set()  # running jobs cancelled by `pool cancel`
         self._next_due_ms: dict[str, int] = {}  # per queue: when its earliest delayed job falls due
+        self._due_changed = {queue: asyncio.Event() for queue in config.queues}
         self._reserved = 0
         self._slot_freed = asyncio.Event()
         self._outage = Outage(f"worker {worker_id}", self.url)
@@ -142,13 +144,14 @@ class Worker:
             heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
             local = asyncio.create_task(self._local_liveness_loop(), name="liveness")
             fetchers = [asyncio.create_task(self._fetch_loop(q), name=f"fetch:{q}") for q in self.config.queues]
-            for task in (heartbeat, *fetchers):
+            promoters = [asyncio.create_task(self._promote_loop(q), name=f"promote:{q}") for q in self.config.queues]
+            for task in (heartbeat, *fetchers, *promoters):
                 task.add_done_callback(self._background_done)
             await self._wait_until_done(fetchers)
             await self._drain()
-            heartbeat.cancel()
-            local.cancel()
-            await asyncio.gather(heartbeat, local, return_exceptions=True)
+            for task in (heartbeat, local, *promoters):
+                task.cancel()
+            await asyncio.gather(heartbeat, local, *promoters, return_exceptions=True)
             await self._with_retry("deregister", self._deregister)
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -270,7 +273,7 @@ class Worker:
             return
         job_id = await self._blocking.blmove(
             self.keys.queue(queue), self.keys.active(queue, self.worker_id),
-            timeout=self._block_timeout_s(queue), src="RIGHT", dest="LEFT",
+            timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT",
         )
         if job_id is None or not await self._reserve(1):
             return  # while stopping, a moved id stays in the active list and is requeued
@@ -282,12 +285,34 @@ class Worker:
             self._release(1)
         self._start_all(queue, reply)
 
-    def _block_timeout_s(self, queue: str) -> float:
-        """Block no longer than until the queue's next delayed job falls due (claim promotes it)."""
-        due = self._next_due_ms.get(queue, -1)
-        if due < 0:
-            return BLOCK_TIMEOUT_S
-        return min(BLOCK_TIMEOUT_S, max(0.01, (due - clock.now_ms()) / 1000))
+    def _note_due(self, queue: str, due_ms: int) -> None:
+        """Learn when a delayed job of ``queue`` falls due; wake its promoter if that is sooner."""
+        known = self._next_due_ms.get(queue, -1)
+        if known < 0 or due_ms < known:
+            self._next_due_ms[queue] = due_ms
+            self._due_changed[queue].set()
+
+    async def _promote_loop(self, queue: str) -> None:
+        """Move delayed jobs into the queue when they fall due (claim.lua with k=0 promotes).
+
+        Every worker runs one per queue: the first to run the script at the due time moves the
+        jobs, exactly once, and the LPUSH wakes whichever workers block on the queue.
+        """
+        while not self.stopping.is_set():
+            due = self._next_due_ms.get(queue, -1)
+            wait_s = BLOCK_TIMEOUT_S if due < 0 else (due - clock.now_ms()) / 1000
+            if wait_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._due_changed[queue].wait(), min(wait_s, BLOCK_TIMEOUT_S))
+                self._due_changed[queue].clear()
+                if due < 0 or self._next_due_ms.get(queue, -1) != due or clock.now_ms() < due:
+                    continue
+            try:
+                next_due, _ = await self._scripts.claim(
+                    queue, self.worker_id, clock.now_ms(), 0, len(self._running), solo_at=self._solo_at)
+                self._next_due_ms[queue] = int(next_due)
+            except OUTAGE_ERRORS as exc:
+                await asyncio.sleep(self._outage.failed(exc))
 
     async def _reconcile(self, queue: str) -> None:
         """Start ids in our active list that no task runs: claims whose reply was lost.
@@ -314,7 +339,8 @@ class Worker:
     def _start_all(self, queue: str, reply: list[Any]) -> int:
         """Start a task per claimed record of a claim.lua reply; returns how many there were."""
         next_due, records = reply
-        self._next_due_ms[queue] = int(next_due)
+        if int(next_due) >= 0:
+            self._note_due(queue, int(next_due))
         for pairs in records:
             fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
             if b"solo_wait" in fields:
@@ -462,6 +488,8 @@ class Worker:
             int(ttl_s * 1000), fields, due_ms=decision.due_ms, dead_max=self.config.dead_letter.max_jobs,
             history=outcomes.history_entry(job, failure, decision, now_ms, self.worker_id), event=event,
         )
+        if decision.due_ms is not None:
+            self._note_due(job.queue, decision.due_ms)
         return decision.status, decision if self._acked(code) else None
 
     @staticmethod

@@ -131,3 +131,54 @@ def kill_own_process() -> None:
 async def freeze_event_loop(seconds: float) -> None:
     """A badly written async handler: a blocking call that freezes the worker's event loop."""
     time.sleep(seconds)
+
+
+def _count_attempt(counter: str) -> int:
+    """Count this attempt in a file (attempts may run in different processes)."""
+    attempt = 1
+    if os.path.exists(counter):
+        with open(counter) as fh:
+            attempt = int(fh.read()) + 1
+    with open(counter, "w") as fh:
+        fh.write(str(attempt))
+    return attempt
+
+
+def flaky(counter: str, failures: int, error: str = "ConnectionError") -> int:
+    """Fail the first `failures` attempts (counted in a file), then return the attempt number."""
+    attempt = _count_attempt(counter)
+    if attempt <= failures:
+        raise {"ConnectionError": ConnectionError, "ValueError": ValueError, "KeyError": KeyError}[error](
+            f"attempt {attempt} failed")
+    return attempt
+
+
+def ask_for_retry(counter: str, delay: float) -> int:
+    """Raise pool.Retry(delay=...) on the first attempt."""
+    from pool import Retry
+
+    attempt = _count_attempt(counter)
+    if attempt == 1:
+        raise Retry(delay=delay, reason="not ready yet")
+    return attempt
+
+
+def fail_until_exists(path: str) -> str:
+    """Fail while `path` is missing: a job an operator fixes, then retries from the dead set."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing")
+    return "found"
+
+
+def big_result(size: int) -> str:
+    return "x" * size
+
+
+
+from pool import task  # noqa: E402 - the decorator is part of what these handlers test
+
+
+@task(max_retries=2, backoff=0.05)
+def decorated_flaky(counter: str, failures: int) -> int:
+    """Retry settings from the decorator."""
+    return flaky(counter, failures)

@@ -36,7 +36,8 @@ if redis.call('LREM', active, 1, id) == 0 then
   return -1
 end
 
-redis.call('HSET', job, 'status', outcome, 'updated_ms', now_ms, unpack(ARGV, 12))
+-- deliveries counts hand-overs nobody acknowledged: this one was, whatever its outcome
+redis.call('HSET', job, 'status', outcome, 'updated_ms', now_ms, 'deliveries', 0, unpack(ARGV, 12))
 if entry ~= '' then
   local history = redis.call('HGET', job, 'history')
   if history then
