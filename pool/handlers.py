@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-from pool.config import INHERIT, RetrySettings
+from pool.config import INHERIT, RetrySettings, ScriptSettings
 from pool.errors import HandlerError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -170,13 +170,16 @@ def resolve(path: str) -> list[Handler]:
     return [_make_handler(path, func)]
 
 
-def load_registry(paths: Iterable[str], base_dir: Path | None = None) -> Registry:
+def load_registry(
+    paths: Iterable[str], base_dir: Path | None = None, scripts: ScriptSettings | None = None
+) -> Registry:
     """Import every configured handler path into a registry.
 
     Args:
         paths: dotted paths from pool.yaml ``handlers:``.
         base_dir: folder of pool.yaml, put on ``sys.path`` so that ``examples.tasks`` next to it
             imports without installing anything.
+        scripts: with ``allowed_dirs`` set, the built-in ``pool.script`` handler is registered.
 
     Raises:
         HandlerError: the first path that cannot be imported.
@@ -186,6 +189,10 @@ def load_registry(paths: Iterable[str], base_dir: Path | None = None) -> Registr
     handlers: list[Handler] = []
     for path in paths:
         handlers.extend(resolve(path))
+    if scripts is not None and scripts.allowed_dirs:
+        from pool.script_jobs import SCRIPT_HANDLER, make_handler
+
+        handlers.append(_make_handler(SCRIPT_HANDLER, make_handler(scripts, base_dir or Path.cwd())))
     return Registry(handlers)
 
 
@@ -199,8 +206,10 @@ def check_importable(config: Any) -> None:
     Raises:
         HandlerError: the first handler that cannot be imported (one line).
     """
-    if not config.handlers:
+    if not config.handlers and not config.scripts.allowed_dirs:
         raise HandlerError(f"{config.path.name}: handlers: list at least one handler to run (e.g. examples.tasks)")
+    if not config.handlers:
+        return
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     command = [sys.executable, "-c", _CHECK_PROGRAM, str(config.base_dir), *config.handlers]

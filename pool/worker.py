@@ -444,7 +444,7 @@ class Worker:
                 self._watch_stuck_thread(thread, job, timeout_s)
             return None, Failure("JobTimeout", f"job exceeded its timeout of {timeout_s:g}s")
         except (Exception, SystemExit) as exc:  # a handler's exception fails the job, never the worker
-            return None, Failure.of(exc, traceback.format_exc())
+            return None, Failure.of(exc, getattr(exc, "details", None) or traceback.format_exc())
         return self._encode_result(job, result)
 
     def _encode_result(self, job: Job, result: Any) -> tuple[bytes | None, Failure | None]:
@@ -629,7 +629,7 @@ def main(config: Config, worker_id: str, url: str, alive_file: str | None = None
     import uvloop
 
     try:
-        registry = load_registry(config.handlers, config.base_dir)
+        registry = load_registry(config.handlers, config.base_dir, config.scripts)
     except HandlerError as exc:
         logger.error("cannot start: %s", exc)
         return ExitCode.BOOT

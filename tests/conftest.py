@@ -7,11 +7,14 @@ socket in a temporary folder, without persistence. Tests never share keys: each 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import secrets
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,13 @@ import pytest
 import redis
 import yaml
 
+from pool.client import AsyncClient
 from pool.config import Config, from_mapping
 from pool.embedded import EmbeddedServer
+from pool.handlers import load_registry
+from pool.keys import Keys, make_worker_id
+from pool.testing import async_wait_until
+from pool.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,6 +100,28 @@ def write_config(prefix: str, url: str, tmp_path: Path):
         return path
 
     return write
+
+
+@contextlib.asynccontextmanager
+async def pool_of(config, url, r) -> AsyncIterator[AsyncClient]:
+    """A running in-process worker and a client for ``config``."""
+    worker = Worker(config, load_registry(config.handlers, config.base_dir, config.scripts),
+                    make_worker_id(secrets.token_hex(3)), url=url)
+    task = asyncio.create_task(worker.run())
+    key = Keys(config.key_prefix).worker(worker.worker_id)
+
+    async def registered() -> bool:
+        if task.done():
+            task.result()
+        return bool(r.exists(key))
+
+    try:
+        await async_wait_until(registered, timeout=5, message="worker registration")
+        async with AsyncClient(config, url) as client:
+            yield client
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 15)
 
 
 def cli_env() -> dict[str, str]:

@@ -10,7 +10,7 @@
   ARGV[5]  how many jobs the worker's process runs right now
   ARGV[6]  solo_at: deliveries from which a job runs alone (see below)
   ARGV[7]  optional: an id already in the active list (moved by BLMOVE, or found by reconcile)
-           to be started first
+           to be started first; ignored unless it is still in that list
   Returns  {next_due_ms, claimed}: when the earliest delayed job falls due (-1: none), and in
            claimed one array per claimed job: the job hash as HGETALL pairs (status 'active', attempts
            and deliveries counted up by one), plus 'solo','1' for a redelivered job;
@@ -60,6 +60,11 @@ local function start(id, solo)
   claimed[#claimed + 1] = record
 end
 
+if moved and not redis.call('LPOS', active, moved) then
+  -- A claim that arrives late (held up by a partition after its client gave up) names an id
+  -- that was acknowledged or requeued meanwhile: starting it would resurrect a finished job.
+  moved = nil
+end
 if moved then
   local again = redelivered(moved) and redis.call('HGET', qprefix .. 'job:' .. moved, 'status') ~= 'active'
   if again and running > 0 then

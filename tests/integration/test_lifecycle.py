@@ -3,43 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 
 from pool import AsyncClient, JobCancelled, JobFailed, Status
-from pool.handlers import load_registry
-from pool.keys import Keys, make_worker_id
+from pool.keys import Keys
 from pool.testing import async_wait_until
-from pool.worker import Worker
-from tests.conftest import cli_env, pool_cli
-
-
-@contextlib.asynccontextmanager
-async def pool_of(config, url, r) -> AsyncIterator[AsyncClient]:
-    """A running in-process worker and a client for ``config``."""
-    worker = Worker(config, load_registry(config.handlers, config.base_dir),
-                    make_worker_id(secrets.token_hex(3)), url=url)
-    task = asyncio.create_task(worker.run())
-    key = Keys(config.key_prefix).worker(worker.worker_id)
-
-    async def registered() -> bool:
-        if task.done():
-            task.result()
-        return bool(r.exists(key))
-
-    try:
-        await async_wait_until(registered, timeout=5, message="worker registration")
-        async with AsyncClient(config, url) as client:
-            yield client
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 15)
+from tests.conftest import cli_env, pool_cli, pool_of
 
 
 def retries(**settings):

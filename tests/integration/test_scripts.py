@@ -282,6 +282,14 @@ def test_redelivered_job_moved_by_blmove_into_a_busy_process_goes_back(r, keys, 
     assert r.llen(keys.active("q", W)) == 0
 
 
+def test_a_late_claim_never_resurrects_a_finished_job(r, keys, scripts):
+    """A claim held up by a partition arrives after the job was started again and acked."""
+    active_job(scripts)
+    scripts.ack("q", W, "a", "completed", 9000, 60_000, ["result", b"1"])
+    assert records(scripts.claim("q", W, 9001, 0, 0, moved_id="a")) == []
+    assert r.hget(keys.job("q", "a"), "status") == b"completed"
+
+
 def test_reconciling_a_started_job_does_not_count_it_twice(r, keys, scripts):
     enqueue(scripts, "q", "a")
     scripts.claim("q", W, 5, 1, 0)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import redis
@@ -14,7 +17,7 @@ from pool import Client, JobSpec, Status
 from pool.embedded import EmbeddedServer, free_port
 from pool.keys import Keys
 from pool.testing import wait_until
-from tests.conftest import ROOT, pool_cli
+from tests.conftest import ROOT, cli_env, pool_cli
 from tests.process.conftest import live_workers
 
 
@@ -23,6 +26,7 @@ def test_embedded_server_quick_tour(tmp_path, start_pool):
     # Given the documented pool.yaml (no redis: section) in a fresh folder
     config = tmp_path / "pool.yaml"
     config.write_text((ROOT / "pool.yaml").read_text())
+    shutil.copytree(ROOT / "examples" / "scripts", tmp_path / "examples" / "scripts")
     pool = start_pool(config)
     # When its workers are up
     data = wait_until(live_workers(config, 2), timeout=30, message="2 workers in pool status")
@@ -41,6 +45,20 @@ def test_embedded_server_quick_tour(tmp_path, start_pool):
     counts = json.loads(pool_cli("status", str(config), "--json").stdout)["queues"]["default"]
     assert counts == {"queued": 0, "active": 0, "delayed": 0, "completed": 3, "failed": 0, "dead": 1,
                       "reclaimed": 0}
+    # The lifecycle examples of the README, as written there
+    report = pool_cli("enqueue", str(config), "pool.script", "examples/scripts/report.sh", "2026-11", "--wait",
+                      cwd=tmp_path)
+    assert json.loads(report.stdout)["stdout"].startswith("report for 2026-11: "), report.stderr
+    bad = pool_cli("enqueue", str(config), "pool.script", "examples/scripts/report.sh", "nope", "--wait")
+    assert bad.returncode == 1 and "exited with code 3: bad month: nope" in bad.stderr
+    refused = pool_cli("enqueue", str(config), "examples.retries.charge", "-5", "--wait")
+    assert "ValueError: amount must be positive (got -5)" in refused.stderr
+    rate = pool_cli("enqueue", str(config), "examples.retries.fetch_rate", "EUR", "--wait", "--timeout", "30")
+    assert rate.stdout.strip() == "1.08", rate.stderr
+    demo = subprocess.run([sys.executable, str(ROOT / "examples" / "dead_letter.py"), str(config)],
+                          capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert "-> completed 'fixed'" in demo.stdout, demo.stderr
+    assert "examples.tasks.fail" in pool_cli("dead", "list", str(config)).stdout
     text = pool_cli("status", str(config))
     assert "QUEUE" in text.stdout and "WORKER" in text.stdout
     # And SIGTERM stops everything with exit 0, the embedded server included

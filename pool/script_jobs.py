@@ -1,0 +1,121 @@
+"""Script jobs: the built-in ``pool.script`` handler runs an executable as a job.
+
+    pool enqueue pool.yaml pool.script examples/scripts/report.sh 2026-11 --wait
+
+Only executables under ``scripts.allowed_dirs`` of pool.yaml run (symlinks and ``..`` are resolved
+first, so nothing escapes); the handler is registered only when that list is set. The process
+gets its own session: on timeout or cancellation the whole process group is killed, so no
+grandchild outlives its job. Exit 0 completes the job with its output; any other exit fails it
+(retries apply as for any failure). stdout and stderr are captured up to
+``scripts.max_output`` bytes each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from pool.config import ScriptSettings
+from pool.errors import PoolError
+
+SCRIPT_HANDLER = "pool.script"
+_TAIL = 2000  # characters of stderr quoted in the error line
+
+
+class ScriptError(PoolError):
+    """Base of script job failures; ``details`` is shown as the job's remote traceback."""
+
+    details: str | None = None
+
+
+class ScriptNotAllowed(ScriptError):
+    """The path is outside ``scripts.allowed_dirs``."""
+
+
+class ScriptNotFound(ScriptError):
+    """No file at the path."""
+
+
+class ScriptNotExecutable(ScriptError):
+    """The file exists but may not be executed."""
+
+
+class ScriptFailed(ScriptError):
+    """The script ran and exited with a code other than 0."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
+        self.details = f"--- stdout ---\n{result['stdout']}\n--- stderr ---\n{result['stderr']}"
+
+
+def resolve(path: str, settings: ScriptSettings, base_dir: Path) -> str:
+    """The real path of an allowed, existing, executable script.
+
+    Raises:
+        ScriptNotAllowed, ScriptNotFound, ScriptNotExecutable: with the reason and the fix.
+    """
+    candidate = Path(path) if Path(path).is_absolute() else base_dir / path
+    real = os.path.realpath(candidate)
+    allowed = [os.path.realpath(d) for d in settings.allowed_dirs]
+    if not any(os.path.commonpath([real, d]) == d for d in allowed):
+        raise ScriptNotAllowed(f"{path} is outside scripts.allowed_dirs ({', '.join(allowed) or 'none'}); "
+                               "move it there or add its folder in pool.yaml")
+    if not os.path.isfile(real):
+        raise ScriptNotFound(f"{path}: no such file")
+    if not os.access(real, os.X_OK):
+        raise ScriptNotExecutable(f"{path} is not executable (chmod +x it)")
+    return real
+
+
+async def _read_bounded(stream: asyncio.StreamReader, limit: int) -> tuple[str, bool]:
+    """Read a stream to its end, keeping the first ``limit`` bytes; (text, truncated)."""
+    kept = bytearray()
+    truncated = False
+    while chunk := await stream.read(65536):
+        room = limit - len(kept)
+        if room > 0:
+            kept += chunk[:room]
+        truncated = truncated or len(chunk) > room
+    return kept.decode(errors="replace"), truncated
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def make_handler(settings: ScriptSettings, base_dir: Path) -> Any:
+    """The ``pool.script`` handler for these settings."""
+
+    async def script(path: str, *args: Any) -> dict[str, Any]:
+        """Run ``path`` with ``args``; returns exit_code, stdout, stderr and truncated."""
+        executable = resolve(path, settings, base_dir)
+        proc = await asyncio.create_subprocess_exec(
+            executable, *(str(a) for a in args), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            (out, out_cut), (err, err_cut) = await asyncio.gather(
+                _read_bounded(proc.stdout, settings.max_output_bytes),
+                _read_bounded(proc.stderr, settings.max_output_bytes))
+            code = await proc.wait()
+        except BaseException:  # timeout or cancellation: no process of the group may outlive the job
+            _kill_group(proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                await asyncio.shield(proc.wait())
+            raise
+        _kill_group(proc.pid)  # background children it left behind
+        result = {"exit_code": code, "stdout": out, "stderr": err, "truncated": out_cut or err_cut}
+        if code != 0:
+            tail = err.strip()[-_TAIL:]
+            raise ScriptFailed(f"{path} exited with code {code}" + (f": {tail}" if tail else ""), result)
+        return result
+
+    script.__module__, script.__qualname__ = "pool", "script"
+    return script
