@@ -5,8 +5,8 @@ Loop shape (one fetcher per queue, all sharing ``concurrency`` job slots):
     reserve free slots → claim.lua (non-blocking, up to that many) → start a task per job
     queue empty → BLMOVE (blocks ≤ 2 s, one slot reserved) → claim.lua starts the moved id
 
-Each job task runs the handler (coroutine, or thread pool for plain functions) under its timeout,
-then ack.lua writes the outcome and removes the id from the active list in one step. A heartbeat
+Each job task hands the job to a :class:`~pool.execution.JobRunner` (execution.py), which runs
+the handler under its timeout and records the outcome with one ack. A heartbeat
 task keeps the worker's registry entry alive. On stop: no more claims, running jobs get
 ``shutdown_timeout`` to finish, the rest are cancelled and requeue.lua puts them back.
 
@@ -23,14 +23,13 @@ import functools
 import logging
 import os
 import sys
-import traceback
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis.asyncio
 
-from pool import clock, outcomes
+from pool import clock
 from pool.config import Config
 from pool.connection import (
     BLOCK_TIMEOUT_S,
@@ -41,11 +40,12 @@ from pool.connection import (
     resolve_url,
 )
 from pool.errors import CorruptJob, ExitCode, HandlerError
+from pool.execution import JobRunner
 from pool.handlers import Registry, load_registry
-from pool.jobs import Job, Status, dumps
+from pool.jobs import Job, Status
 from pool.keys import Keys
-from pool.outcomes import Decision, Failure
-from pool.scripts import JobNotActive, Scripts, check, solo_threshold
+from pool.outcomes import Failure
+from pool.scripts import Scripts, solo_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,6 @@ class Worker:
         self._solo: str | None = None
         self._idle_wanted = False
         self._solo_at = solo_threshold(config.max_deliveries)
-        self._watchers: set[asyncio.Task[None]] = set()
         self._acking: set[str] = set()  # jobs writing their outcome: never cancelled
         self._cancel_requested: set[str] = set()  # running jobs cancelled by `pool cancel`
         self._next_due_ms: dict[str, int] = {}  # per queue: when its earliest delayed job falls due
@@ -103,6 +102,7 @@ class Worker:
         self._redis: redis.asyncio.Redis
         self._blocking: redis.asyncio.Redis
         self._scripts: Scripts
+        self.runner: JobRunner
         # Twice the job slots: a thread stuck past its timeout keeps its thread until the process
         # is recycled (timeout_grace), and new jobs must not wait for a thread meanwhile.
         self._executor = ThreadPoolExecutor(2 * config.concurrency, thread_name_prefix="pool-job")
@@ -138,6 +138,8 @@ class Worker:
         self._redis = async_client(self.config, self.url, max_connections=self.config.concurrency + 8)
         self._blocking = blocking_client(self.config, self.url, max_connections=len(self.config.queues) + 1)
         self._scripts = Scripts(self._redis, self.keys)
+        self.runner = JobRunner(self.config, self.registry, self.worker_id, self._executor, self._scripts,
+                                self._with_retry, self._note_due, self.recycle)
         logger.info("worker %s serving %s with %d job slots", self.worker_id,
                     ", ".join(self.config.queues), self.config.concurrency)
         try:
@@ -373,7 +375,7 @@ class Worker:
         task.add_done_callback(functools.partial(self._job_finished, job.id))
 
     async def _reject(self, job: Job, error: str) -> None:
-        await self._fail(job, Failure("CorruptJob", error.removeprefix("CorruptJob: ")), 0.0)
+        await self.runner.record_failure(job, Failure("CorruptJob", error.removeprefix("CorruptJob: ")), 0.0)
         self.failed_count += 1
         logger.error("job %s failed: %s", job.id, error, extra={"job_id": job.id, "queue": job.queue})
 
@@ -390,7 +392,7 @@ class Worker:
     async def _run_job(self, job: Job) -> None:
         started = clock.monotonic()
         try:
-            result, failure = await self._execute(job)
+            result, failure = await self.runner.execute(job)
         except asyncio.CancelledError:
             if job.id not in self._cancel_requested:
                 raise  # shutting down: the job stays in the active list and is requeued
@@ -401,9 +403,9 @@ class Worker:
             if failure is None:
                 assert result is not None
                 status, decision = Status.COMPLETED, None
-                acked = await self._with_retry("ack", self._ack_success, job, result, run_ms)
+                acked = await self._with_retry("ack", self.runner.record_success, job, result, run_ms)
             else:
-                status, decision = await self._fail(job, failure, run_ms)
+                status, decision = await self.runner.record_failure(job, failure, run_ms)
                 acked = decision is not None
         finally:
             self._acking.discard(job.id)
@@ -412,127 +414,10 @@ class Worker:
             self.done_count += 1
         else:
             self.failed_count += 1
-        self._log_job(job, status, run_ms, failure, decision, acked)
+        self.runner.log(job, status, run_ms, failure, decision, acked)
         limit = self.config.max_jobs_per_process
         if limit and self.done_count + self.failed_count >= limit:
             self.recycle(f"ran {limit} jobs (max_jobs_per_process)")
-
-    async def _execute(self, job: Job) -> tuple[bytes | None, Failure | None]:
-        """Run the handler: (result JSON, None) or (None, failure). Raises only CancelledError."""
-        handler = self.registry.get(job.handler)
-        if handler is None:
-            return None, Failure("UnknownHandler", (
-                f"handler '{job.handler}' is not registered in this pool (registered: "
-                f"{', '.join(self.registry.names()) or 'none'}); add it to `handlers:` in pool.yaml"))
-        timeout_s = job.timeout_ms / 1000 if job.timeout_ms else self.config.timeout_s
-        thread: Future[Any] | None = None
-        try:
-            async with asyncio.timeout(timeout_s) as deadline:
-                if handler.is_async:
-                    result = await handler.func(*job.args, **(job.kwargs or {}))
-                else:
-                    thread = self._executor.submit(handler.func, *job.args, **(job.kwargs or {}))
-                    # shield: on timeout stop waiting, but keep the future to see whether it ends
-                    result = await asyncio.shield(asyncio.wrap_future(thread))
-        except TimeoutError as exc:
-            if not deadline.expired():
-                return None, Failure.of(exc, traceback.format_exc())
-            if thread is not None and thread.cancel():
-                return None, Failure("JobTimeout", f"job waited {timeout_s:g}s for a free thread and never "
-                                     "started (threads are stuck in earlier jobs)")
-            if thread is not None and not thread.done():
-                self._watch_stuck_thread(thread, job, timeout_s)
-            return None, Failure("JobTimeout", f"job exceeded its timeout of {timeout_s:g}s")
-        except (Exception, SystemExit) as exc:  # a handler's exception fails the job, never the worker
-            return None, Failure.of(exc, getattr(exc, "details", None) or traceback.format_exc())
-        return self._encode_result(job, result)
-
-    def _encode_result(self, job: Job, result: Any) -> tuple[bytes | None, Failure | None]:
-        try:
-            encoded = dumps(result)
-        except TypeError as exc:
-            return None, Failure("SerializationError", (
-                f"the result of {job.handler} is not JSON-serialisable ({type(result).__name__}: {exc})"))
-        if len(encoded) > self.config.max_result_bytes:
-            return None, Failure("ResultTooLarge", (
-                f"the result of {job.handler} is {len(encoded)} bytes, over max_result_size "
-                f"({self.config.max_result_bytes} bytes); store it elsewhere and return a reference"))
-        return encoded, None
-
-    async def _ack_success(self, job: Job, result: bytes, run_ms: float) -> bool:
-        now_ms = clock.now_ms()
-        event = outcomes.event(job, Status.COMPLETED, run_ms, now_ms, result=result) if self.config.events else None
-        code = await self._scripts.ack(
-            job.queue, self.worker_id, job.id, Status.COMPLETED.value, now_ms,
-            int(self.config.result_ttl_s * 1000), ["result", result], event=event,
-        )
-        return self._acked(code)
-
-    async def _fail(self, job: Job, failure: Failure, run_ms: float) -> tuple[Status, Decision | None]:
-        """Record a failed attempt: retry later, or finish as dead, failed or cancelled."""
-        now_ms = clock.now_ms()
-        if failure.kind == "Cancelled":
-            decision = Decision(Status.CANCELLED)
-        else:
-            settings = outcomes.retry_settings(self.config, self.registry.get(job.handler), job)
-            decision = outcomes.decide(failure, settings, job, now_ms)
-        fields: list[Any] = ["error", failure.error]
-        if failure.traceback:
-            fields += ["traceback", failure.traceback]
-        dead = decision.status is Status.DEAD
-        ttl_s = self.config.dead_letter.ttl_s if dead else self.config.result_ttl_s
-        event = outcomes.event(job, decision.status, run_ms, now_ms, error=failure.error,
-                               due_ms=decision.due_ms) if self.config.events else None
-        code = await self._with_retry(
-            "ack", self._scripts.ack, job.queue, self.worker_id, job.id, decision.status.value, now_ms,
-            int(ttl_s * 1000), fields, due_ms=decision.due_ms, dead_max=self.config.dead_letter.max_jobs,
-            history=outcomes.history_entry(job, failure, decision, now_ms, self.worker_id), event=event,
-        )
-        if decision.due_ms is not None:
-            self._note_due(job.queue, decision.due_ms)
-        return decision.status, decision if self._acked(code) else None
-
-    @staticmethod
-    def _acked(code: int) -> bool:
-        try:
-            check("ack", code)
-        except JobNotActive:
-            return False
-        return True
-
-    def _watch_stuck_thread(self, thread: Future[Any], job: Job, timeout_s: float) -> None:
-        """A thread cannot be cancelled: if it still runs `timeout_grace` later, recycle the process."""
-        grace = self.config.timeout_grace_s
-
-        async def watch() -> None:
-            try:
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(thread)), grace)
-            except TimeoutError:
-                self.recycle(f"the thread of job {job.id} ({job.handler}) is still running "
-                             f"{timeout_s + grace:g}s after it started (timeout {timeout_s:g}s + "
-                             f"timeout_grace {grace:g}s) and cannot be cancelled")
-            except Exception:  # the job already failed: only whether the thread ends matters
-                pass
-
-        task = asyncio.create_task(watch(), name=f"stuck:{job.id}")
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
-
-    def _log_job(self, job: Job, status: Status, run_ms: float, failure: Failure | None,
-                 decision: Decision | None, acked: bool) -> None:
-        wait_ms = max(0, (job.started_ms or 0) - (job.enqueued_ms or job.created_ms or 0))
-        extra = {"job_id": job.id, "queue": job.queue, "handler": job.handler,
-                 "outcome": status.value, "wait_ms": wait_ms, "run_ms": round(run_ms, 1)}
-        head = f"job {job.id} {job.handler} queue={job.queue} wait={wait_ms}ms run={run_ms:.1f}ms"
-        if not acked:
-            logger.warning("%s finished but was requeued meanwhile; outcome dropped", head, extra=extra)
-        elif failure is None:
-            logger.info("%s completed", head, extra=extra)
-        elif decision is not None and decision.status is Status.RETRYING:
-            logger.warning("%s failed (attempt %d), retrying in %.1fs: %s", head, job.attempts,
-                           decision.delay_s or 0, failure.error, extra=extra)
-        else:
-            logger.warning("%s %s: %s", head, status.value, failure.error, extra=extra)
 
     # -- heartbeat and registry -----------------------------------------------------------------
 

@@ -1,0 +1,173 @@
+"""Running one job: its handler under its timeout, then recording the outcome (ack.lua).
+
+The worker claims jobs and owns their tasks; a :class:`JobRunner` does what happens inside one:
+call the handler (a coroutine, or a plain function in the thread pool), turn what happened into
+a result or a :class:`~pool.outcomes.Failure`, ask :mod:`pool.outcomes` where the job goes
+next, write that with one ack, and log one line. A plain function cannot be cancelled: if its
+thread outlives its timeout by ``timeout_grace`` the runner reports it so the process recycles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from pool import clock, outcomes
+from pool.config import Config
+from pool.handlers import Registry
+from pool.jobs import Job, Status, dumps
+from pool.outcomes import Decision, Failure
+from pool.scripts import JobNotActive, Scripts, check
+
+logger = logging.getLogger("pool.worker")
+
+
+class JobRunner:
+    """Runs handlers and records outcomes for one worker.
+
+    Args:
+        config: the pool's settings.
+        registry: the handlers this worker may run.
+        worker_id: the worker's id (written into acks and history).
+        executor: the thread pool for plain-function handlers.
+        scripts: the Lua scripts on the worker's client.
+        with_retry: the worker's outage-aware retry of an idempotent Redis step.
+        on_due: called with (queue, due_ms) when a retry is scheduled.
+        on_stuck: called with a reason when a handler thread outlives its timeout and grace.
+    """
+
+    def __init__(
+        self, config: Config, registry: Registry, worker_id: str, executor: ThreadPoolExecutor,
+        scripts: Scripts, with_retry: Callable[..., Awaitable[Any]], on_due: Callable[[str, int], None],
+        on_stuck: Callable[[str], None],
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.worker_id = worker_id
+        self.executor = executor
+        self.scripts = scripts
+        self.with_retry = with_retry
+        self.on_due = on_due
+        self.on_stuck = on_stuck
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    async def execute(self, job: Job) -> tuple[bytes | None, Failure | None]:
+        """Run the handler: (result JSON, None) or (None, failure). Raises only CancelledError."""
+        handler = self.registry.get(job.handler)
+        if handler is None:
+            return None, Failure("UnknownHandler", (
+                f"handler '{job.handler}' is not registered in this pool (registered: "
+                f"{', '.join(self.registry.names()) or 'none'}); add it to `handlers:` in pool.yaml"))
+        timeout_s = job.timeout_ms / 1000 if job.timeout_ms else self.config.timeout_s
+        thread: Future[Any] | None = None
+        try:
+            async with asyncio.timeout(timeout_s) as deadline:
+                if handler.is_async:
+                    result = await handler.func(*job.args, **(job.kwargs or {}))
+                else:
+                    thread = self.executor.submit(handler.func, *job.args, **(job.kwargs or {}))
+                    # shield: on timeout stop waiting, but keep the future to see whether it ends
+                    result = await asyncio.shield(asyncio.wrap_future(thread))
+        except TimeoutError as exc:
+            if not deadline.expired():
+                return None, Failure.of(exc, traceback.format_exc())
+            if thread is not None and thread.cancel():
+                return None, Failure("JobTimeout", f"job waited {timeout_s:g}s for a free thread and never "
+                                     "started (threads are stuck in earlier jobs)")
+            if thread is not None and not thread.done():
+                self._watch_stuck_thread(thread, job, timeout_s)
+            return None, Failure("JobTimeout", f"job exceeded its timeout of {timeout_s:g}s")
+        except (Exception, SystemExit) as exc:  # a handler's exception fails the job, never the worker
+            return None, Failure.of(exc, getattr(exc, "details", None) or traceback.format_exc())
+        return self._encode_result(job, result)
+
+    def _encode_result(self, job: Job, result: Any) -> tuple[bytes | None, Failure | None]:
+        try:
+            encoded = dumps(result)
+        except TypeError as exc:
+            return None, Failure("SerializationError", (
+                f"the result of {job.handler} is not JSON-serialisable ({type(result).__name__}: {exc})"))
+        if len(encoded) > self.config.max_result_bytes:
+            return None, Failure("ResultTooLarge", (
+                f"the result of {job.handler} is {len(encoded)} bytes, over max_result_size "
+                f"({self.config.max_result_bytes} bytes); store it elsewhere and return a reference"))
+        return encoded, None
+
+    async def record_success(self, job: Job, result: bytes, run_ms: float) -> bool:
+        now_ms = clock.now_ms()
+        event = outcomes.event(job, Status.COMPLETED, run_ms, now_ms, result=result) if self.config.events else None
+        code = await self.scripts.ack(
+            job.queue, self.worker_id, job.id, Status.COMPLETED.value, now_ms,
+            int(self.config.result_ttl_s * 1000), ["result", result], event=event,
+        )
+        return self._acked(code)
+
+    async def record_failure(self, job: Job, failure: Failure, run_ms: float) -> tuple[Status, Decision | None]:
+        """Record a failed attempt: retry later, or finish as dead, failed or cancelled."""
+        now_ms = clock.now_ms()
+        if failure.kind == "Cancelled":
+            decision = Decision(Status.CANCELLED)
+        else:
+            settings = outcomes.retry_settings(self.config, self.registry.get(job.handler), job)
+            decision = outcomes.decide(failure, settings, job, now_ms)
+        fields: list[Any] = ["error", failure.error]
+        if failure.traceback:
+            fields += ["traceback", failure.traceback]
+        dead = decision.status is Status.DEAD
+        ttl_s = self.config.dead_letter.ttl_s if dead else self.config.result_ttl_s
+        event = outcomes.event(job, decision.status, run_ms, now_ms, error=failure.error,
+                               due_ms=decision.due_ms) if self.config.events else None
+        code = await self.with_retry(
+            "ack", self.scripts.ack, job.queue, self.worker_id, job.id, decision.status.value, now_ms,
+            int(ttl_s * 1000), fields, due_ms=decision.due_ms, dead_max=self.config.dead_letter.max_jobs,
+            history=outcomes.history_entry(job, failure, decision, now_ms, self.worker_id), event=event,
+        )
+        if decision.due_ms is not None:
+            self.on_due(job.queue, decision.due_ms)
+        return decision.status, decision if self._acked(code) else None
+
+    @staticmethod
+    def _acked(code: int) -> bool:
+        try:
+            check("ack", code)
+        except JobNotActive:
+            return False
+        return True
+
+    def _watch_stuck_thread(self, thread: Future[Any], job: Job, timeout_s: float) -> None:
+        """A thread cannot be cancelled: if it still runs `timeout_grace` later, recycle the process."""
+        grace = self.config.timeout_grace_s
+
+        async def watch() -> None:
+            try:
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(thread)), grace)
+            except TimeoutError:
+                self.on_stuck(f"the thread of job {job.id} ({job.handler}) is still running "
+                             f"{timeout_s + grace:g}s after it started (timeout {timeout_s:g}s + "
+                             f"timeout_grace {grace:g}s) and cannot be cancelled")
+            except Exception:  # the job already failed: only whether the thread ends matters
+                pass
+
+        task = asyncio.create_task(watch(), name=f"stuck:{job.id}")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    def log(self, job: Job, status: Status, run_ms: float, failure: Failure | None,
+                 decision: Decision | None, acked: bool) -> None:
+        wait_ms = max(0, (job.started_ms or 0) - (job.enqueued_ms or job.created_ms or 0))
+        extra = {"job_id": job.id, "queue": job.queue, "handler": job.handler,
+                 "outcome": status.value, "wait_ms": wait_ms, "run_ms": round(run_ms, 1)}
+        head = f"job {job.id} {job.handler} queue={job.queue} wait={wait_ms}ms run={run_ms:.1f}ms"
+        if not acked:
+            logger.warning("%s finished but was requeued meanwhile; outcome dropped", head, extra=extra)
+        elif failure is None:
+            logger.info("%s completed", head, extra=extra)
+        elif decision is not None and decision.status is Status.RETRYING:
+            logger.warning("%s failed (attempt %d), retrying in %.1fs: %s", head, job.attempts,
+                           decision.delay_s or 0, failure.error, extra=extra)
+        else:
+            logger.warning("%s %s: %s", head, status.value, failure.error, extra=extra)
