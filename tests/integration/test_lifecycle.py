@@ -240,3 +240,30 @@ async def test_result_awaited_from_another_process(make_config, write_config, ur
             sys.executable, "-c", program, str(path), job.id, stdout=subprocess.PIPE, env=cli_env())
         out, _ = await asyncio.wait_for(waiter.communicate(), 20)
     assert out.decode().strip() == "0.5"
+
+
+async def test_pool_events_and_pool_cancel_on_the_command_line(make_config, write_config, url, r):
+    config = make_config()
+    path = write_config()
+    tail = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pool", "events", str(path), "--count", "2", stdout=subprocess.PIPE, env=cli_env())
+    try:
+        await async_wait_until(_subscribed(r, Keys(config.key_prefix).events("default")), timeout=10)
+        async with AsyncClient(config, url) as client:
+            waiting = await client.enqueue("tests.sample_handlers.add", 1, 1)
+            cancelled = await asyncio.to_thread(pool_cli, "cancel", str(path), waiting.id)
+            assert cancelled.stdout.strip() == f"cancelled {waiting.id}"
+            again = await asyncio.to_thread(pool_cli, "cancel", str(path), waiting.id)
+            assert again.returncode == 1 and "has already finished" in again.stdout
+        async with pool_of(config, url, r) as client:
+            done = await client.enqueue("tests.sample_handlers.add", 2, 3)
+            await client.wait(done.id, timeout=10)
+        out, _ = await asyncio.wait_for(tail.communicate(), 10)
+    finally:
+        if tail.returncode is None:
+            tail.kill()
+            await tail.wait()
+    lines = out.decode().splitlines()
+    assert len(lines) == 2 and tail.returncode == 0
+    assert f"cancelled  tests.sample_handlers.add  {waiting.id}" in lines[0]
+    assert f"completed  tests.sample_handlers.add  {done.id}" in lines[1] and lines[1].endswith("-> 5")
