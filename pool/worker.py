@@ -22,14 +22,13 @@ import contextlib
 import functools
 import logging
 import os
-import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis.asyncio
 
-from pool import clock
+from pool import clock, heartbeat
 from pool.config import Config
 from pool.connection import (
     BLOCK_TIMEOUT_S,
@@ -437,7 +436,7 @@ class Worker:
             logger.error("worker %s: its supervisor (pid %d) is gone; stopping", self.worker_id, self.parent_pid)
             self.stop()
         limit = self.config.max_memory_per_process
-        if limit and (rss := resident_memory_bytes()) > limit:
+        if limit and (rss := heartbeat.resident_memory_bytes()) > limit:
             self.recycle(f"uses {rss / 2**20:.0f} MiB, over max_memory_per_process ({limit / 2**20:.0f} MiB)")
 
     async def _local_liveness_loop(self) -> None:
@@ -454,26 +453,13 @@ class Worker:
         return "busy" if self._running else "idle"
 
     async def _heartbeat(self) -> None:
-        key = self.keys.worker(self.worker_id)
-        host, pid, _ = self.worker_id.rsplit(":", 2)
-        ttl_ms = int(self.config.heartbeat_ttl_s * 1000)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for queue in self.config.queues:
-                pipe.set(self.keys.alive(queue, self.worker_id), self._state(), px=ttl_ms)
-                pipe.sadd(self.keys.queue_workers(queue), self.worker_id)
-                pipe.spop(self.keys.cancel(queue, self.worker_id), 1000)
-            pipe.hset(key, mapping={
-                "id": self.worker_id, "host": host, "pid": pid,
-                "queues": ",".join(self.config.queues), "started_ms": self.started_ms,
-                "heartbeat_ms": clock.now_ms(), "state": self._state(),
-                "in_flight": len(self._running), "done": self.done_count, "failed": self.failed_count,
-                "concurrency": self.config.concurrency,
+        to_cancel = await heartbeat.beat(
+            self._redis, self.keys, self.worker_id, self.config.queues, self._state(),
+            int(self.config.heartbeat_ttl_s * 1000), {
+                "started_ms": self.started_ms, "in_flight": len(self._running), "done": self.done_count,
+                "failed": self.failed_count, "concurrency": self.config.concurrency,
             })
-            pipe.pexpire(key, ttl_ms)
-            pipe.sadd(self.keys.workers(), self.worker_id)
-            replies = await pipe.execute()
-        for cancelled in replies[2:3 * len(self.config.queues):3]:
-            self._cancel_running(job_id.decode() for job_id in cancelled or ())
+        self._cancel_running(to_cancel)
 
     def _cancel_running(self, job_ids: Iterable[str]) -> None:
         """Cancel the tasks of jobs that `pool cancel` asked to stop; they finish as cancelled."""
@@ -485,11 +471,7 @@ class Worker:
                 task.cancel()
 
     async def _deregister(self) -> None:
-        # The per-queue registry and liveness keys went with requeue.lua ('stop').
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.delete(self.keys.worker(self.worker_id))
-            pipe.srem(self.keys.workers(), self.worker_id)
-            await pipe.execute()
+        await heartbeat.deregister(self._redis, self.keys, self.worker_id)
 
     async def _with_retry(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Retry an idempotent step through an outage until it succeeds (acks are never dropped)."""
@@ -525,15 +507,3 @@ def main(config: Config, worker_id: str, url: str, alive_file: str | None = None
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         runner.run(worker.run())
     return worker.exit_code
-
-
-def resident_memory_bytes() -> int:
-    """This process's resident set size (Linux /proc; peak RSS elsewhere)."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
