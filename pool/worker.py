@@ -391,6 +391,8 @@ class Worker:
     async def _run_job(self, job: Job) -> None:
         started = clock.monotonic()
         try:
+            if job.id in self._cancel_requested:
+                raise asyncio.CancelledError  # cancelled before it started
             result, failure = await self.runner.execute(job)
         except asyncio.CancelledError:
             if job.id not in self._cancel_requested:
@@ -462,12 +464,17 @@ class Worker:
         self._cancel_running(to_cancel)
 
     def _cancel_running(self, job_ids: Iterable[str]) -> None:
-        """Cancel the tasks of jobs that `pool cancel` asked to stop; they finish as cancelled."""
+        """Cancel the jobs that `pool cancel` asked this worker to stop; they finish as cancelled.
+
+        A job claimed but not started yet is remembered and cancelled as it starts.
+        """
         for job_id in job_ids:
+            if job_id in self._acking:
+                continue  # finishing anyway
+            self._cancel_requested.add(job_id)
             task = self._running.get(job_id)
-            if task is not None and job_id not in self._acking:
+            if task is not None:
                 logger.info("job %s: cancelling it as requested", job_id)
-                self._cancel_requested.add(job_id)
                 task.cancel()
 
     async def _deregister(self) -> None:

@@ -357,6 +357,16 @@ async def test_thread_stuck_past_timeout_and_grace_recycles_the_worker(make_conf
     assert "cannot be cancelled" in worker.recycle_reason
 
 
+async def test_cancel_request_for_a_claimed_job_not_yet_started_is_kept(config, url, client):
+    """A request that arrives before its job starts (waiting for a slot) cancels it as it starts."""
+    worker = new_worker(config, url, burst=True)
+    job = await client.enqueue("tests.sample_handlers.add", 1, 1)
+    worker._cancel_running([job.id])  # as the heartbeat would, before the job was started
+    await asyncio.wait_for(worker.run(), 10)
+    cancelled = await client.get_job(job.id)
+    assert (cancelled.status, cancelled.error) == (Status.CANCELLED, "Cancelled: cancelled while running")
+
+
 def _exists(path):
     async def check() -> bool:
         return path.exists()
