@@ -312,7 +312,8 @@ class AsyncClient:
         ids = [(name, raw.decode()) for name, found in zip(queues, await self._retrying(send), strict=True)
                for raw in found]
         jobs = [await self.get_job(job_id, queue=name) for name, job_id in ids]
-        alive = [job for job in jobs if job is not None]
+        # an id can outlive its record (dead-letter TTL) and be reused: only jobs still dead count
+        alive = [job for job in jobs if job is not None and job.status is Status.DEAD]
         alive.sort(key=lambda job: job.finished_ms or 0, reverse=True)
         return alive[:limit]
 

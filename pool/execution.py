@@ -81,6 +81,10 @@ class JobRunner:
             if thread is not None and not thread.done():
                 self._watch_stuck_thread(thread, job, timeout_s)
             return None, Failure("JobTimeout", f"job exceeded its timeout of {timeout_s:g}s")
+        except asyncio.CancelledError:
+            if thread is not None and not thread.done():
+                self._watch_stuck_thread(thread, job, timeout_s)  # a thread can only be abandoned
+            raise
         except (Exception, SystemExit) as exc:  # a handler's exception fails the job, never the worker
             return None, Failure.of(exc, getattr(exc, "details", None) or traceback.format_exc())
         return self._encode_result(job, result)

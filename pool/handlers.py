@@ -188,6 +188,8 @@ def load_registry(
         sys.path.insert(0, str(base_dir))
     handlers: list[Handler] = []
     for path in paths:
+        if path == "pool.script":
+            continue  # built in: registered below when scripts.allowed_dirs is set; an entry only sets retries
         handlers.extend(resolve(path))
     if scripts is not None and scripts.allowed_dirs:
         from pool.script_jobs import SCRIPT_HANDLER, make_handler

@@ -99,6 +99,7 @@ class Job:
     traceback: str | None = None
     max_retries: int | None = None
     deliveries: int = 0
+    failures: int = 0
     due_ms: int | None = None
     updated_ms: int | None = None
     history: tuple[dict[str, Any], ...] = ()
@@ -139,6 +140,7 @@ class Job:
             traceback=_str_or_none(get(b"traceback")),
             max_retries=_int_or_none(get(b"max_retries")),
             deliveries=int(get(b"deliveries", b"0")),
+            failures=int(get(b"failures", b"0")),
             due_ms=_int_or_none(get(b"due_ms")),
             updated_ms=_int_or_none(get(b"updated_ms")),
             history=tuple(orjson.loads(get(b"history", b"[]"))),
@@ -166,6 +168,7 @@ class Job:
             "traceback": self.traceback,
             "max_retries": self.max_retries,
             "deliveries": self.deliveries,
+            "failures": self.failures,
             "due_ms": self.due_ms,
             "updated_ms": self.updated_ms,
             "history": list(self.history),

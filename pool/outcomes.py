@@ -89,22 +89,27 @@ def is_retryable(failure: Failure, settings: RetrySettings) -> bool:
     return not settings.retry_on or bool(names & set(settings.retry_on))
 
 
-def backoff_s(settings: RetrySettings, attempt: int) -> float:
-    """Delay before the retry that follows ``attempt`` (1-based): doubling from ``backoff``,
-    capped at ``backoff_max``, with ±20% jitter so that retries of a burst spread out.
+def backoff_s(settings: RetrySettings, failure: int) -> float:
+    """Delay before the retry that follows the ``failure``-th failed attempt (1-based): doubling
+    from ``backoff``, with ±20% jitter so that retries of a burst spread out, capped at
+    ``backoff_max``.
 
-    The jitter is narrow on purpose: each delay stays longer than the one before.
+    The jitter is narrow on purpose: until the cap, each delay is longer than the one before.
     """
-    base = (settings.backoff_s or 0.0) * 2 ** (attempt - 1)
-    return min(settings.backoff_max_s or 0.0, base) * random.uniform(0.8, 1.2)
+    base = (settings.backoff_s or 0.0) * 2 ** min(failure - 1, 62)
+    return min(settings.backoff_max_s or 0.0, base * random.uniform(0.8, 1.2))
 
 
 def decide(failure: Failure, settings: RetrySettings, job: Job, now_ms: int) -> Decision:
-    """Retry later, or finish as dead (dead letter on) or failed."""
-    retries_used = max(0, job.attempts - 1)
+    """Retry later, or finish as dead (dead letter on) or failed.
+
+    Retries are counted in failed attempts (``failures``), not in ``attempts``: a run handed back
+    by a graceful stop or lost with its worker used no retry.
+    """
+    retries_used = job.failures
     if is_retryable(failure, settings) and retries_used < (settings.max_retries or 0):
         delay = failure.exc.delay if isinstance(failure.exc, Retry) and failure.exc.delay is not None \
-            else backoff_s(settings, job.attempts)
+            else backoff_s(settings, job.failures + 1)
         return Decision(Status.RETRYING, now_ms + int(delay * 1000), delay)
     return Decision(Status.DEAD if settings.dead_letter else Status.FAILED)
 

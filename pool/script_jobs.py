@@ -99,18 +99,24 @@ def make_handler(settings: ScriptSettings, base_dir: Path) -> Any:
             executable, *(str(a) for a in args), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
         )
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = asyncio.gather(_read_bounded(proc.stdout, settings.max_output_bytes),
+                                 _read_bounded(proc.stderr, settings.max_output_bytes))
         try:
-            assert proc.stdout is not None and proc.stderr is not None
-            (out, out_cut), (err, err_cut) = await asyncio.gather(
-                _read_bounded(proc.stdout, settings.max_output_bytes),
-                _read_bounded(proc.stderr, settings.max_output_bytes))
+            # The script is done when it exits. Background children it left would hold its pipes
+            # open (and the job) until the timeout, and on Python 3.11 proc.wait() itself waits for
+            # the pipes; returncode is set at the exit, so watch both, then end the group.
+            while not readers.done() and proc.returncode is None:
+                await asyncio.wait({readers}, timeout=0.05)
+            _kill_group(proc.pid)
+            (out, out_cut), (err, err_cut) = await readers
             code = await proc.wait()
         except BaseException:  # timeout or cancellation: no process of the group may outlive the job
             _kill_group(proc.pid)
+            readers.cancel()
             with contextlib.suppress(ProcessLookupError):
                 await asyncio.shield(proc.wait())
             raise
-        _kill_group(proc.pid)  # background children it left behind
         result = {"exit_code": code, "stdout": out, "stderr": err, "truncated": out_cut or err_cut}
         if code != 0:
             tail = err.strip()[-_TAIL:]

@@ -91,6 +91,7 @@ class Worker:
         self._solo: str | None = None
         self._idle_wanted = False
         self._solo_at = solo_threshold(config.max_deliveries)
+        self._result_ttl_ms = int(config.result_ttl_s * 1000)
         self._acking: set[str] = set()  # jobs writing their outcome: never cancelled
         self._cancel_requested: set[str] = set()  # running jobs cancelled by `pool cancel`
         self._next_due_ms: dict[str, int] = {}  # per queue: when its earliest delayed job falls due
@@ -259,7 +260,7 @@ class Worker:
         self._idle_wanted = False
         try:
             reply = await self._scripts.claim(
-                queue, self.worker_id, clock.now_ms(), reserved, len(self._running), solo_at=self._solo_at)
+                queue, self.worker_id, clock.now_ms(), reserved, len(self._running), solo_at=self._solo_at, result_ttl_ms=self._result_ttl_ms)
         finally:
             self._release(reserved)
         return self._start_all(queue, reply)
@@ -281,7 +282,7 @@ class Worker:
         try:
             reply = await self._scripts.claim(
                 queue, self.worker_id, clock.now_ms(), 0, len(self._running), moved_id=job_id.decode(),
-                solo_at=self._solo_at)
+                solo_at=self._solo_at, result_ttl_ms=self._result_ttl_ms)
         finally:
             self._release(1)
         self._start_all(queue, reply)
@@ -310,7 +311,7 @@ class Worker:
                     continue
             try:
                 next_due, _ = await self._scripts.claim(
-                    queue, self.worker_id, clock.now_ms(), 0, len(self._running), solo_at=self._solo_at)
+                    queue, self.worker_id, clock.now_ms(), 0, len(self._running), solo_at=self._solo_at, result_ttl_ms=self._result_ttl_ms)
                 self._next_due_ms[queue] = int(next_due)
             except OUTAGE_ERRORS as exc:
                 await asyncio.sleep(self._outage.failed(exc))
@@ -329,7 +330,7 @@ class Worker:
                 if job_id not in self._running and not self.stopping.is_set():
                     self._start_all(queue, await self._scripts.claim(
                         queue, self.worker_id, clock.now_ms(), 0, len(self._running), moved_id=job_id,
-                        solo_at=self._solo_at))
+                        solo_at=self._solo_at, result_ttl_ms=self._result_ttl_ms))
         except OUTAGE_ERRORS:
             return  # still down: the fetch loop backs off and reconciles again
 
@@ -395,9 +396,15 @@ class Worker:
                 raise asyncio.CancelledError  # cancelled before it started
             result, failure = await self.runner.execute(job)
         except asyncio.CancelledError:
-            if job.id not in self._cancel_requested:
+            task = asyncio.current_task()
+            if job.id in self._cancel_requested:
+                result, failure = None, Failure("Cancelled", "cancelled while running")
+            elif task is not None and task.cancelling() == 0:
+                # The handler raised CancelledError itself (an inner task was cancelled): that is a
+                # failure of the job, not a stop of the worker.
+                result, failure = None, Failure("CancelledError", "the handler raised asyncio.CancelledError")
+            else:
                 raise  # shutting down: the job stays in the active list and is requeued
-            result, failure = None, Failure("Cancelled", "cancelled while running")
         run_ms = (clock.monotonic() - started) * 1000
         self._acking.add(job.id)
         try:

@@ -182,3 +182,8 @@ from pool import task  # noqa: E402 - the decorator is part of what these handle
 def decorated_flaky(counter: str, failures: int) -> int:
     """Retry settings from the decorator."""
     return flaky(counter, failures)
+
+
+async def raise_cancelled() -> None:
+    """A handler whose inner task was cancelled lets CancelledError escape."""
+    raise asyncio.CancelledError

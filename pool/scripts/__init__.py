@@ -86,7 +86,7 @@ class Scripts:
 
     def claim(
         self, queue: str, worker_id: str, now_ms: int, count: int, running: int,
-        moved_id: str | None = None, solo_at: int = 2, client: Any = None,
+        moved_id: str | None = None, solo_at: int = 2, result_ttl_ms: int = 3_600_000, client: Any = None,
     ) -> Any:
         """Promote due jobs, then move up to ``count`` ids into the worker's active list.
 
@@ -94,12 +94,14 @@ class Scripts:
             running: jobs the worker's process runs now (a suspect job needs 0: see claim.lua).
             moved_id: an id already in the active list to start first (BLMOVE, reconcile).
             solo_at: deliveries from which a job runs alone (:func:`solo_threshold`).
+            result_ttl_ms: how long a job whose cancellation was requested is kept when claim.lua
+                finishes it as cancelled instead of starting it.
 
         Returns ``[next_due_ms, claimed]``: claimed holds one raw HGETALL pair list per job
         (see claim.lua for the 'missing' and 'solo_wait' entries).
         """
         keys = [self.keys.queue(queue), self.keys.active(queue, worker_id), self.keys.delayed(queue)]
-        args: list[Any] = [self.keys.queue_prefix(queue), worker_id, now_ms, count, running, solo_at]
+        args: list[Any] = [self.keys.queue_prefix(queue), worker_id, now_ms, count, running, solo_at, result_ttl_ms]
         if moved_id is not None:
             args.append(moved_id)
         return self._claim(keys=keys, args=args, client=client)

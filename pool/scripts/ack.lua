@@ -36,8 +36,16 @@ if redis.call('LREM', active, 1, id) == 0 then
   return -1
 end
 
--- deliveries counts hand-overs nobody acknowledged: this one was, whatever its outcome
+if outcome == 'retrying' and redis.call('HEXISTS', job, 'cancel_requested_ms') == 1 then
+  outcome = 'cancelled'  -- cancelled while this attempt ran: no further attempt
+end
+-- deliveries counts hand-overs nobody acknowledged: this one was, whatever its outcome.
+-- The previous attempt's result or error must not outlive this one's.
+redis.call('HDEL', job, 'error', 'traceback', 'result')
 redis.call('HSET', job, 'status', outcome, 'updated_ms', now_ms, 'deliveries', 0, unpack(ARGV, 12))
+if outcome == 'retrying' or outcome == 'dead' or outcome == 'failed' then
+  redis.call('HINCRBY', job, 'failures', 1)  -- failed attempts: what retries are counted against
+end
 if entry ~= '' then
   local history = redis.call('HGET', job, 'history')
   if history then
@@ -60,7 +68,10 @@ else
     if excess > 0 then
       local prefix = ARGV[11]
       for _, old in ipairs(redis.call('ZRANGE', dead, 0, excess - 1)) do
-        redis.call('DEL', prefix .. 'job:' .. old, prefix .. 'done:' .. old)
+        -- only a job that is still dead: the id may have been enqueued again since
+        if redis.call('HGET', prefix .. 'job:' .. old, 'status') == 'dead' then
+          redis.call('DEL', prefix .. 'job:' .. old, prefix .. 'done:' .. old)
+        end
       end
       redis.call('ZREMRANGEBYRANK', dead, 0, excess - 1)
     end

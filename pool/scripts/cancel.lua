@@ -5,7 +5,8 @@
   ARGV[4]  key prefix of the queue ('<prefix>:{q}:'; the worker's cancel set is built from it)
   ARGV[5]  channel to publish ARGV[6] on, or ''   ARGV[6]  event payload (JSON)
   Returns  1 cancelled (it was queued or waiting to retry: it is finished as 'cancelled');
-           2 requested (it is running: its worker cancels it at its next heartbeat);
+           2 requested (it is running: its worker cancels it at its next heartbeat; or it was
+           claimed and not started: claim.lua finishes it as cancelled when it would start it);
            0 already finished (nothing to cancel); -1 no such job
   Invariant: a waiting job leaves its list or set exactly when it is marked cancelled, so it
   can never be claimed afterwards. ]]
@@ -25,6 +26,11 @@ end
 local removed = 0
 if status == 'queued' then
   removed = redis.call('LREM', queue, 1, id)
+  if removed == 0 then
+    -- moved into a worker's active list but not started yet: claim.lua cancels it at its start
+    redis.call('HSET', job, 'cancel_requested_ms', now_ms)
+    return 2
+  end
 elseif status == 'retrying' or status == 'delayed' then
   removed = redis.call('ZREM', delayed, id)
 end

@@ -9,8 +9,12 @@
   ARGV[4]  k: how many more ids to move from the queue (0 allowed)
   ARGV[5]  how many jobs the worker's process runs right now
   ARGV[6]  solo_at: deliveries from which a job runs alone (see below)
-  ARGV[7]  optional: an id already in the active list (moved by BLMOVE, or found by reconcile)
+  ARGV[7]  result TTL in ms (for a job finished as cancelled here; the job's own TTL wins)
+  ARGV[8]  optional: an id already in the active list (moved by BLMOVE, or found by reconcile)
            to be started first; ignored unless it is still in that list
+  A job whose cancellation was requested (cancel_requested_ms) is finished as 'cancelled' here
+  instead of being started: a request made while its worker died, or while it waited for a slot,
+  is never lost.
   Returns  {next_due_ms, claimed}: when the earliest delayed job falls due (-1: none), and in
            claimed one array per claimed job: the job hash as HGETALL pairs (status 'active', attempts
            and deliveries counted up by one), plus 'solo','1' for a redelivered job;
@@ -25,7 +29,7 @@
   ARGV[1] .. 'job:' .. id: they carry the queue's hash tag, in the same slot as KEYS. ]]
 local queue, active, delayed = KEYS[1], KEYS[2], KEYS[3]
 local qprefix, worker, now_ms = ARGV[1], ARGV[2], ARGV[3]
-local k, running, solo_at, moved = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local k, running, solo_at, ttl_ms, moved = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 
 -- Promote: due jobs join the tail of the queue (in due order), each exactly once.
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms, 'LIMIT', 0, 1000)) do
@@ -44,6 +48,17 @@ local function start(id, solo)
   if redis.call('EXISTS', job) == 0 then
     redis.call('LREM', active, 1, id)
     claimed[#claimed + 1] = {'id', id, 'missing', '1'}
+    return
+  end
+  if redis.call('HEXISTS', job, 'cancel_requested_ms') == 1 then
+    redis.call('LREM', active, 1, id)
+    local ttl = tonumber(redis.call('HGET', job, 'result_ttl_ms')) or ttl_ms
+    redis.call('HSET', job, 'status', 'cancelled', 'finished_ms', now_ms, 'updated_ms', now_ms,
+      'error', 'Cancelled: cancelled before it started')
+    redis.call('PEXPIRE', job, ttl)
+    redis.call('RPUSH', qprefix .. 'done:' .. id, 'cancelled')
+    redis.call('PEXPIRE', qprefix .. 'done:' .. id, ttl)
+    redis.call('HINCRBY', qprefix .. 'stats', 'cancelled', 1)
     return
   end
   local state = redis.call('HMGET', job, 'status', 'worker')

@@ -40,6 +40,7 @@ else
   redis.call('SREM', registry, worker)
   redis.call('DEL', alive)
 end
+redis.call('DEL', qprefix .. 'cancel:' .. worker)  -- its jobs' cancel requests live on in their records
 
 local requeued, buried = 0, 0
 while true do

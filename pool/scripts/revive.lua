@@ -2,7 +2,8 @@
   KEYS[1]  dead set (ZSET)   KEYS[2]  queue list (LIST)   KEYS[3]  job hash (HASH)
   KEYS[4]  done list of the job (LIST)
   ARGV[1]  job id   ARGV[2]  now_ms
-  Returns  1 revived; 0 not in the dead set (revived or purged already, or never dead)
+  Returns  1 revived; 0 not in the dead set, or its record is gone or no longer dead (a stale id
+           left after the dead-letter TTL, whose id may since have been enqueued again)
   Invariant: the id leaves the dead set exactly when it joins the queue; attempts and
   deliveries restart from 0, the last error and the attempt history stay for the record. ]]
 local dead, queue, job, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -10,10 +11,10 @@ local id, now_ms = ARGV[1], ARGV[2]
 if redis.call('ZREM', dead, id) == 0 then
   return 0
 end
-if redis.call('EXISTS', job) == 0 then
-  return 0  -- its record expired (dead-letter TTL): nothing left to run
+if redis.call('HGET', job, 'status') ~= 'dead' then
+  return 0
 end
-redis.call('HSET', job, 'status', 'queued', 'attempts', 0, 'deliveries', 0,
+redis.call('HSET', job, 'status', 'queued', 'attempts', 0, 'deliveries', 0, 'failures', 0,
   'updated_ms', now_ms, 'enqueued_ms', now_ms, 'revived_ms', now_ms)
 redis.call('HDEL', job, 'finished_ms', 'due_ms', 'result')
 redis.call('PERSIST', job)

@@ -30,6 +30,7 @@ def scripts_dir(tmp_path):
     write("hang.sh", 'sleep 60 &\necho $! > "$1"\nwait\n')  # a grandchild that must not outlive the job
     write("noisy.sh", 'i=0; while [ $i -lt 5000 ]; do echo "line $i"; i=$((i+1)); done\n')
     write("plain.sh", "echo never\n", executable=False)
+    write("leaves_child.sh", 'sleep 30 &\necho started\nexit 0\n')
     return folder
 
 
@@ -80,6 +81,19 @@ def _is_zombie(pid: int) -> bool:
             return fh.read().split()[2] == "Z"
     except OSError:
         return True
+
+
+async def test_a_background_child_does_not_hold_the_job(config, url, r, scripts_dir):
+    job = await run_script(config, url, r, str(scripts_dir / "leaves_child.sh"), timeout=20)
+    assert (job.status, job.result["stdout"]) == (Status.COMPLETED, "started\n")
+    assert job.finished_ms - job.started_ms < 5000
+
+
+async def test_a_handler_entry_gives_script_jobs_retries(make_config, url, r, scripts_dir):
+    config = make_config(scripts={"allowed_dirs": [str(scripts_dir)]}, handlers=[
+        "tests.sample_handlers", {"path": "pool.script", "max_retries": 1, "backoff": "10ms"}])
+    job = await run_script(config, url, r, str(scripts_dir / "three.sh"))
+    assert (job.status, job.attempts) == (Status.DEAD, 2)
 
 
 async def test_output_is_bounded(config, url, r, scripts_dir):

@@ -425,6 +425,55 @@ def test_cancel_of_a_finished_or_unknown_job(scripts):
     assert scripts.cancel("q", "nope", 9001, 60_000, None) == -1
 
 
+def test_a_stale_dead_id_never_touches_a_job_enqueued_again_under_it(r, keys, scripts):
+    """The record of a dead job expired (dead-letter TTL) and its id was used again."""
+    active_job(scripts, "invoice-1")
+    scripts.ack("q", W, "invoice-1", "dead", 9000, 50_000, ["error", "E"])
+    r.delete(keys.job("q", "invoice-1"))  # as the dead-letter TTL does
+    enqueue(scripts, "q", "invoice-1")
+    assert scripts.revive("q", "invoice-1", 10_000) == 0
+    assert scripts.purge("q", "invoice-1") == 0
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"invoice-1"]  # once, and its record intact
+    assert r.hget(keys.job("q", "invoice-1"), "status") == b"queued"
+
+
+def test_cancel_requested_for_a_job_whose_worker_died_is_honoured(r, keys, scripts):
+    active_job(scripts)
+    assert scripts.cancel("q", "a", 9000, 60_000, None) == 2
+    scripts.requeue("q", W, "died", 5, 9001)
+    assert not r.exists(keys.cancel("q", W))  # no cancel set left behind by a dead worker
+    assert records(scripts.claim("q", "other:9:x", 9002, 5, 0)) == []
+    assert r.hget(keys.job("q", "a"), "status") == b"cancelled"
+    assert r.lrange(keys.done("q", "a"), 0, -1) == [b"cancelled"]
+
+
+def test_cancel_of_a_job_moved_but_not_started_is_honoured_at_its_start(r, keys, scripts):
+    enqueue(scripts, "q", "a")
+    r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")  # BLMOVE, before claim.lua
+    assert scripts.cancel("q", "a", 9000, 60_000, None) == 2
+    assert records(scripts.claim("q", W, 9001, 0, 0, moved_id="a")) == []
+    assert r.hget(keys.job("q", "a"), "status") == b"cancelled"
+    assert r.llen(keys.active("q", W)) == 0
+
+
+def test_a_failed_attempt_of_a_job_with_a_cancel_request_does_not_retry(r, keys, scripts):
+    active_job(scripts)
+    scripts.cancel("q", "a", 9000, 60_000, None)
+    scripts.ack("q", W, "a", "retrying", 9001, 60_000, ["error", "E"], due_ms=99_999)
+    assert r.hget(keys.job("q", "a"), "status") == b"cancelled"
+    assert r.zcard(keys.delayed("q")) == 0
+
+
+def test_each_attempt_replaces_the_previous_error_and_counts_failures(r, keys, scripts):
+    active_job(scripts)
+    scripts.ack("q", W, "a", "retrying", 1, 1000, ["error", "ValueError: x", "traceback", "T1"], due_ms=0)
+    scripts.claim("q", W, 2, 1, 0)
+    scripts.ack("q", W, "a", "dead", 3, 1000, ["error", "JobTimeout: late"])
+    record = r.hgetall(keys.job("q", "a"))
+    assert record[b"error"] == b"JobTimeout: late" and b"traceback" not in record
+    assert record[b"failures"] == b"2"
+
+
 def test_all_keys_of_a_queue_share_one_hash_tag(keys):
     tagged = [keys.queue("img"), keys.active("img", W), keys.job("img", "x"), keys.done("img", "x"),
               keys.stats("img"), keys.dead("img"), keys.queue_workers("img"), keys.alive("img", W),

@@ -367,6 +367,27 @@ async def test_cancel_request_for_a_claimed_job_not_yet_started_is_kept(config, 
     assert (cancelled.status, cancelled.error) == (Status.CANCELLED, "Cancelled: cancelled while running")
 
 
+async def test_handler_raising_cancelled_error_fails_its_job(client, url):
+    job = await run_one(client, url, "tests.sample_handlers.raise_cancelled")
+    assert job.status is Status.DEAD
+    assert job.error == "CancelledError: the handler raised asyncio.CancelledError"
+
+
+async def test_cancelled_thread_job_that_keeps_running_recycles_the_worker(make_config, url, r, tmp_path):
+    """A plain function cannot be stopped: its thread is abandoned and watched like a timeout."""
+    config = make_config(timeout_grace="300ms")
+    worker = new_worker(config, url)
+    task = asyncio.create_task(worker.run())
+    started = tmp_path / "started"
+    async with AsyncClient(config, url) as client:
+        job = await client.enqueue("tests.sample_handlers.touch_then_block", str(started), 2)
+        await async_wait_until(_exists(started), timeout=5)
+        worker._cancel_running([job.id])
+        await asyncio.wait_for(task, 10)  # recycles itself
+        assert (await client.get_job(job.id)).status is Status.CANCELLED
+    assert "cannot be cancelled" in worker.recycle_reason
+
+
 def _exists(path):
     async def check() -> bool:
         return path.exists()
