@@ -357,18 +357,26 @@ class AsyncClient:
         """Yield each finished attempt's event (completed, failed, retrying, dead, cancelled) as a dict.
 
         Subscribes to the queues' channels (default: every queue of the config) and runs until the
-        caller stops iterating. Events are not stored: only those published while listening arrive.
+        caller stops iterating, resubscribing after a Redis outage. Events are not stored: only
+        those published while listening arrive.
         """
         channels = [self.keys.events(q) for q in (list(queues) if queues else self.config.queues)]
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(*channels)
-        try:
-            while True:
-                message = await pubsub.get_message(timeout=BLOCK_TIMEOUT_S)
-                if message is not None:
-                    yield orjson.loads(message["data"])
-        finally:
-            await pubsub.aclose()
+        attempt = 0
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(*channels)
+                attempt = 0
+                while True:
+                    message = await pubsub.get_message(timeout=BLOCK_TIMEOUT_S)
+                    if message is not None:
+                        yield orjson.loads(message["data"])
+            except OUTAGE_ERRORS:
+                # Resubscribe after an outage; events published meanwhile are not replayed.
+                attempt += 1
+                await asyncio.sleep(backoff_s(attempt))
+            finally:
+                await pubsub.aclose()
 
     async def _retrying(self, send: Callable[[], Awaitable[T]]) -> T:
         """Run ``send``, resending it after a dropped connection (every client call is idempotent).

@@ -36,8 +36,10 @@ if redis.call('LREM', active, 1, id) == 0 then
   return -1
 end
 
+local event = ARGV[10]
 if outcome == 'retrying' and redis.call('HEXISTS', job, 'cancel_requested_ms') == 1 then
   outcome = 'cancelled'  -- cancelled while this attempt ran: no further attempt
+  event = string.gsub(event, '"status":"retrying"', '"status":"cancelled"', 1)
 end
 -- deliveries counts hand-overs nobody acknowledged: this one was, whatever its outcome.
 -- The previous attempt's result or error must not outlive this one's.
@@ -84,6 +86,6 @@ else
 end
 redis.call('HINCRBY', stats, outcome, 1)
 if channel ~= '' then
-  redis.call('PUBLISH', channel, ARGV[10])
+  redis.call('PUBLISH', channel, event)
 end
 return 1

@@ -160,6 +160,23 @@ def _subscribed(r, channel):
     return check
 
 
+async def test_events_resume_after_the_connection_drops(make_config, url, r):
+    config = make_config()
+    async with AsyncClient(config, url) as client:
+        stream = client.events()
+        first = asyncio.create_task(stream.__anext__())
+        channel = Keys(config.key_prefix).events("default")
+        await async_wait_until(_subscribed(r, channel), timeout=5)
+        r.client_kill_filter(_type="pubsub")
+
+        async def resubscribed() -> bool:  # CLIENT KILL is synchronous: a subscriber now is a new one
+            return r.pubsub_numsub(channel)[0][1] >= 1
+        await async_wait_until(resubscribed, timeout=10, message="the listener to resubscribe")
+        r.publish(channel, b'{"id":"x","status":"completed"}')
+        assert (await asyncio.wait_for(first, 10))["id"] == "x"
+        await stream.aclose()
+
+
 async def test_cancel_a_queued_job(make_config, url):
     async with AsyncClient(make_config(), url) as client:
         job = await client.enqueue("tests.sample_handlers.add", 1, 2)

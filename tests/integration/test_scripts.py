@@ -459,9 +459,15 @@ def test_cancel_of_a_job_moved_but_not_started_is_honoured_at_its_start(r, keys,
 def test_a_failed_attempt_of_a_job_with_a_cancel_request_does_not_retry(r, keys, scripts):
     active_job(scripts)
     scripts.cancel("q", "a", 9000, 60_000, None)
-    scripts.ack("q", W, "a", "retrying", 9001, 60_000, ["error", "E"], due_ms=99_999)
+    pubsub = r.pubsub()
+    pubsub.subscribe(keys.events("q"))
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    scripts.ack("q", W, "a", "retrying", 9001, 60_000, ["error", "E"], due_ms=99_999,
+                event=b'{"id":"a","status":"retrying"}')
     assert r.hget(keys.job("q", "a"), "status") == b"cancelled"
     assert r.zcard(keys.delayed("q")) == 0
+    assert pubsub.get_message(timeout=5)["data"] == b'{"id":"a","status":"cancelled"}'
+    pubsub.close()
 
 
 def test_each_attempt_replaces_the_previous_error_and_counts_failures(r, keys, scripts):
