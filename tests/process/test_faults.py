@@ -75,6 +75,7 @@ def test_job_of_a_sigkilled_worker_runs_again_within_a_second(write_config, star
         assert client.result(job.id, timeout=15) != first
         stored = client.get_job(job.id)
         assert (stored.status, stored.attempts) == (Status.COMPLETED, 2)
+    assert "was killed by SIGKILL" in pool.output()
     assert pool.stop() == 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -111,26 +110,6 @@ def test_run_waits_for_redis_and_starts_once_it_answers(write_config, start_pool
     finally:
         server.stop()
     assert pool.output().count("waiting for Redis") == 1, "the wait is logged once, not per retry"
-
-
-def test_killed_worker_has_its_job_requeued_and_is_respawned(write_config, start_pool, tmp_path):
-    config = write_config(processes=1, concurrency=2)
-    pool = start_pool(config)
-    wait_until(live_workers(config, 1), timeout=30, message="1 worker")
-    started, release = tmp_path / "started", tmp_path / "release"
-    with Client.from_config(config) as client:
-        job = client.enqueue("tests.sample_handlers.start_then_wait", str(started), str(release))
-        first_pid = int(wait_until(lambda: started.exists() and started.read_text().split(), timeout=10)[0])
-        # When the worker running it is SIGKILLed mid-job
-        os.kill(first_pid, signal.SIGKILL)
-        # Then the supervisor requeues it and a respawned worker runs it again
-        pids = wait_until(lambda: len(started.read_text().split()) >= 2 and started.read_text().split(), timeout=15)
-        assert int(pids[1]) != first_pid
-        release.write_text("go")
-        assert client.result(job.id, timeout=15) == int(pids[1])
-        assert client.get_job(job.id).attempts == 2
-    assert "was killed by SIGKILL" in pool.output()
-    assert pool.stop() == 0
 
 
 def test_sigterm_requeues_jobs_that_outlive_shutdown_timeout(write_config, start_pool, tmp_path, url):
