@@ -14,6 +14,7 @@ import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,6 +55,8 @@ class JobSpec:
         result_ttl: seconds its result is kept; default: the config's ``result_ttl``.
         job_id: a chosen id; enqueueing an id that exists returns the existing job.
         max_retries: retries after a failed attempt (overrides the handler's settings).
+        delay: run no earlier than this many seconds from now (a number or a timedelta).
+        at: run no earlier than this time (a timezone-aware datetime).
     """
 
     handler: str
@@ -64,6 +67,8 @@ class JobSpec:
     result_ttl: float | None = None
     job_id: str | None = None
     max_retries: int | None = None
+    delay: float | timedelta | None = None
+    at: datetime | None = None
 
 
 class AsyncClient:
@@ -116,6 +121,7 @@ class AsyncClient:
         self, handler: str, *args: Any, kwargs: Mapping[str, Any] | None = None,
         queue: str | None = None, timeout: float | None = None, result_ttl: float | None = None,
         job_id: str | None = None, max_retries: int | None = None,
+        delay: float | timedelta | None = None, at: datetime | None = None,
     ) -> Job:
         """Enqueue one job.
 
@@ -128,6 +134,9 @@ class AsyncClient:
             result_ttl: seconds the result is kept (default: the config's ``result_ttl``).
             job_id: choose the id; if a job with this id exists it is returned unchanged.
             max_retries: retries after a failed attempt (default: the handler's settings).
+            delay: start no earlier than this many seconds (or this timedelta) from now.
+            at: start no earlier than this moment (a timezone-aware datetime). The job waits in
+                the delayed set (status ``delayed``) and is started within milliseconds of it.
 
         Returns:
             The job as enqueued (or the existing job with that id).
@@ -138,7 +147,7 @@ class AsyncClient:
             UsageError: a bad queue name, handler name or timeout.
             RedisUnavailable: Redis cannot be reached.
         """
-        spec = JobSpec(handler, args, kwargs or {}, queue, timeout, result_ttl, job_id, max_retries)
+        spec = JobSpec(handler, args, kwargs or {}, queue, timeout, result_ttl, job_id, max_retries, delay, at)
         return (await self.enqueue_many([spec]))[0]
 
     async def enqueue_many(self, specs: Iterable[JobSpec]) -> list[Job]:
@@ -158,7 +167,7 @@ class AsyncClient:
         async def send() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for queue, indexes in by_queue.items():
-                    batch = [(prepared[i][0].id, prepared[i][1]) for i in indexes]
+                    batch = [(prepared[i][0].id, prepared[i][0].due_ms or 0, prepared[i][1]) for i in indexes]
                     await self.scripts.enqueue(queue, batch, now_ms, client=pipe)  # queues it
                 return await pipe.execute()
 
@@ -183,6 +192,7 @@ class AsyncClient:
         if spec.max_retries is not None and (isinstance(spec.max_retries, bool) or not isinstance(
                 spec.max_retries, int) or spec.max_retries < 0):
             raise UsageError(f"max_retries must be an integer >= 0 (got {spec.max_retries!r})")
+        due_ms = _due_ms(spec.delay, spec.at, now_ms)
         job_id = spec.job_id or new_job_id()
         if not job_id or len(job_id) > 128 or any(c.isspace() for c in job_id):
             raise UsageError(f"job_id {job_id!r} must be 1-128 characters without spaces")
@@ -190,7 +200,7 @@ class AsyncClient:
         job = Job(
             id=job_id, handler=spec.handler, queue=queue, args=tuple(spec.args),
             kwargs=dict(spec.kwargs), timeout_ms=timeout_ms, result_ttl_ms=result_ttl_ms,
-            created_ms=now_ms, max_retries=spec.max_retries,
+            created_ms=now_ms, max_retries=spec.max_retries, due_ms=due_ms,
         )
         return job, enqueue_fields(job, args_json, kwargs_json, self.config.max_payload_bytes)
 
@@ -477,7 +487,25 @@ class Client:
 
 
 def _with_enqueued(job: Job, now_ms: int) -> Job:
-    return replace(job, enqueued_ms=now_ms, status=Status.QUEUED)
+    return replace(job, enqueued_ms=now_ms, status=Status.DELAYED if job.due_ms else Status.QUEUED)
+
+
+def _due_ms(delay: float | timedelta | None, at: datetime | None, now_ms: int) -> int | None:
+    """When a delayed job falls due (epoch ms), or None to run it now."""
+    if delay is not None and at is not None:
+        raise UsageError("give either delay or at, not both")
+    if delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+            raise UsageError(f"delay must be a number of seconds >= 0 or a timedelta (got {delay!r})")
+        due = now_ms + int(seconds * 1000)
+    elif at is not None:
+        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+            raise UsageError(f"at must be a timezone-aware datetime, e.g. datetime.now(UTC) + ... (got {at!r})")
+        due = int(at.timestamp() * 1000)
+    else:
+        return None
+    return due if due > now_ms else None
 
 
 def _positive_ms(seconds: float | None, name: str) -> int | None:

@@ -16,3 +16,8 @@ def now_ms() -> int:
 def monotonic() -> float:
     """Seconds from an arbitrary point; use for timeouts and intervals, never for records."""
     return time.monotonic()
+
+
+def format_ms(ms: int) -> str:
+    """Epoch milliseconds as an ISO 8601 UTC time, for logs and `pool status`."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))

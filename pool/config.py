@@ -24,6 +24,7 @@ import yaml
 
 from pool.errors import ConfigError
 from pool.keys import QUEUE_NAME_RULE, is_valid_queue_name
+from pool.schedules import Schedule, check_cron, check_timezone
 
 REDIS_URL_ENV = "POOL_REDIS_URL"
 
@@ -128,6 +129,10 @@ class Config:
     processes: int = 2
     concurrency: int = 16
     queues: tuple[str, ...] = ("default",)
+    # Empty: strict priority in the order of `queues`; else each queue's weight (missing ones 1).
+    queue_weights: Mapping[str, int] = field(default_factory=dict)
+    rate_limits: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # queue → (jobs, window ms)
+    schedules: tuple[Schedule, ...] = ()
     handlers: tuple[str, ...] = ()
     handler_retries: Mapping[str, RetrySettings] = field(default_factory=dict)
     retries: RetrySettings = RetrySettings()
@@ -307,6 +312,55 @@ def _queue_name(value: Any) -> str:
     return value
 
 
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S.*?)\s*$")
+_RATE_WINDOWS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def _rate_limit(value: Any) -> tuple[int, int]:
+    """'100/s', '10/min', '5/2s', '1000/1h' → (jobs, window in ms)."""
+    rule = "must be jobs per window such as '100/s', '10/min', '5/2s' or '1000/1h'"
+    match = _RATE.match(value) if isinstance(value, str) else None
+    if not match or int(match.group(1)) < 1:
+        raise _Invalid(rule)
+    window = match.group(2).lower()
+    try:
+        seconds = _RATE_WINDOWS[window] if window in _RATE_WINDOWS else parse_duration(window)
+    except ValueError:
+        raise _Invalid(rule) from None
+    if seconds < 0.001:
+        raise _Invalid(rule)
+    return int(match.group(1)), int(seconds * 1000)
+
+
+def _function_path(value: Any) -> str:
+    path = _handler_path(value)
+    if "." not in path:
+        raise _Invalid("must be the dotted path of a function such as 'examples.tasks.add'")
+    return path
+
+
+def _checked(check: Callable[[str], str]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        try:
+            return check(_string(value))
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+
+    return parse
+
+
+def _json_list(value: Any) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise _Invalid("must be a list of arguments, e.g. [1, 'two']")
+    return tuple(value)
+
+
+def _json_mapping(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise _Invalid("must be a mapping of keyword arguments, e.g. {size: 128}")
+    return dict(value)
+
+
 def _handler_path(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", value):
         raise _Invalid("must be a dotted path such as 'examples.tasks' or 'examples.tasks.add'")
@@ -347,6 +401,23 @@ _RETRY_FIELDS: _Table = {
     "dead_letter": ("dead_letter", _boolean),
 }
 _HANDLER_ENTRY: _Table = {"path": ("path", _handler_path), **_RETRY_FIELDS}
+_QUEUE_ENTRY: _Table = {
+    "name": ("name", _queue_name),
+    "weight": ("weight", _integer(1, 1000)),
+    "rate_limit": ("rate_limit", _rate_limit),
+}
+_SCHEDULE_ENTRY: _Table = {
+    "handler": ("handler", _function_path),
+    "cron": ("cron", _checked(check_cron)),
+    "every": ("every_s", _duration(0.1)),
+    "timezone": ("timezone", _checked(check_timezone)),
+    "args": ("args", _json_list),
+    "kwargs": ("kwargs", _json_mapping),
+    "queue": ("queue", _queue_name),
+    "catch_up": ("catch_up", _boolean),
+    "grace": ("grace_s", _duration(0, allow_zero=True)),
+    "timeout": ("timeout_s", _duration(0.001)),
+}
 _DEAD_LETTER: _Table = {
     "ttl": ("ttl_s", _duration(1.0)),
     "max": ("max_jobs", _integer(1)),
@@ -363,7 +434,8 @@ _TOP: _Table = {
     "redis": ("redis", (RedisSettings, _REDIS)),
     "processes": ("processes", _integer(1, 512)),
     "concurrency": ("concurrency", _integer(1, 10_000)),
-    "queues": ("queues", ("list", _queue_name)),
+    "queues": ("queues", ("queues",)),
+    "schedules": ("schedules", ("schedules",)),
     "handlers": ("handlers", ("handlers",)),
     "retries": ("retries", (RetrySettings, _RETRY_FIELDS)),
     "dead_letter": ("dead_letter", (DeadLetterSettings, _DEAD_LETTER)),
@@ -411,8 +483,8 @@ class _Reader:
         return values
 
     def value(self, raw: Any, parser: Any, path: str) -> Any:
-        if isinstance(parser, tuple) and parser[0] == "handlers":
-            return self.handlers(raw, path)
+        if isinstance(parser, tuple) and parser[0] in ("handlers", "queues", "schedules"):
+            return getattr(self, parser[0])(raw, path)
         if isinstance(parser, tuple) and parser[0] == "list":
             return self.list_of(raw, parser[1], path)
         if isinstance(parser, tuple):
@@ -447,6 +519,54 @@ class _Reader:
                 raise self.error(path, f"lists {handler!r} twice")
             paths.append(handler)
         return tuple(paths), retries
+
+    def queues(self, raw: Any, path: str) -> tuple[tuple[str, ...], dict[str, int], dict[str, tuple[int, int]]]:
+        """Entries are queue names, or mappings with `name` and a `weight` and/or `rate_limit`."""
+        if isinstance(raw, (str, dict)):
+            raw = [raw]
+        if not isinstance(raw, list) or not raw:
+            raise self.error(path, f"must be a non-empty list of queue names (got {raw!r})")
+        names: list[str] = []
+        weights: dict[str, int] = {}
+        rates: dict[str, tuple[int, int]] = {}
+        for i, entry in enumerate(raw):
+            where = f"{path}[{i}]"
+            if isinstance(entry, dict):
+                values = self.section(entry, _QUEUE_ENTRY, where)
+                if "name" not in values:
+                    raise self.error(where, "needs `name:` (the queue's name)")
+                name = values["name"]
+                if "weight" in values:
+                    weights[name] = values["weight"]
+                if "rate_limit" in values:
+                    rates[name] = values["rate_limit"]
+            else:
+                name = self.value(entry, _queue_name, where)
+            if name in names:
+                raise self.error(path, f"lists queue {name!r} twice")
+            names.append(name)
+        if weights:
+            weights = {name: weights.get(name, 1) for name in names}
+        return tuple(names), weights, rates
+
+    def schedules(self, raw: Any, path: str) -> tuple[Schedule, ...]:
+        """A mapping of schedule name → handler, cron or every, and the job's arguments."""
+        if not isinstance(raw, dict):
+            raise self.error(path, "must be a mapping of schedule names to settings (see README, Schedules)")
+        schedules = []
+        for name, entry in raw.items():
+            where = f"{path}.{name}"
+            if not isinstance(name, str) or not is_valid_queue_name(name):
+                raise self.error(where, f"schedule names must be {QUEUE_NAME_RULE}")
+            values = self.section(entry, _SCHEDULE_ENTRY, where)
+            if "handler" not in values:
+                raise self.error(where, "needs `handler:` (the dotted path of the function to run)")
+            if ("cron" in values) == ("every_s" in values):
+                raise self.error(where, "needs exactly one of `cron:` (e.g. '0 3 * * *') or `every:` (e.g. 30s)")
+            if "timezone" in values and "cron" not in values:
+                raise self.error(f"{where}.timezone", "applies to `cron:` schedules only")
+            schedules.append(Schedule(name=name, **values))
+        return tuple(schedules)
 
     def list_of(self, raw: Any, parser: Callable[[Any], Any], path: str) -> tuple[Any, ...]:
         if isinstance(raw, str):
@@ -520,6 +640,8 @@ def from_mapping(
     values = reader.section(data, _TOP, "")
     if "handlers" in values:
         values["handlers"], values["handler_retries"] = values["handlers"]
+    if "queues" in values:
+        values["queues"], values["queue_weights"], values["rate_limits"] = values["queues"]
     config = Config(path=path, **values)
     config = _apply_environment(config, environ, reader)
     return _check_relations(config, reader)
@@ -540,6 +662,9 @@ def _apply_environment(config: Config, environ: Mapping[str, str], reader: _Read
 
 
 def _check_relations(config: Config, reader: _Reader) -> Config:
+    if config.schedules:
+        schedules = tuple(dataclasses.replace(s, queue=s.queue or config.queues[0]) for s in config.schedules)
+        config = config.replace(schedules=schedules)
     if config.scripts.allowed_dirs:
         dirs = tuple(str((config.base_dir / d).resolve()) for d in config.scripts.allowed_dirs)
         config = config.replace(scripts=dataclasses.replace(config.scripts, allowed_dirs=dirs))

@@ -18,9 +18,10 @@ from pool.errors import CorruptJob, JobCancelled, JobFailed, PayloadTooLarge, Se
 
 
 class Status(enum.StrEnum):
-    """Where a job is: queued → active → completed | failed | dead | cancelled, and between
-    attempts ``retrying`` (waiting in the delayed set)."""
+    """Where a job is: (delayed →) queued → active → completed | failed | dead | cancelled, and
+    between attempts ``retrying`` (waiting in the delayed set)."""
 
+    DELAYED = "delayed"  # enqueued with delay/at: waits in the delayed set until due_ms
     QUEUED = "queued"
     ACTIVE = "active"
     RETRYING = "retrying"  # an attempt failed; the next waits in the delayed set until due_ms

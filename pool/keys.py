@@ -10,7 +10,10 @@ slot, and each Lua script touches a single slot.
 | ``<p>:{q}:job:<id>``                  | hash | enqueue, claim, ack         | client, worker, status    |
 | ``<p>:{q}:done:<id>``                 | list | ack (one token, with TTL)   | client waiting on result  |
 | ``<p>:{q}:stats``                     | hash | ack, reclaim (totals)       | status                    |
-| ``<p>:{q}:delayed``                   | zset | ack (retrying)              | claim (promotes due jobs) |
+| ``<p>:{q}:delayed``                   | zset | enqueue (delay), ack (retry)| claim (promotes due jobs) |
+| ``<p>:{q}:wake`` (channel)            | pub  | enqueue, ack: new earliest  | the scheduler (promotion) |
+| ``<p>:{q}:rate``                      | zset | claim (one entry per start) | claim (rate limit window) |
+| ``<p>:{q}:schedule:<name>``           | hash | fire (the latest tick)      | scheduler, status         |
 | ``<p>:{q}:dead``                      | zset | ack (dead), requeue poison  | status, `pool dead`       |
 | ``<p>:{q}:cancel:<worker_id>``        | set  | cancel (running jobs)       | the worker's heartbeat    |
 | ``<p>:{q}:events`` (channel)          | pub  | ack, cancel, requeue        | `pool events`, clients    |
@@ -76,6 +79,17 @@ class Keys:
 
     def delayed(self, queue: str) -> str:
         return f"{self.prefix}:{{{queue}}}:delayed"
+
+    def wake(self, queue: str) -> str:
+        """Pub/sub channel telling the scheduler a new earliest due time (a channel, not a key)."""
+        return f"{self.prefix}:{{{queue}}}:wake"
+
+    def rate(self, queue: str) -> str:
+        return f"{self.prefix}:{{{queue}}}:rate"
+
+    def schedule(self, queue: str, name: str) -> str:
+        """State of a schedule whose jobs go to ``queue`` (in that queue's slot, for fire.lua)."""
+        return f"{self.prefix}:{{{queue}}}:schedule:{name}"
 
     def cancel(self, queue: str, worker_id: str) -> str:
         return f"{self.prefix}:{{{queue}}}:cancel:{worker_id}"

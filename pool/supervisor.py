@@ -57,8 +57,9 @@ BOOT_ALLOWANCE_S = 60.0  # time to import handlers before the first touch of the
 # Settings a reload (SIGHUP) cannot change in a running pool.
 FIXED_ON_RELOAD = ("redis", "key_prefix", "state_dir")
 
-# What a forked child runs: (config, worker_id, url, alive_file) -> exit code.
-WorkerMain = Callable[[Config, str, str, str], int]
+# What a forked child runs: (config, worker_id, url, alive_file, runs_scheduler) -> exit code.
+# The first worker slot also runs the scheduler (delayed jobs, schedules): one per supervisor.
+WorkerMain = Callable[[Config, str, str, str, bool], int]
 
 
 @dataclass
@@ -289,7 +290,7 @@ class Supervisor:
 
             logs.setup(self.config.logging, f"worker-{index + 1}")
             code = ExitCode.JOB_FAILED
-            code = self.worker_main(self.config, make_worker_id(nonce), self.url, str(alive_file))
+            code = self.worker_main(self.config, make_worker_id(nonce), self.url, str(alive_file), index == 0)
         except BaseException:  # the child must never return into the supervisor's loop
             logger.exception("worker-%d crashed", index + 1)
         finally:

@@ -1,18 +1,14 @@
 """One worker process: claim jobs, run them in job slots under their timeouts, acknowledge them.
 
-Loop shape (one fetcher per queue, all sharing ``concurrency`` job slots):
-
-    reserve free slots → claim.lua (non-blocking, up to that many) → start a task per job
-    queue empty → BLMOVE (blocks ≤ 2 s, one slot reserved) → claim.lua starts the moved id
-
-Each job task hands the job to a :class:`~pool.execution.JobRunner` (execution.py), which runs
+Claiming (which queue fills which free slot, blocking when all are empty) is the Fetcher's
+(fetcher.py). Each started job task hands the job to a :class:`~pool.execution.JobRunner` (execution.py), which runs
 the handler under its timeout and records the outcome with one ack. A heartbeat
 task keeps the worker's registry entry alive. On stop: no more claims, running jobs get
 ``shutdown_timeout`` to finish, the rest are cancelled and requeue.lua puts them back.
 
+One process per supervisor also runs the Scheduler (scheduler.py): delayed jobs and schedules.
+
 Redis errors are handled at the edge of each loop (connection.Outage: backoff, logged once).
-After any error around a claim the worker re-reads its own active list, because the server may
-have moved an id whose reply never arrived; such ids are started, never left stranded.
 """
 
 from __future__ import annotations
@@ -30,25 +26,18 @@ import redis.asyncio
 
 from pool import clock, heartbeat
 from pool.config import Config
-from pool.connection import (
-    BLOCK_TIMEOUT_S,
-    OUTAGE_ERRORS,
-    Outage,
-    async_client,
-    blocking_client,
-    resolve_url,
-)
+from pool.connection import OUTAGE_ERRORS, Outage, async_client, blocking_client, resolve_url
 from pool.errors import CorruptJob, ExitCode, HandlerError
 from pool.execution import JobRunner
+from pool.fetcher import Fetcher, Slots
 from pool.handlers import Registry, load_registry
 from pool.jobs import Job, Status
 from pool.keys import Keys
 from pool.outcomes import Failure
-from pool.scripts import Scripts, solo_threshold
+from pool.scheduler import Scheduler
+from pool.scripts import Scripts
 
 logger = logging.getLogger(__name__)
-
-RECONCILE_INTERVAL_S = 5.0
 
 
 class Worker:
@@ -63,11 +52,13 @@ class Worker:
         parent_pid: the supervisor's pid; the worker stops when its parent changes (orphaned).
         alive_file: a file touched from the event loop every heartbeat; its supervisor kills the
             process when it goes stale (a frozen loop), without asking Redis.
+        scheduler: also promote delayed jobs and fire schedules (one process per supervisor).
     """
 
     def __init__(
         self, config: Config, registry: Registry, worker_id: str, *, url: str | None = None,
         burst: bool = False, parent_pid: int | None = None, alive_file: str | None = None,
+        scheduler: bool = True,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -85,23 +76,16 @@ class Worker:
         self.done_count = 0
         self.failed_count = 0
         self.started_ms = clock.now_ms()
-        self._running: dict[str, asyncio.Task[None]] = {}
-        # A redelivered job runs alone (see claim.lua): while one runs, or one waits for this
-        # process to be idle, nothing else is claimed.
-        self._solo: str | None = None
-        self._idle_wanted = False
-        self._solo_at = solo_threshold(config.max_deliveries)
-        self._result_ttl_ms = int(config.result_ttl_s * 1000)
+        self.slots = Slots(config.concurrency)
+        self._runs_scheduler = scheduler
+        self.scheduler: Scheduler | None = None
         self._acking: set[str] = set()  # jobs writing their outcome: never cancelled
         self._cancel_requested: set[str] = set()  # running jobs cancelled by `pool cancel`
-        self._next_due_ms: dict[str, int] = {}  # per queue: when its earliest delayed job falls due
-        self._due_changed = {queue: asyncio.Event() for queue in config.queues}
-        self._reserved = 0
-        self._slot_freed = asyncio.Event()
         self._outage = Outage(f"worker {worker_id}", self.url)
         self._redis: redis.asyncio.Redis
         self._blocking: redis.asyncio.Redis
         self._scripts: Scripts
+        self.fetcher: Fetcher
         self.runner: JobRunner
         # Twice the job slots: a thread stuck past its timeout keeps its thread until the process
         # is recycled (timeout_grace), and new jobs must not wait for a thread meanwhile.
@@ -124,7 +108,9 @@ class Worker:
             self.fast_stop = True
             self._fast.set()
         self.stopping.set()
-        self._slot_freed.set()
+        self.slots.freed.set()
+        with contextlib.suppress(AttributeError):  # not running yet
+            self.fetcher.wake()
 
     def recycle(self, reason: str) -> None:
         """Stop gracefully and exit with ExitCode.RECYCLE so the supervisor starts a fresh process."""
@@ -138,22 +124,28 @@ class Worker:
         self._redis = async_client(self.config, self.url, max_connections=self.config.concurrency + 8)
         self._blocking = blocking_client(self.config, self.url, max_connections=len(self.config.queues) + 1)
         self._scripts = Scripts(self._redis, self.keys)
+        self.fetcher = Fetcher(self.config, self.worker_id, self._scripts, self._redis, self._blocking, self.slots,
+                               self._start_all, self._outage, self.stopping, self.burst)
+        background: list[asyncio.Task[None]] = []
+        if self._runs_scheduler:
+            self.scheduler = Scheduler(self.config, self.worker_id, self._redis, self._scripts, self._outage,
+                                       self.stopping)
+            background.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
         self.runner = JobRunner(self.config, self.registry, self.worker_id, self._executor, self._scripts,
                                 self._with_retry, self._note_due, self.recycle)
-        logger.info("worker %s serving %s with %d job slots", self.worker_id,
-                    ", ".join(self.config.queues), self.config.concurrency)
+        logger.info("worker %s serving %s with %d job slots%s", self.worker_id, self._describe_queues(),
+                    self.config.concurrency, " (runs the scheduler)" if self.scheduler else "")
         try:
-            heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
-            local = asyncio.create_task(self._local_liveness_loop(), name="liveness")
-            fetchers = [asyncio.create_task(self._fetch_loop(q), name=f"fetch:{q}") for q in self.config.queues]
-            promoters = [asyncio.create_task(self._promote_loop(q), name=f"promote:{q}") for q in self.config.queues]
-            for task in (heartbeat, *fetchers, *promoters):
+            background += [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                           asyncio.create_task(self._local_liveness_loop(), name="liveness")]
+            fetcher = asyncio.create_task(self.fetcher.run(), name="fetcher")
+            for task in (*background, fetcher):
                 task.add_done_callback(self._background_done)
-            await self._wait_until_done(fetchers)
+            await self._wait_until_done(fetcher)
             await self._drain()
-            for task in (heartbeat, local, *promoters):
+            for task in background:
                 task.cancel()
-            await asyncio.gather(heartbeat, local, *promoters, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
             await self._with_retry("deregister", self._deregister)
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -174,27 +166,33 @@ class Worker:
         self.stop()
         self.stop()
 
-    async def _wait_until_done(self, fetchers: list[asyncio.Task[None]]) -> None:
+    def _describe_queues(self) -> str:
+        weights = self.config.queue_weights
+        if weights:
+            return "queues " + ", ".join(f"{q} (weight {weights[q]})" for q in self.config.queues)
+        return "queues " + " > ".join(self.config.queues) if len(self.config.queues) > 1 else f"queue {self.config.queues[0]}"
+
+    async def _wait_until_done(self, fetcher: asyncio.Task[None]) -> None:
         if not self.burst:
             await self.stopping.wait()
-        # Never cancel a BLMOVE in flight (the server may already have moved the id): the fetchers
-        # see the stop flag within one block timeout. Their failures are reported by _background_done.
-        await asyncio.gather(*fetchers, return_exceptions=True)
+        # Never cancel a BLMOVE in flight (the server may already have moved the id): the fetcher
+        # sees the stop flag within one block timeout. Its failure is reported by _background_done.
+        await asyncio.gather(fetcher, return_exceptions=True)
 
     async def _drain(self) -> None:
         """Let running jobs finish within shutdown_timeout (or until a second stop), cancel the
         rest, and requeue them. Jobs already writing their outcome are let finish."""
-        running = list(self._running.values())
+        running = list(self.slots.running.values())
         if running and not self.fast_stop:
             logger.info("waiting up to %gs for %d running job(s)", self.config.shutdown_timeout_s, len(running))
             fast = asyncio.create_task(self._fast.wait())
             await asyncio.wait([asyncio.gather(*running, return_exceptions=True), fast],
                                timeout=self.config.shutdown_timeout_s, return_when=asyncio.FIRST_COMPLETED)
             fast.cancel()
-        pending = [task for job_id, task in self._running.items() if job_id not in self._acking]
+        pending = [task for job_id, task in self.slots.running.items() if job_id not in self._acking]
         for task in pending:
             task.cancel()
-        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await asyncio.gather(*self.slots.running.values(), return_exceptions=True)
         for queue in self.config.queues:
             moved, _ = await self._with_retry(
                 "requeue", self._scripts.requeue, queue, self.worker_id, "stop",
@@ -203,156 +201,28 @@ class Worker:
             if moved:
                 logger.warning("requeued %d unfinished job(s) on %s", moved, queue)
 
-    # -- claiming -------------------------------------------------------------------------------
-
-    def _free_slots(self) -> int:
-        return self.config.concurrency - len(self._running) - self._reserved
-
-    def _may_claim(self) -> bool:
-        if self._solo is not None or (self._idle_wanted and (self._running or self._reserved)):
-            return False
-        return self._free_slots() > 0
-
-    async def _wait_until_claimable(self) -> bool:
-        """Wait until a job may be claimed; False when stopping."""
-        while not self._may_claim() and not self.stopping.is_set():
-            self._slot_freed.clear()
-            await self._slot_freed.wait()
-        return not self.stopping.is_set()
-
-    async def _reserve(self, most: int) -> int:
-        """Wait for at least one free job slot and reserve up to ``most``; 0 when stopping."""
-        if not await self._wait_until_claimable():
-            return 0
-        count = min(most, self._free_slots())
-        self._reserved += count
-        return count
-
-    def _release(self, count: int) -> None:
-        self._reserved -= count
-        self._slot_freed.set()
-
-    async def _fetch_loop(self, queue: str) -> None:
-        next_reconcile = clock.monotonic() + RECONCILE_INTERVAL_S
-        while not self.stopping.is_set():
-            if clock.monotonic() >= next_reconcile:
-                next_reconcile = clock.monotonic() + RECONCILE_INTERVAL_S
-                await self._reconcile(queue)
-            try:
-                found = await self._claim_ready(queue)
-                if not found:
-                    if self.burst:
-                        if not self._running:
-                            return
-                        await self._wait_for_any_job()
-                        continue
-                    await self._claim_blocking(queue)
-                self._outage.recovered()
-            except OUTAGE_ERRORS as exc:
-                await asyncio.sleep(self._outage.failed(exc))
-                await self._reconcile(queue)
-
-    async def _claim_ready(self, queue: str) -> int:
-        """Claim as many ready jobs as there are free slots, without blocking. Returns how many."""
-        reserved = await self._reserve(self.config.concurrency)
-        if not reserved:
-            return 0
-        self._idle_wanted = False
-        try:
-            reply = await self._scripts.claim(
-                queue, self.worker_id, clock.now_ms(), reserved, len(self._running), solo_at=self._solo_at, result_ttl_ms=self._result_ttl_ms)
-        finally:
-            self._release(reserved)
-        return self._start_all(queue, reply)
-
-    async def _claim_blocking(self, queue: str) -> None:
-        """Block on an empty queue (≤ BLOCK_TIMEOUT_S) while a slot is free; start what arrives.
-
-        No slot is held during the block, so other queues' fetchers can use it meanwhile; an id
-        that arrives waits in the active list (safe) until a slot is reserved for it.
-        """
-        if not await self._wait_until_claimable():
-            return
-        job_id = await self._blocking.blmove(
-            self.keys.queue(queue), self.keys.active(queue, self.worker_id),
-            timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT",
-        )
-        if job_id is None or not await self._reserve(1):
-            return  # while stopping, a moved id stays in the active list and is requeued
-        try:
-            reply = await self._scripts.claim(
-                queue, self.worker_id, clock.now_ms(), 0, len(self._running), moved_id=job_id.decode(),
-                solo_at=self._solo_at, result_ttl_ms=self._result_ttl_ms)
-        finally:
-            self._release(1)
-        self._start_all(queue, reply)
+    # -- claimed jobs ---------------------------------------------------------------------------
 
     def _note_due(self, queue: str, due_ms: int) -> None:
-        """Learn when a delayed job of ``queue`` falls due; wake its promoter if that is sooner."""
-        known = self._next_due_ms.get(queue, -1)
-        if known < 0 or due_ms < known:
-            self._next_due_ms[queue] = due_ms
-            self._due_changed[queue].set()
-
-    async def _promote_loop(self, queue: str) -> None:
-        """Move delayed jobs into the queue when they fall due (claim.lua with k=0 promotes).
-
-        Every worker runs one per queue: the first to run the script at the due time moves the
-        jobs, exactly once, and the LPUSH wakes whichever workers block on the queue.
-        """
-        while not self.stopping.is_set():
-            due = self._next_due_ms.get(queue, -1)
-            wait_s = BLOCK_TIMEOUT_S if due < 0 else (due - clock.now_ms()) / 1000
-            if wait_s > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._due_changed[queue].wait(), min(wait_s, BLOCK_TIMEOUT_S))
-                self._due_changed[queue].clear()
-                if due < 0 or self._next_due_ms.get(queue, -1) != due or clock.now_ms() < due:
-                    continue
-            try:
-                next_due, _ = await self._scripts.claim(
-                    queue, self.worker_id, clock.now_ms(), 0, len(self._running), solo_at=self._solo_at, result_ttl_ms=self._result_ttl_ms)
-                self._next_due_ms[queue] = int(next_due)
-            except OUTAGE_ERRORS as exc:
-                await asyncio.sleep(self._outage.failed(exc))
-
-    async def _reconcile(self, queue: str) -> None:
-        """Start ids in our active list that no task runs: claims whose reply was lost.
-
-        Runs after every error around a claim and every RECONCILE_INTERVAL_S: a claim sent
-        before a partition can reach the server after its client gave up on it, and move an id
-        into this list long after the error that a one-off check would follow.
-        """
-        try:
-            listed = await self._redis.lrange(self.keys.active(queue, self.worker_id), 0, -1)
-            for raw in listed:
-                job_id = raw.decode()
-                if job_id not in self._running and not self.stopping.is_set():
-                    self._start_all(queue, await self._scripts.claim(
-                        queue, self.worker_id, clock.now_ms(), 0, len(self._running), moved_id=job_id,
-                        solo_at=self._solo_at, result_ttl_ms=self._result_ttl_ms))
-        except OUTAGE_ERRORS:
-            return  # still down: the fetch loop backs off and reconciles again
-
-    async def _wait_for_any_job(self) -> None:
-        self._slot_freed.clear()
-        await self._slot_freed.wait()
+        """A retry falls due at ``due_ms``: this process's scheduler (if it runs one) re-arms."""
+        if self.scheduler is not None:
+            self.scheduler.learn(queue, due_ms)
 
     def _start_all(self, queue: str, reply: list[Any]) -> int:
         """Start a task per claimed record of a claim.lua reply; returns how many there were."""
-        next_due, records = reply
-        if int(next_due) >= 0:
-            self._note_due(queue, int(next_due))
+        next_due, records = int(reply[0]), reply[1]
+        if next_due >= 0:
+            self._note_due(queue, next_due)
         for pairs in records:
             fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
             if b"solo_wait" in fields:
-                self._idle_wanted = True
+                self.slots.idle_wanted = True
                 continue
             job_id = fields.get(b"id", b"").decode()
             if b"missing" in fields:
                 logger.error("job %s was claimed but its record is gone; dropped", job_id)
                 continue
-            if job_id in self._running:
+            if job_id in self.slots.running:
                 continue
             try:
                 job = Job.from_hash(fields)
@@ -363,7 +233,7 @@ class Worker:
                 self._spawn(job, self._reject(job, f"CorruptJob: {exc}"))
                 continue
             if b"solo" in fields:
-                self._solo = job_id
+                self.slots.solo = job_id
                 logger.warning("job %s: workers died holding it %s times; running it alone", job_id,
                                fields.get(b"deliveries", b"?").decode())
             self._spawn(job, self._run_job(job))
@@ -371,7 +241,7 @@ class Worker:
 
     def _spawn(self, job: Job, work: Any) -> None:
         task = asyncio.create_task(work, name=f"job:{job.id}")
-        self._running[job.id] = task
+        self.slots.running[job.id] = task
         task.add_done_callback(functools.partial(self._job_finished, job.id))
 
     async def _reject(self, job: Job, error: str) -> None:
@@ -380,10 +250,10 @@ class Worker:
         logger.error("job %s failed: %s", job.id, error, extra={"job_id": job.id, "queue": job.queue})
 
     def _job_finished(self, job_id: str, task: asyncio.Task[None]) -> None:
-        self._running.pop(job_id, None)
-        if self._solo == job_id:
-            self._solo = None
-        self._slot_freed.set()
+        self.slots.running.pop(job_id, None)
+        if self.slots.solo == job_id:
+            self.slots.solo = None
+        self.slots.freed.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("job %s: internal error", job_id, exc_info=task.exception())
 
@@ -459,13 +329,13 @@ class Worker:
     def _state(self) -> str:
         if self.stopping.is_set():
             return "stopping"
-        return "busy" if self._running else "idle"
+        return "busy" if self.slots.running else "idle"
 
     async def _heartbeat(self) -> None:
         to_cancel = await heartbeat.beat(
             self._redis, self.keys, self.worker_id, self.config.queues, self._state(),
             int(self.config.heartbeat_ttl_s * 1000), {
-                "started_ms": self.started_ms, "in_flight": len(self._running), "done": self.done_count,
+                "started_ms": self.started_ms, "in_flight": len(self.slots.running), "done": self.done_count,
                 "failed": self.failed_count, "concurrency": self.config.concurrency,
             })
         self._cancel_running(to_cancel)
@@ -479,7 +349,7 @@ class Worker:
             if job_id in self._acking:
                 continue  # finishing anyway
             self._cancel_requested.add(job_id)
-            task = self._running.get(job_id)
+            task = self.slots.running.get(job_id)
             if task is not None:
                 logger.info("job %s: cancelling it as requested", job_id)
                 task.cancel()
@@ -498,7 +368,7 @@ class Worker:
                 await asyncio.sleep(self._outage.failed(exc))
 
 
-def main(config: Config, worker_id: str, url: str, alive_file: str | None = None) -> int:
+def main(config: Config, worker_id: str, url: str, alive_file: str | None = None, scheduler: bool = True) -> int:
     """Entry point of a forked worker process; returns its exit code.
 
     Imports the handlers and builds the event loop (uvloop) and every Redis client here, after the
@@ -514,7 +384,8 @@ def main(config: Config, worker_id: str, url: str, alive_file: str | None = None
     except HandlerError as exc:
         logger.error("cannot start: %s", exc)
         return ExitCode.BOOT
-    worker = Worker(config, registry, worker_id, url=url, parent_pid=os.getppid(), alive_file=alive_file)
+    worker = Worker(config, registry, worker_id, url=url, parent_pid=os.getppid(), alive_file=alive_file,
+                    scheduler=scheduler)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         loop = runner.get_loop()
         loop.add_signal_handler(signal.SIGTERM, worker.stop)

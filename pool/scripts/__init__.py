@@ -50,7 +50,10 @@ def _source(name: str) -> str:
     return resources.files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
-SOURCES = {name: _source(name) for name in ("enqueue", "claim", "ack", "requeue", "revive", "purge", "cancel")}
+SOURCES = {
+    name: _source(name)
+    for name in ("enqueue", "claim", "ack", "requeue", "revive", "purge", "cancel", "handback", "fire")
+}
 
 
 def solo_threshold(max_deliveries: int) -> int:
@@ -70,23 +73,41 @@ class Scripts:
         self._revive = client.register_script(SOURCES["revive"])
         self._purge = client.register_script(SOURCES["purge"])
         self._cancel = client.register_script(SOURCES["cancel"])
+        self._handback = client.register_script(SOURCES["handback"])
+        self._fire = client.register_script(SOURCES["fire"])
 
     def enqueue(
-        self, queue: str, jobs: Sequence[tuple[str, Sequence[Any]]], now_ms: int, client: Any = None
+        self, queue: str, jobs: Sequence[tuple[str, int, Sequence[Any]]], now_ms: int, client: Any = None
     ) -> Any:
-        """Create jobs of one queue. ``jobs`` is ``[(id, [field, value, ...]), ...]``.
+        """Create jobs of one queue. ``jobs`` is ``[(id, due_ms, [field, value, ...]), ...]``;
+        a due_ms after now_ms puts the job in the delayed set (0: ready now).
 
         Returns (awaitable with the async client) one int per job: 1 created, 0 existed.
         """
-        keys = [self.keys.queue(queue)] + [self.keys.job(queue, job_id) for job_id, _ in jobs]
-        args: list[Any] = [now_ms]
-        for job_id, fields in jobs:
-            args += [job_id, len(fields) // 2, *fields]
+        keys = [self.keys.queue(queue), self.keys.delayed(queue)]
+        keys += [self.keys.job(queue, job_id) for job_id, _, _ in jobs]
+        args: list[Any] = [now_ms, self.keys.wake(queue)]
+        for job_id, due_ms, fields in jobs:
+            args += [job_id, due_ms, len(fields) // 2, *fields]
         return self._enqueue(keys=keys, args=args, client=client)
+
+    def fire(
+        self, queue: str, schedule: str, tick_ms: int, now_ms: int, job_id: str, fields: Sequence[Any],
+        client: Any = None,
+    ) -> Any:
+        """Enqueue one schedule tick's job unless that tick was fired already. Returns 1 or 0."""
+        keys = [self.keys.schedule(queue, schedule), self.keys.queue(queue), self.keys.job(queue, job_id)]
+        return self._fire(keys=keys, args=[tick_ms, now_ms, job_id, *fields], client=client)
+
+    def handback(self, queue: str, worker_id: str, job_id: str, client: Any = None) -> Any:
+        """Give a claimed, not started id back to the head of its queue. Returns 1, or 0."""
+        keys = [self.keys.active(queue, worker_id), self.keys.queue(queue)]
+        return self._handback(keys=keys, args=[job_id], client=client)
 
     def claim(
         self, queue: str, worker_id: str, now_ms: int, count: int, running: int,
-        moved_id: str | None = None, solo_at: int = 2, result_ttl_ms: int = 3_600_000, client: Any = None,
+        moved_id: str | None = None, solo_at: int = 2, result_ttl_ms: int = 3_600_000,
+        rate: tuple[int, int] = (0, 0), client: Any = None,
     ) -> Any:
         """Promote due jobs, then move up to ``count`` ids into the worker's active list.
 
@@ -96,12 +117,16 @@ class Scripts:
             solo_at: deliveries from which a job runs alone (:func:`solo_threshold`).
             result_ttl_ms: how long a job whose cancellation was requested is kept when claim.lua
                 finishes it as cancelled instead of starting it.
+            rate: the queue's rate limit as (jobs, window in ms); (0, 0) for none.
 
-        Returns ``[next_due_ms, claimed]``: claimed holds one raw HGETALL pair list per job
-        (see claim.lua for the 'missing' and 'solo_wait' entries).
+        Returns ``[next_due_ms, claimed, wait_ms]``: claimed holds one raw HGETALL pair list per
+        job (see claim.lua for the 'missing' and 'solo_wait' entries); wait_ms > 0 when the rate
+        limit held jobs back.
         """
-        keys = [self.keys.queue(queue), self.keys.active(queue, worker_id), self.keys.delayed(queue)]
-        args: list[Any] = [self.keys.queue_prefix(queue), worker_id, now_ms, count, running, solo_at, result_ttl_ms]
+        keys = [self.keys.queue(queue), self.keys.active(queue, worker_id), self.keys.delayed(queue),
+                self.keys.rate(queue)]
+        args: list[Any] = [self.keys.queue_prefix(queue), worker_id, now_ms, count, running, solo_at,
+                           result_ttl_ms, rate[0], rate[1]]
         if moved_id is not None:
             args.append(moved_id)
         return self._claim(keys=keys, args=args, client=client)

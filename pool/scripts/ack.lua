@@ -17,7 +17,8 @@
   ARGV[8]  history entry (a JSON object) appended to the job's 'history' array, or ''
   ARGV[9]  channel to publish ARGV[10] on, or '' (events off)
   ARGV[10] event payload (JSON)
-  ARGV[11] key prefix of the queue ('<prefix>:{q}:'), to delete the oldest dead jobs' keys
+  ARGV[11] key prefix of the queue ('<prefix>:{q}:'), to delete the oldest dead jobs' keys and
+           to name the queue's wake channel (told when a retry becomes the earliest delayed job)
   ARGV[12..] field/value pairs to store: result, or error and traceback
   Returns  1 acked; 0 already acked by this worker (a retry after a lost reply: nothing changes);
            -1 the id is not in this worker's active list (requeued, reclaimed or cancelled
@@ -59,7 +60,11 @@ if entry ~= '' then
 end
 
 if outcome == 'retrying' then
+  local earliest = tonumber(redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2])
   redis.call('ZADD', delayed, due_ms, id)
+  if not earliest or tonumber(due_ms) < earliest then
+    redis.call('PUBLISH', ARGV[11] .. 'wake', due_ms)  -- the scheduler re-arms its timer
+  end
   redis.call('HSET', job, 'due_ms', due_ms)
 else
   redis.call('HSET', job, 'finished_ms', now_ms)

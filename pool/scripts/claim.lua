@@ -1,8 +1,9 @@
 --[[ claim: promote due jobs, then take up to k ready jobs into a worker's active list and mark
-  them active, in one step.
+  them active, in one step, within the queue's rate limit.
   KEYS[1]  queue list (LIST)
   KEYS[2]  active list of this worker for this queue (LIST)
   KEYS[3]  delayed set of the queue (ZSET, score = due_ms): due jobs move to the queue first
+  KEYS[4]  rate window of the queue (ZSET, score = server time in ms a job started)
   ARGV[1]  key prefix of this queue ('<prefix>:{q}:'; the same hash tag as KEYS)
   ARGV[2]  worker id
   ARGV[3]  now_ms
@@ -10,16 +11,23 @@
   ARGV[5]  how many jobs the worker's process runs right now
   ARGV[6]  solo_at: deliveries from which a job runs alone (see below)
   ARGV[7]  result TTL in ms (for a job finished as cancelled here; the job's own TTL wins)
-  ARGV[8]  optional: an id already in the active list (moved by BLMOVE, or found by reconcile)
+  ARGV[8]  rate limit: at most this many job starts per window (0: no limit)
+  ARGV[9]  rate window in ms
+  ARGV[10] optional: an id already in the active list (moved by BLMOVE, or found by reconcile)
            to be started first; ignored unless it is still in that list
   A job whose cancellation was requested (cancel_requested_ms) is finished as 'cancelled' here
   instead of being started: a request made while its worker died, or while it waited for a slot,
   is never lost.
-  Returns  {next_due_ms, claimed}: when the earliest delayed job falls due (-1: none), and in
-           claimed one array per claimed job: the job hash as HGETALL pairs (status 'active', attempts
-           and deliveries counted up by one), plus 'solo','1' for a redelivered job;
+  Rate limit: a sliding window judged on the server's clock (TIME), so every worker of every host
+  counts against one window. Over the limit nothing starts: a moved id goes back to the head of
+  the queue, and the reply says how long until the window has room. Redelivered ids found by
+  reconcile (already started once) are not counted again.
+  Returns  {next_due_ms, claimed, wait_ms}: when the earliest delayed job falls due (-1: none);
+           in claimed one array per claimed job: the job hash as HGETALL pairs (status 'active',
+           attempts and deliveries counted up by one), plus 'solo','1' for a redelivered job;
            {'id', <id>, 'missing', '1'} for an id whose record is gone (dropped from the list);
-           {'solo_wait', '1'} when the next job is a suspect one and the process is busy.
+           {'solo_wait', '1'} when the next job is a suspect one and the process is busy;
+           wait_ms > 0 when the rate limit held jobs back (try again after that long).
   Suspect jobs (deliveries >= solo_at: workers died holding them that often) run alone: only
   a process with nothing running claims one, and it claims nothing else with it. Deaths from
   then on are counted against the job alone, so a poison job never takes its batch-mates to the
@@ -27,9 +35,10 @@
   Invariant: ids move queue -> active with LMOVE, never through the script's memory only, so a
   crash at any point leaves each id in exactly one list. Job hashes are built as
   ARGV[1] .. 'job:' .. id: they carry the queue's hash tag, in the same slot as KEYS. ]]
-local queue, active, delayed = KEYS[1], KEYS[2], KEYS[3]
+local queue, active, delayed, rate = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local qprefix, worker, now_ms = ARGV[1], ARGV[2], ARGV[3]
-local k, running, solo_at, ttl_ms, moved = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local k, running, solo_at, ttl_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local rate_max, rate_ms, moved = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 
 -- Promote: due jobs join the tail of the queue (in due order), each exactly once.
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms, 'LIMIT', 0, 1000)) do
@@ -38,6 +47,29 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms, 'LIMIT'
   redis.call('HSET', qprefix .. 'job:' .. id, 'status', 'queued', 'updated_ms', now_ms)
 end
 local next_due = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2] or -1
+
+if moved and not redis.call('LPOS', active, moved) then
+  -- A claim that arrives late (held up by a partition after its client gave up) names an id
+  -- that was acknowledged or requeued meanwhile: starting it would resurrect a finished job.
+  moved = nil
+end
+
+local server_ms, room = 0, nil
+if rate_max > 0 then
+  local time = redis.call('TIME')
+  server_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', rate, '-inf', server_ms - rate_ms)
+  room = rate_max - redis.call('ZCARD', rate)
+  local fresh_moved = moved and redis.call('HGET', qprefix .. 'job:' .. moved, 'status') ~= 'active'
+  if room <= 0 and (fresh_moved or (k > 0 and redis.call('LLEN', queue) > 0)) then
+    local oldest = tonumber(redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')[2]) or server_ms
+    if fresh_moved then
+      redis.call('LREM', active, 1, moved)
+      redis.call('RPUSH', queue, moved)  -- back at the head: the next to start when there is room
+    end
+    return {next_due, {}, math.max(1, oldest + rate_ms - server_ms)}
+  end
+end
 
 local claimed = {}
 local function redelivered(id)
@@ -66,6 +98,11 @@ local function start(id, solo)
     redis.call('HSET', job, 'status', 'active', 'started_ms', now_ms, 'updated_ms', now_ms, 'worker', worker)
     redis.call('HINCRBY', job, 'attempts', 1)
     redis.call('HINCRBY', job, 'deliveries', 1)
+    if room then
+      room = room - 1
+      redis.call('ZADD', rate, server_ms, id .. ':' .. redis.call('HGET', job, 'attempts'))
+      redis.call('PEXPIRE', rate, rate_ms)
+    end
   end
   local record = redis.call('HGETALL', job)
   if solo then
@@ -75,22 +112,20 @@ local function start(id, solo)
   claimed[#claimed + 1] = record
 end
 
-if moved and not redis.call('LPOS', active, moved) then
-  -- A claim that arrives late (held up by a partition after its client gave up) names an id
-  -- that was acknowledged or requeued meanwhile: starting it would resurrect a finished job.
-  moved = nil
-end
 if moved then
   local again = redelivered(moved) and redis.call('HGET', qprefix .. 'job:' .. moved, 'status') ~= 'active'
   if again and running > 0 then
     redis.call('LREM', active, 1, moved)
     redis.call('RPUSH', queue, moved)  -- back at the head, for a process with nothing running
-    return {next_due, {{'solo_wait', '1'}}}
+    return {next_due, {{'solo_wait', '1'}}, 0}
   end
   start(moved, again)
   if again then
-    return {next_due, claimed}
+    return {next_due, claimed, 0}
   end
+end
+if room then
+  k = math.min(k, math.max(room, 0))
 end
 for _ = 1, k do
   local head = redis.call('LINDEX', queue, -1)
@@ -109,4 +144,8 @@ for _ = 1, k do
   redis.call('LMOVE', queue, active, 'RIGHT', 'LEFT')
   start(head, false)
 end
-return {next_due, claimed}
+if room and room <= 0 and redis.call('LLEN', queue) > 0 then
+  local oldest = tonumber(redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')[2]) or server_ms
+  return {next_due, claimed, math.max(1, oldest + rate_ms - server_ms)}
+end
+return {next_due, claimed, 0}

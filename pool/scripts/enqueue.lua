@@ -1,27 +1,45 @@
---[[ enqueue: create job records and push their ids onto the queue, skipping ids that exist.
+--[[ enqueue: create job records and push their ids onto the queue (or into the delayed set),
+  skipping ids that exist.
   KEYS[1]        queue list of the jobs' queue (LIST)
-  KEYS[2..n+1]   job hash of each job (HASH), in the same order as the jobs in ARGV
+  KEYS[2]        delayed set of the queue (ZSET, score = due_ms)
+  KEYS[3..n+2]   job hash of each job (HASH), in the same order as the jobs in ARGV
   ARGV[1]        now_ms (enqueued time)
-  ARGV[2..]      per job: id, field count f, then f field/value pairs
-  Returns        one integer per job: 1 created and queued, 0 an id that already exists (untouched)
-  Invariant: an id is pushed onto the queue exactly when its hash is created, so enqueue is
-  idempotent by id: a client retrying after a lost reply never creates a second job. ]]
-local queue = KEYS[1]
-local now_ms = ARGV[1]
+  ARGV[2]        wake channel of the queue: told the due time when a delayed job becomes the
+                 earliest, so that the scheduler promoting this queue re-arms its timer
+  ARGV[3..]      per job: id, due_ms (0: run now), field count f, then f field/value pairs
+  Returns        one integer per job: 1 created, 0 an id that already exists (untouched)
+  Invariant: an id is pushed onto the queue (or added to the delayed set) exactly when its hash
+  is created, so enqueue is idempotent by id: a client retrying after a lost reply, or a second
+  enqueue of a chosen job_id, never creates a second job. ]]
+local queue, delayed = KEYS[1], KEYS[2]
+local now_ms, wake = ARGV[1], ARGV[2]
+local earliest = tonumber(redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2])
+local woken = nil
 local created = {}
-local at = 2
-for i = 2, #KEYS do
+local at = 3
+for i = 3, #KEYS do
   local job = KEYS[i]
-  local id = ARGV[at]
-  local field_count = tonumber(ARGV[at + 1])
-  local first, last = at + 2, at + 1 + field_count * 2
+  local id, due_ms = ARGV[at], tonumber(ARGV[at + 1])
+  local field_count = tonumber(ARGV[at + 2])
+  local first, last = at + 3, at + 2 + field_count * 2
   at = last + 1
   if redis.call('EXISTS', job) == 1 then
     created[#created + 1] = 0
   else
     redis.call('HSET', job, 'enqueued_ms', now_ms, unpack(ARGV, first, last))
-    redis.call('LPUSH', queue, id)
+    if due_ms > tonumber(now_ms) then
+      redis.call('HSET', job, 'status', 'delayed', 'due_ms', due_ms)
+      redis.call('ZADD', delayed, due_ms, id)
+      if (not earliest or due_ms < earliest) and (not woken or due_ms < woken) then
+        woken = due_ms
+      end
+    else
+      redis.call('LPUSH', queue, id)
+    end
     created[#created + 1] = 1
   end
+end
+if woken then
+  redis.call('PUBLISH', wake, woken)
 end
 return created

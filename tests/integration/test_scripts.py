@@ -23,7 +23,7 @@ def scripts(r, keys):
 
 
 def enqueue(scripts, queue, *ids, now=1000):
-    jobs = [(i, ["id", i, "handler", "m.f", "queue", queue, "status", "queued", "attempts", 0]) for i in ids]
+    jobs = [(i, 0, ["id", i, "handler", "m.f", "queue", queue, "status", "queued", "attempts", 0]) for i in ids]
     return scripts.enqueue(queue, jobs, now)
 
 
@@ -51,7 +51,7 @@ def test_claim_moves_up_to_k_in_fifo_order_and_marks_active(r, keys, scripts):
 
 
 def test_claim_on_empty_queue_returns_nothing(scripts):
-    assert scripts.claim("q", W, 1, 5, 0) == [-1, []]
+    assert scripts.claim("q", W, 1, 5, 0) == [-1, [], 0]
 
 
 def test_claim_starts_an_id_already_moved_by_blmove(r, keys, scripts):
@@ -343,7 +343,7 @@ def test_claim_promotes_due_jobs_and_reports_the_next_due_time(r, keys, scripts)
     for job_id, due in (("due", 500), ("later", 9000)):
         r.lrem(keys.queue("q"), 1, job_id)
         r.zadd(keys.delayed("q"), {job_id: due})
-    next_due, claimed = scripts.claim("q", W, 1000, 5, 0)
+    next_due, claimed, _ = scripts.claim("q", W, 1000, 5, 0)
     assert int(next_due) == 9000
     assert ids_of([next_due, claimed]) == [b"due"]
     assert r.zrange(keys.delayed("q"), 0, -1) == [b"later"]

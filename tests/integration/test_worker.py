@@ -304,13 +304,13 @@ async def test_lost_claim_reply_is_reconciled(config, url, client, r):
     # As if the server executed BLMOVE but the reply was lost on the way back:
     r.lmove(keys.queue("default"), keys.active("default", worker.worker_id), "RIGHT", "LEFT")
     async with running(worker, r):
-        await worker._reconcile("default")
+        await worker.fetcher._reconcile()
         assert await client.result(job.id, timeout=5) == 14
 
 
 async def test_stale_claim_landing_later_is_found_by_periodic_reconcile(config, url, client, r, monkeypatch):
     """A claim that reaches the server after its client gave up moves an id nobody waits for."""
-    monkeypatch.setattr("pool.worker.RECONCILE_INTERVAL_S", 0.3)
+    monkeypatch.setattr("pool.fetcher.RECONCILE_INTERVAL_S", 0.3)
     worker = new_worker(config, url)
     keys = Keys(config.key_prefix)
     async with running(worker, r):

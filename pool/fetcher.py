@@ -1,0 +1,297 @@
+"""Claiming for one worker process: which queue the next free job slot takes a job from.
+
+Shape (one dispatcher, plus one watcher per empty queue while slots are free):
+
+    wait for a free slot → claim pass: claim.lua on each queue in priority order (or split by
+    weight), as many as there are free slots → nothing found: a watcher per empty queue blocks
+    in BLMOVE; the first job pushed onto any of them wakes the process within milliseconds
+
+A queue whose watcher is blocked is known to be empty (a push would have ended the BLMOVE), so
+a claim pass skips it: serving several queues costs no round trip per empty queue. A watcher
+that receives a job when every slot filled up meanwhile hands it back to the head of its queue
+(handback.lua), where a worker with a free slot takes it: no job waits behind a busy process.
+
+A queue over its rate limit is skipped until claim.lua says the window has room again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import redis.asyncio
+
+from pool import clock
+from pool.config import Config
+from pool.connection import BLOCK_TIMEOUT_S, OUTAGE_ERRORS, Outage
+from pool.keys import Keys
+from pool.scripts import Scripts, solo_threshold
+
+logger = logging.getLogger(__name__)
+
+RECONCILE_INTERVAL_S = 5.0
+
+
+class Slots:
+    """The job slots of one process: running jobs, slots reserved for a claim in flight, and the
+    rule that a redelivered (suspect) job runs alone."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.reserved = 0
+        self.solo: str | None = None  # a suspect job running alone: nothing else is claimed
+        self.idle_wanted = False  # a suspect job waits until this process is idle
+        self.freed = asyncio.Event()
+
+    def free(self) -> int:
+        return self.concurrency - len(self.running) - self.reserved
+
+    def may_claim(self) -> bool:
+        if self.solo is not None or (self.idle_wanted and (self.running or self.reserved)):
+            return False
+        return self.free() > 0
+
+    async def reserve(self, most: int, stopping: asyncio.Event) -> int:
+        """Wait for at least one claimable slot and reserve up to ``most``; 0 when stopping."""
+        while not self.may_claim() and not stopping.is_set():
+            self.freed.clear()
+            await self.freed.wait()
+        if stopping.is_set():
+            return 0
+        count = min(most, self.free())
+        self.reserved += count
+        return count
+
+    def try_reserve(self) -> bool:
+        """Reserve one slot if one is claimable right now."""
+        if not self.may_claim():
+            return False
+        self.reserved += 1
+        return True
+
+    def release(self, count: int) -> None:
+        self.reserved -= count
+        self.freed.set()
+
+
+class WeightedShares:
+    """Splits free slots between queues by weight: smooth weighted round-robin (nginx's), so a
+    3:1 weighting hands out slots as a a b a a a b ... even one slot at a time."""
+
+    def __init__(self, weights: Mapping[str, int]) -> None:
+        self.weights = dict(weights)
+        self.current = dict.fromkeys(weights, 0)
+
+    def split(self, queues: Sequence[str], slots: int) -> list[tuple[str, int]]:
+        total = sum(self.weights[q] for q in queues)
+        counts = {q: slots * self.weights[q] // total for q in queues}
+        for _ in range(slots - sum(counts.values())):
+            for q in queues:
+                self.current[q] += self.weights[q]
+            best = max(queues, key=self.current.__getitem__)
+            self.current[best] -= total
+            counts[best] += 1
+        return sorted(((q, n) for q, n in counts.items() if n), key=lambda item: -item[1])
+
+
+# Starts a task per claimed record of a claim.lua reply; returns how many records there were.
+StartJobs = Callable[[str, list[Any]], int]
+
+
+class Fetcher:
+    """Fills a worker's free job slots from its queues until ``stopping`` is set.
+
+    Args:
+        config: queues, their weights (empty: strict order) and rate limits.
+        worker_id: whose active lists the claimed ids move into.
+        scripts: claim and handback.
+        client: the client for everything that does not block.
+        blocking: the client for BLMOVE (its own pool: one connection per watched queue).
+        slots: the process's job slots.
+        start: starts the jobs of a claim reply.
+        outage: logs and paces Redis outages.
+        stopping: set when the worker stops; no claim starts after it.
+        burst: return once nothing is claimable and nothing runs (no blocking).
+    """
+
+    def __init__(
+        self, config: Config, worker_id: str, scripts: Scripts, client: redis.asyncio.Redis,
+        blocking: redis.asyncio.Redis, slots: Slots, start: StartJobs, outage: Outage, stopping: asyncio.Event, burst: bool = False,
+    ) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.keys: Keys = scripts.keys
+        self.scripts = scripts
+        self.redis = client
+        self.blocking = blocking
+        self.slots = slots
+        self.start = start
+        self.outage = outage
+        self.stopping = stopping
+        self.burst = burst
+        self._shares = WeightedShares(config.queue_weights) if config.queue_weights else None
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._throttled_until: dict[str, float] = {}  # queue → monotonic time its window has room
+        self._wake = asyncio.Event()
+        self._reconcile_at = clock.monotonic() + RECONCILE_INTERVAL_S
+        self._must_reconcile = False
+        self._claim_options = {
+            "solo_at": solo_threshold(config.max_deliveries), "result_ttl_ms": int(config.result_ttl_s * 1000),
+        }
+
+    def wake(self) -> None:
+        """Make the dispatcher look again now (a stop, a job pushed, a throttle expired)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim until stopping (or, in burst mode, until nothing is left to do)."""
+        try:
+            while not self.stopping.is_set():
+                if self._must_reconcile or clock.monotonic() >= self._reconcile_at:
+                    await self._reconcile()
+                self._wake.clear()
+                try:
+                    found = await self._claim_pass()
+                    self.outage.recovered()
+                except OUTAGE_ERRORS as exc:
+                    self._must_reconcile = True
+                    await asyncio.sleep(self.outage.failed(exc))
+                    continue
+                if found:
+                    continue
+                if self.burst:
+                    if not self.slots.running:
+                        return
+                    self.slots.freed.clear()
+                    await self.slots.freed.wait()
+                    continue
+                self._watch_empty_queues()
+                await self._wait()
+        finally:
+            # Never cancel a BLMOVE in flight (the server may already have moved an id): the
+            # watchers see the stop flag within one block timeout.
+            await asyncio.gather(*self._watchers.values(), return_exceptions=True)
+
+    # -- claim pass -----------------------------------------------------------------------------
+
+    def _claimable(self) -> list[str]:
+        now = clock.monotonic()
+        return [q for q in self.config.queues
+                if q not in self._watchers and self._throttled_until.get(q, 0.0) <= now]
+
+    async def _claim_pass(self) -> int:
+        """Claim up to the free slots from the queues in order (or by weight). Returns how many.
+
+        Strict: the first queue gets every free slot, what it cannot fill goes to the next.
+        Weighted: the slots are split by weight first, then the rest sweeps the queues.
+        """
+        queues = self._claimable()
+        if not queues:
+            return 0
+        free = await self.slots.reserve(self.slots.concurrency, self.stopping)
+        if not free:
+            return 0
+        self.slots.release(free)
+        self.slots.idle_wanted = False
+        plan: list[tuple[str, int | None]] = list(self._shares.split(queues, free) if self._shares else [])
+        plan += [(q, None) for q, _ in plan] + [(q, None) for q in queues]
+        found = 0
+        exhausted: set[str] = set()
+        for queue, share in plan:
+            if not self.slots.may_claim():
+                break
+            ask = self.slots.free() if share is None else min(share, self.slots.free())
+            if queue in exhausted or ask <= 0:
+                continue
+            self.slots.reserved += ask
+            try:
+                reply = await self.scripts.claim(
+                    queue, self.worker_id, clock.now_ms(), ask, len(self.slots.running),
+                    rate=self.config.rate_limits.get(queue, (0, 0)), **self._claim_options)
+            finally:
+                self.slots.release(ask)
+            count = self._started(queue, reply)
+            found += count
+            if count < ask:
+                exhausted.add(queue)
+        return found
+
+    def _started(self, queue: str, reply: list[Any]) -> int:
+        wait_ms = int(reply[2]) if len(reply) > 2 else 0
+        if wait_ms > 0:
+            self._throttled_until[queue] = clock.monotonic() + wait_ms / 1000
+        return self.start(queue, reply)
+
+    # -- blocking -------------------------------------------------------------------------------
+
+    def _watch_empty_queues(self) -> None:
+        if self.slots.free() <= 0:
+            return
+        for queue in self._claimable():
+            self._watchers[queue] = asyncio.create_task(self._watch(queue), name=f"watch:{queue}")
+
+    async def _wait(self) -> None:
+        """Until a watcher ends, a throttle expires, a stop, or the next reconcile."""
+        now = clock.monotonic()
+        until = [t for t in self._throttled_until.values() if t > now] + [self._reconcile_at]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(0.0, min(until) - now))
+
+    async def _watch(self, queue: str) -> None:
+        """Block on an empty queue while a slot is free; start (or hand back) what arrives."""
+        try:
+            while not self.stopping.is_set() and self.slots.free() > 0:
+                job_id = await self.blocking.blmove(
+                    self.keys.queue(queue), self.keys.active(queue, self.worker_id),
+                    timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT",
+                )
+                if job_id is not None:
+                    await self._start_moved(queue, job_id.decode())
+                    return
+        except OUTAGE_ERRORS as exc:
+            self._must_reconcile = True  # the BLMOVE may have moved an id whose reply was lost
+            self.outage.failed(exc)
+        finally:
+            del self._watchers[queue]
+            self.wake()
+
+    async def _start_moved(self, queue: str, job_id: str) -> None:
+        if self.stopping.is_set():
+            return  # the id stays in the active list and is requeued with the rest
+        if not self.slots.try_reserve():
+            await self.scripts.handback(queue, self.worker_id, job_id)
+            return
+        try:
+            reply = await self.scripts.claim(
+                queue, self.worker_id, clock.now_ms(), 0, len(self.slots.running), moved_id=job_id,
+                rate=self.config.rate_limits.get(queue, (0, 0)), **self._claim_options)
+        finally:
+            self.slots.release(1)
+        self._started(queue, reply)
+
+    # -- reconcile ------------------------------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        """Start ids in our active lists that no task runs: claims whose reply was lost.
+
+        Runs after every error around a claim and every RECONCILE_INTERVAL_S: a claim sent
+        before a partition can reach the server after its client gave up on it, and move an id
+        into this list long after the error that a one-off check would follow.
+        """
+        self._reconcile_at = clock.monotonic() + RECONCILE_INTERVAL_S
+        try:
+            for queue in self.config.queues:
+                listed = await self.redis.lrange(self.keys.active(queue, self.worker_id), 0, -1)
+                for raw in listed:
+                    job_id = raw.decode()
+                    if job_id not in self.slots.running and not self.stopping.is_set():
+                        self.start(queue, await self.scripts.claim(
+                            queue, self.worker_id, clock.now_ms(), 0, len(self.slots.running), moved_id=job_id,
+                            **self._claim_options))
+            self._must_reconcile = False
+        except OUTAGE_ERRORS:
+            self._must_reconcile = True  # still down: the dispatcher backs off and tries again

@@ -1,0 +1,182 @@
+"""Time-driven work of a pool: move delayed jobs into their queues when they fall due, and fire
+the cron and interval schedules of pool.yaml. One worker process per supervisor runs it.
+
+Delayed jobs: the scheduler keeps, per queue, the earliest due time it knows of and sleeps until
+then; claim.lua (with k=0) promotes every due job, exactly once however many schedulers race,
+and its reply names the next due time. A producer that enqueues a new earliest job (or a
+worker scheduling a retry) publishes its due time on the queue's wake channel, so the timer is
+re-armed at once: a due job starts within milliseconds, not at the next poll. The earliest
+times are read again after every (re)subscription and every REFRESH_S, so a lost message only
+makes a job late, never lost; every claim promotes due jobs as well.
+
+Schedules: each tick is enqueued by fire.lua, which moves the schedule's last fired tick
+forward in the same step that creates the tick's job. Every supervisor fires every tick, and
+all but the first find it done. The last fired tick lives in Redis, so a restart resumes after
+it: missed ticks are caught up (``catch_up: true``) or skipped beyond ``grace``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio
+
+from pool import clock
+from pool.config import Config
+from pool.connection import BLOCK_TIMEOUT_S, OUTAGE_ERRORS, Outage, backoff_s
+from pool.jobs import Job, encode_arguments, enqueue_fields
+from pool.schedules import Schedule
+from pool.scripts import Scripts
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+REFRESH_S = 5.0  # re-read the earliest due times this often, whatever the wake channel said
+LONGEST_SLEEP_S = 5.0  # schedules re-check the wall clock at least this often (clock steps)
+
+
+class Scheduler:
+    """Promotes delayed jobs and fires schedules until ``stopping`` is set.
+
+    Args:
+        config: the queues to promote and the schedules to fire.
+        worker_id: the worker this runs in (claim.lua needs one; it claims nothing here).
+        client: a non-blocking Redis client (its pool also serves the wake subscription).
+        scripts: claim and fire.
+        outage: logs and paces Redis outages.
+        stopping: set when the worker stops.
+    """
+
+    def __init__(
+        self, config: Config, worker_id: str, client: redis.asyncio.Redis, scripts: Scripts,
+        outage: Outage, stopping: asyncio.Event,
+    ) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.redis = client
+        self.scripts = scripts
+        self.keys = scripts.keys
+        self.outage = outage
+        self.stopping = stopping
+        self.next_due: dict[str, int] = dict.fromkeys(config.queues, -1)  # -1: nothing delayed
+        self._changed = asyncio.Event()
+        self._ttl_ms = int(config.result_ttl_s * 1000)
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._listen(), name="scheduler:wake"),
+                 asyncio.create_task(self._promote_loop(), name="scheduler:promote")]
+        tasks += [asyncio.create_task(self._run_schedule(s), name=f"schedule:{s.name}") for s in self.config.schedules]
+        if self.config.schedules:
+            logger.info("scheduler: %s", "; ".join(f"{s.name} {s.describe()} -> {s.handler}" for s in self.config.schedules))
+        try:
+            await self.stopping.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def learn(self, queue: str, due_ms: int) -> None:
+        """A delayed job of ``queue`` falls due at ``due_ms``: wake the timer if that is sooner."""
+        known = self.next_due.get(queue, -1)
+        if queue in self.next_due and (known < 0 or due_ms < known):
+            self.next_due[queue] = due_ms
+            self._changed.set()
+
+    # -- delayed jobs ---------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Follow the wake channels; after each (re)subscription, read the earliest times again."""
+        channels = {self.keys.wake(q): q for q in self.config.queues}
+        attempt = 0
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(*channels)
+                await self._refresh()  # what was published before the subscription
+                attempt = 0
+                while True:
+                    message = await pubsub.get_message(timeout=BLOCK_TIMEOUT_S)
+                    _raise_if_cancelled()  # redis-py's get_message can swallow a cancellation
+                    if message is not None:
+                        self.learn(channels[message["channel"].decode()], int(message["data"]))
+            except OUTAGE_ERRORS:
+                attempt += 1
+                await asyncio.sleep(backoff_s(attempt))
+            finally:
+                await pubsub.aclose()
+
+    async def _refresh(self) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for queue in self.config.queues:
+                pipe.zrange(self.keys.delayed(queue), 0, 0, withscores=True)
+            replies = await pipe.execute()
+        for queue, first in zip(self.config.queues, replies, strict=True):
+            self.next_due[queue] = int(first[0][1]) if first else -1
+        self._changed.set()
+
+    async def _promote_loop(self) -> None:
+        refresh_at = clock.monotonic() + REFRESH_S
+        while True:
+            self._changed.clear()
+            now = clock.now_ms()
+            for queue, due in list(self.next_due.items()):
+                if 0 <= due <= now:
+                    reply = await self._retrying(lambda q=queue: self.scripts.claim(
+                        q, self.worker_id, clock.now_ms(), 0, 0, result_ttl_ms=self._ttl_ms))
+                    self.next_due[queue] = int(reply[0])
+            if clock.monotonic() >= refresh_at:
+                refresh_at = clock.monotonic() + REFRESH_S
+                await self._retrying(self._refresh)
+                continue
+            pending = [due for due in self.next_due.values() if due >= 0]
+            wait_s = min([REFRESH_S, refresh_at - clock.monotonic(), *((d - clock.now_ms()) / 1000 for d in pending)])
+            if wait_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), wait_s)
+
+    # -- schedules ------------------------------------------------------------------------------
+
+    async def _run_schedule(self, schedule: Schedule) -> None:
+        assert schedule.queue is not None
+        state = self.keys.schedule(schedule.queue, schedule.name)
+        last = await self._retrying(lambda: self.redis.hget(state, "last_ms"))
+        tick = schedule.first_due_ms(int(last) if last else None, clock.now_ms())
+        while True:
+            while (delay_s := (tick - clock.now_ms()) / 1000) > 0:
+                await asyncio.sleep(min(delay_s, LONGEST_SLEEP_S))
+            fired = await self._retrying(lambda t=tick: self._fire(schedule, t))
+            if fired:
+                logger.info("schedule %s: enqueued %s (tick %s)", schedule.name, schedule.job_id(tick),
+                            clock.format_ms(tick))
+            tick = schedule.first_due_ms(tick, clock.now_ms())
+
+    def _fire(self, schedule: Schedule, tick_ms: int) -> Awaitable[Any]:
+        assert schedule.queue is not None
+        now_ms = clock.now_ms()
+        job = Job(id=schedule.job_id(tick_ms), handler=schedule.handler, queue=schedule.queue,
+                  args=schedule.args, kwargs=dict(schedule.kwargs), created_ms=now_ms,
+                  timeout_ms=None if schedule.timeout_s is None else int(schedule.timeout_s * 1000))
+        args_json, kwargs_json = encode_arguments(job.handler, job.args, job.kwargs)
+        fields = enqueue_fields(job, args_json, kwargs_json, self.config.max_payload_bytes)
+        return self.scripts.fire(schedule.queue, schedule.name, tick_ms, now_ms, job.id, fields)
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call`` until Redis answers (the worker stopping cancels this task)."""
+        while True:
+            try:
+                result = await call()
+                self.outage.recovered()
+                return result
+            except OUTAGE_ERRORS as exc:
+                await asyncio.sleep(self.outage.failed(exc))
+
+
+def _raise_if_cancelled() -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
