@@ -11,6 +11,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, NoReturn
 
 import orjson
@@ -25,6 +26,7 @@ examples:
   pool enqueue pool.yaml examples.tasks.add 1 2        enqueue a job, print its id
   pool enqueue pool.yaml examples.tasks.add 1 2 --wait enqueue and print the result (3)
   pool enqueue pool.yaml examples.tasks.word_count --kwargs '{"text": "a b a"}'
+  pool enqueue pool.yaml examples.tasks.add 1 2 --delay 5m   run it in five minutes
   pool status pool.yaml                                queues and workers at a glance
   pool status pool.yaml --json                         the same, for scripts
   pool job pool.yaml JOB_ID                            one job's full record and history
@@ -64,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--job-id", metavar="ID", help="choose the id; an existing id is not enqueued twice")
     enqueue.add_argument("--job-timeout", metavar="S", type=float, help="seconds the job may run")
     enqueue.add_argument("--max-retries", metavar="N", type=int, help="retries after a failed attempt")
+    enqueue.add_argument("--delay", metavar="DURATION", help="start no earlier than this from now ('30s', '5m')")
+    enqueue.add_argument("--at", metavar="TIME", help="start no earlier than this ISO 8601 time with offset "
+                         "('2026-12-01T09:00:00+01:00')")
     enqueue.add_argument("--wait", action="store_true", help="wait for the job and print its result as JSON")
     enqueue.add_argument("--timeout", metavar="S", type=float, help="with --wait: give up after S seconds")
 
@@ -144,16 +149,36 @@ def _enqueue(options: argparse.Namespace) -> int:
     config = config_module.load(options.config)
     args = [_parse_arg(arg) for arg in options.args]
     kwargs = _parse_kwargs(options.kwargs)
+    delay, at = _parse_when(options.delay, options.at)
     with Client(config) as client:
         job = client.enqueue(options.handler, *args, kwargs=kwargs, queue=options.queue,
                              timeout=options.job_timeout, job_id=options.job_id,
-                             max_retries=options.max_retries)
+                             max_retries=options.max_retries, delay=delay, at=at)
         if not options.wait:
             print(job.id)
             return ExitCode.OK
         result = client.result(job.id, timeout=options.timeout, queue=job.queue)
     print(orjson.dumps(result).decode())
     return ExitCode.OK
+
+
+def _parse_when(delay: str | None, at: str | None) -> tuple[float | None, datetime | None]:
+    """--delay as a duration, --at as an ISO 8601 time that names its offset."""
+    seconds = when = None
+    if delay is not None:
+        try:
+            seconds = config_module.parse_duration(delay)
+        except ValueError:
+            raise UsageError(f"--delay {delay!r} is not a duration such as '30s', '5m' or '1h'") from None
+    if at is not None:
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise UsageError(f"--at {at!r} must be an ISO 8601 time with an offset, e.g. 2026-12-01T09:00:00+01:00 "
+                             "or 2026-12-01T08:00:00Z")
+    return seconds, when
 
 
 def _status(options: argparse.Namespace) -> int:

@@ -189,13 +189,13 @@ class Fetcher:
         Strict: the first queue gets every free slot, what it cannot fill goes to the next.
         Weighted: the slots are split by weight first, then the rest sweeps the queues.
         """
-        queues = self._claimable()
-        if not queues:
-            return 0
         free = await self.slots.reserve(self.slots.concurrency, self.stopping)
         if not free:
             return 0
         self.slots.release(free)
+        queues = self._claimable()  # after the wait: a watcher may have ended meanwhile
+        if not queues:
+            return 0
         self.slots.idle_wanted = False
         plan: list[tuple[str, int | None]] = list(self._shares.split(queues, free) if self._shares else [])
         plan += [(q, None) for q, _ in plan] + [(q, None) for q in queues]

@@ -7,6 +7,8 @@ The JSON shape (``pool status --json``) is stable; new fields may be added, none
                        "failed": int, "dead": int, "reclaimed": int}},
      "workers": [{"id", "host", "pid", "state", "queues", "in_flight", "done", "failed",
                   "concurrency", "started_ms", "heartbeat_age_s", "uptime_s"}],
+     "schedules": {name: {"handler": str, "queue": str, "when": str, "last_ms": int | None,
+                          "last_job_id": str | None, "next_ms": int}},
      "warnings": [str]}
 
 ``warnings`` says, in words, what an operator must know first: Redis lost the pool's data
@@ -27,6 +29,7 @@ from pool import clock
 from pool.config import Config
 from pool.connection import redact
 from pool.keys import Keys
+from pool.schedules import Schedule
 
 
 def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
@@ -44,6 +47,8 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
             pipe.zcard(keys.delayed(queue))
             for worker_id in worker_ids:
                 pipe.llen(keys.active(queue, worker_id))
+        for schedule in config.schedules:
+            pipe.hgetall(keys.schedule(schedule.queue or config.queues[0], schedule.name))
         replies = iter(pipe.execute())
     marker = next(replies)
     now_ms = clock.now_ms()
@@ -61,9 +66,19 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
             "dead": dead,
             "reclaimed": int(stats.get(b"reclaimed", 0)),
         }
+    schedules = {s.name: _schedule(s, next(replies), now_ms) for s in config.schedules}
     version = _server_version(client)
     return {"redis": {"url": redact(url), "version": str(version)}, "queues": queues, "workers": workers,
-            "warnings": _warnings(marker, now_ms)}
+            "schedules": schedules, "warnings": _warnings(marker, now_ms)}
+
+
+def _schedule(schedule: Schedule, state: dict[bytes, bytes], now_ms: int) -> dict[str, Any]:
+    last = int(state[b"last_ms"]) if b"last_ms" in state else None
+    return {
+        "handler": schedule.handler, "queue": schedule.queue, "when": schedule.describe(),
+        "last_ms": last, "last_job_id": state[b"job_id"].decode() if b"job_id" in state else None,
+        "next_ms": schedule.first_due_ms(last, now_ms),
+    }
 
 
 def _server_version(client: redis.Redis) -> str:
@@ -118,6 +133,13 @@ def render(data: dict[str, Any], config_name: str) -> str:
     for name, counts in data["queues"].items():
         queue_rows.append([name, *(str(counts[k]) for k in columns)])
     lines += [*_table(queue_rows, right_from=1), ""]
+    if data.get("schedules"):
+        rows = [["SCHEDULE", "WHEN", "HANDLER", "QUEUE", "LAST RUN", "NEXT RUN"]]
+        for name, s in data["schedules"].items():
+            rows.append([name, s["when"], s["handler"], s["queue"],
+                         "never" if s["last_ms"] is None else clock.format_ms(s["last_ms"]),
+                         clock.format_ms(s["next_ms"])])
+        lines += [*_table(rows, right_from=6), ""]
     workers = data["workers"]
     if not workers:
         lines.append(f"no workers running: start them with `pool run {config_name}`")

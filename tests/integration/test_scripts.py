@@ -485,3 +485,57 @@ def test_all_keys_of_a_queue_share_one_hash_tag(keys):
               keys.stats("img"), keys.dead("img"), keys.queue_workers("img"), keys.alive("img", W),
               keys.delayed("img"), keys.cancel("img", W)]
     assert all("{img}" in key for key in tagged)
+
+
+def test_enqueue_with_a_due_time_goes_to_the_delayed_set_and_wakes_the_scheduler(r, keys, scripts):
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.wake("q"))
+    fields = ["id", "x", "handler", "m.f", "queue", "q", "status", "queued", "attempts", 0]
+    assert scripts.enqueue("q", [("late", 9000, fields), ("soon", 5000, fields), ("now", 0, fields)], 1000) == [1, 1, 1]
+    assert r.zrange(keys.delayed("q"), 0, -1, withscores=True) == [(b"soon", 5000.0), (b"late", 9000.0)]
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"now"]
+    assert r.hmget(keys.job("q", "soon"), "status", "due_ms") == [b"delayed", b"5000"]
+    assert scripts.enqueue("q", [("later", 7000, fields)], 1000) == [1]  # not the earliest: no message
+    messages = [pubsub.get_message(timeout=0.5) for _ in range(3)]  # the first may be the subscription
+    assert [m["data"] for m in messages if m] == [b"5000"]  # one message: the new earliest
+    pubsub.close()
+
+
+def test_rate_limit_starts_at_most_the_limit_and_says_how_long_to_wait(r, keys, scripts):
+    enqueue(scripts, "q", *"abcde")
+    _, claimed, wait_ms = scripts.claim("q", W, 5, 5, 0, rate=(2, 1000))
+    assert len(claimed) == 2
+    assert 900 < wait_ms <= 1000
+    assert r.llen(keys.queue("q")) == 3
+    _, claimed, wait_ms = scripts.claim("q", W, 6, 5, 0, rate=(2, 1000))
+    assert claimed == [] and wait_ms > 0
+
+
+def test_rate_limit_hands_a_moved_id_back_to_the_head_of_the_queue(r, keys, scripts):
+    enqueue(scripts, "q", "a", "b", "c")
+    scripts.claim("q", W, 5, 1, 0, rate=(1, 1000))  # a: uses the whole window
+    r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")  # b, as BLMOVE would
+    _, claimed, wait_ms = scripts.claim("q", W, 6, 0, 1, moved_id="b", rate=(1, 1000))
+    assert claimed == [] and wait_ms > 0
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"c", b"b"]  # b is the next to start
+    assert r.lrange(keys.active("q", W), 0, -1) == [b"a"]
+    assert r.hget(keys.job("q", "b"), "status") == b"queued"
+
+
+def test_handback_returns_a_claimed_id_to_the_head_once(r, keys, scripts):
+    enqueue(scripts, "q", "a", "b")
+    r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")
+    assert scripts.handback("q", W, "a") == 1
+    assert scripts.handback("q", W, "a") == 0
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"b", b"a"]
+    assert r.llen(keys.active("q", W)) == 0
+
+
+def test_fire_enqueues_each_tick_once_and_never_an_older_one(r, keys, scripts):
+    fields = ["handler", "m.f", "queue", "q", "status", "queued", "attempts", 0]
+    assert scripts.fire("q", "beat", 2000, 2001, "beat@2000", ["id", "beat@2000", *fields]) == 1
+    assert scripts.fire("q", "beat", 2000, 2002, "beat@2000", ["id", "beat@2000", *fields]) == 0  # a second supervisor
+    assert scripts.fire("q", "beat", 1000, 2003, "beat@1000", ["id", "beat@1000", *fields]) == 0  # older: too late
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"beat@2000"]
+    assert r.hmget(keys.schedule("q", "beat"), "last_ms", "job_id") == [b"2000", b"beat@2000"]
+    assert not r.exists(keys.job("q", "beat@1000"))

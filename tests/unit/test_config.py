@@ -190,3 +190,26 @@ def test_redact_hides_a_password_containing_at_signs():
 
     assert redact_url("redis://admin:p@ss@127.0.0.1:6379/0") == "redis://admin:***@127.0.0.1:6379/0"
     assert redact_url("redis://127.0.0.1:6379") == "redis://127.0.0.1:6379"
+
+
+def test_queue_entries_take_weights_and_rate_limits():
+    config = from_mapping({"queues": [{"name": "high", "weight": 5}, "low",
+                                      {"name": "mail", "rate_limit": "10/min"}]}, environ={})
+    assert config.queues == ("high", "low", "mail")
+    assert config.queue_weights == {"high": 5, "low": 1, "mail": 1}
+    assert config.rate_limits == {"mail": (10, 60_000)}
+    strict = from_mapping({"queues": ["a", "b"]}, environ={})
+    assert strict.queue_weights == {}
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"weight": 2}, "queues[0]: needs `name:`"),
+    ({"name": "a", "weight": 0}, "queues[0].weight: must be an integer >= 1"),
+    ({"name": "a", "rate_limit": "fast"}, "queues[0].rate_limit: must be jobs per window such as '100/s'"),
+    ({"name": "a", "rate_limit": "0/s"}, "queues[0].rate_limit: must be jobs per window"),
+    ({"name": "a", "priority": 1}, "queues[0].priority: unknown key"),
+])
+def test_bad_queue_entries_name_the_key(entry, message):
+    with pytest.raises(ConfigError) as info:
+        from_mapping({"queues": [entry]}, environ={})
+    assert message in str(info.value)
