@@ -1,15 +1,16 @@
 """Claiming for one worker process: which queue the next free job slot takes a job from.
 
-Shape (one dispatcher, plus one watcher per empty queue while slots are free):
+Shape (one dispatcher, plus one watcher per empty queue):
 
     wait for a free slot → claim pass: claim.lua on each queue in priority order (or split by
-    weight), as many as there are free slots → nothing found: a watcher per empty queue blocks
-    in BLMOVE; the first job pushed onto any of them wakes the process within milliseconds
+    weight), as many as there are free slots → each queue found empty gets a watcher blocked in
+    BLMOVE; the first job pushed onto any of them wakes the process within milliseconds
 
 A queue whose watcher is blocked is known to be empty (a push would have ended the BLMOVE), so
 a claim pass skips it: serving several queues costs no round trip per empty queue. A watcher
-that receives a job when every slot filled up meanwhile hands it back to the head of its queue
-(handback.lua), where a worker with a free slot takes it: no job waits behind a busy process.
+that receives a job when every slot is busy hands it back to the head of its queue
+(handback.lua) and ends, so the next claim pass takes it before lower queues, or a worker with
+a free slot does: no job waits behind a busy process.
 
 A queue over its rate limit is skipped until claim.lua says the window has room again.
 """
@@ -155,22 +156,22 @@ class Fetcher:
                     await self._reconcile()
                 self._wake.clear()
                 try:
-                    found = await self._claim_pass()
+                    found, exhausted = await self._claim_pass()
                     self.outage.recovered()
                 except OUTAGE_ERRORS as exc:
                     self._must_reconcile = True
                     await asyncio.sleep(self.outage.failed(exc))
                     continue
-                if found:
-                    continue
                 if self.burst:
-                    if not self.slots.running:
+                    if not found and not self.slots.running:
                         return
-                    self.slots.freed.clear()
-                    await self.slots.freed.wait()
+                    if not found:
+                        self.slots.freed.clear()
+                        await self.slots.freed.wait()
                     continue
-                self._watch_empty_queues()
-                await self._wait()
+                self._watch(exhausted)
+                if not found:
+                    await self._wait()
         finally:
             # Never cancel a BLMOVE in flight (the server may already have moved an id): the
             # watchers see the stop flag within one block timeout.
@@ -183,24 +184,26 @@ class Fetcher:
         return [q for q in self.config.queues
                 if q not in self._watchers and self._throttled_until.get(q, 0.0) <= now]
 
-    async def _claim_pass(self) -> int:
-        """Claim up to the free slots from the queues in order (or by weight). Returns how many.
+    async def _claim_pass(self) -> tuple[int, set[str]]:
+        """Claim up to the free slots from the queues in order (or by weight).
+
+        Returns how many jobs started, and the queues found empty (they get watchers).
 
         Strict: the first queue gets every free slot, what it cannot fill goes to the next.
         Weighted: the slots are split by weight first, then the rest sweeps the queues.
         """
+        exhausted: set[str] = set()
         free = await self.slots.reserve(self.slots.concurrency, self.stopping)
         if not free:
-            return 0
+            return 0, exhausted
         self.slots.release(free)
         queues = self._claimable()  # after the wait: a watcher may have ended meanwhile
         if not queues:
-            return 0
+            return 0, exhausted
         self.slots.idle_wanted = False
         plan: list[tuple[str, int | None]] = list(self._shares.split(queues, free) if self._shares else [])
         plan += [(q, None) for q, _ in plan] + [(q, None) for q in queues]
         found = 0
-        exhausted: set[str] = set()
         for queue, share in plan:
             if not self.slots.may_claim():
                 break
@@ -218,7 +221,7 @@ class Fetcher:
             found += count
             if count < ask:
                 exhausted.add(queue)
-        return found
+        return found, exhausted
 
     def _started(self, queue: str, reply: list[Any]) -> int:
         wait_ms = int(reply[2]) if len(reply) > 2 else 0
@@ -228,11 +231,11 @@ class Fetcher:
 
     # -- blocking -------------------------------------------------------------------------------
 
-    def _watch_empty_queues(self) -> None:
-        if self.slots.free() <= 0:
-            return
+    def _watch(self, queues: set[str]) -> None:
+        """Block on each of these (empty) queues, unless watched already or over their rate limit."""
         for queue in self._claimable():
-            self._watchers[queue] = asyncio.create_task(self._watch(queue), name=f"watch:{queue}")
+            if queue in queues:
+                self._watchers[queue] = asyncio.create_task(self._watch_queue(queue), name=f"watch:{queue}")
 
     async def _wait(self) -> None:
         """Until a watcher ends, a throttle expires, a stop, or the next reconcile."""
@@ -241,10 +244,15 @@ class Fetcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), max(0.0, min(until) - now))
 
-    async def _watch(self, queue: str) -> None:
-        """Block on an empty queue while a slot is free; start (or hand back) what arrives."""
+    async def _watch_queue(self, queue: str) -> None:
+        """Block on an empty queue; start what arrives, or hand it back if no slot is free.
+
+        Watching goes on while every slot is busy: the queue stays known to be empty, so claim
+        passes skip it, and a job that arrives is handed back to the head of its queue, where
+        the next pass (or another worker) takes it first.
+        """
         try:
-            while not self.stopping.is_set() and self.slots.free() > 0:
+            while not self.stopping.is_set():
                 job_id = await self.blocking.blmove(
                     self.keys.queue(queue), self.keys.active(queue, self.worker_id),
                     timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT",
