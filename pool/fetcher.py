@@ -88,9 +88,12 @@ class WeightedShares:
         self.current = dict.fromkeys(weights, 0)
 
     def split(self, queues: Sequence[str], slots: int) -> list[tuple[str, int]]:
+        """How many of ``slots`` each queue gets, largest share first."""
         total = sum(self.weights[q] for q in queues)
-        counts = {q: slots * self.weights[q] // total for q in queues}
-        for _ in range(slots - sum(counts.values())):
+        # A whole cycle of `total` picks gives each queue exactly its weight and leaves the
+        # round-robin state as it was: only the remainder needs picking one by one.
+        counts = {q: slots // total * self.weights[q] for q in queues}
+        for _ in range(slots % total):
             for q in queues:
                 self.current[q] += self.weights[q]
             best = max(queues, key=self.current.__getitem__)
@@ -189,8 +192,9 @@ class Fetcher:
 
         Returns how many jobs started, and the queues found empty (they get watchers).
 
-        Strict: the first queue gets every free slot, what it cannot fill goes to the next.
-        Weighted: the slots are split by weight first, then the rest sweeps the queues.
+        Strict: the first queue gets every free slot; what it cannot fill goes to the next.
+        Weighted: the free slots are split by weight; what an emptied queue could not use is
+        split again between the others.
         """
         exhausted: set[str] = set()
         free = await self.slots.reserve(self.slots.concurrency, self.stopping)
@@ -198,30 +202,33 @@ class Fetcher:
             return 0, exhausted
         self.slots.release(free)
         queues = self._claimable()  # after the wait: a watcher may have ended meanwhile
-        if not queues:
-            return 0, exhausted
         self.slots.idle_wanted = False
-        plan: list[tuple[str, int | None]] = list(self._shares.split(queues, free) if self._shares else [])
-        plan += [(q, None) for q, _ in plan] + [(q, None) for q in queues]
         found = 0
-        for queue, share in plan:
-            if not self.slots.may_claim():
-                break
-            ask = self.slots.free() if share is None else min(share, self.slots.free())
-            if queue in exhausted or ask <= 0:
-                continue
-            self.slots.reserved += ask
-            try:
-                reply = await self.scripts.claim(
-                    queue, self.worker_id, clock.now_ms(), ask, len(self.slots.running),
-                    rate=self.config.rate_limits.get(queue, (0, 0)), **self._claim_options)
-            finally:
-                self.slots.release(ask)
-            count = self._started(queue, reply)
-            found += count
-            if count < ask:
-                exhausted.add(queue)
+        while queues and self.slots.may_claim():
+            free = self.slots.free()
+            plan = self._shares.split(queues, free) if self._shares else [(queues[0], free)]
+            for queue, share in plan:
+                ask = min(share, self.slots.free())
+                if ask <= 0 or not self.slots.may_claim():
+                    break
+                count = await self._claim(queue, ask)
+                found += count
+                if count < ask:
+                    exhausted.add(queue)
+            if not exhausted.intersection(queues):
+                break  # every share was filled: no slot is left for this pass
+            queues = [q for q in queues if q not in exhausted]
         return found, exhausted
+
+    async def _claim(self, queue: str, count: int) -> int:
+        self.slots.reserved += count
+        try:
+            reply = await self.scripts.claim(
+                queue, self.worker_id, clock.now_ms(), count, len(self.slots.running),
+                rate=self.config.rate_limits.get(queue, (0, 0)), **self._claim_options)
+        finally:
+            self.slots.release(count)
+        return self._started(queue, reply)
 
     def _started(self, queue: str, reply: list[Any]) -> int:
         wait_ms = int(reply[2]) if len(reply) > 2 else 0

@@ -1,5 +1,6 @@
 """Time-driven work of a pool: move delayed jobs into their queues when they fall due, and fire
-the cron and interval schedules of pool.yaml. One worker process per supervisor runs it.
+the cron and interval schedules of pool.yaml. The first worker process of each supervisor runs
+it on time; the others run it as backups, a second late (see BACKUP_LAG_S).
 
 Delayed jobs: the scheduler keeps, per queue, the earliest due time it knows of and sleeps until
 then; claim.lua (with k=0) promotes every due job, exactly once however many schedulers race,
@@ -37,6 +38,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REFRESH_S = 5.0  # re-read the earliest due times this often, whatever the wake channel said
+# Every worker process runs a scheduler; all but the first of each supervisor are backups that act
+# this long after a due time, and at most once per this long, so that one process promotes and
+# fires on time while the others only step in when it is down (crash loop, recycle, freeze).
+BACKUP_LAG_S = 1.0
 LONGEST_SLEEP_S = 5.0  # schedules re-check the wall clock at least this often (clock steps)
 
 
@@ -50,11 +55,12 @@ class Scheduler:
         scripts: claim and fire.
         outage: logs and paces Redis outages.
         stopping: set when the worker stops.
+        backup: act BACKUP_LAG_S late, and at most that often (see BACKUP_LAG_S).
     """
 
     def __init__(
         self, config: Config, worker_id: str, client: redis.asyncio.Redis, scripts: Scripts,
-        outage: Outage, stopping: asyncio.Event,
+        outage: Outage, stopping: asyncio.Event, backup: bool = False,
     ) -> None:
         self.config = config
         self.worker_id = worker_id
@@ -64,6 +70,8 @@ class Scheduler:
         self.outage = outage
         self.stopping = stopping
         self.next_due: dict[str, int] = dict.fromkeys(config.queues, -1)  # -1: nothing delayed
+        self.lag_ms = int(BACKUP_LAG_S * 1000) if backup else 0
+        self._learned: dict[str, int] = {}  # due times learned while a read was in flight
         self._changed = asyncio.Event()
         self._ttl_ms = int(config.result_ttl_s * 1000)
 
@@ -82,10 +90,16 @@ class Scheduler:
 
     def learn(self, queue: str, due_ms: int) -> None:
         """A delayed job of ``queue`` falls due at ``due_ms``: wake the timer if that is sooner."""
-        known = self.next_due.get(queue, -1)
-        if queue in self.next_due and (known < 0 or due_ms < known):
+        if queue not in self.next_due:
+            return
+        self._learned[queue] = _earliest(self._learned.get(queue, -1), due_ms)
+        if _earliest(self.next_due[queue], due_ms) != self.next_due[queue]:
             self.next_due[queue] = due_ms
             self._changed.set()
+
+    def _settle(self, queue: str, read_ms: int) -> None:
+        """Store what a read found, keeping any earlier time learned while it was in flight."""
+        self.next_due[queue] = _earliest(read_ms, self._learned.pop(queue, -1))
 
     # -- delayed jobs ---------------------------------------------------------------------------
 
@@ -111,12 +125,13 @@ class Scheduler:
                 await pubsub.aclose()
 
     async def _refresh(self) -> None:
+        self._learned.clear()
         async with self.redis.pipeline(transaction=False) as pipe:
             for queue in self.config.queues:
                 pipe.zrange(self.keys.delayed(queue), 0, 0, withscores=True)
             replies = await pipe.execute()
         for queue, first in zip(self.config.queues, replies, strict=True):
-            self.next_due[queue] = int(first[0][1]) if first else -1
+            self._settle(queue, int(first[0][1]) if first else -1)
         self._changed.set()
 
     async def _promote_loop(self) -> None:
@@ -124,16 +139,22 @@ class Scheduler:
         while True:
             self._changed.clear()
             now = clock.now_ms()
+            promoted = False
             for queue, due in list(self.next_due.items()):
-                if 0 <= due <= now:
+                if 0 <= due <= now - self.lag_ms:
+                    self._learned.pop(queue, None)
                     reply = await self._retrying(lambda q=queue: self.scripts.claim(
                         q, self.worker_id, clock.now_ms(), 0, 0, result_ttl_ms=self._ttl_ms))
-                    self.next_due[queue] = int(reply[0])
+                    self._settle(queue, int(reply[0]))
+                    promoted = True
             if clock.monotonic() >= refresh_at:
                 refresh_at = clock.monotonic() + REFRESH_S
                 await self._retrying(self._refresh)
                 continue
-            pending = [due for due in self.next_due.values() if due >= 0]
+            if promoted and self.lag_ms:
+                await asyncio.sleep(self.lag_ms / 1000)  # a backup steps in at most this often
+                continue
+            pending = [due + self.lag_ms for due in self.next_due.values() if due >= 0]
             wait_s = min([REFRESH_S, refresh_at - clock.monotonic(), *((d - clock.now_ms()) / 1000 for d in pending)])
             if wait_s > 0:
                 with contextlib.suppress(TimeoutError):
@@ -147,12 +168,13 @@ class Scheduler:
         last = await self._retrying(lambda: self.redis.hget(state, "last_ms"))
         tick = schedule.first_due_ms(int(last) if last else None, clock.now_ms())
         while True:
-            while (delay_s := (tick - clock.now_ms()) / 1000) > 0:
+            while (delay_s := (tick + self.lag_ms - clock.now_ms()) / 1000) > 0:
                 await asyncio.sleep(min(delay_s, LONGEST_SLEEP_S))
             fired = await self._retrying(lambda t=tick: self._fire(schedule, t))
             if fired:
-                logger.info("schedule %s: enqueued %s (tick %s)", schedule.name, schedule.job_id(tick),
-                            clock.format_ms(tick))
+                late = " by a backup scheduler" if self.lag_ms else ""
+                logger.info("schedule %s: enqueued %s (tick %s)%s", schedule.name, schedule.job_id(tick),
+                            clock.format_ms(tick), late)
             tick = schedule.first_due_ms(tick, clock.now_ms())
 
     def _fire(self, schedule: Schedule, tick_ms: int) -> Awaitable[Any]:
@@ -174,6 +196,13 @@ class Scheduler:
                 return result
             except OUTAGE_ERRORS as exc:
                 await asyncio.sleep(self.outage.failed(exc))
+
+
+def _earliest(a: int, b: int) -> int:
+    """The earlier of two due times, where -1 means none."""
+    if a < 0:
+        return b
+    return a if b < 0 else min(a, b)
 
 
 def _raise_if_cancelled() -> None:

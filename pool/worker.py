@@ -52,7 +52,8 @@ class Worker:
         parent_pid: the supervisor's pid; the worker stops when its parent changes (orphaned).
         alive_file: a file touched from the event loop every heartbeat; its supervisor kills the
             process when it goes stale (a frozen loop), without asking Redis.
-        scheduler: also promote delayed jobs and fire schedules (one process per supervisor).
+        scheduler: promote delayed jobs and fire schedules on time (one process per supervisor);
+            the other processes do it as backups, a second late.
     """
 
     def __init__(
@@ -121,20 +122,21 @@ class Worker:
 
     async def run(self) -> None:
         """Work until :meth:`stop` (or, in burst mode, until the queues are empty)."""
-        self._redis = async_client(self.config, self.url, max_connections=self.config.concurrency + 8)
+        # Job acks, a claim or handback per watched queue, the scheduler's subscription, promotion
+        # and one fire per schedule can all be in flight at once.
+        connections = self.config.concurrency + 2 * len(self.config.queues) + len(self.config.schedules) + 8
+        self._redis = async_client(self.config, self.url, max_connections=connections)
         self._blocking = blocking_client(self.config, self.url, max_connections=len(self.config.queues) + 1)
         self._scripts = Scripts(self._redis, self.keys)
         self.fetcher = Fetcher(self.config, self.worker_id, self._scripts, self._redis, self._blocking, self.slots,
                                self._start_all, self._outage, self.stopping, self.burst)
-        background: list[asyncio.Task[None]] = []
-        if self._runs_scheduler:
-            self.scheduler = Scheduler(self.config, self.worker_id, self._redis, self._scripts, self._outage,
-                                       self.stopping)
-            background.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        self.scheduler = Scheduler(self.config, self.worker_id, self._redis, self._scripts, self._outage,
+                                   self.stopping, backup=not self._runs_scheduler)
+        background = [asyncio.create_task(self.scheduler.run(), name="scheduler")]
         self.runner = JobRunner(self.config, self.registry, self.worker_id, self._executor, self._scripts,
                                 self._with_retry, self._note_due, self.recycle)
         logger.info("worker %s serving %s with %d job slots%s", self.worker_id, self._describe_queues(),
-                    self.config.concurrency, " (runs the scheduler)" if self.scheduler else "")
+                    self.config.concurrency, " (runs the scheduler)" if self._runs_scheduler else "")
         try:
             background += [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                            asyncio.create_task(self._local_liveness_loop(), name="liveness")]

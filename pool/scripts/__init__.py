@@ -100,8 +100,9 @@ class Scripts:
         return self._fire(keys=keys, args=[tick_ms, now_ms, job_id, *fields], client=client)
 
     def handback(self, queue: str, worker_id: str, job_id: str, client: Any = None) -> Any:
-        """Give a claimed, not started id back to the head of its queue. Returns 1, or 0."""
-        keys = [self.keys.active(queue, worker_id), self.keys.queue(queue)]
+        """Give a claimed, not started id back to the head of its queue. Returns 1, or 0 (not
+        in the active list, or already started)."""
+        keys = [self.keys.active(queue, worker_id), self.keys.queue(queue), self.keys.job(queue, job_id)]
         return self._handback(keys=keys, args=[job_id], client=client)
 
     def claim(

@@ -275,3 +275,66 @@ async def test_restart_catches_up_missed_ticks_when_asked(make_config, url, r):
         assert len(missed) == expect_missed, (catch_up, fired)
         if catch_up:
             assert missed == [last + every * i for i in range(1, 6)]
+
+
+async def test_weights_hold_when_several_slots_are_free_at_once(make_config, url, tmp_path):
+    config = make_config(queues=[{"name": "a", "weight": 3}, {"name": "b", "weight": 1}], concurrency=4)
+    journal = str(tmp_path / "journal")
+    async with AsyncClient(config, url) as client:
+        for i in range(40):
+            for queue in ("a", "b"):
+                await client.enqueue("tests.sample_handlers.journal", journal, f"{queue}{i}", 5, queue=queue)
+        await drain(config, url)
+    first = run_order(tmp_path / "journal")[:40]
+    assert 28 <= sum(1 for key in first if key.startswith("a")) <= 32  # 3:1 of 40 is 30
+
+
+async def test_a_wake_message_arriving_during_a_promotion_is_not_lost(make_config, url, r):
+    """The scheduler's claim reply (nothing delayed) is older than a due time learned meanwhile."""
+    config = make_config()
+    worker = new_worker(config, url)
+    async with running(worker, r), AsyncClient(config, url) as client:
+        scheduler = worker.scheduler
+        late: list = []
+
+        class CrossedScripts:  # the scheduler's scripts only; the worker's fetcher keeps its own
+            def __init__(self, scripts):
+                self.scripts = scripts
+
+            def __getattr__(self, name):
+                return getattr(self.scripts, name)
+
+            async def claim(self, *args, **kwargs):
+                reply = await self.scripts.claim(*args, **kwargs)
+                if not late:  # the first promotion: a job is enqueued while its reply is on the way
+                    late.append(await client.enqueue("tests.sample_handlers.add", 5, 5, delay=0.3))
+                    await async_wait_until(lambda: _async("default" in scheduler._learned), message="wake message")
+                return reply
+
+        scheduler.scripts = CrossedScripts(scheduler.scripts)
+        await client.enqueue("tests.sample_handlers.add", 1, 1, delay=0.05)  # triggers a promotion
+        await async_wait_until(lambda: _async(bool(late)), message="the crossing enqueue")
+        assert await client.result(late[0].id, timeout=5) == 10
+        record = await job_record(client, late[0].id)
+    assert record.started_ms - record.due_ms < 1000  # not left for the 5 s refresh
+
+
+async def test_backup_scheduler_promotes_when_the_first_worker_is_down(make_config, url, r):
+    config = make_config()
+    backup = new_worker(config, url, scheduler=False)  # as worker-2 while worker-1 respawns
+    async with running(backup, r), AsyncClient(config, url) as client:
+        job = await client.enqueue("tests.sample_handlers.add", 2, 3, delay=0.1)
+        assert await client.result(job.id, timeout=10) == 5
+        record = await job_record(client, job.id)
+    assert record.started_ms - record.due_ms >= 900  # a backup steps in a second late
+
+
+async def test_many_schedules_and_queues_do_not_exhaust_the_connection_pool(make_config, url, r, caplog):
+    schedules = {f"s{i}": {"handler": "tests.sample_handlers.add", "every": "500ms", "args": [i, 0]} for i in range(10)}
+    config = make_config(queues=["a", "b"], concurrency=1, schedules=schedules)
+    keys = Keys(config.key_prefix)
+    async with pool_of(config, url, r):
+        await async_wait_until(lambda: _async(r.hlen(keys.stats("a")) and int(r.hget(keys.stats("a"), "completed") or 0) >= 30),
+                               message="30 scheduled jobs done", timeout=20)
+    assert "Too many connections" not in caplog.text
+    assert "lost Redis" not in caplog.text

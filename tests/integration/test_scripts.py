@@ -529,6 +529,9 @@ def test_handback_returns_a_claimed_id_to_the_head_once(r, keys, scripts):
     assert scripts.handback("q", W, "a") == 0
     assert r.lrange(keys.queue("q"), 0, -1) == [b"b", b"a"]
     assert r.llen(keys.active("q", W)) == 0
+    scripts.claim("q", W, 5, 1, 0)  # a, started (as reconcile would start a moved id)
+    assert scripts.handback("q", W, "a") == 0  # a running job is never put back
+    assert r.lrange(keys.active("q", W), 0, -1) == [b"a"]
 
 
 def test_fire_enqueues_each_tick_once_and_never_an_older_one(r, keys, scripts):

@@ -68,3 +68,23 @@ def test_schedules_default_to_the_first_queue():
     config = from_mapping({"queues": ["high", "low"], "schedules": {"x": {"handler": "m.f", "every": "1m"}}},
                           environ={})
     assert config.schedules[0].queue == "high"
+
+
+@pytest.mark.parametrize("free", [1, 2, 3, 7, 16])
+def test_weighted_shares_follow_the_weights_whatever_the_free_slots(free):
+    from pool.fetcher import WeightedShares
+
+    shares = WeightedShares({"a": 3, "b": 1})
+    totals = {"a": 0, "b": 0}
+    for _ in range(40):
+        for queue, count in shares.split(["a", "b"], free):
+            totals[queue] += count
+    assert totals == {"a": 30 * free, "b": 10 * free}
+
+
+def test_weighted_shares_interleave_one_slot_at_a_time():
+    from pool.fetcher import WeightedShares
+
+    shares = WeightedShares({"a": 5, "b": 3, "c": 1})
+    picks = "".join(shares.split(["a", "b", "c"], 1)[0][0] for _ in range(9))
+    assert sorted(picks) == sorted("aaaaabbbc") and "aa" not in picks[:4]
