@@ -205,6 +205,9 @@ def check_importable(config: Any) -> None:
     (SIGHUP) runs new code. This check runs them once in a subprocess with the supervisor's
     import path, and turns a failure into the same one-line error.
 
+    Also checks that every schedule names a registered handler, so a typo fails at start-up
+    instead of once per tick.
+
     Raises:
         HandlerError: the first handler that cannot be imported (one line).
     """
@@ -214,7 +217,9 @@ def check_importable(config: Any) -> None:
         return
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    command = [sys.executable, "-c", _CHECK_PROGRAM, str(config.base_dir), *config.handlers]
+    schedules = [f"{s.name}={s.handler}" for s in config.schedules]
+    command = [sys.executable, "-c", _CHECK_PROGRAM, str(config.base_dir), config.path.name, *config.handlers,
+               "--schedules", *schedules]
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
     except subprocess.TimeoutExpired:
@@ -229,9 +234,16 @@ import sys
 from pathlib import Path
 from pool.errors import HandlerError
 from pool.handlers import load_registry
+split = sys.argv.index("--schedules")
 try:
-    load_registry(sys.argv[2:], Path(sys.argv[1]))
+    registry = load_registry(sys.argv[3:split], Path(sys.argv[1]))
 except HandlerError as exc:
     print(exc, file=sys.stderr)
     sys.exit(2)
+for entry in sys.argv[split + 1:]:
+    name, handler = entry.split("=", 1)
+    if handler not in registry and handler != "pool.script":
+        print(f"{sys.argv[2]}: schedules.{name}.handler: {handler} is not a registered handler "
+              f"(add it, or its module, to handlers:)", file=sys.stderr)
+        sys.exit(2)
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import textwrap
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,18 @@ def test_base_dir_is_put_on_sys_path(tmp_path, monkeypatch):
     (tmp_path / f"{name}.py").write_text("def hello(): return 'hi'\n")
     registry = load_registry([name], base_dir=tmp_path)
     assert registry.get(f"{name}.hello").func() == "hi"
+
+
+def test_a_schedule_must_name_a_registered_handler():
+    from pool.config import from_mapping
+    from pool.errors import HandlerError
+    from pool.handlers import check_importable
+
+    root = Path(__file__).resolve().parents[2]
+    good = {"handlers": ["tests.sample_handlers"], "schedules": {"beat": {"handler": "tests.sample_handlers.add",
+                                                                        "every": "1m"}}}
+    check_importable(from_mapping(good, root / "pool.yaml", environ={}))
+    bad = {**good, "schedules": {"beat": {"handler": "tests.sample_handlers.nope", "every": "1m"}}}
+    with pytest.raises(HandlerError, match=r"pool.yaml: schedules.beat.handler: tests.sample_handlers.nope is not a "
+                                           r"registered handler"):
+        check_importable(from_mapping(bad, root / "pool.yaml", environ={}))

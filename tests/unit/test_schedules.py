@@ -88,3 +88,15 @@ def test_weighted_shares_interleave_one_slot_at_a_time():
     shares = WeightedShares({"a": 5, "b": 3, "c": 1})
     picks = "".join(shares.split(["a", "b", "c"], 1)[0][0] for _ in range(9))
     assert sorted(picks) == sorted("aaaaabbbc") and "aa" not in picks[:4]
+
+
+def test_the_scheduling_example_config_is_valid():
+    from pathlib import Path
+
+    from pool.config import load
+
+    config = load(Path(__file__).resolve().parents[2] / "examples" / "scheduling.yaml", environ={})
+    assert config.queue_weights == {"critical": 5, "default": 3, "mail": 1}
+    assert config.rate_limits == {"mail": (100, 60_000)}
+    assert [s.name for s in config.schedules] == ["nightly-report", "ping"]
+    assert config.schedules[0].queue == "critical" and config.schedules[1].queue == "critical"
