@@ -223,12 +223,16 @@ class Fetcher:
     async def _claim(self, queue: str, count: int) -> int:
         self.slots.reserved += count
         try:
-            reply = await self.scripts.claim(
-                queue, self.worker_id, clock.now_ms(), count, len(self.slots.running),
-                rate=self.config.rate_limits.get(queue, (0, 0)), **self._claim_options)
+            reply = await self._claim_script(queue, count)
         finally:
             self.slots.release(count)
         return self._started(queue, reply)
+
+    def _claim_script(self, queue: str, count: int, moved_id: str | None = None) -> Any:
+        """claim.lua for this worker: up to ``count`` ids, or start ``moved_id``, within the rate limit."""
+        return self.scripts.claim(
+            queue, self.worker_id, clock.now_ms(), count, len(self.slots.running), moved_id=moved_id,
+            rate=self.config.rate_limits.get(queue, (0, 0)), **self._claim_options)
 
     def _started(self, queue: str, reply: list[Any]) -> int:
         wait_ms = int(reply[2]) if len(reply) > 2 else 0
@@ -281,9 +285,7 @@ class Fetcher:
             await self.scripts.handback(queue, self.worker_id, job_id)
             return
         try:
-            reply = await self.scripts.claim(
-                queue, self.worker_id, clock.now_ms(), 0, len(self.slots.running), moved_id=job_id,
-                rate=self.config.rate_limits.get(queue, (0, 0)), **self._claim_options)
+            reply = await self._claim_script(queue, 0, moved_id=job_id)
         finally:
             self.slots.release(1)
         self._started(queue, reply)
@@ -304,9 +306,7 @@ class Fetcher:
                 for raw in listed:
                     job_id = raw.decode()
                     if job_id not in self.slots.running and not self.stopping.is_set():
-                        self.start(queue, await self.scripts.claim(
-                            queue, self.worker_id, clock.now_ms(), 0, len(self.slots.running), moved_id=job_id,
-                            **self._claim_options))
+                        self._started(queue, await self._claim_script(queue, 0, moved_id=job_id))
             self._must_reconcile = False
         except OUTAGE_ERRORS:
             self._must_reconcile = True  # still down: the dispatcher backs off and tries again

@@ -22,20 +22,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import redis.asyncio
 
 from pool import clock
 from pool.config import Config
-from pool.connection import BLOCK_TIMEOUT_S, OUTAGE_ERRORS, Outage, backoff_s
+from pool.connection import BLOCK_TIMEOUT_S, OUTAGE_ERRORS, backoff_s
 from pool.jobs import Job, encode_arguments, enqueue_fields
 from pool.schedules import Schedule
 from pool.scripts import Scripts
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 REFRESH_S = 5.0  # re-read the earliest due times this often, whatever the wake channel said
 # Every worker process runs a scheduler; all but the first of each supervisor are backups that act
@@ -53,21 +52,22 @@ class Scheduler:
         worker_id: the worker this runs in (claim.lua needs one; it claims nothing here).
         client: a non-blocking Redis client (its pool also serves the wake subscription).
         scripts: claim and fire.
-        outage: logs and paces Redis outages.
+        with_retry: the worker's outage-aware retry of an idempotent step (it waits until Redis
+            answers; the worker stopping cancels this task).
         stopping: set when the worker stops.
         backup: act BACKUP_LAG_S late, and at most that often (see BACKUP_LAG_S).
     """
 
     def __init__(
         self, config: Config, worker_id: str, client: redis.asyncio.Redis, scripts: Scripts,
-        outage: Outage, stopping: asyncio.Event, backup: bool = False,
+        with_retry: Callable[..., Awaitable[Any]], stopping: asyncio.Event, backup: bool = False,
     ) -> None:
         self.config = config
         self.worker_id = worker_id
         self.redis = client
         self.scripts = scripts
         self.keys = scripts.keys
-        self.outage = outage
+        self.with_retry = with_retry
         self.stopping = stopping
         self.next_due: dict[str, int] = dict.fromkeys(config.queues, -1)  # -1: nothing delayed
         self.lag_ms = int(BACKUP_LAG_S * 1000) if backup else 0
@@ -143,13 +143,12 @@ class Scheduler:
             for queue, due in list(self.next_due.items()):
                 if 0 <= due <= now - self.lag_ms:
                     self._learned.pop(queue, None)
-                    reply = await self._retrying(lambda q=queue: self.scripts.claim(
-                        q, self.worker_id, clock.now_ms(), 0, 0, result_ttl_ms=self._ttl_ms))
+                    reply = await self.with_retry("promote", self._promote, queue)
                     self._settle(queue, int(reply[0]))
                     promoted = True
             if clock.monotonic() >= refresh_at:
                 refresh_at = clock.monotonic() + REFRESH_S
-                await self._retrying(self._refresh)
+                await self.with_retry("refresh", self._refresh)
                 continue
             if promoted and self.lag_ms:
                 await asyncio.sleep(self.lag_ms / 1000)  # a backup steps in at most this often
@@ -160,17 +159,21 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), wait_s)
 
+    def _promote(self, queue: str) -> Awaitable[Any]:
+        """claim.lua with nothing to claim: moves the queue's due jobs, returns the next due time."""
+        return self.scripts.claim(queue, self.worker_id, clock.now_ms(), 0, 0, result_ttl_ms=self._ttl_ms)
+
     # -- schedules ------------------------------------------------------------------------------
 
     async def _run_schedule(self, schedule: Schedule) -> None:
         assert schedule.queue is not None
         state = self.keys.schedule(schedule.queue, schedule.name)
-        last = await self._retrying(lambda: self.redis.hget(state, "last_ms"))
+        last = await self.with_retry("read schedule", self.redis.hget, state, "last_ms")
         tick = schedule.first_due_ms(int(last) if last else None, clock.now_ms())
         while True:
             while (delay_s := (tick + self.lag_ms - clock.now_ms()) / 1000) > 0:
                 await asyncio.sleep(min(delay_s, LONGEST_SLEEP_S))
-            fired = await self._retrying(lambda t=tick: self._fire(schedule, t))
+            fired = await self.with_retry("fire", self._fire, schedule, tick)
             if fired:
                 late = " by a backup scheduler" if self.lag_ms else ""
                 logger.info("schedule %s: enqueued %s (tick %s)%s", schedule.name, schedule.job_id(tick),
@@ -186,16 +189,6 @@ class Scheduler:
         args_json, kwargs_json = encode_arguments(job.handler, job.args, job.kwargs)
         fields = enqueue_fields(job, args_json, kwargs_json, self.config.max_payload_bytes)
         return self.scripts.fire(schedule.queue, schedule.name, tick_ms, now_ms, job.id, fields)
-
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call`` until Redis answers (the worker stopping cancels this task)."""
-        while True:
-            try:
-                result = await call()
-                self.outage.recovered()
-                return result
-            except OUTAGE_ERRORS as exc:
-                await asyncio.sleep(self.outage.failed(exc))
 
 
 def _earliest(a: int, b: int) -> int:

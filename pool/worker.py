@@ -130,7 +130,7 @@ class Worker:
         self._scripts = Scripts(self._redis, self.keys)
         self.fetcher = Fetcher(self.config, self.worker_id, self._scripts, self._redis, self._blocking, self.slots,
                                self._start_all, self._outage, self.stopping, self.burst)
-        self.scheduler = Scheduler(self.config, self.worker_id, self._redis, self._scripts, self._outage,
+        self.scheduler = Scheduler(self.config, self.worker_id, self._redis, self._scripts, self._with_retry,
                                    self.stopping, backup=not self._runs_scheduler)
         background = [asyncio.create_task(self.scheduler.run(), name="scheduler")]
         self.runner = JobRunner(self.config, self.registry, self.worker_id, self._executor, self._scripts,
