@@ -156,8 +156,11 @@ class Scheduler:
             pending = [due + self.lag_ms for due in self.next_due.values() if due >= 0]
             wait_s = min([REFRESH_S, refresh_at - clock.monotonic(), *((d - clock.now_ms()) / 1000 for d in pending)])
             if wait_s > 0:
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+                # that lands as the event is set, and the worker's stop would then wait forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), wait_s)
+                    async with asyncio.timeout(wait_s):
+                        await self._changed.wait()
 
     def _promote(self, queue: str) -> Awaitable[Any]:
         """claim.lua with nothing to claim: moves the queue's due jobs, returns the next due time."""
