@@ -8,6 +8,7 @@ Every error `pool` raises on purpose becomes ``pool: <message>`` on stderr and i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -29,13 +30,16 @@ examples:
   pool enqueue pool.yaml examples.tasks.add 1 2 --delay 5m   run it in five minutes
   pool status pool.yaml                                queues and workers at a glance
   pool status pool.yaml --json                         the same, for scripts
+  pool status pool.yaml --watch                        refresh every 2 s until Ctrl-C
   pool job pool.yaml JOB_ID                            one job's full record and history
+  pool jobs pool.yaml --status failed                  the latest failed jobs, 20 at a time
+  pool health pool.yaml                                exit 0 if this host's pool is alive (probes)
   pool dead list pool.yaml                             jobs that exhausted their retries
   pool dead retry pool.yaml --all                      send every dead job back to its queue
   pool cancel pool.yaml JOB_ID                         stop a job that has not finished
   pool events pool.yaml --json                         tail finished jobs as they happen
 
-exit codes: 0 ok, 1 job failed, 2 bad config or usage, 3 Redis unreachable
+exit codes: 0 ok, 1 job failed (or unhealthy), 2 bad config or usage, 3 Redis unreachable
 environment: POOL_REDIS_URL overrides redis.url of the config
 """
 
@@ -75,11 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show queues and workers")
     status.add_argument("config", metavar="CONFIG", help="path of pool.yaml")
     status.add_argument("--json", action="store_true", help="print one JSON object (stable shape)")
+    status.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+    status.add_argument("--interval", metavar="S", type=float, default=2.0, help="with --watch: seconds between refreshes")
 
-    job = commands.add_parser("job", help="show one job's record as JSON")
+    job = commands.add_parser("job", help="show one job's full record and history")
     job.add_argument("config", metavar="CONFIG", help="path of pool.yaml")
     job.add_argument("job_id", metavar="ID")
     job.add_argument("--queue", metavar="Q", help="the job's queue (default: search all)")
+    job.add_argument("--json", action="store_true", help="the record as one JSON object")
+
+    jobs = commands.add_parser("jobs", help="list a queue's jobs in one state, a page at a time")
+    jobs.add_argument("config", metavar="CONFIG", help="path of pool.yaml")
+    jobs.add_argument("--queue", metavar="Q", help="the queue (default: the first in the config)")
+    jobs.add_argument("--status", metavar="S", default="queued", choices=listing_statuses(),
+                      help="one of: " + ", ".join(listing_statuses()) + " (default: queued)")
+    jobs.add_argument("--offset", metavar="N", type=int, default=0, help="skip this many (paging)")
+    jobs.add_argument("--limit", metavar="N", type=int, default=20, help="page size (default: 20)")
+    jobs.add_argument("--json", action="store_true", help="the page as one JSON object")
+
+    health = commands.add_parser("health", help="exit 0 if this host's supervisor and workers are alive "
+                                 "and Redis answers (for probes)")
+    health.add_argument("config", metavar="CONFIG", help="path of pool.yaml")
+    health.add_argument("--host", metavar="HOST", help="judge this host instead (default: this one)")
 
     dead = commands.add_parser("dead", help="the dead-letter queue: list, show, retry, purge")
     actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
@@ -182,26 +203,37 @@ def _parse_when(delay: str | None, at: str | None) -> tuple[float | None, dateti
 
 
 def _status(options: argparse.Namespace) -> int:
-    from pool import status
+    from pool import status, status_text
     from pool.connection import OUTAGE_ERRORS, describe_unreachable, resolve_url, sync_client
 
     config = config_module.load(options.config)
     url = resolve_url(config)
     client = sync_client(config, url)
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     try:
-        data = status.snapshot(client, config, url)
-    except OUTAGE_ERRORS as exc:
-        raise describe_unreachable(url, exc) from None
+        while True:
+            try:
+                data = status.snapshot(client, config, url)
+                text = orjson.dumps(data).decode() if options.json else status_text.render(data, options.config, colour)
+            except OUTAGE_ERRORS as exc:
+                if not options.watch:
+                    raise describe_unreachable(url, exc) from None
+                text = f"pool: {describe_unreachable(url, exc)}; retrying every {options.interval:g}s"
+            if not options.watch:
+                print(text)
+                return ExitCode.OK
+            # Refresh in place: home the cursor, print, clear what is left of the last frame.
+            frame = text if options.json else "\x1b[H" + text.replace("\n", "\x1b[K\n") + "\x1b[K\x1b[J"
+            print(frame, flush=True)
+            time.sleep(options.interval)
+    except KeyboardInterrupt:
+        return ExitCode.OK
     finally:
         client.close()
-    if options.json:
-        print(orjson.dumps(data).decode())
-    else:
-        print(status.render(data, options.config))
-    return ExitCode.OK
 
 
 def _job(options: argparse.Namespace) -> int:
+    from pool import clock, jobs_text
     from pool.client import Client
 
     config = config_module.load(options.config)
@@ -209,8 +241,45 @@ def _job(options: argparse.Namespace) -> int:
         job = client.get_job(options.job_id, queue=options.queue)
     if job is None:
         raise PoolError(f"no job {options.job_id} (never enqueued, or its result expired)")
-    print(orjson.dumps(job.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    if options.json:
+        print(orjson.dumps(job.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(jobs_text.render_job(job, clock.now_ms()))
     return ExitCode.OK
+
+
+def _jobs(options: argparse.Namespace) -> int:
+    from pool import clock, jobs_text
+    from pool.client import Client
+
+    with Client(config_module.load(options.config)) as client:
+        page = client.jobs(options.queue, options.status, options.offset, options.limit)
+    if options.json:
+        print(orjson.dumps(page.to_dict()).decode())
+    else:
+        print(jobs_text.render_page(page, options.config, clock.now_ms()))
+    return ExitCode.OK
+
+
+def _health(options: argparse.Namespace) -> int:
+    from pool import health
+    from pool.connection import OUTAGE_ERRORS, describe_unreachable, resolve_url, sync_client
+
+    config = config_module.load(options.config)
+    url = resolve_url(config)
+    client = sync_client(config, url)
+    try:
+        verdict = health.check(client, config, url, options.host)
+    except OUTAGE_ERRORS as exc:
+        print(f"unhealthy: {describe_unreachable(url, exc)}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    finally:
+        client.close()
+    if verdict.healthy:
+        print(f"healthy: {verdict.message}")
+        return ExitCode.OK
+    print(f"unhealthy: {verdict.message}", file=sys.stderr)
+    return ExitCode.JOB_FAILED
 
 
 def _dead(options: argparse.Namespace) -> int:
@@ -305,6 +374,12 @@ def _parse_kwargs(text: str | None) -> dict[str, Any]:
 
 
 _COMMANDS = {
-    "run": _run, "enqueue": _enqueue, "status": _status, "job": _job, "dead": _dead,
-    "cancel": _cancel, "events": _events,
+    "run": _run, "enqueue": _enqueue, "status": _status, "job": _job, "jobs": _jobs, "health": _health,
+    "dead": _dead, "cancel": _cancel, "events": _events,
 }
+
+
+def listing_statuses() -> tuple[str, ...]:
+    from pool.listing import STATUSES
+
+    return STATUSES

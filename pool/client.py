@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import orjson
 import redis.asyncio
 
-from pool import clock
+from pool import clock, listing
 from pool.config import Config, load
 from pool.connection import (
     BLOCK_TIMEOUT_S,
@@ -36,6 +36,7 @@ from pool.connection import (
 from pool.errors import JobNotFound, RedisUnavailable, ResultTimeout, UsageError
 from pool.jobs import Job, Status, dumps, encode_arguments, enqueue_fields, new_job_id
 from pool.keys import QUEUE_NAME_RULE, Keys, is_valid_queue_name
+from pool.listing import JobPage
 from pool.scripts import Scripts
 
 T = TypeVar("T")
@@ -327,6 +328,19 @@ class AsyncClient:
         alive.sort(key=lambda job: job.finished_ms or 0, reverse=True)
         return alive[:limit]
 
+    async def jobs(self, queue: str | None = None, status: str = "queued", offset: int = 0,
+                   limit: int = 20) -> JobPage:
+        """One page of a queue's jobs in one state (see :mod:`pool.listing`).
+
+        Args:
+            queue: default: the first queue of the config.
+            status: queued, active, delayed, retrying, dead, completed, failed or cancelled.
+        """
+        name = queue or self.config.queues[0]
+        if not is_valid_queue_name(name):
+            raise UsageError(f"queue {name!r} is not a valid queue name: {QUEUE_NAME_RULE}")
+        return await listing.list_jobs(self.redis, self.keys, name, status, offset, limit, self._retrying)
+
     async def retry_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False) -> int:
         """Send dead jobs back to their queues (attempts reset, ids kept). Returns how many went.
 
@@ -456,6 +470,10 @@ class Client:
     def dead_jobs(self, queue: str | None = None, limit: int = 100) -> list[Job]:
         """The most recent dead jobs; see :meth:`AsyncClient.dead_jobs`."""
         return self._run(self._async.dead_jobs(queue, limit))
+
+    def jobs(self, queue: str | None = None, status: str = "queued", offset: int = 0, limit: int = 20) -> JobPage:
+        """One page of a queue's jobs in one state; see :meth:`AsyncClient.jobs`."""
+        return self._run(self._async.jobs(queue, status, offset, limit))
 
     def retry_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False) -> int:
         """Send dead jobs back to their queues; see :meth:`AsyncClient.retry_dead`."""

@@ -21,3 +21,19 @@ def monotonic() -> float:
 def format_ms(ms: int) -> str:
     """Epoch milliseconds as an ISO 8601 UTC time, for logs and `pool status`."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def describe_s(seconds: float | None) -> str:
+    """A duration for people: '0.4s', '42s', '3m 07s', '2h 14m', '3d 04h'; '-' for None."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d {whole % 86400 // 3600:02d}h"

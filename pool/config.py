@@ -116,8 +116,26 @@ class ScriptSettings:
 
 @dataclass(frozen=True)
 class LoggingSettings:
+    """Log level and format; ``levels`` sets single loggers (``pool.jobs: warning`` keeps only
+    the lines of failed jobs)."""
+
     level: str = "info"
     format: str = "text"
+    levels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The supervisor's HTTP server for Prometheus (``/metrics``) and probes (``/healthz``).
+
+    Off unless ``port`` is set; port 0 picks a free one (shown by `pool status`)."""
+
+    port: int | None = None
+    host: str = "0.0.0.0"
+
+    @property
+    def enabled(self) -> bool:
+        return self.port is not None
 
 
 @dataclass(frozen=True)
@@ -154,6 +172,7 @@ class Config:
     timeout_grace_s: float = 10.0
     state_dir: Path = Path(".pool")
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def base_dir(self) -> Path:
@@ -260,6 +279,15 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
         return value.lower()
 
     return parse
+
+
+def _logger_levels(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise _Invalid("must map logger names to levels, e.g. {pool.jobs: warning, examples: debug}")
+    for name, level in value.items():
+        if not isinstance(level, str) or level.lower() not in _LOG_LEVELS:
+            raise _Invalid(f"the level of {name!r} must be one of {', '.join(_LOG_LEVELS)}")
+    return {name: level.lower() for name, level in value.items()}
 
 
 def _redis_url(value: Any) -> str | None:
@@ -429,6 +457,11 @@ _SCRIPTS: _Table = {
 _LOGGING: _Table = {
     "level": ("level", _choice(*_LOG_LEVELS)),
     "format": ("format", _choice(*_LOG_FORMATS)),
+    "levels": ("levels", _logger_levels),
+}
+_METRICS: _Table = {
+    "port": ("port", _integer(0, 65535)),
+    "host": ("host", _string),
 }
 _TOP: _Table = {
     "redis": ("redis", (RedisSettings, _REDIS)),
@@ -456,6 +489,7 @@ _TOP: _Table = {
     "timeout_grace": ("timeout_grace_s", _duration(0, allow_zero=True)),
     "state_dir": ("state_dir", _string),
     "logging": ("logging", (LoggingSettings, _LOGGING)),
+    "metrics": ("metrics", (MetricsSettings, _METRICS)),
 }
 
 

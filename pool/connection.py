@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -127,11 +128,12 @@ def backoff_s(attempt: int, base_s: float = 0.05, cap_s: float = 1.0) -> float:
 class Outage:
     """Tracks one connection's outage so that it is logged once at the start and once at the end."""
 
-    def __init__(self, what: str, url: str) -> None:
+    def __init__(self, what: str, url: str, on_recovered: Callable[[], None] | None = None) -> None:
         self.what = what
         self.url = redact(url)
         self.attempt = 0
         self.started: float | None = None
+        self.on_recovered = on_recovered  # told once per outage that ended (metrics)
 
     @property
     def is_ongoing(self) -> bool:
@@ -150,5 +152,7 @@ class Outage:
         if self.started is not None:
             logger.warning("%s reconnected to Redis at %s after %.1fs", self.what, self.url,
                            time.monotonic() - self.started)
+            if self.on_recovered is not None:
+                self.on_recovered()
         self.started = None
         self.attempt = 0

@@ -24,6 +24,7 @@ from pool.outcomes import Decision, Failure
 from pool.scripts import JobNotActive, Scripts, check
 
 logger = logging.getLogger("pool.worker")
+job_logger = logging.getLogger("pool.jobs")  # one line per finished job: its level is set apart
 
 
 class JobRunner:
@@ -162,16 +163,16 @@ class JobRunner:
 
     def log(self, job: Job, status: Status, run_ms: float, failure: Failure | None,
                  decision: Decision | None, acked: bool) -> None:
-        wait_ms = max(0, (job.started_ms or 0) - (job.enqueued_ms or job.created_ms or 0))
+        wait_ms = job.wait_ms
         extra = {"job_id": job.id, "queue": job.queue, "handler": job.handler,
                  "outcome": status.value, "wait_ms": wait_ms, "run_ms": round(run_ms, 1)}
         head = f"job {job.id} {job.handler} queue={job.queue} wait={wait_ms}ms run={run_ms:.1f}ms"
         if not acked:
-            logger.warning("%s finished but was requeued meanwhile; outcome dropped", head, extra=extra)
+            job_logger.warning("%s finished but was requeued meanwhile; outcome dropped", head, extra=extra)
         elif failure is None:
-            logger.info("%s completed", head, extra=extra)
+            job_logger.info("%s completed", head, extra=extra)
         elif decision is not None and decision.status is Status.RETRYING:
-            logger.warning("%s failed (attempt %d), retrying in %.1fs: %s", head, job.attempts,
+            job_logger.warning("%s failed (attempt %d), retrying in %.1fs: %s", head, job.attempts,
                            decision.delay_s or 0, failure.error, extra=extra)
         else:
-            logger.warning("%s %s: %s", head, status.value, failure.error, extra=extra)
+            job_logger.warning("%s %s: %s", head, status.value, failure.error, extra=extra)

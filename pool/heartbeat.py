@@ -28,7 +28,8 @@ async def beat(
     Args:
         state: busy, idle or stopping.
         ttl_ms: how long the liveness keys live without a next beat.
-        info: numbers shown by `pool status` (in_flight, done, failed, started_ms, concurrency).
+        info: numbers shown by `pool status` (in_flight, done, failed, started_ms, concurrency,
+            rss_bytes).
     """
     queues = list(queues)
     host, pid, _ = worker_id.rsplit(":", 2)

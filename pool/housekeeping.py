@@ -1,5 +1,6 @@
 """The supervisor's Redis chores: requeue the jobs of dead workers, reclaim expired ones, watch
-that Redis kept its data.
+that Redis kept its data, and announce the supervisor itself (what `pool status` and
+`pool health` read: its state and which workers it runs).
 
 Everything here is synchronous and runs from the supervisor's loop (≤ 1 s tick), so it needs no
 thread or event loop across fork. Errors that mean "Redis is unreachable" are absorbed and
@@ -12,6 +13,7 @@ off, every heartbeat looked stale from where it stood, and the workers need a mo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -33,11 +35,23 @@ class Housekeeper:
         url: the Redis URL the pool uses.
     """
 
-    def __init__(self, config: Config, url: str) -> None:
+    def __init__(self, config: Config, url: str, supervisor_id: str = "",
+                 on_reconnect: Callable[[], None] | None = None,
+                 on_requeue: Callable[[str, str, int, int], None] | None = None) -> None:
+        """
+        Args:
+            supervisor_id: the id announced in ``<p>:supervisor:<id>`` (``host:pid:nonce``).
+            on_reconnect: called when Redis answers again after an outage (metrics).
+            on_requeue: called with (queue, why, requeued, buried) after a dead worker's jobs
+                were requeued ('died') or reclaimed ('expired') (metrics).
+        """
         self.config = config
         self.url = url
+        self.supervisor_id = supervisor_id
+        self.on_requeue = on_requeue
+        self._next_announce = 0.0
         self.keys = Keys(config.key_prefix)
-        self.outage = Outage("supervisor", url)
+        self.outage = Outage("supervisor", url, on_reconnect)
         self.dead_workers: list[str] = []
         self.reclaimed_total = 0
         self._next_reclaim = 0.0
@@ -73,23 +87,35 @@ class Housekeeper:
     def worker_died(self, worker_id: str) -> None:
         """Queue the requeue of a worker the supervisor saw exit (done on this or a later tick)."""
         self.dead_workers.append(worker_id)
+        self.announce_soon()
 
-    def tick(self, reclaim: bool = True) -> None:
-        """Do what is due; never raises for a Redis error (it is retried next tick)."""
+    def tick(self, reclaim: bool = True, presence: Mapping[str, Any] | None = None) -> None:
+        """Do what is due; never raises for a Redis error (it is retried next tick).
+
+        Args:
+            reclaim: look for workers whose heartbeat expired (not while stopping).
+            presence: the supervisor's fields for ``<p>:supervisor:<id>``, written once per
+                heartbeat interval (None: do not announce).
+        """
         try:
             if self.outage.is_ongoing:
                 self.redis.ping()
                 # Back from our own outage: while cut off, every heartbeat looked stale from here.
                 # Hold reclaiming off for one TTL so that the workers can renew theirs first.
                 self.outage.recovered()
+                self._next_announce = 0.0
                 self._reclaim_after = clock.monotonic() + self.config.heartbeat_ttl_s
             self._requeue_dead()
             now = clock.monotonic()
+            if presence is not None and now >= self._next_announce:
+                self._next_announce = now + self.config.heartbeat_interval_s
+                self.announce(presence)
             if reclaim and now >= self._next_reclaim:
                 self._next_reclaim = now + self.config.reclaim_interval_s
                 self.check_data()
                 if now >= self._reclaim_after:
                     self.reclaim_expired()
+                    self._prune_supervisors()
         except OUTAGE_ERRORS as exc:
             self.outage.failed(exc)
             return
@@ -102,6 +128,42 @@ class Housekeeper:
             return
         self._last_error = None
 
+    # -- presence ---------------------------------------------------------------------------------
+
+    def announce(self, presence: Mapping[str, Any]) -> None:
+        """Write this supervisor's hash (with the heartbeat TTL: gone = supervisor lost)."""
+        key = self.keys.supervisor(self.supervisor_id)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping={"id": self.supervisor_id, "heartbeat_ms": clock.now_ms(), **presence})
+            pipe.pexpire(key, int(self.config.heartbeat_ttl_s * 1000))
+            pipe.sadd(self.keys.supervisors(), self.supervisor_id)
+            pipe.execute()
+
+    def announce_soon(self) -> None:
+        """Announce on the next tick (a worker started or exited: status should see it now)."""
+        self._next_announce = 0.0
+
+    def withdraw(self) -> None:
+        """Leave the registry at a clean stop, so that status does not show this supervisor as lost."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self.keys.supervisor(self.supervisor_id))
+            pipe.srem(self.keys.supervisors(), self.supervisor_id)
+            pipe.execute()
+
+    def _prune_supervisors(self) -> None:
+        """Forget supervisors whose hash expired (killed, host lost), as reclaim forgets their
+        workers; SREM is idempotent, so several supervisors may do it at once."""
+        members = [m.decode() for m in self.redis.smembers(self.keys.supervisors())]
+        if not members:
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.exists(self.keys.supervisor(member))
+            alive = pipe.execute()
+        gone = [m for m, is_alive in zip(members, alive, strict=True) if not is_alive]
+        if gone:
+            self.redis.srem(self.keys.supervisors(), *gone)
+
     # -- requeue and reclaim ----------------------------------------------------------------------
 
     def _requeue_dead(self) -> None:
@@ -111,6 +173,8 @@ class Housekeeper:
                 requeued, buried = self.scripts.requeue(
                     queue, worker_id, "died", self.config.max_deliveries, clock.now_ms(), **self._burial)
                 self._report(worker_id, queue, requeued, buried, "it died")
+                if self.on_requeue is not None:
+                    self.on_requeue(queue, "died", requeued, buried)
             self._forget(worker_id)
             self.dead_workers.pop(0)
 
@@ -140,6 +204,8 @@ class Housekeeper:
                 return 0  # it heartbeated meanwhile, or another supervisor was first
         requeued, buried = reply
         self._report(worker_id, queue, requeued, buried, "its heartbeat expired")
+        if self.on_requeue is not None:
+            self.on_requeue(queue, "expired", requeued, buried)
         self._forget(worker_id)
         self.reclaimed_total += requeued
         return int(requeued)

@@ -105,6 +105,15 @@ class Job:
     updated_ms: int | None = None
     history: tuple[dict[str, Any], ...] = ()
 
+    @property
+    def wait_ms(self) -> int:
+        """How long this attempt waited for a worker since it became ready (enqueued, or due
+        after a delay or a retry's backoff); 0 before it started."""
+        if not self.started_ms:
+            return 0
+        ready = max(self.enqueued_ms or self.created_ms or 0, self.due_ms or 0)
+        return max(0, self.started_ms - ready)
+
     @classmethod
     def from_hash(cls, fields: Mapping[bytes, bytes]) -> Job:
         """Build a Job from the raw HGETALL reply of its hash.

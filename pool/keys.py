@@ -10,6 +10,8 @@ slot, and each Lua script touches a single slot.
 | ``<p>:{q}:job:<id>``                  | hash | enqueue, claim, ack         | client, worker, status    |
 | ``<p>:{q}:done:<id>``                 | list | ack (one token, with TTL)   | client waiting on result  |
 | ``<p>:{q}:stats``                     | hash | ack, reclaim (totals)       | status                    |
+| ``<p>:{q}:tally:<minute>``            | hash | ack (counts per s, 62 min)  | status: last minute, hour |
+| ``<p>:{q}:recent:<status>``           | list | ack, cancel (newest 1000)   | `pool jobs --status`      |
 | ``<p>:{q}:delayed``                   | zset | enqueue (delay), ack (retry)| claim (promotes due jobs) |
 | ``<p>:{q}:wake`` (channel)            | pub  | enqueue, ack: new earliest  | the scheduler (promotion) |
 | ``<p>:{q}:rate``                      | zset | claim (one entry per start) | claim (rate limit window) |
@@ -21,6 +23,8 @@ slot, and each Lua script touches a single slot.
 | ``<p>:{q}:alive:<worker_id>``         | str  | worker heartbeat (PX ttl)   | reclaim: expired = dead   |
 | ``<p>:workers``                       | set  | worker heartbeat            | status                    |
 | ``<p>:worker:<worker_id>``            | hash | worker heartbeat (with TTL) | status                    |
+| ``<p>:supervisors``                   | set  | supervisor heartbeat        | status, health            |
+| ``<p>:supervisor:<supervisor_id>``    | hash | supervisor heartbeat (TTL)  | status, health            |
 | ``<p>:marker``                        | hash | supervisor (once per data)  | supervisor, status        |
 
 The per-queue ``workers`` set and ``alive`` keys repeat, in each queue's hash tag, what the
@@ -34,6 +38,9 @@ from __future__ import annotations
 import os
 import re
 import socket
+
+# How many ids each ``recent:<status>`` list keeps (completed, failed, cancelled), newest first.
+RECENT_JOBS = 1000
 
 # Queue names become part of keys and hash tags: no braces, colons or spaces.
 QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -77,6 +84,14 @@ class Keys:
     def stats(self, queue: str) -> str:
         return f"{self.prefix}:{{{queue}}}:stats"
 
+    def tally(self, queue: str, minute: int) -> str:
+        """Counts of finished attempts in one minute (server clock: unix seconds // 60)."""
+        return f"{self.prefix}:{{{queue}}}:tally:{minute}"
+
+    def recent(self, queue: str, status: str) -> str:
+        """Ids of the latest jobs that finished with ``status`` (completed, failed, cancelled)."""
+        return f"{self.prefix}:{{{queue}}}:recent:{status}"
+
     def delayed(self, queue: str) -> str:
         return f"{self.prefix}:{{{queue}}}:delayed"
 
@@ -109,6 +124,12 @@ class Keys:
 
     def marker(self) -> str:
         return f"{self.prefix}:marker"
+
+    def supervisors(self) -> str:
+        return f"{self.prefix}:supervisors"
+
+    def supervisor(self, supervisor_id: str) -> str:
+        return f"{self.prefix}:supervisor:{supervisor_id}"
 
     def workers(self) -> str:
         return f"{self.prefix}:workers"

@@ -1,7 +1,9 @@
 """Logging set-up for the supervisor and worker processes: text or JSON lines, one format each.
 
 Every line says which process wrote it (``supervisor`` or ``worker-<n>``), so an operator reading
-a merged journal can tell them apart.
+a merged journal can tell them apart. The one line per finished job comes from the ``pool.jobs``
+logger (completed at info, failures at warning), so ``levels: {pool.jobs: warning}`` keeps only
+the failures.
 """
 
 from __future__ import annotations
@@ -53,3 +55,5 @@ def setup(settings: LoggingSettings, role: str) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(settings.level.upper())
+    for name, level in settings.levels.items():
+        logging.getLogger(name).setLevel(level.upper())

@@ -1,26 +1,42 @@
-"""A read-only snapshot of the pool for `pool status`: queues, workers, and their counts.
+"""A read-only snapshot of the pool for `pool status`: queues, supervisors, workers, schedules.
 
 The JSON shape (``pool status --json``) is stable; new fields may be added, none renamed:
 
-    {"redis": {"url": str, "version": str},
-     "queues": {name: {"queued": int, "active": int, "delayed": int, "completed": int,
-                       "failed": int, "dead": int, "reclaimed": int}},
-     "workers": [{"id", "host", "pid", "state", "queues", "in_flight", "done", "failed",
-                  "concurrency", "started_ms", "heartbeat_age_s", "uptime_s"}],
+    {"time_ms": int,                                   # the Redis server's clock
+     "redis": {"url": str, "version": str},
+     "pool": {"state": "up" | "degraded" | "down", "hosts": int, "supervisors": int,
+              "workers": int, "workers_expected": int | None, "problems": [str]},
+     "queues": {name: {"queued": int, "active": int, "delayed": int, "dead": int,
+                       "completed": int, "failed": int, "reclaimed": int,    # totals, ever
+                       "last_minute": {"completed": int, "failed": int},
+                       "last_hour": {"completed": int, "failed": int},
+                       "jobs_per_s": float,                    # finished, over the last minute
+                       "oldest_wait_s": float | None}},        # the next job's time in the queue
+     "supervisors": [{"id", "host", "pid", "state", "processes", "workers", "restarts",
+                      "recycles", "metrics", "started_ms", "uptime_s", "heartbeat_age_s"}],
+     "workers": [{"id", "host", "pid", "state", "supervisor", "name", "queues", "in_flight",
+                  "done", "failed", "concurrency", "memory_bytes", "started_ms",
+                  "heartbeat_age_s", "uptime_s"}],
      "schedules": {name: {"handler": str, "queue": str, "when": str, "last_ms": int | None,
                           "last_job_id": str | None, "next_ms": int}},
      "warnings": [str]}
 
-``warnings`` says, in words, what an operator must know first: Redis lost the pool's data
-(restarted without persistence), or no pool has ever run against this Redis.
+``last_minute`` and ``last_hour`` count attempts that finished in the last 60 s and 3,600 s of the
+server's clock, to the second: ``completed``, and ``failed`` for every failed attempt (also those
+that are retried). The totals (``completed``, ``failed``) count outcomes since the queue began.
 
-``state`` is busy, idle or stopping from the worker's own heartbeat, or ``lost`` when the worker
-is still registered but its heartbeat has expired (its jobs stay counted as active).
+A supervisor's ``state`` is running, reloading, stopping or crash-looping from its own heartbeat,
+or ``lost`` once that heartbeat expired. A worker's is busy, idle or stopping, or ``lost`` when
+it is still registered but its heartbeat has expired (its jobs stay counted as active until a
+supervisor reclaims them). The pool is ``down`` when nothing has a heartbeat, ``degraded`` when
+something is lost, missing or crash-looping; ``problems`` says what, in words.
+
 Everything is read in two pipelined round trips, whatever the number of workers and queues.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -31,46 +47,219 @@ from pool.connection import redact
 from pool.keys import Keys
 from pool.schedules import Schedule
 
+HOUR_MINUTES = 60
+
 
 def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
-    """Read queues and workers. Raises redis errors as they come (the CLI reports them)."""
+    """Read everything `pool status` shows. Raises redis errors as they come (the CLI reports them)."""
     keys = Keys(config.key_prefix)
-    worker_ids = sorted(member.decode() for member in client.smembers(keys.workers()))
+    with client.pipeline(transaction=False) as pipe:
+        pipe.time()
+        pipe.smembers(keys.workers())
+        pipe.smembers(keys.supervisors())
+        for queue in config.queues:
+            pipe.lindex(keys.queue(queue), -1)  # the next to start: enqueue pushes the other end
+        first = pipe.execute()
+    seconds, micros = first[0]
+    now_s, server_ms = int(seconds), int(seconds) * 1000 + int(micros) // 1000
+    worker_ids = sorted(member.decode() for member in first[1])
+    supervisor_ids = sorted(member.decode() for member in first[2])
+    heads = dict(zip(config.queues, first[3:], strict=True))
     with client.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.marker())
+        for supervisor_id in supervisor_ids:
+            pipe.hgetall(keys.supervisor(supervisor_id))
         for worker_id in worker_ids:
             pipe.hgetall(keys.worker(worker_id))
         for queue in config.queues:
-            pipe.llen(keys.queue(queue))
-            pipe.hgetall(keys.stats(queue))
-            pipe.zcard(keys.dead(queue))
-            pipe.zcard(keys.delayed(queue))
-            for worker_id in worker_ids:
-                pipe.llen(keys.active(queue, worker_id))
+            _read_queue(pipe, keys, queue, worker_ids, heads[queue], now_s)
         for schedule in config.schedules:
             pipe.hgetall(keys.schedule(schedule.queue or config.queues[0], schedule.name))
         replies = iter(pipe.execute())
     marker = next(replies)
-    now_ms = clock.now_ms()
-    workers = [_worker(worker_id, next(replies), now_ms) for worker_id in worker_ids]
-    queues = {}
-    for queue in config.queues:
-        queued, stats, dead, delayed = next(replies), next(replies), next(replies), next(replies)
-        active = sum(next(replies) for _ in worker_ids)
-        queues[queue] = {
-            "queued": queued,
-            "active": active,
-            "delayed": delayed,
-            "completed": int(stats.get(b"completed", 0)),
-            "failed": int(stats.get(b"failed", 0)),
-            "dead": dead,
-            "reclaimed": int(stats.get(b"reclaimed", 0)),
-        }
+    now_ms = clock.now_ms()  # heartbeats carry their writer's clock: ages are judged on ours
+    supervisors = [_supervisor(sid, next(replies), now_ms) for sid in supervisor_ids]
+    workers = [_worker(wid, next(replies), now_ms) for wid in worker_ids]
+    _name_workers(workers, supervisors)
+    queues = {queue: _queue(replies, worker_ids, heads[queue] is not None, now_s, server_ms)
+              for queue in config.queues}
     schedules = {s.name: _schedule(s, next(replies), now_ms) for s in config.schedules}
-    version = _server_version(client)
-    return {"redis": {"url": redact(url), "version": str(version)}, "queues": queues, "workers": workers,
-            "schedules": schedules, "warnings": _warnings(marker, now_ms)}
+    return {
+        "time_ms": server_ms, "redis": {"url": redact(url), "version": _server_version(client)},
+        "pool": _pool(supervisors, workers), "queues": queues, "supervisors": supervisors,
+        "workers": workers, "schedules": schedules, "warnings": _warnings(marker, now_ms),
+    }
 
+
+# -- queues ----------------------------------------------------------------------------------------
+
+def _read_queue(pipe: Any, keys: Keys, queue: str, worker_ids: list[str], head: bytes | None, now_s: int) -> None:
+    """Queue the reads of one queue; :func:`_queue` takes the replies in the same order."""
+    pipe.llen(keys.queue(queue))
+    pipe.hgetall(keys.stats(queue))
+    pipe.zcard(keys.dead(queue))
+    pipe.zcard(keys.delayed(queue))
+    for worker_id in worker_ids:
+        pipe.llen(keys.active(queue, worker_id))
+    minute = now_s // 60
+    pipe.hgetall(keys.tally(queue, minute))
+    pipe.hgetall(keys.tally(queue, minute - 1))
+    pipe.hgetall(keys.tally(queue, minute - HOUR_MINUTES))
+    for older in range(minute - HOUR_MINUTES + 1, minute - 1):
+        pipe.hmget(keys.tally(queue, older), "c", "f")
+    if head is not None:
+        pipe.hmget(keys.job(queue, head.decode()), "updated_ms", "enqueued_ms")
+
+
+def _queue(replies: Any, worker_ids: list[str], has_head: bool, now_s: int, server_ms: int) -> dict[str, Any]:
+    queued, stats, dead, delayed = next(replies), next(replies), next(replies), next(replies)
+    active = sum(next(replies) for _ in worker_ids)
+    current, previous, hour_ago = next(replies), next(replies), next(replies)
+    full_minutes = [next(replies) for _ in range(HOUR_MINUTES - 2)]
+    minute, hour = window_counts(now_s % 60, current, previous, hour_ago, full_minutes)
+    oldest = None
+    if has_head:
+        updated, enqueued = next(replies)
+        since = int(updated or enqueued or 0)
+        oldest = round(max(0, server_ms - since) / 1000, 1) if since else None
+    return {
+        "queued": queued, "active": active, "delayed": delayed, "dead": dead,
+        "completed": int(stats.get(b"completed", 0)), "failed": int(stats.get(b"failed", 0)),
+        "reclaimed": int(stats.get(b"reclaimed", 0)),
+        "last_minute": minute, "last_hour": hour,
+        "jobs_per_s": round((minute["completed"] + minute["failed"]) / 60, 2),
+        "oldest_wait_s": oldest,
+    }
+
+
+def window_counts(
+    second: int, current: Mapping[bytes, bytes], previous: Mapping[bytes, bytes],
+    hour_ago: Mapping[bytes, bytes], full_minutes: list[list[bytes | None]],
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Completed and failed attempts in the last 60 s and the last 3,600 s, to the second.
+
+    Each minute's tally holds totals (``c``, ``f``) and per-second counts (``c<s>``, ``f<s>``).
+    The window ending now (``second`` into the current minute) takes the current minute whole,
+    and from the minute before it (for the hour: the minute an hour before) only the seconds
+    after ``second``; the hour takes the 58 minutes between whole.
+
+    Args:
+        second: seconds into the current minute (server clock).
+        current, previous, hour_ago: HGETALL of the tallies of this minute, the one before, and
+            the one 60 minutes before.
+        full_minutes: HMGET c f of the 58 minutes in between.
+    """
+    def later_seconds(tally: Mapping[bytes, bytes], kind: str) -> int:
+        return sum(int(tally.get(f"{kind}{s}".encode(), 0)) for s in range(second + 1, 60))
+
+    minute, hour = {}, {}
+    for kind, name, index in (("c", "completed", 0), ("f", "failed", 1)):
+        now_count = int(current.get(kind.encode(), 0))
+        between = sum(int(pair[index] or 0) for pair in full_minutes) + int(previous.get(kind.encode(), 0))
+        minute[name] = now_count + later_seconds(previous, kind)
+        hour[name] = now_count + between + later_seconds(hour_ago, kind)
+    return minute, hour
+
+
+# -- supervisors and workers -----------------------------------------------------------------------
+
+def _supervisor(supervisor_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str, Any]:
+    host, pid, _ = ([*supervisor_id.rsplit(":", 2), "", ""])[:3]
+    if not fields:
+        return {"id": supervisor_id, "host": host, "pid": int(pid) if pid.isdigit() else None, "state": "lost",
+                "processes": None, "workers": [], "restarts": None, "recycles": None, "metrics": None,
+                "started_ms": None,
+                "uptime_s": None, "heartbeat_age_s": None}
+    get = _getter(fields)
+    started_ms = int(get("started_ms") or now_ms)
+    return {
+        "id": supervisor_id, "host": get("host") or host, "pid": int(get("pid") or 0),
+        "state": get("state") or "running", "processes": int(get("processes") or 0),
+        "workers": [w for w in get("workers").split(",") if w],
+        "restarts": int(get("restarts") or 0), "recycles": int(get("recycles") or 0),
+        "metrics": get("metrics") or None, "started_ms": started_ms, "uptime_s": _age_s(now_ms, started_ms),
+        "heartbeat_age_s": _age_s(now_ms, int(get("heartbeat_ms") or now_ms)),
+    }
+
+
+def _worker(worker_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str, Any]:
+    host, pid, _ = ([*worker_id.rsplit(":", 2), "", ""])[:3]
+    if not fields:
+        return {"id": worker_id, "host": host, "pid": int(pid) if pid.isdigit() else None,
+                "state": "lost", "supervisor": None, "name": None, "queues": [], "in_flight": None,
+                "done": None, "failed": None, "concurrency": None, "memory_bytes": None,
+                "started_ms": None, "heartbeat_age_s": None, "uptime_s": None}
+    get = _getter(fields)
+    started_ms = int(get("started_ms") or now_ms)
+    return {
+        "id": worker_id,
+        "host": get("host"),
+        "pid": int(get("pid") or 0),
+        "state": get("state") or "idle",
+        "supervisor": None,
+        "name": None,
+        "queues": [q for q in get("queues").split(",") if q],
+        "in_flight": int(get("in_flight") or 0),
+        "done": int(get("done") or 0),
+        "failed": int(get("failed") or 0),
+        "concurrency": int(get("concurrency") or 0),
+        "memory_bytes": int(get("rss_bytes")) if get("rss_bytes") else None,
+        "started_ms": started_ms,
+        "heartbeat_age_s": _age_s(now_ms, int(get("heartbeat_ms") or now_ms)),
+        "uptime_s": _age_s(now_ms, started_ms),
+    }
+
+
+def _name_workers(workers: list[dict[str, Any]], supervisors: list[dict[str, Any]]) -> None:
+    """Tie each worker to the supervisor that lists it, and name it by its slot (worker-1...)."""
+    by_id = {w["id"]: w for w in workers}
+    for supervisor in supervisors:
+        for index, worker_id in enumerate(supervisor["workers"]):
+            worker = by_id.get(worker_id)
+            if worker is not None:
+                worker["supervisor"], worker["name"] = supervisor["id"], f"worker-{index + 1}"
+
+
+def _pool(supervisors: list[dict[str, Any]], workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one-line verdict: up, degraded or down, and why."""
+    live_supervisors = [s for s in supervisors if s["state"] != "lost"]
+    supervised_hosts = {s["host"] for s in live_supervisors}
+    # A worker counts when a live supervisor lists it, or when it runs without one (embedded in
+    # an application); an unlisted one on a supervised host has just exited or not yet been listed.
+    live_workers = [w for w in workers if w["state"] != "lost"
+                    and (w["supervisor"] is not None or w["host"] not in supervised_hosts)]
+    problems = []
+    for supervisor in supervisors:
+        where = f"supervisor {supervisor['host']} pid {supervisor['pid']}"
+        if supervisor["state"] == "lost":
+            problems.append(f"{where} lost (no heartbeat): its workers' jobs are reclaimed by the others")
+        elif supervisor["state"] == "crash-looping":
+            problems.append(f"{where}: a worker keeps dying at start-up (see its log)")
+        elif supervisor["state"] != "stopping":
+            running = sum(1 for w in live_workers if w["supervisor"] == supervisor["id"])
+            if running < supervisor["processes"]:
+                problems.append(f"{where}: {running} of {supervisor['processes']} workers running")
+    lost = [w for w in workers if w["state"] == "lost"]
+    if lost:
+        problems.append(f"{len(lost)} worker(s) lost (heartbeat expired): their jobs wait to be reclaimed")
+    expected = sum(s["processes"] for s in live_supervisors) if live_supervisors else None
+    state = "down" if not live_supervisors and not live_workers else "degraded" if problems else "up"
+    return {
+        "state": state, "hosts": len({s["host"] for s in live_supervisors} | {w["host"] for w in live_workers}),
+        "supervisors": len(live_supervisors), "workers": len(live_workers), "workers_expected": expected,
+        "problems": problems,
+    }
+
+
+def _getter(fields: dict[bytes, bytes]) -> Any:
+    return lambda name: fields.get(name.encode(), b"").decode()
+
+
+def _age_s(now_ms: int, then_ms: int) -> float:
+    return round(max(0, now_ms - then_ms) / 1000, 1)
+
+
+# -- schedules and warnings ------------------------------------------------------------------------
 
 def _schedule(schedule: Schedule, state: dict[bytes, bytes], now_ms: int) -> dict[str, Any]:
     last = int(state[b"last_ms"]) if b"last_ms" in state else None
@@ -95,87 +284,6 @@ def _warnings(marker: dict[bytes, bytes], now_ms: int) -> list[str]:
         return ["no pool has run against this Redis yet (or it lost its data before one started)"]
     lost = marker.get(b"data_lost_ms")
     if lost:
-        ago = _duration((now_ms - int(lost)) / 1000)
+        ago = clock.describe_s((now_ms - int(lost)) / 1000)
         return [f"Redis LOST ITS DATA {ago} ago (restarted without persistence?): jobs queued before then are gone"]
     return []
-
-
-def _worker(worker_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str, Any]:
-    host, pid, _ = ([*worker_id.rsplit(":", 2), "", ""])[:3]
-    if not fields:
-        return {"id": worker_id, "host": host, "pid": int(pid) if pid.isdigit() else None,
-                "state": "lost", "queues": [], "in_flight": None, "done": None, "failed": None,
-                "concurrency": None, "started_ms": None, "heartbeat_age_s": None, "uptime_s": None}
-    get = lambda name: fields.get(name.encode(), b"").decode()  # noqa: E731
-    started_ms = int(get("started_ms") or now_ms)
-    return {
-        "id": worker_id,
-        "host": get("host"),
-        "pid": int(get("pid") or 0),
-        "state": get("state") or "idle",
-        "queues": [q for q in get("queues").split(",") if q],
-        "in_flight": int(get("in_flight") or 0),
-        "done": int(get("done") or 0),
-        "failed": int(get("failed") or 0),
-        "concurrency": int(get("concurrency") or 0),
-        "started_ms": started_ms,
-        "heartbeat_age_s": round(max(0, now_ms - int(get("heartbeat_ms") or now_ms)) / 1000, 1),
-        "uptime_s": round(max(0, now_ms - started_ms) / 1000, 1),
-    }
-
-
-def render(data: dict[str, Any], config_name: str) -> str:
-    """The snapshot as an aligned text view for a terminal."""
-    lines = [f"pool status  ·  Redis {data['redis']['version']} at {data['redis']['url']}", ""]
-    lines[1:1] = [f"WARNING: {warning}" for warning in data.get("warnings", [])]
-    columns = ("queued", "active", "delayed", "completed", "failed", "dead", "reclaimed")
-    queue_rows = [["QUEUE", *(c.upper() for c in columns)]]
-    for name, counts in data["queues"].items():
-        queue_rows.append([name, *(str(counts[k]) for k in columns)])
-    lines += [*_table(queue_rows, right_from=1), ""]
-    if data.get("schedules"):
-        rows = [["SCHEDULE", "WHEN", "HANDLER", "QUEUE", "LAST RUN", "NEXT RUN"]]
-        for name, s in data["schedules"].items():
-            rows.append([name, s["when"], s["handler"], s["queue"],
-                         "never" if s["last_ms"] is None else clock.format_ms(s["last_ms"]),
-                         clock.format_ms(s["next_ms"])])
-        lines += [*_table(rows, right_from=6), ""]
-    workers = data["workers"]
-    if not workers:
-        lines.append(f"no workers running: start them with `pool run {config_name}`")
-        return "\n".join(lines)
-    rows = [["WORKER", "HOST", "PID", "STATE", "IN FLIGHT", "DONE", "FAILED", "HEARTBEAT", "UPTIME"]]
-    for w in workers:
-        rows.append([
-            w["id"], w["host"], str(w["pid"] or "?"), w["state"],
-            _dash(w["in_flight"]) + (f"/{w['concurrency']}" if w["concurrency"] else ""),
-            _dash(w["done"]), _dash(w["failed"]),
-            "expired" if w["heartbeat_age_s"] is None else f"{w['heartbeat_age_s']:.1f}s ago",
-            _duration(w["uptime_s"]),
-        ])
-    lines += _table(rows, right_from=4)
-    return "\n".join(lines)
-
-
-def _dash(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
-
-
-def _table(rows: list[list[str]], right_from: int) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    out = []
-    for row in rows:
-        cells = [cell.rjust(w) if i >= right_from else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=False))]
-        out.append("  ".join(cells).rstrip())
-    return out

@@ -30,9 +30,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
+from pool import clock
 from pool import config as config_module
 from pool.config import Config
 from pool.connection import OUTAGE_ERRORS, backoff_s, describe_unreachable, redact
@@ -41,6 +43,10 @@ from pool.errors import ExitCode, PoolError, RedisUnavailable
 from pool.handlers import check_importable
 from pool.housekeeping import Housekeeper
 from pool.keys import make_worker_id
+
+if TYPE_CHECKING:
+    from pool.exporter import ExporterProcess
+    from pool.metrics import SupervisorMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +59,10 @@ KILL_GRACE_S = 5.0  # after the shutdown deadline, workers get this long before 
 # after that are counted per job (max_deliveries), not punished with slower respawns.
 HEALTHY_RUN_S = 1.0
 MAX_RESPAWN_DELAY_S = 30.0
+CRASH_LOOP_FAILURES = 3  # a slot whose worker died this often in a row, each quickly, is crash-looping
 BOOT_ALLOWANCE_S = 60.0  # time to import handlers before the first touch of the alive file
 # Settings a reload (SIGHUP) cannot change in a running pool.
-FIXED_ON_RELOAD = ("redis", "key_prefix", "state_dir")
+FIXED_ON_RELOAD = ("redis", "key_prefix", "state_dir", "metrics")
 
 # What a forked child runs: (config, worker_id, url, alive_file, runs_scheduler) -> exit code.
 # The first worker slot also runs the scheduler (delayed jobs, schedules): one per supervisor.
@@ -105,6 +112,12 @@ class Supervisor:
         self.url = ""
         self.housekeeper: Housekeeper | None = None
         self.run_dir = Path(tempfile.mkdtemp(prefix="pool-run-"))
+        self.supervisor_id = make_worker_id(secrets.token_hex(3))
+        self.started_ms = clock.now_ms()
+        self.restarts = 0  # workers that died unexpectedly and were replaced
+        self.recycles = 0  # workers that asked to be replaced (max jobs, memory, stuck thread)
+        self.exporter: ExporterProcess | None = None
+        self.metrics: SupervisorMetrics | None = None
 
     # -- main loop --------------------------------------------------------------------------------
 
@@ -112,8 +125,13 @@ class Supervisor:
         """Run until stopped; returns the process exit code (0 after a clean stop)."""
         self._install_signal_handlers()
         try:
+            if self.config.metrics.enabled:
+                self._setup_metrics()
             self.url = self._start_redis()
-            self.housekeeper = Housekeeper(self.config, self.url)
+            self.housekeeper = Housekeeper(
+                self.config, self.url, self.supervisor_id,
+                on_reconnect=self.metrics.reconnected if self.metrics else None,
+                on_requeue=self.metrics.requeued if self.metrics else None)
             if not self._wait_for_redis():
                 return ExitCode.OK
             self._check_server()
@@ -130,6 +148,8 @@ class Supervisor:
             self._finish_housekeeping()
             logger.info("supervisor stopped")
         finally:
+            if self.exporter is not None:
+                self.exporter.stop()
             shutil.rmtree(self.run_dir, ignore_errors=True)
             if self.embedded is not None:
                 self.embedded.stop()
@@ -142,12 +162,17 @@ class Supervisor:
         assert self.housekeeper is not None
         if self.embedded is not None and self.embedded.owned and self.embedded.pid is None and not self.stopping:
             self._restart_embedded()
-        self.housekeeper.tick(reclaim=not self.stopping)
+        self.housekeeper.tick(reclaim=not self.stopping, presence=self._presence())
         if self.stopping:
             self._kill_overdue()
         else:
             self._roll()
             self._spawn_missing()
+            if self.exporter is not None:
+                self.exporter.start_if_due(self.url, HANDLED_SIGNALS, self.housekeeper.disconnect)
+        if self.metrics is not None:
+            booted = sum(1 for child in self.children.values() if self._is_booted(child) and not child.killed)
+            self.metrics.workers(booted, len(self.slots))
         try:
             signum = self.signals.get(timeout=self._wait_s())
         except queue.Empty:
@@ -166,9 +191,36 @@ class Supervisor:
         due = [s.spawn_at for i, s in enumerate(self.slots) if i not in running and s.spawn_at > now]
         return max(0.01, min([1.0, *(at - now for at in due)]))
 
+    def _presence(self) -> dict[str, object]:
+        """What `pool status` and `pool health` read about this supervisor (see housekeeping)."""
+        crash_looping = any(slot.failures >= CRASH_LOOP_FAILURES for slot in self.slots)
+        state = ("stopping" if self.stopping else "crash-looping" if crash_looping
+                 else "reloading" if self.retiring else "running")
+        by_index = sorted(self.children.values(), key=lambda child: child.index)
+        return {
+            "host": self.supervisor_id.rsplit(":", 2)[0], "pid": os.getpid(), "started_ms": self.started_ms,
+            "state": state, "processes": len(self.slots), "workers": ",".join(c.worker_id for c in by_index),
+            "restarts": self.restarts, "recycles": self.recycles, "config": str(self.config.path or ""),
+            "metrics": self.exporter.address if self.exporter is not None else "",
+        }
+
+    def _setup_metrics(self) -> None:
+        """Bind the metrics port (a port in use fails here, exit 2) and switch every process to
+        multiprocess metrics in this run's folder; the exporter forks once Redis answers."""
+        from pool import metrics
+        from pool.exporter import ExporterProcess
+
+        self.exporter = ExporterProcess(self.config, self.supervisor_id)
+        folder = self.run_dir / "metrics"
+        folder.mkdir()
+        metrics.enable(str(folder))
+        self.metrics = metrics.SupervisorMetrics()
+
     def _finish_housekeeping(self) -> None:
         assert self.housekeeper is not None
         self.housekeeper.tick(reclaim=False)
+        with contextlib.suppress(*OUTAGE_ERRORS, redis.exceptions.RedisError):
+            self.housekeeper.withdraw()
         if self.housekeeper.dead_workers:
             logger.error("Redis is unreachable: the unfinished jobs of %s stay in their active lists "
                          "until a supervisor reclaims them", ", ".join(self.housekeeper.dead_workers))
@@ -274,6 +326,7 @@ class Supervisor:
         mtime = alive_file.stat().st_mtime
         self.children[pid] = _Child(index, worker_id, time.monotonic(), alive_file, mtime,
                                     last_mtime=mtime, last_change=time.monotonic())
+        self.housekeeper.announce_soon()
         logger.info("started worker-%d pid %d (%s)", index + 1, pid, worker_id)
 
     def _become_worker(self, index: int, nonce: str, alive_file: Path) -> None:
@@ -286,6 +339,8 @@ class Supervisor:
             for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
                 signal.signal(signum, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            if self.exporter is not None:
+                self.exporter.sock.close()  # the port belongs to the metrics process
             from pool import logs
 
             logs.setup(self.config.logging, f"worker-{index + 1}")
@@ -307,6 +362,9 @@ class Supervisor:
                 return
             if self.embedded is not None and pid == self.embedded.pid:
                 self._embedded_exited(os.waitstatus_to_exitcode(status))
+                continue
+            if self.exporter is not None and pid == self.exporter.pid:
+                self.exporter.exited(os.waitstatus_to_exitcode(status), self.stopping)
                 continue
             child = self.children.pop(pid, None)
             if child is not None:
@@ -332,6 +390,10 @@ class Supervisor:
     def _child_exited(self, pid: int, child: _Child, code: int) -> None:
         assert self.housekeeper is not None
         self.housekeeper.worker_died(child.worker_id)
+        if self.metrics is not None:
+            from pool import metrics
+
+            metrics.mark_dead(pid)
         name = f"worker-{child.index + 1} pid {pid}"
         retired = pid in self.retiring or child.index >= len(self.slots)
         self.retiring.discard(pid)
@@ -339,6 +401,7 @@ class Supervisor:
             logger.info("%s exited", name)
             return
         if code == ExitCode.RECYCLE and not self.stopping:
+            self.recycles += 1
             logger.info("%s recycled itself (see its log for why); starting a fresh one", name)
             return
         if code == ExitCode.BOOT:
@@ -349,6 +412,9 @@ class Supervisor:
         if self.stopping:
             logger.warning("%s %s while stopping; its jobs are requeued", name, reason)
             return
+        self.restarts += 1
+        if self.metrics is not None:
+            self.metrics.restarted()
         delay = self._backoff(child)
         logger.error("%s %s; its jobs are requeued, restarting in %.1fs", name, reason, delay)
 

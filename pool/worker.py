@@ -33,6 +33,7 @@ from pool.fetcher import Fetcher, Slots
 from pool.handlers import Registry, load_registry
 from pool.jobs import Job, Status
 from pool.keys import Keys
+from pool.metrics import NoMetrics
 from pool.outcomes import Failure
 from pool.scheduler import Scheduler
 from pool.scripts import Scripts
@@ -54,12 +55,13 @@ class Worker:
             process when it goes stale (a frozen loop), without asking Redis.
         scheduler: promote delayed jobs and fire schedules on time (one process per supervisor);
             the other processes do it as backups, a second late.
+        metrics: what to record for Prometheus (metrics.py; nothing by default).
     """
 
     def __init__(
         self, config: Config, registry: Registry, worker_id: str, *, url: str | None = None,
         burst: bool = False, parent_pid: int | None = None, alive_file: str | None = None,
-        scheduler: bool = True,
+        scheduler: bool = True, metrics: NoMetrics | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -82,7 +84,8 @@ class Worker:
         self.scheduler: Scheduler | None = None
         self._acking: set[str] = set()  # jobs writing their outcome: never cancelled
         self._cancel_requested: set[str] = set()  # running jobs cancelled by `pool cancel`
-        self._outage = Outage(f"worker {worker_id}", self.url)
+        self.metrics = metrics or NoMetrics()
+        self._outage = Outage(f"worker {worker_id}", self.url, self.metrics.reconnected)
         self._redis: redis.asyncio.Redis
         self._blocking: redis.asyncio.Redis
         self._scripts: Scripts
@@ -244,15 +247,20 @@ class Worker:
     def _spawn(self, job: Job, work: Any) -> None:
         task = asyncio.create_task(work, name=f"job:{job.id}")
         self.slots.running[job.id] = task
-        task.add_done_callback(functools.partial(self._job_finished, job.id))
+        self.metrics.started(job)
+        task.add_done_callback(functools.partial(self._job_finished, job.id, job.queue))
 
     async def _reject(self, job: Job, error: str) -> None:
-        await self.runner.record_failure(job, Failure("CorruptJob", error.removeprefix("CorruptJob: ")), 0.0)
+        status, decision = await self.runner.record_failure(
+            job, Failure("CorruptJob", error.removeprefix("CorruptJob: ")), 0.0)
+        if decision is not None:
+            self.metrics.finished(job, status, 0.0)
         self.failed_count += 1
         logger.error("job %s failed: %s", job.id, error, extra={"job_id": job.id, "queue": job.queue})
 
-    def _job_finished(self, job_id: str, task: asyncio.Task[None]) -> None:
+    def _job_finished(self, job_id: str, queue: str, task: asyncio.Task[None]) -> None:
         self.slots.running.pop(job_id, None)
+        self.metrics.ended(queue)
         if self.slots.solo == job_id:
             self.slots.solo = None
         self.slots.freed.set()
@@ -295,6 +303,8 @@ class Worker:
         else:
             self.failed_count += 1
         self.runner.log(job, status, run_ms, failure, decision, acked)
+        if acked:
+            self.metrics.finished(job, status, run_ms)
         limit = self.config.max_jobs_per_process
         if limit and self.done_count + self.failed_count >= limit:
             self.recycle(f"ran {limit} jobs (max_jobs_per_process)")
@@ -339,6 +349,7 @@ class Worker:
             int(self.config.heartbeat_ttl_s * 1000), {
                 "started_ms": self.started_ms, "in_flight": len(self.slots.running), "done": self.done_count,
                 "failed": self.failed_count, "concurrency": self.config.concurrency,
+                "rss_bytes": heartbeat.resident_memory_bytes(),
             })
         self._cancel_running(to_cancel)
 
@@ -386,8 +397,11 @@ def main(config: Config, worker_id: str, url: str, alive_file: str | None = None
     except HandlerError as exc:
         logger.error("cannot start: %s", exc)
         return ExitCode.BOOT
+    from pool import metrics
+
+    recorder = metrics.WorkerMetrics() if config.metrics.enabled and metrics.is_enabled() else None
     worker = Worker(config, registry, worker_id, url=url, parent_pid=os.getppid(), alive_file=alive_file,
-                    scheduler=scheduler)
+                    scheduler=scheduler, metrics=recorder)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         loop = runner.get_loop()
         loop.add_signal_handler(signal.SIGTERM, worker.stop)

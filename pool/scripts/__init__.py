@@ -16,7 +16,7 @@ from importlib import resources
 from typing import Any
 
 from pool.errors import PoolError
-from pool.keys import Keys
+from pool.keys import RECENT_JOBS, Keys
 
 
 class JobNotActive(PoolError):
@@ -148,7 +148,7 @@ class Scripts:
         ]
         channel = self.keys.events(queue) if event is not None else ""
         args = [job_id, outcome, now_ms, ttl_ms, worker_id, "" if due_ms is None else due_ms, dead_max,
-                history, channel, event or b"", self.keys.queue_prefix(queue), *fields]
+                history, channel, event or b"", self.keys.queue_prefix(queue), RECENT_JOBS, *fields]
         return self._ack(keys=keys, args=args, client=client)
 
     def requeue(
@@ -189,5 +189,5 @@ class Scripts:
         keys = [self.keys.queue(queue), self.keys.delayed(queue), self.keys.job(queue, job_id),
                 self.keys.done(queue, job_id), self.keys.stats(queue)]
         args = [job_id, now_ms, ttl_ms, self.keys.queue_prefix(queue),
-                self.keys.events(queue) if event is not None else "", event or b""]
+                self.keys.events(queue) if event is not None else "", event or b"", RECENT_JOBS]
         return self._cancel(keys=keys, args=args, client=client)

@@ -17,9 +17,15 @@
   ARGV[8]  history entry (a JSON object) appended to the job's 'history' array, or ''
   ARGV[9]  channel to publish ARGV[10] on, or '' (events off)
   ARGV[10] event payload (JSON)
-  ARGV[11] key prefix of the queue ('<prefix>:{q}:'), to delete the oldest dead jobs' keys and
-           to name the queue's wake channel (told when a retry becomes the earliest delayed job)
-  ARGV[12..] field/value pairs to store: result, or error and traceback
+  ARGV[11] key prefix of the queue ('<prefix>:{q}:'), to delete the oldest dead jobs' keys, to
+           name the queue's wake channel (told when a retry becomes the earliest delayed job),
+           its per-minute tally and its lists of recently finished ids
+  ARGV[12] recent_max: how many ids each 'recent:<outcome>' list keeps (newest first)
+  ARGV[13..] field/value pairs to store: result, or error and traceback
+  Also counts the attempt in the queue's tally of the current minute (server clock): 'c' for
+  completed, 'f' for a failed attempt (retrying, failed or dead), and the same per second
+  ('c<s>', 'f<s>'), so `pool status` sums exactly the last 60 s and the last hour. The tally
+  key lives 62 minutes.
   Returns  1 acked; 0 already acked by this worker (a retry after a lost reply: nothing changes);
            -1 the id is not in this worker's active list (requeued, reclaimed or cancelled
            meanwhile: nothing is written, the job will run again or already has)
@@ -45,7 +51,7 @@ end
 -- deliveries counts hand-overs nobody acknowledged: this one was, whatever its outcome.
 -- The previous attempt's result or error must not outlive this one's.
 redis.call('HDEL', job, 'error', 'traceback', 'result')
-redis.call('HSET', job, 'status', outcome, 'updated_ms', now_ms, 'deliveries', 0, unpack(ARGV, 12))
+redis.call('HSET', job, 'status', outcome, 'updated_ms', now_ms, 'deliveries', 0, unpack(ARGV, 13))
 if outcome == 'retrying' or outcome == 'dead' or outcome == 'failed' then
   redis.call('HINCRBY', job, 'failures', 1)  -- failed attempts: what retries are counted against
 end
@@ -90,6 +96,19 @@ else
   redis.call('PEXPIRE', done, ttl_ms)
 end
 redis.call('HINCRBY', stats, outcome, 1)
+local kind = (outcome == 'completed' and 'c') or (outcome ~= 'cancelled' and 'f') or nil
+if kind then
+  local now_s = tonumber(redis.call('TIME')[1])
+  local tally = ARGV[11] .. 'tally:' .. math.floor(now_s / 60)
+  redis.call('HINCRBY', tally, kind, 1)
+  redis.call('HINCRBY', tally, kind .. (now_s % 60), 1)
+  redis.call('EXPIRE', tally, 3720)
+end
+if outcome == 'completed' or outcome == 'failed' or outcome == 'cancelled' then
+  local recent = ARGV[11] .. 'recent:' .. outcome
+  redis.call('LPUSH', recent, id)
+  redis.call('LTRIM', recent, 0, tonumber(ARGV[12]) - 1)
+end
 if channel ~= '' then
   redis.call('PUBLISH', channel, event)
 end

@@ -4,6 +4,7 @@
   ARGV[1]  job id   ARGV[2]  now_ms   ARGV[3]  result TTL in ms (the job's own wins)
   ARGV[4]  key prefix of the queue ('<prefix>:{q}:'; the worker's cancel set is built from it)
   ARGV[5]  channel to publish ARGV[6] on, or ''   ARGV[6]  event payload (JSON)
+  ARGV[7]  recent_max: how many ids the queue's 'recent:cancelled' list keeps
   Returns  1 cancelled (it was queued or waiting to retry: it is finished as 'cancelled');
            2 requested (it is running: its worker cancels it at its next heartbeat; or it was
            claimed and not started: claim.lua finishes it as cancelled when it would start it);
@@ -44,6 +45,8 @@ redis.call('PEXPIRE', job, ttl_ms)
 redis.call('RPUSH', done, 'cancelled')
 redis.call('PEXPIRE', done, ttl_ms)
 redis.call('HINCRBY', stats, 'cancelled', 1)
+redis.call('LPUSH', qprefix .. 'recent:cancelled', id)
+redis.call('LTRIM', qprefix .. 'recent:cancelled', 0, tonumber(ARGV[7]) - 1)
 if channel ~= '' then
   redis.call('PUBLISH', channel, ARGV[6])
 end

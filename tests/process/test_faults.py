@@ -353,7 +353,7 @@ def test_embedded_redis_that_dies_is_restarted_with_its_data(tmp_path, start_poo
     pool.wait_for_log("the embedded Redis was killed by SIGKILL (out of memory?); restarting it")
     after = pool_cli("enqueue", str(config), "examples.tasks.add", "2", "3", "--wait", "--timeout", "20")
     assert after.stdout.strip() == "5", after.stderr
-    assert json.loads(pool_cli("job", str(config), before.stdout.strip()).stdout)["result"] == 3
+    assert json.loads(pool_cli("job", str(config), before.stdout.strip(), "--json").stdout)["result"] == 3
     assert pool.stop() == 0
 
 

@@ -42,8 +42,9 @@ def test_embedded_server_quick_tour(tmp_path, start_pool):
     shown = wait_until(lambda: _finished_job(config, job_id), timeout=10, message="word_count to finish")
     assert shown["result"] == {"a": 2, "b": 1}
     counts = json.loads(pool_cli("status", str(config), "--json").stdout)["queues"]["default"]
-    assert counts == {"queued": 0, "active": 0, "delayed": 0, "completed": 3, "failed": 0, "dead": 1,
-                      "reclaimed": 0}
+    totals = {k: counts[k] for k in ("queued", "active", "delayed", "completed", "failed", "dead", "reclaimed")}
+    assert totals == {"queued": 0, "active": 0, "delayed": 0, "completed": 3, "failed": 0, "dead": 1, "reclaimed": 0}
+    assert counts["last_minute"] == counts["last_hour"] == {"completed": 3, "failed": 1}
     # The lifecycle examples of the README, as written there
     report = pool_cli("enqueue", str(config), "pool.script", "examples/scripts/report.sh", "2026-11", "--wait",
                       cwd=tmp_path)
@@ -70,7 +71,7 @@ def test_embedded_server_quick_tour(tmp_path, start_pool):
 
 
 def _finished_job(config: Path, job_id: str):
-    result = pool_cli("job", str(config), job_id)
+    result = pool_cli("job", str(config), job_id, "--json")
     data = json.loads(result.stdout) if result.returncode == 0 else None
     return data if data and data["status"] in ("completed", "failed") else None
 

@@ -1,0 +1,229 @@
+"""The metrics process: serves ``/metrics`` (Prometheus) and ``/healthz`` for one supervisor.
+
+The supervisor binds the port (so a port in use fails `pool run` at once, exit 2) and forks this
+process before its workers; the supervisor itself never runs a thread, because it forks. Here a
+threaded HTTP server answers:
+
+- ``/metrics``: the counters and histograms of every process of this supervisor, summed from
+  the multiprocess folder (metrics.py), plus the queue gauges read from Redis at scrape time
+  with the same code as `pool status` (``job_queue_length`` and friends, ``redis_up``).
+- ``/healthz``: 200 when this supervisor and all its workers have fresh heartbeats and Redis
+  answers, else 503; the body says why (health.py).
+
+Queue gauges describe the whole pool, so every supervisor reports the same values: aggregate
+them with ``max by (queue)``, not ``sum``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+
+from pool import health, status
+from pool.config import Config
+from pool.connection import OUTAGE_ERRORS, describe_unreachable, sync_client
+
+logger = logging.getLogger(__name__)
+
+SCRAPE_SOCKET_TIMEOUT_S = 5.0
+
+
+RESPAWN_DELAY_S = 1.0
+
+
+class ExporterProcess:
+    """The supervisor's handle on its metrics process: bind once, fork, respawn, stop.
+
+    Args:
+        config: the pool's settings (metrics.host, metrics.port).
+        supervisor_id: whose workers ``/healthz`` judges.
+    """
+
+    def __init__(self, config: Config, supervisor_id: str) -> None:
+        self.config = config
+        self.supervisor_id = supervisor_id
+        self.pid: int | None = None
+        self.spawn_at = 0.0
+        self.sock = self._bind()
+
+    @property
+    def address(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _bind(self) -> socket.socket:
+        """Listen on metrics.host:metrics.port (in the supervisor, before any fork)."""
+        from pool.errors import ConfigError
+
+        host, port = self.config.metrics.host, self.config.metrics.port or 0
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(64)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"metrics: cannot listen on {host}:{port} ({exc.strerror}); choose another "
+                              "metrics.port, or 0 for any free port") from None
+        return sock
+
+    def start_if_due(self, url: str, handled_signals: tuple[int, ...], before_fork: Any) -> None:
+        """Fork the metrics process unless it runs (or waits out its respawn delay)."""
+        if self.pid is not None or time.monotonic() < self.spawn_at:
+            return
+        before_fork()
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, handled_signals)
+        supervisor_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for signum in handled_signals:
+                    signal.signal(signum, signal.SIG_DFL)
+                for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+                    signal.signal(signum, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_SETMASK, set())
+                from pool import logs
+
+                logs.setup(self.config.logging, "metrics")
+                serve(self.config, url, self.sock, self.supervisor_id, supervisor_pid)
+                code = 0
+            except BaseException:
+                logger.exception("the metrics process failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        self.pid = pid
+        logger.info("metrics on http://%s/metrics and /healthz (pid %d)", self.address, pid)
+
+    def exited(self, code: int, stopping: bool) -> None:
+        self.pid = None
+        if not stopping:
+            logger.error("the metrics process exited with code %d; restarting it in %gs", code, RESPAWN_DELAY_S)
+            self.spawn_at = time.monotonic() + RESPAWN_DELAY_S
+
+    def stop(self) -> None:
+        """Terminate the metrics process and wait for it (the supervisor's last step)."""
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(self.pid, signal.SIGTERM)
+                os.waitpid(self.pid, 0)
+            self.pid = None
+        self.sock.close()
+
+
+class PoolCollector:
+    """Queue gauges from Redis, read at each scrape."""
+
+    def __init__(self, config: Config, url: str) -> None:
+        self.config = config
+        self.url = url
+        self.client = sync_client(config, url)
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("redis_up", "Whether Redis answered this scrape.")
+        try:
+            data = status.snapshot(self.client, self.config, self.url)
+        except (*OUTAGE_ERRORS, redis.exceptions.RedisError):
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        gauges = (
+            ("job_queue_length", "Jobs waiting in the queue, ready to run.", "queued"),
+            ("job_active_length", "Jobs claimed by workers and not yet finished.", "active"),
+            ("job_delayed_length", "Jobs waiting for their time (delayed or retrying).", "delayed"),
+            ("job_dead_length", "Jobs in the dead-letter set.", "dead"),
+            ("job_oldest_wait_seconds", "How long the next job of the queue has waited.", "oldest_wait_s"),
+        )
+        for name, text, field in gauges:
+            family = GaugeMetricFamily(name, text, labels=["queue"])
+            for queue, counts in data["queues"].items():
+                family.add_metric([queue], float(counts[field] or 0))
+            yield family
+
+
+def serve(config: Config, url: str, sock: socket.socket, supervisor_id: str, supervisor_pid: int) -> None:
+    """Run the HTTP server until the supervisor goes away (runs in the forked metrics process)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    registry.register(PoolCollector(config, url))  # type: ignore[arg-type]
+    probe_client = sync_client(config, url)
+
+    def healthz() -> tuple[int, str]:
+        try:
+            verdict = health.check(probe_client, config, url, supervisor_id.rsplit(":", 2)[0], supervisor_id)
+        except (*OUTAGE_ERRORS, redis.exceptions.RedisError) as exc:
+            return 503, f"unhealthy: {describe_unreachable(url, exc)}"
+        return (200, f"ok: {verdict.message}") if verdict.healthy else (503, f"unhealthy: {verdict.message}")
+
+    server = _Server(sock, registry, healthz)
+    threading.Thread(target=_exit_when_orphaned, args=(supervisor_pid,), daemon=True).start()
+    server.serve_forever()
+
+
+def _exit_when_orphaned(supervisor_pid: int) -> None:
+    """A killed supervisor cannot stop this process: it stops itself, freeing the port."""
+    while os.getppid() == supervisor_pid:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, sock: socket.socket, registry: Any, healthz: Any) -> None:
+        super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.server_name, self.server_port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
+        self.registry = registry
+        self.healthz = healthz
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = SCRAPE_SOCKET_TIMEOUT_S
+
+    def do_GET(self) -> None:
+        from prometheus_client.exposition import choose_encoder
+
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._reply(200, content_type, encoder(self.server.registry))
+        elif path == "/healthz":
+            code, text = self.server.healthz()
+            self._reply(code, "text/plain; charset=utf-8", (text + "\n").encode())
+        elif path == "/":
+            self._reply(200, "text/plain; charset=utf-8", b"pool metrics: /metrics (Prometheus), /healthz\n")
+        else:
+            self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+
+    def _reply(self, code: int, content_type: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every 15 s are not news: no access log."""

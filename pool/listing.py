@@ -1,0 +1,134 @@
+"""`pool jobs`: one page of a queue's jobs in one state, read from the list or set that holds them.
+
+Where each state lives (keys.py): ``queued`` in the queue list (listed next-to-run first),
+``active`` in the workers' active lists, ``delayed`` and ``retrying`` in the delayed set (earliest
+due first), ``dead`` in the dead set (newest first), and ``completed``, ``failed`` and
+``cancelled`` in the queue's ``recent:<status>`` lists, which keep the newest 1,000 ids each
+(older finished jobs are still found by id with `pool job`, until their result TTL ends).
+
+Records read for a page are checked against the state asked for: an id whose record expired or
+moved on since it was listed is left out, so a page can hold fewer jobs than ``limit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio
+
+from pool.errors import CorruptJob, UsageError
+from pool.jobs import Job, Status
+from pool.keys import Keys
+
+STATUSES = ("queued", "active", "delayed", "retrying", "dead", "completed", "failed", "cancelled")
+_SCAN_CHUNK = 500  # retrying jobs are picked out of the delayed set this many ids at a time
+
+
+@dataclass(frozen=True)
+class JobPage:
+    queue: str
+    status: str
+    offset: int
+    limit: int
+    total: int | None  # None when counting would mean reading every record (retrying)
+    jobs: list[Job]
+    more: bool  # whether a next page exists
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"queue": self.queue, "status": self.status, "offset": self.offset, "limit": self.limit,
+                "total": self.total, "next_offset": self.offset + self.limit if self.more else None,
+                "jobs": [job.to_dict() for job in self.jobs]}
+
+
+async def list_jobs(
+    client: redis.asyncio.Redis, keys: Keys, queue: str, status: str, offset: int, limit: int,
+    read: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
+) -> JobPage:
+    """One page of ``queue``'s jobs in ``status``.
+
+    Args:
+        read: runs a Redis read through an outage (the client's retry).
+    """
+    if status not in STATUSES:
+        raise UsageError(f"unknown status {status!r}: choose one of {', '.join(STATUSES)}")
+    if offset < 0 or limit < 1:
+        raise UsageError("--offset must be >= 0 and --limit >= 1")
+    if status == "retrying":
+        ids, total, more = await _retrying(client, keys, queue, offset, limit, read)
+    else:
+        ids, total = await read(lambda: _ids(client, keys, queue, status, offset, limit))
+        more = offset + limit < total
+    jobs = await _records(client, keys, queue, ids, read)
+    wanted = Status(status)
+    return JobPage(queue, status, offset, limit, total, [job for job in jobs if job.status is wanted], more)
+
+
+async def _ids(client: redis.asyncio.Redis, keys: Keys, queue: str, status: str, offset: int,
+               limit: int) -> tuple[list[bytes], int]:
+    last = offset + limit - 1
+    if status == "queued":
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.llen(keys.queue(queue))
+            pipe.lrange(keys.queue(queue), -(last + 1), -(offset + 1))  # the far end starts first
+            total, ids = await pipe.execute()
+        return list(reversed(ids)), total
+    if status == "active":
+        workers = sorted(await client.smembers(keys.queue_workers(queue)))
+        async with client.pipeline(transaction=False) as pipe:
+            for worker in workers:
+                pipe.lrange(keys.active(queue, worker.decode()), 0, -1)
+            every = [job_id for ids in await pipe.execute() for job_id in reversed(ids)]
+        return every[offset:last + 1], len(every)
+    async with client.pipeline(transaction=False) as pipe:
+        if status == "delayed":
+            pipe.zcard(keys.delayed(queue))
+            pipe.zrange(keys.delayed(queue), offset, last)
+        elif status == "dead":
+            pipe.zcard(keys.dead(queue))
+            pipe.zrevrange(keys.dead(queue), offset, last)
+        else:
+            pipe.llen(keys.recent(queue, status))
+            pipe.lrange(keys.recent(queue, status), offset, last)
+        total, ids = await pipe.execute()
+    return ids, total
+
+
+async def _retrying(client: redis.asyncio.Redis, keys: Keys, queue: str, offset: int, limit: int,
+                    read: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]) -> tuple[list[bytes], None, bool]:
+    """Retrying jobs share the delayed set with delayed ones: walk it, keeping the retrying ids."""
+    found: list[bytes] = []
+    start = 0
+    while len(found) < offset + limit + 1:
+        chunk = await read(lambda start=start: client.zrange(keys.delayed(queue), start, start + _SCAN_CHUNK - 1))
+        if not chunk:
+            break
+        statuses = await read(lambda chunk=chunk: _statuses(client, keys, queue, chunk))
+        found += [job_id for job_id, state in zip(chunk, statuses, strict=True) if state == b"retrying"]
+        start += _SCAN_CHUNK
+    return found[offset:offset + limit], None, len(found) > offset + limit
+
+
+async def _statuses(client: redis.asyncio.Redis, keys: Keys, queue: str, ids: list[bytes]) -> list[bytes | None]:
+    async with client.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hget(keys.job(queue, job_id.decode()), "status")
+        return await pipe.execute()
+
+
+async def _records(client: redis.asyncio.Redis, keys: Keys, queue: str, ids: list[bytes],
+                   read: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]) -> list[Job]:
+    async def send() -> list[Any]:
+        async with client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(keys.job(queue, job_id.decode()))
+            return await pipe.execute()
+
+    jobs = []
+    for fields in await read(send) if ids else []:
+        if fields:
+            with contextlib.suppress(CorruptJob):  # `pool job ID` shows what is wrong with it
+                jobs.append(Job.from_hash(fields))
+    return jobs

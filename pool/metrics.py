@@ -1,0 +1,170 @@
+"""Prometheus metrics of the supervisor and its worker processes, summed by the exporter.
+
+prometheus-client's multiprocess mode does the summing: every process writes its counters and
+histograms to small memory-mapped files in one folder (the supervisor's, set in
+``PROMETHEUS_MULTIPROC_DIR`` before it forks), and the exporter (exporter.py) adds them up at
+each scrape. Counts of a worker that exited stay in its files, so totals never go down when a
+worker is replaced; its in-flight gauge is dropped (``mark_dead``).
+
+Metric names are the ones our users graph (``job_success_total``, ``job_failure_total``,
+``job_queue_length``); labels are ``queue`` and, where it fits, ``handler``. Queue lengths are
+not here: the exporter reads them from Redis at scrape time (one source of truth).
+
+A worker of a pool without ``metrics.port`` gets :class:`NoMetrics`: nothing is imported or written.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pool.jobs import Job, Status
+
+DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Job durations run from milliseconds (e-mail) to an hour (reports); waits likewise.
+TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                600.0, 1800.0, 3600.0)
+
+
+def enable(directory: str) -> None:
+    """Switch this process (and the children it forks) to multiprocess metrics in ``directory``.
+
+    Call before any metric is created. prometheus-client picks its value class when first
+    imported; if something imported it earlier without the variable, switch it here.
+    """
+    os.environ[DIR_ENV] = directory
+    from prometheus_client import values
+
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()
+
+
+def is_enabled() -> bool:
+    return bool(os.environ.get(DIR_ENV))
+
+
+def mark_dead(pid: int) -> None:
+    """Drop the in-flight gauges of a worker process that exited (its counts stay)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, os.environ[DIR_ENV])
+
+
+class NoMetrics:
+    """What a worker records when metrics are off: nothing."""
+
+    def started(self, job: Job) -> None:
+        pass
+
+    def finished(self, job: Job, status: Status, run_ms: float) -> None:
+        pass
+
+    def ended(self, queue: str) -> None:
+        pass
+
+    def reconnected(self) -> None:
+        pass
+
+
+class WorkerMetrics(NoMetrics):
+    """What a worker process records: one call when a job starts, one when it finishes."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        both = ("queue", "handler")
+        self._success = Counter("job_success", "Jobs that completed.", both, registry=None)
+        self._failure = Counter("job_failure", "Failed attempts (also those retried later).", both, registry=None)
+        self._retries = Counter("job_retries", "Failed attempts that will be retried.", both, registry=None)
+        self._dead = Counter("job_dead", "Jobs moved to the dead-letter set.", both, registry=None)
+        self._cancelled = Counter("job_cancelled", "Jobs cancelled while running.", both, registry=None)
+        self._duration = Histogram("job_duration_seconds", "Run time of attempts.", both,
+                                   buckets=TIME_BUCKETS, registry=None)
+        self._wait = Histogram("job_queue_wait_seconds", "Time from ready (enqueued or due) to start.",
+                               ("queue",), buckets=TIME_BUCKETS, registry=None)
+        self._in_flight = Gauge("jobs_in_flight", "Jobs running now.", ("queue",), multiprocess_mode="livesum",
+                                registry=None)
+        self._reconnects = Counter("redis_reconnects", "Times a process got Redis back after losing it.",
+                                   ("process",), registry=None).labels("worker")
+        # Label lookups cost more than the increments: keep the children per queue and handler.
+        self._children: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._queues: dict[str, tuple[Any, Any]] = {}
+
+    def _per_queue(self, queue: str) -> tuple[Any, Any]:
+        children = self._queues.get(queue)
+        if children is None:
+            children = self._queues[queue] = (self._wait.labels(queue), self._in_flight.labels(queue))
+        return children
+
+    def _per_handler(self, queue: str, handler: str) -> tuple[Any, ...]:
+        key = (queue, handler)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = tuple(
+                metric.labels(queue, handler)
+                for metric in (self._success, self._failure, self._retries, self._dead, self._cancelled,
+                               self._duration))
+        return children
+
+    def started(self, job: Job) -> None:
+        wait, in_flight = self._per_queue(job.queue)
+        wait.observe(job.wait_ms / 1000)
+        in_flight.inc()
+
+    def ended(self, queue: str) -> None:
+        """The job's task ended, whatever happened (also when requeued at a stop)."""
+        self._per_queue(queue)[1].dec()
+
+    def finished(self, job: Job, status: Status, run_ms: float) -> None:
+        """An attempt's outcome was written (not called when its ack was refused)."""
+        success, failure, retries, dead, cancelled, duration = self._per_handler(job.queue, job.handler)
+        duration.observe(run_ms / 1000)
+        if status is Status.COMPLETED:
+            success.inc()
+        elif status is Status.CANCELLED:
+            cancelled.inc()
+        else:
+            failure.inc()
+            if status is Status.RETRYING:
+                retries.inc()
+            elif status is Status.DEAD:
+                dead.inc()
+
+    def reconnected(self) -> None:
+        self._reconnects.inc()
+
+
+class SupervisorMetrics:
+    """What the supervisor records: its live workers, the jobs it requeued, its reconnects."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge
+
+        self._alive = Gauge("workers_alive", "Worker processes of this supervisor that run their event loop.",
+                            multiprocess_mode="max", registry=None)
+        self._configured = Gauge("workers_configured", "Worker processes this supervisor should run.",
+                                 multiprocess_mode="max", registry=None)
+        self._restarts = Counter("worker_restarts", "Worker processes that died and were replaced.", registry=None)
+        self._reclaimed = Counter("job_reclaimed", "Jobs of dead workers put back in their queue.",
+                                  ("queue", "reason"), registry=None)
+        self._quarantined = Counter("job_quarantined", "Jobs moved to the dead set because their workers "
+                                    "kept dying (max_deliveries).", ("queue",), registry=None)
+        self._reconnects = Counter("redis_reconnects", "Times a process got Redis back after losing it.",
+                                   ("process",), registry=None).labels("supervisor")
+
+    def workers(self, alive: int, configured: int) -> None:
+        self._alive.set(alive)
+        self._configured.set(configured)
+
+    def restarted(self) -> None:
+        self._restarts.inc()
+
+    def requeued(self, queue: str, reason: str, requeued: int, buried: int) -> None:
+        if requeued:
+            self._reclaimed.labels(queue, reason).inc(requeued)
+        if buried:
+            self._quarantined.labels(queue).inc(buried)
+
+    def reconnected(self) -> None:
+        self._reconnects.inc()

@@ -1,0 +1,146 @@
+"""What operators and Prometheus see of a running `pool run`: /metrics, /healthz, `pool health`,
+and `pool status` against a stopped pool and an unreachable Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections import defaultdict
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from pool import Client, JobSpec
+from pool.embedded import free_port
+from pool.testing import wait_until
+from tests.conftest import cli_env, pool_cli
+from tests.process.conftest import live_workers
+
+
+def scrape(address: str) -> dict[str, float]:
+    """Every sample of /metrics, summed over its labels, by sample name."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] += sample.value
+    return totals
+
+
+def get(address: str, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{address}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def status_json(config) -> dict:
+    result = pool_cli("status", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_metrics_sum_a_known_mix_over_every_process(write_config, start_pool, tmp_path):
+    config = write_config(processes=2, concurrency=3, metrics={"port": 0, "host": "127.0.0.1"},
+                          retries={"backoff": "50ms", "backoff_max": "50ms"})
+    pool = start_pool(config)
+    data = wait_until(live_workers(config, 2), timeout=30, message="2 workers")
+    address = wait_until(lambda: status_json(config)["supervisors"][0]["metrics"], timeout=10,
+                         message="the metrics address in pool status")
+    # Given a known mix: 24 successes, 5 jobs that die, 3 that fail once and then succeed
+    specs = [JobSpec("tests.sample_handlers.async_sleep", (0.05,)) for _ in range(24)]
+    specs += [JobSpec("tests.sample_handlers.explode", (f"boom {i}",)) for i in range(5)]
+    specs += [JobSpec("tests.sample_handlers.flaky", (str(tmp_path / f"n{i}"), 1), max_retries=1) for i in range(3)]
+    with Client.from_config(config) as client:
+        for job in client.enqueue_many(specs):
+            client.wait(job.id, timeout=30)
+    # Both processes ran some of them, so the exporter has to add them up
+    data = wait_until(lambda: (d := status_json(config)) and sum(w["done"] + w["failed"] for w in d["workers"]) == 35
+                      and d, timeout=10, message="heartbeats with every job counted")
+    assert all(w["done"] > 0 for w in data["workers"]), data["workers"]
+
+    # When Prometheus scrapes the supervisor (once its ≤ 1 s loop has counted both workers booted)
+    metrics = wait_until(lambda: (m := scrape(address))["workers_alive"] == 2 and m, timeout=10,
+                         message="workers_alive 2")
+
+    # Then it reads exactly that mix, summed over both worker processes
+    assert metrics["job_success_total"] == 24 + 3
+    assert metrics["job_failure_total"] == 5 + 3
+    assert metrics["job_retries_total"] == 3
+    assert metrics["job_dead_total"] == 5
+    assert metrics["job_duration_seconds_count"] == 35
+    assert metrics["job_queue_wait_seconds_count"] == 35
+    assert metrics["jobs_in_flight"] == 0
+    assert metrics["workers_configured"] == 2
+    assert metrics["job_queue_length"] == 0 and metrics["job_dead_length"] == 5
+    assert metrics["redis_up"] == 1
+    code, text = get(address, "/healthz")
+    assert code == 200 and text.startswith("ok: host ")
+
+    # And a worker killed with SIGKILL takes none of its counts with it
+    victim = data["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: (d := status_json(config))["supervisors"][0]["restarts"] == 1 and d["pool"]["state"] == "up",
+               timeout=20, message="the worker replaced")
+    after = wait_until(lambda: (m := scrape(address))["workers_alive"] == 2 and m, timeout=10,
+                       message="workers_alive back to 2")
+    assert after["job_success_total"] == 27 and after["job_failure_total"] == 8
+    assert after["worker_restarts_total"] == 1
+
+    healthy = pool_cli("health", str(config))
+    assert healthy.returncode == 0 and healthy.stdout.startswith("healthy: host "), healthy.stderr
+    elsewhere = pool_cli("health", str(config), "--host", "no-such-host")
+    assert elsewhere.returncode == 1 and "no supervisor is running on host no-such-host" in elsewhere.stderr
+    assert pool.stop() == 0, pool.output()
+
+
+def test_status_of_a_stopped_pool_says_it_is_down(write_config, start_pool):
+    config = write_config(processes=1)
+    pool = start_pool(config)
+    wait_until(live_workers(config, 1), timeout=30, message="1 worker")
+    assert pool.stop() == 0
+    text = pool_cli("status", str(config))
+    assert text.returncode == 0
+    assert "POOL DOWN · no supervisor or worker has a heartbeat in Redis" in text.stdout
+    assert status_json(config)["pool"]["state"] == "down"
+    probe = pool_cli("health", str(config))
+    assert probe.returncode == 1 and probe.stderr.startswith("unhealthy: no supervisor is running")
+
+
+def test_status_and_health_with_redis_unreachable_exit_3(write_config):
+    config = write_config(redis={"url": f"redis://127.0.0.1:{free_port()}/0"})
+    text = pool_cli("status", str(config))
+    assert text.returncode == 3 and text.stdout == ""
+    assert text.stderr.startswith("pool: cannot reach Redis at redis://127.0.0.1:"), text.stderr
+    probe = pool_cli("health", str(config))
+    assert probe.returncode == 3 and probe.stderr.startswith("unhealthy: cannot reach Redis")
+    # --watch keeps watching through the outage, one line per refresh, until Ctrl-C
+    watch = subprocess.Popen([sys.executable, "-m", "pool", "status", str(config), "--watch", "--json",
+                              "--interval", "0.1"], stdout=subprocess.PIPE, text=True, env=cli_env())
+    try:
+        lines = [watch.stdout.readline() for _ in range(2)]
+        assert all("cannot reach Redis" in line and "retrying every 0.1s" in line for line in lines), lines
+    finally:
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(10) == 0
+        watch.stdout.close()
+
+
+def test_a_metrics_port_in_use_fails_at_start_with_exit_2(write_config):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(metrics={"port": port, "host": "127.0.0.1"})
+        result = subprocess.run([sys.executable, "-m", "pool", "run", str(config)], capture_output=True, text=True,
+                                env=cli_env(), timeout=60)
+    assert result.returncode == 2
+    assert f"metrics: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
