@@ -108,7 +108,7 @@ def _read_queue(pipe: Any, keys: Keys, queue: str, worker_ids: list[str], head: 
     for older in range(minute - HOUR_MINUTES + 1, minute - 1):
         pipe.hmget(keys.tally(queue, older), "c", "f")
     if head is not None:
-        pipe.hmget(keys.job(queue, head.decode()), "updated_ms", "enqueued_ms")
+        pipe.hmget(keys.job(queue, head.decode()), "status", "updated_ms", "enqueued_ms", "due_ms", "started_ms")
 
 
 def _queue(replies: Any, worker_ids: list[str], has_head: bool, now_s: int, server_ms: int) -> dict[str, Any]:
@@ -117,11 +117,7 @@ def _queue(replies: Any, worker_ids: list[str], has_head: bool, now_s: int, serv
     current, previous, hour_ago = next(replies), next(replies), next(replies)
     full_minutes = [next(replies) for _ in range(HOUR_MINUTES - 2)]
     minute, hour = window_counts(now_s % 60, current, previous, hour_ago, full_minutes)
-    oldest = None
-    if has_head:
-        updated, enqueued = next(replies)
-        since = int(updated or enqueued or 0)
-        oldest = round(max(0, server_ms - since) / 1000, 1) if since else None
+    oldest = _oldest_wait_s(next(replies), server_ms) if has_head else None
     return {
         "queued": queued, "active": active, "delayed": delayed, "dead": dead,
         "completed": int(stats.get(b"completed", 0)), "failed": int(stats.get(b"failed", 0)),
@@ -130,6 +126,18 @@ def _queue(replies: Any, worker_ids: list[str], has_head: bool, now_s: int, serv
         "jobs_per_s": round((minute["completed"] + minute["failed"]) / 60, 2),
         "oldest_wait_s": oldest,
     }
+
+
+def _oldest_wait_s(fields: list[bytes | None], server_ms: int) -> float | None:
+    """How long the job at the head of the queue has waited: since it entered the queue (enqueue,
+    promotion or requeue all set updated_ms). If a worker took it between the two round trips,
+    the wait it ended with (start minus ready) stands in."""
+    state, updated, enqueued, due, started = (int(v) if v and v.isdigit() else v for v in fields)
+    if state == b"queued" and updated:
+        return round(max(0, server_ms - updated) / 1000, 1)
+    if started:
+        return round(max(0, started - max(enqueued or 0, due or 0)) / 1000, 1)
+    return None
 
 
 def window_counts(

@@ -98,6 +98,17 @@ def test_metrics_sum_a_known_mix_over_every_process(write_config, start_pool, tm
     assert healthy.returncode == 0 and healthy.stdout.startswith("healthy: host "), healthy.stderr
     elsewhere = pool_cli("health", str(config), "--host", "no-such-host")
     assert elsewhere.returncode == 1 and "no supervisor is running on host no-such-host" in elsewhere.stderr
+
+    # The dead jobs are listed, a page at a time, and one shows its whole story
+    page = pool_cli("jobs", str(config), "--status", "dead", "--limit", "3")
+    assert page.returncode == 0 and "dead jobs in queue default: 1-3 of 5" in page.stdout, page.stderr
+    assert "--status dead --offset 3 --limit 3" in page.stdout
+    listed = json.loads(pool_cli("jobs", str(config), "--status", "dead", "--json").stdout)
+    assert (listed["total"], listed["next_offset"], len(listed["jobs"])) == (5, None, 5)
+    story = pool_cli("job", str(config), listed["jobs"][0]["id"])
+    assert "status    dead" in story.stdout and "ValueError: boom" in story.stdout
+    bad = pool_cli("jobs", str(config), "--status", "sleeping")
+    assert bad.returncode == 2 and "invalid choice: 'sleeping'" in bad.stderr
     assert pool.stop() == 0, pool.output()
 
 

@@ -81,6 +81,9 @@ def test_unknown_key_without_close_match_lists_allowed_keys():
     ({"redis": {"url": "http://x"}}, "pool.yaml: redis.url: must start with redis://, rediss:// (TLS) or unix:// (or leave `redis` out to use the embedded server) (got 'http://x')"),
     ({"redis": "redis://x"}, "pool.yaml: redis: must be a mapping of keys (url, username, password, socket_timeout, connect_timeout, tls)"),
     ({"logging": {"level": "loud"}}, "pool.yaml: logging.level: must be one of debug, info, warning, error (got 'loud')"),
+    ({"logging": {"levels": {"pool.jobs": "loud"}}}, "pool.yaml: logging.levels: the level of 'pool.jobs' must be one of debug, info, warning, error (got {'pool.jobs': 'loud'})"),
+    ({"metrics": {"port": 70000}}, "pool.yaml: metrics.port: must be an integer >= 0 and <= 65535 (got 70000)"),
+    ({"metrics": {"prot": 9100}}, "pool.yaml: metrics.prot: unknown key (did you mean 'port'?)"),
     ({"max_payload_size": "lots"}, "pool.yaml: max_payload_size: must be a size >= 64 bytes such as 65536, '512KiB', '1MB' (got 'lots')"),
     ({"key_prefix": "a:b"}, "pool.yaml: key_prefix: must be 1-64 characters of letters, digits, '_', '.', '-' (got 'a:b')"),
 ])

@@ -31,3 +31,22 @@ def test_text_lines_name_the_process(capsys):
     err = capsys.readouterr().err
     assert "WARNING [supervisor " in err and err.rstrip().endswith("hello there")
     assert "not shown" not in err
+
+
+def test_levels_per_logger_silence_completed_jobs_but_keep_failures(capsys):
+    root = logging.getLogger()
+    jobs = logging.getLogger("pool.jobs")
+    saved = (root.handlers[:], root.level, jobs.level)
+    try:
+        setup(LoggingSettings(level="info", format="json", levels={"pool.jobs": "warning"}), "worker-1")
+        jobs.info("job a completed", extra={"job_id": "a", "outcome": "completed"})
+        jobs.warning("job b dead: boom", extra={"job_id": "b", "outcome": "dead", "wait_ms": 3, "run_ms": 1.0})
+        logging.getLogger("pool.worker").info("worker started")
+    finally:
+        root.handlers[:], _ = saved[0], None
+        root.setLevel(saved[1])
+        jobs.setLevel(saved[2])
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["logger"], e.get("job_id"), e["message"]) for e in lines] == [
+        ("pool.jobs", "b", "job b dead: boom"), ("pool.worker", None, "worker started")]
+    assert lines[0]["outcome"] == "dead" and lines[0]["process"] == "worker-1" and lines[0]["wait_ms"] == 3
