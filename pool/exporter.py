@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from pool import health, status
+from pool import health, metrics, status
 from pool.config import Config
 from pool.connection import OUTAGE_ERRORS, describe_unreachable, sync_client
 
@@ -163,8 +163,15 @@ def serve(config: Config, url: str, sock: socket.socket, supervisor_id: str, sup
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    class LockedCollector(MultiProcessCollector):
+        """Reads the files while the supervisor cannot be folding exited workers' files."""
+
+        def collect(self) -> Any:
+            with metrics.files_locked(self._path, exclusive=False):
+                return list(super().collect())
+
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+    LockedCollector(registry, os.environ[metrics.DIR_ENV])
     registry.register(PoolCollector(config, url))  # type: ignore[arg-type]
     probe_client = sync_client(config, url)
 

@@ -15,12 +15,18 @@ A worker of a pool without ``metrics.port`` gets :class:`NoMetrics`: nothing is 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pool.jobs import Job, Status
 
 DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LOCK_FILE = ".lock"
+COMPACT_AFTER = 8  # exited workers whose files are folded into the archive at once
 
 # Job durations run from milliseconds (e-mail) to an hour (reports); waits likewise.
 TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -49,6 +55,56 @@ def mark_dead(pid: int) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(pid, os.environ[DIR_ENV])
+
+
+@contextlib.contextmanager
+def files_locked(directory: str, exclusive: bool) -> Iterator[None]:
+    """The exporter reads the files under a shared lock, :func:`compact` rewrites them under an
+    exclusive one, so a scrape never sees a count both in an exited worker's file and in the
+    archive (which would read as a counter going up, then down: a reset)."""
+    with open(os.path.join(directory, LOCK_FILE), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def compact(directory: str, pids: Iterable[int]) -> None:
+    """Fold the counter and histogram files of exited workers into one archive file per type.
+
+    Each worker process leaves files behind (its counts must outlive it), so a pool that
+    recycles workers often would otherwise make every scrape read thousands of files.
+    """
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    pids = list(pids)
+    with files_locked(directory, exclusive=True):
+        for kind in ("counter", "histogram"):
+            archive = os.path.join(directory, f"{kind}_archive.db")
+            sources = [path for path in (os.path.join(directory, f"{kind}_{pid}.db") for pid in pids)
+                       if os.path.exists(path)]
+            if not sources:
+                continue
+            merged = MultiProcessCollector.merge([*sources, archive] if os.path.exists(archive) else sources,
+                                                 accumulate=False)
+            fresh = archive + ".new"  # not *.db: a scrape never globs it
+            out = MmapedDict(fresh)
+            try:
+                for metric in merged:
+                    for sample in metric.samples:
+                        key = mmap_key(metric.name, sample.name, list(sample.labels), list(sample.labels.values()),
+                                       metric.documentation)
+                        out.write_value(key, sample.value, 0.0)
+            finally:
+                out.close()
+            os.replace(fresh, archive)
+            for path in sources:
+                os.remove(path)
+        for pid in pids:  # the supervisor's gauges, copied into a worker at fork: never set there
+            for path in glob.glob(os.path.join(directory, f"gauge_*_{pid}.db")):
+                os.remove(path)
 
 
 class NoMetrics:

@@ -118,6 +118,7 @@ class Supervisor:
         self.recycles = 0  # workers that asked to be replaced (max jobs, memory, stuck thread)
         self.exporter: ExporterProcess | None = None
         self.metrics: SupervisorMetrics | None = None
+        self.exited_pids: list[int] = []  # workers whose metrics files wait to be compacted
 
     # -- main loop --------------------------------------------------------------------------------
 
@@ -204,6 +205,20 @@ class Supervisor:
             "metrics": self.exporter.address if self.exporter is not None else "",
         }
 
+    def _forget_metrics_of(self, pid: int) -> None:
+        """A worker exited: drop its in-flight gauges now, fold its counts into the archive later."""
+        from pool import metrics
+
+        metrics.mark_dead(pid)
+        self.exited_pids.append(pid)
+        if len(self.exited_pids) >= metrics.COMPACT_AFTER:
+            try:
+                metrics.compact(os.environ[metrics.DIR_ENV], self.exited_pids)
+            except OSError as exc:  # metrics must never stop the supervisor: try again next time
+                logger.error("could not fold exited workers' metrics files: %s", exc)
+                return
+            self.exited_pids.clear()
+
     def _setup_metrics(self) -> None:
         """Bind the metrics port (a port in use fails here, exit 2) and switch every process to
         multiprocess metrics in this run's folder; the exporter forks once Redis answers."""
@@ -215,6 +230,7 @@ class Supervisor:
         folder.mkdir()
         metrics.enable(str(folder))
         self.metrics = metrics.SupervisorMetrics()
+        logger.info("metrics files in %s", folder)
 
     def _finish_housekeeping(self) -> None:
         assert self.housekeeper is not None
@@ -391,9 +407,7 @@ class Supervisor:
         assert self.housekeeper is not None
         self.housekeeper.worker_died(child.worker_id)
         if self.metrics is not None:
-            from pool import metrics
-
-            metrics.mark_dead(pid)
+            self._forget_metrics_of(pid)
         name = f"worker-{child.index + 1} pid {pid}"
         retired = pid in self.retiring or child.index >= len(self.slots)
         self.retiring.discard(pid)

@@ -155,3 +155,25 @@ def test_a_metrics_port_in_use_fails_at_start_with_exit_2(write_config):
     assert result.returncode == 2
     assert f"metrics: cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_metrics_stay_exact_and_few_files_while_workers_recycle(write_config, start_pool):
+    config = write_config(processes=2, concurrency=2, max_jobs_per_process=5,
+                          metrics={"port": 0, "host": "127.0.0.1"})
+    pool = start_pool(config)
+    pool.wait_for_log("metrics files in ")
+    folder = pool.output().split("metrics files in ", 1)[1].split()[0]
+    address = wait_until(lambda: status_json(config)["supervisors"][0]["metrics"], timeout=30,
+                         message="the metrics address in pool status")
+    # Given 100 jobs through workers that are replaced every 5 jobs (about 20 exited processes)
+    with Client.from_config(config) as client:
+        for job in client.enqueue_many(JobSpec("tests.sample_handlers.add", (i, 1)) for i in range(100)):
+            client.wait(job.id, timeout=60)
+    pool.wait_for_log("recycled itself", count=16)
+    # Then every job is counted once, though most of the processes that ran them are gone
+    assert scrape(address)["job_success_total"] == 100
+    # And the exited workers' files were folded into the archive, not left to pile up
+    files = os.listdir(folder)
+    assert "counter_archive.db" in files and "histogram_archive.db" in files
+    assert len([f for f in files if f.startswith("counter_")]) <= 2 + 8 + 1, files
+    assert pool.stop() == 0, pool.output()
