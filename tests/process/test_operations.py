@@ -84,15 +84,23 @@ def test_metrics_sum_a_known_mix_over_every_process(write_config, start_pool, tm
     code, text = get(address, "/healthz")
     assert code == 200 and text.startswith("ok: host ")
 
-    # And a worker killed with SIGKILL takes none of its counts with it
-    victim = data["workers"][0]["pid"]
-    os.kill(victim, signal.SIGKILL)
+    # And a worker killed with SIGKILL while running a job takes none of its counts with it
+    started, release = tmp_path / "started", tmp_path / "release"
+    with Client.from_config(config) as client:
+        job = client.enqueue("tests.sample_handlers.start_then_wait", str(started), str(release))
+        victim = int(wait_until(lambda: started.exists() and started.read_text().split(), timeout=10,
+                                message="the job to start")[0])
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(started.read_text().split()) == 2, timeout=20, message="the job to run again")
+        release.touch()
+        client.wait(job.id, timeout=20)
     wait_until(lambda: (d := status_json(config))["supervisors"][0]["restarts"] == 1 and d["pool"]["state"] == "up",
                timeout=20, message="the worker replaced")
     after = wait_until(lambda: (m := scrape(address))["workers_alive"] == 2 and m, timeout=10,
                        message="workers_alive back to 2")
-    assert after["job_success_total"] == 27 and after["job_failure_total"] == 8
-    assert after["worker_restarts_total"] == 1
+    assert after["job_success_total"] == 28 and after["job_failure_total"] == 8
+    assert after["job_reclaimed_total"] == 1 and after["worker_restarts_total"] == 1
+    assert after["jobs_in_flight"] == 0  # the killed worker's gauge went with it
 
     healthy = pool_cli("health", str(config))
     assert healthy.returncode == 0 and healthy.stdout.startswith("healthy: host "), healthy.stderr
