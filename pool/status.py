@@ -106,7 +106,7 @@ def _read_queue(pipe: Any, keys: Keys, queue: str, worker_ids: list[str], head: 
     pipe.hgetall(keys.tally(queue, minute - 1))
     pipe.hgetall(keys.tally(queue, minute - HOUR_MINUTES))
     for older in range(minute - HOUR_MINUTES + 1, minute - 1):
-        pipe.hmget(keys.tally(queue, older), "c", "f")
+        pipe.hgetall(keys.tally(queue, older))
     if head is not None:
         pipe.hmget(keys.job(queue, head.decode()), "status", "updated_ms", "enqueued_ms", "due_ms", "started_ms")
 
@@ -142,30 +142,30 @@ def _oldest_wait_s(fields: list[bytes | None], server_ms: int) -> float | None:
 
 def window_counts(
     second: int, current: Mapping[bytes, bytes], previous: Mapping[bytes, bytes],
-    hour_ago: Mapping[bytes, bytes], full_minutes: list[list[bytes | None]],
+    hour_ago: Mapping[bytes, bytes], full_minutes: list[Mapping[bytes, bytes]],
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Completed and failed attempts in the last 60 s and the last 3,600 s, to the second.
 
-    Each minute's tally holds totals (``c``, ``f``) and per-second counts (``c<s>``, ``f<s>``).
-    The window ending now (``second`` into the current minute) takes the current minute whole,
-    and from the minute before it (for the hour: the minute an hour before) only the seconds
-    after ``second``; the hour takes the 58 minutes between whole.
+    Each minute's tally counts per second (``c<s>`` completed, ``f<s>`` failed). The window
+    ending now (``second`` into the current minute) takes the current minute whole, and from the
+    minute before it (for the hour: the minute an hour before) only the seconds after
+    ``second``; the hour takes the 58 minutes between whole.
 
     Args:
         second: seconds into the current minute (server clock).
-        current, previous, hour_ago: HGETALL of the tallies of this minute, the one before, and
-            the one 60 minutes before.
-        full_minutes: HMGET c f of the 58 minutes in between.
+        current, previous, hour_ago: the tallies of this minute, the one before, and the one
+            60 minutes before.
+        full_minutes: the tallies of the 58 minutes in between.
     """
-    def later_seconds(tally: Mapping[bytes, bytes], kind: str) -> int:
-        return sum(int(tally.get(f"{kind}{s}".encode(), 0)) for s in range(second + 1, 60))
+    def count(tally: Mapping[bytes, bytes], kind: bytes, after: int = -1) -> int:
+        return sum(int(value) for field, value in tally.items() if field[:1] == kind and int(field[1:]) > after)
 
     minute, hour = {}, {}
-    for kind, name, index in (("c", "completed", 0), ("f", "failed", 1)):
-        now_count = int(current.get(kind.encode(), 0))
-        between = sum(int(pair[index] or 0) for pair in full_minutes) + int(previous.get(kind.encode(), 0))
-        minute[name] = now_count + later_seconds(previous, kind)
-        hour[name] = now_count + between + later_seconds(hour_ago, kind)
+    for kind, name in ((b"c", "completed"), (b"f", "failed")):
+        now_count = count(current, kind)
+        between = sum(count(tally, kind) for tally in full_minutes) + count(previous, kind)
+        minute[name] = now_count + count(previous, kind, second)
+        hour[name] = now_count + between + count(hour_ago, kind, second)
     return minute, hour
 
 

@@ -20,12 +20,12 @@
   ARGV[11] key prefix of the queue ('<prefix>:{q}:'), to delete the oldest dead jobs' keys, to
            name the queue's wake channel (told when a retry becomes the earliest delayed job),
            its per-minute tally and its lists of recently finished ids
-  ARGV[12] recent_max: how many ids each 'recent:<outcome>' list keeps (newest first)
+  ARGV[12] recent_max: how many ids each 'recent:<outcome>' list keeps (newest first; it may
+           hold up to 100 more between trims)
   ARGV[13..] field/value pairs to store: result, or error and traceback
-  Also counts the attempt in the queue's tally of the current minute (server clock): 'c' for
-  completed, 'f' for a failed attempt (retrying, failed or dead), and the same per second
-  ('c<s>', 'f<s>'), so `pool status` sums exactly the last 60 s and the last hour. The tally
-  key lives 62 minutes.
+  Also counts the attempt in the queue's tally of the current minute (server clock), per second:
+  'c<s>' for completed, 'f<s>' for a failed attempt (retrying, failed or dead), so `pool status`
+  sums exactly the last 60 s and the last hour. The tally key lives 62 minutes.
   Returns  1 acked; 0 already acked by this worker (a retry after a lost reply: nothing changes);
            -1 the id is not in this worker's active list (requeued, reclaimed or cancelled
            meanwhile: nothing is written, the job will run again or already has)
@@ -100,14 +100,15 @@ local kind = (outcome == 'completed' and 'c') or (outcome ~= 'cancelled' and 'f'
 if kind then
   local now_s = tonumber(redis.call('TIME')[1])
   local tally = ARGV[11] .. 'tally:' .. math.floor(now_s / 60)
-  redis.call('HINCRBY', tally, kind, 1)
-  redis.call('HINCRBY', tally, kind .. (now_s % 60), 1)
-  redis.call('EXPIRE', tally, 3720)
+  if redis.call('HINCRBY', tally, kind .. (now_s % 60), 1) == 1 then
+    redis.call('EXPIRE', tally, 3720)  -- once per kind and second, not per job
+  end
 end
 if outcome == 'completed' or outcome == 'failed' or outcome == 'cancelled' then
-  local recent = ARGV[11] .. 'recent:' .. outcome
-  redis.call('LPUSH', recent, id)
-  redis.call('LTRIM', recent, 0, tonumber(ARGV[12]) - 1)
+  local recent, recent_max = ARGV[11] .. 'recent:' .. outcome, tonumber(ARGV[12])
+  if redis.call('LPUSH', recent, id) > recent_max + 100 then
+    redis.call('LTRIM', recent, 0, recent_max - 1)  -- trimmed in batches of 100: cheaper per job
+  end
 end
 if channel ~= '' then
   redis.call('PUBLISH', channel, event)

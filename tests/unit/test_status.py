@@ -12,23 +12,23 @@ def tally(**fields: int) -> dict[bytes, bytes]:
 
 def test_last_minute_takes_only_the_seconds_of_the_previous_minute_still_inside_it():
     # 20 s into the minute: the window is the previous minute's seconds 21..59 plus this one
-    current = tally(c=5, c3=2, c19=3, f=1, f10=1)
-    previous = tally(c=12, c5=4, c20=1, c21=7, f=3, f59=2, f0=1)
-    minute, hour = window_counts(20, current, previous, {}, [[None, None]] * 58)
+    current = tally(c3=2, c19=3, f10=1)
+    previous = tally(c5=4, c20=1, c21=7, f59=2, f0=1)
+    minute, hour = window_counts(20, current, previous, {}, [{}] * 58)
     assert minute == {"completed": 5 + 7, "failed": 1 + 2}
     assert hour == {"completed": 5 + 12, "failed": 1 + 3}
 
 
 def test_last_hour_adds_the_whole_minutes_between_and_the_tail_of_the_minute_an_hour_ago():
-    hour_ago = tally(c=100, c30=60, c31=40, f=9, f45=9)
-    full = [[b"10", b"1"]] * 58
-    minute, hour = window_counts(30, tally(c=1), tally(c=2), hour_ago, full)
+    hour_ago = tally(c30=60, c31=40, f45=9)
+    full = [tally(c0=4, c59=6, f7=1)] * 58
+    minute, hour = window_counts(30, tally(c1=1), tally(c2=2), hour_ago, full)
     assert minute == {"completed": 1, "failed": 0}
     assert hour == {"completed": 1 + 2 + 58 * 10 + 40, "failed": 58 * 1 + 9}
 
 
 def test_at_second_59_nothing_of_the_older_minutes_counts():
-    minute, hour = window_counts(59, tally(c=3), tally(c=50, c59=50), tally(c=7, c59=7), [[None, None]] * 58)
+    minute, hour = window_counts(59, tally(c0=3), tally(c59=50), tally(c59=7), [{}] * 58)
     assert minute == {"completed": 3, "failed": 0}
     assert hour == {"completed": 53, "failed": 0}
 
