@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("config", metavar="CONFIG", help="path of pool.yaml")
     status.add_argument("--json", action="store_true", help="print one JSON object (stable shape)")
     status.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
-    status.add_argument("--interval", metavar="S", type=float, default=2.0, help="with --watch: seconds between refreshes")
+    status.add_argument("--interval", metavar="S", type=_positive_seconds, default=2.0,
+                        help="with --watch: seconds between refreshes")
 
     job = commands.add_parser("job", help="show one job's full record and history")
     job.add_argument("config", metavar="CONFIG", help="path of pool.yaml")
@@ -351,6 +352,16 @@ def _event_line(event: dict[str, Any]) -> str:
     elif "result" in event:
         line += "  -> " + orjson.dumps(event["result"]).decode()[:200]
     return line
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 (got {text!r})")
+    return value
 
 
 def _parse_arg(text: str) -> Any:

@@ -24,6 +24,7 @@ from pool.outcomes import Decision, Failure
 from pool.scripts import JobNotActive, Scripts, check
 
 logger = logging.getLogger("pool.worker")
+ACKED_AS_CANCELLED = 2  # ack.lua's answer when a retry became a cancellation
 job_logger = logging.getLogger("pool.jobs")  # one line per finished job: its level is set apart
 
 
@@ -131,7 +132,9 @@ class JobRunner:
             int(ttl_s * 1000), fields, due_ms=decision.due_ms, dead_max=self.config.dead_letter.max_jobs,
             history=outcomes.history_entry(job, failure, decision, now_ms, self.worker_id), event=event,
         )
-        if decision.due_ms is not None:
+        if code == ACKED_AS_CANCELLED:  # cancelled while it ran: ack.lua finished it instead of retrying
+            decision = Decision(Status.CANCELLED)
+        elif decision.due_ms is not None:
             self.on_due(job.queue, decision.due_ms)
         return decision.status, decision if self._acked(code) else None
 

@@ -1,4 +1,4 @@
-"""The metrics process: serves ``/metrics`` (Prometheus) and ``/healthz`` for one supervisor.
+"""The metrics process: serves ``/metrics`` (Prometheus), ``/healthz`` and ``/livez`` for one supervisor.
 
 The supervisor binds the port (so a port in use fails `pool run` at once, exit 2) and forks this
 process before its workers; the supervisor itself never runs a thread, because it forks. Here a
@@ -8,7 +8,9 @@ threaded HTTP server answers:
   the multiprocess folder (metrics.py), plus the queue gauges read from Redis at scrape time
   with the same code as `pool status` (``job_queue_length`` and friends, ``redis_up``).
 - ``/healthz``: 200 when this supervisor and all its workers have fresh heartbeats and Redis
-  answers, else 503; the body says why (health.py).
+  answers, else 503; the body says why (health.py). For readiness probes and alerting.
+- ``/livez``: 200 while the supervisor's loop runs (a file it touches every tick), without
+  asking Redis: a liveness probe must never restart a pool that is waiting out a Redis outage.
 
 Queue gauges describe the whole pool, so every supervisor reports the same values: aggregate
 them with ``max by (queue)``, not ``sum``.
@@ -25,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +40,9 @@ from pool.connection import OUTAGE_ERRORS, describe_unreachable, sync_client
 logger = logging.getLogger(__name__)
 
 SCRAPE_SOCKET_TIMEOUT_S = 5.0
+LIVE_AFTER_S = 10.0  # /livez fails once the supervisor's loop has not run for this long
+INDEX = (b"pool: /metrics (Prometheus), /healthz (this supervisor, its workers and Redis: readiness), "
+         b"/livez (the supervisor's loop runs: liveness, no Redis)\n")
 
 
 RESPAWN_DELAY_S = 1.0
@@ -50,11 +56,13 @@ class ExporterProcess:
         supervisor_id: whose workers ``/healthz`` judges.
     """
 
-    def __init__(self, config: Config, supervisor_id: str) -> None:
+    def __init__(self, config: Config, supervisor_id: str, tick_file: Path) -> None:
         self.config = config
         self.supervisor_id = supervisor_id
+        self.tick_file = tick_file
         self.pid: int | None = None
         self.spawn_at = 0.0
+        self.reloading = False
         self.sock = self._bind()
 
     @property
@@ -97,7 +105,7 @@ class ExporterProcess:
                 from pool import logs
 
                 logs.setup(self.config.logging, "metrics")
-                serve(self.config, url, self.sock, self.supervisor_id, supervisor_pid)
+                serve(self.config, url, self.sock, self.supervisor_id, supervisor_pid, self.tick_file)
                 code = 0
             except BaseException:
                 logger.exception("the metrics process failed")
@@ -108,9 +116,21 @@ class ExporterProcess:
         self.pid = pid
         logger.info("metrics on http://%s/metrics and /healthz (pid %d)", self.address, pid)
 
+    def reload(self, config: Config) -> None:
+        """Serve a reloaded config: replace the process (the socket stays bound, so no scrape
+        is refused; it waits in the backlog)."""
+        self.config = config
+        if self.pid is not None:
+            self.reloading = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
     def exited(self, code: int, stopping: bool) -> None:
         self.pid = None
-        if not stopping:
+        if self.reloading:
+            self.reloading = False
+            self.spawn_at = 0.0
+        elif not stopping:
             logger.error("the metrics process exited with code %d; restarting it in %gs", code, RESPAWN_DELAY_S)
             self.spawn_at = time.monotonic() + RESPAWN_DELAY_S
 
@@ -158,7 +178,8 @@ class PoolCollector:
             yield family
 
 
-def serve(config: Config, url: str, sock: socket.socket, supervisor_id: str, supervisor_pid: int) -> None:
+def serve(config: Config, url: str, sock: socket.socket, supervisor_id: str, supervisor_pid: int,
+          tick_file: Path) -> None:
     """Run the HTTP server until the supervisor goes away (runs in the forked metrics process)."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -182,7 +203,18 @@ def serve(config: Config, url: str, sock: socket.socket, supervisor_id: str, sup
             return 503, f"unhealthy: {describe_unreachable(url, exc)}"
         return (200, f"ok: {verdict.message}") if verdict.healthy else (503, f"unhealthy: {verdict.message}")
 
-    server = _Server(sock, registry, healthz)
+    def livez() -> tuple[int, str]:
+        """No Redis here: a liveness probe must not restart a pool that waits out an outage."""
+        limit = max(LIVE_AFTER_S, 3 * config.heartbeat_interval_s)
+        try:
+            age = time.time() - tick_file.stat().st_mtime
+        except FileNotFoundError:
+            return 503, "not live: the supervisor has not started its loop"
+        if age > limit:
+            return 503, f"not live: the supervisor's loop last ran {age:.0f}s ago"
+        return 200, f"live: the supervisor's loop ran {age:.1f}s ago"
+
+    server = _Server(sock, registry, {"/healthz": healthz, "/livez": livez})
     threading.Thread(target=_exit_when_orphaned, args=(supervisor_pid,), daemon=True).start()
     server.serve_forever()
 
@@ -197,13 +229,13 @@ def _exit_when_orphaned(supervisor_pid: int) -> None:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, sock: socket.socket, registry: Any, healthz: Any) -> None:
+    def __init__(self, sock: socket.socket, registry: Any, probes: dict[str, Any]) -> None:
         super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
         self.server_name, self.server_port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
         self.registry = registry
-        self.healthz = healthz
+        self.probes = probes
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -217,13 +249,13 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             self._reply(200, content_type, encoder(self.server.registry))
-        elif path == "/healthz":
-            code, text = self.server.healthz()
+        elif path in self.server.probes:
+            code, text = self.server.probes[path]()
             self._reply(code, "text/plain; charset=utf-8", (text + "\n").encode())
         elif path == "/":
-            self._reply(200, "text/plain; charset=utf-8", b"pool metrics: /metrics (Prometheus), /healthz\n")
+            self._reply(200, "text/plain; charset=utf-8", INDEX)
         else:
-            self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+            self._reply(404, "text/plain; charset=utf-8", b"not found\n" + INDEX)
 
     def _reply(self, code: int, content_type: str, body: bytes) -> None:
         self.send_response(code)

@@ -26,6 +26,8 @@ from pool.scripts import AlreadyReclaimed, Scripts, WorkerAlive, check
 
 logger = logging.getLogger(__name__)
 
+PRESENCE_SLACK_S = 2.0
+
 
 class Housekeeper:
     """Redis-side upkeep of one supervisor.
@@ -135,7 +137,8 @@ class Housekeeper:
         key = self.keys.supervisor(self.supervisor_id)
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping={"id": self.supervisor_id, "heartbeat_ms": clock.now_ms(), **presence})
-            pipe.pexpire(key, int(self.config.heartbeat_ttl_s * 1000))
+            # The supervisor's loop ticks up to once a second: the hash must outlive one tick.
+            pipe.pexpire(key, int((self.config.heartbeat_ttl_s + PRESENCE_SLACK_S) * 1000))
             pipe.sadd(self.keys.supervisors(), self.supervisor_id)
             pipe.execute()
 

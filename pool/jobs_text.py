@@ -8,6 +8,8 @@ from pool import clock
 from pool.jobs import Job, Status
 from pool.listing import JobPage
 
+FINISHED = ("completed", "failed", "cancelled")
+
 
 def render_job(job: Job, now_ms: int) -> str:
     """Every field of the record, times shown with their age, then the history and traceback."""
@@ -48,15 +50,17 @@ def render_job(job: Job, now_ms: int) -> str:
 
 def render_page(page: JobPage, config_name: str, now_ms: int) -> str:
     """The page as a table, with where the next page is."""
-    if not page.jobs and page.offset == 0:
+    if not page.jobs and page.offset == 0 and not page.more:
         return f"no {page.status} jobs in queue {page.queue}"
     rows = [["ID", "HANDLER", "ATTEMPTS", "CREATED", _detail_header(page.status)]]
     for job in page.jobs:
         rows.append([job.id, job.handler, str(job.attempts), _ago(job.created_ms, now_ms), _detail(job, now_ms)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
-    shown = f"{page.offset + 1}-{page.offset + len(page.jobs)}" if page.jobs else "none"
+    shown = f"{page.offset + 1}-{page.offset + len(page.jobs)}" if page.jobs else "none on this page"
     total = f" of {page.total:,}" if page.total is not None else ""
+    if page.status in FINISHED:
+        total = f" of the latest {page.total:,} (records past their result TTL are skipped)"
     lines += ["", f"{page.status} jobs in queue {page.queue}: {shown}{total}"]
     if page.more:
         lines.append(f"next page: pool jobs {config_name} --queue {page.queue} --status {page.status} "

@@ -1,8 +1,8 @@
 """`pool jobs`: one page of a queue's jobs in one state, read from the list or set that holds them.
 
 Where each state lives (keys.py): ``queued`` in the queue list (listed next-to-run first),
-``active`` in the workers' active lists, ``delayed`` and ``retrying`` in the delayed set (earliest
-due first), ``dead`` in the dead set (newest first), and ``completed``, ``failed`` and
+``active`` in the workers' active lists, ``delayed`` (with the jobs waiting to retry: both wait
+in the delayed set) and ``retrying`` (only those) by earliest due first, ``dead`` in the dead set (newest first), and ``completed``, ``failed`` and
 ``cancelled`` in the queue's ``recent:<status>`` lists, which keep the newest 1,000 ids each
 (older finished jobs are still found by id with `pool job`, until their result TTL ends).
 
@@ -62,8 +62,9 @@ async def list_jobs(
         ids, total = await read(lambda: _ids(client, keys, queue, status, offset, limit))
         more = offset + limit < total
     jobs = await _records(client, keys, queue, ids, read)
-    wanted = Status(status)
-    return JobPage(queue, status, offset, limit, total, [job for job in jobs if job.status is wanted], more)
+    # The delayed set holds both delayed jobs and jobs waiting to retry: `delayed` lists the set.
+    wanted = {Status.DELAYED, Status.RETRYING} if status == "delayed" else {Status(status)}
+    return JobPage(queue, status, offset, limit, total, [job for job in jobs if job.status in wanted], more)
 
 
 async def _ids(client: redis.asyncio.Redis, keys: Keys, queue: str, status: str, offset: int,

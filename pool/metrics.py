@@ -58,29 +58,39 @@ def mark_dead(pid: int) -> None:
 
 
 @contextlib.contextmanager
-def files_locked(directory: str, exclusive: bool) -> Iterator[None]:
+def files_locked(directory: str, exclusive: bool, wait: bool = True) -> Iterator[bool]:
     """The exporter reads the files under a shared lock, :func:`compact` rewrites them under an
     exclusive one, so a scrape never sees a count both in an exited worker's file and in the
-    archive (which would read as a counter going up, then down: a reset)."""
+    archive (which would read as a counter going up, then down: a reset).
+
+    Yields whether the lock is held (always, when ``wait``)."""
     with open(os.path.join(directory, LOCK_FILE), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         try:
-            yield
+            fcntl.flock(lock, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def compact(directory: str, pids: Iterable[int]) -> None:
+def compact(directory: str, pids: Iterable[int]) -> bool:
     """Fold the counter and histogram files of exited workers into one archive file per type.
 
     Each worker process leaves files behind (its counts must outlive it), so a pool that
-    recycles workers often would otherwise make every scrape read thousands of files.
+    recycles workers often would otherwise make every scrape read thousands of files. Never
+    waits: returns False when a scrape holds the files (the caller tries again later). The
+    caller must leave out pids that a live process uses again (pid reuse: its file is live).
     """
     from prometheus_client.mmap_dict import MmapedDict, mmap_key
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    pids = list(pids)
-    with files_locked(directory, exclusive=True):
+    pids = list(dict.fromkeys(pids))
+    with files_locked(directory, exclusive=True, wait=False) as locked:
+        if not locked:
+            return False
         for kind in ("counter", "histogram"):
             archive = os.path.join(directory, f"{kind}_archive.db")
             sources = [path for path in (os.path.join(directory, f"{kind}_{pid}.db") for pid in pids)
@@ -105,6 +115,7 @@ def compact(directory: str, pids: Iterable[int]) -> None:
         for pid in pids:  # the supervisor's gauges, copied into a worker at fork: never set there
             for path in glob.glob(os.path.join(directory, f"gauge_*_{pid}.db")):
                 os.remove(path)
+    return True
 
 
 class NoMetrics:

@@ -158,7 +158,8 @@ def window_counts(
         full_minutes: the tallies of the 58 minutes in between.
     """
     def count(tally: Mapping[bytes, bytes], kind: bytes, after: int = -1) -> int:
-        return sum(int(value) for field, value in tally.items() if field[:1] == kind and int(field[1:]) > after)
+        return sum(int(value) for field, value in tally.items()
+                   if field[:1] == kind and field[1:].isdigit() and int(field[1:]) > after)
 
     minute, hour = {}, {}
     for kind, name in ((b"c", "completed"), (b"f", "failed")):

@@ -112,6 +112,7 @@ class Supervisor:
         self.url = ""
         self.housekeeper: Housekeeper | None = None
         self.run_dir = Path(tempfile.mkdtemp(prefix="pool-run-"))
+        self.tick_file = self.run_dir / "supervisor.tick"
         self.supervisor_id = make_worker_id(secrets.token_hex(3))
         self.started_ms = clock.now_ms()
         self.restarts = 0  # workers that died unexpectedly and were replaced
@@ -161,6 +162,8 @@ class Supervisor:
 
     def _tick(self) -> None:
         assert self.housekeeper is not None
+        if self.exporter is not None:
+            self.tick_file.touch()  # /livez: the supervisor's loop runs
         if self.embedded is not None and self.embedded.owned and self.embedded.pid is None and not self.stopping:
             self._restart_embedded()
         self.housekeeper.tick(reclaim=not self.stopping, presence=self._presence())
@@ -210,14 +213,18 @@ class Supervisor:
         from pool import metrics
 
         metrics.mark_dead(pid)
-        self.exited_pids.append(pid)
+        if pid not in self.exited_pids:
+            self.exited_pids.append(pid)
+        # A pid the system gave to a new worker meanwhile names that worker's live files now.
+        self.exited_pids = [p for p in self.exited_pids if p not in self.children]
         if len(self.exited_pids) >= metrics.COMPACT_AFTER:
             try:
-                metrics.compact(os.environ[metrics.DIR_ENV], self.exited_pids)
+                done = metrics.compact(os.environ[metrics.DIR_ENV], self.exited_pids)
             except OSError as exc:  # metrics must never stop the supervisor: try again next time
                 logger.error("could not fold exited workers' metrics files: %s", exc)
                 return
-            self.exited_pids.clear()
+            if done:
+                self.exited_pids.clear()
 
     def _setup_metrics(self) -> None:
         """Bind the metrics port (a port in use fails here, exit 2) and switch every process to
@@ -225,7 +232,7 @@ class Supervisor:
         from pool import metrics
         from pool.exporter import ExporterProcess
 
-        self.exporter = ExporterProcess(self.config, self.supervisor_id)
+        self.exporter = ExporterProcess(self.config, self.supervisor_id, self.tick_file)
         folder = self.run_dir / "metrics"
         folder.mkdir()
         metrics.enable(str(folder))
@@ -288,6 +295,8 @@ class Supervisor:
                 logger.warning("reload: %s changed; it takes effect only after a restart", name)
                 fresh = replace(fresh, **{name: getattr(self.config, name)})
         self.config = fresh
+        if self.exporter is not None:
+            self.exporter.reload(fresh)  # new queues and schedules in /metrics and /healthz
         self._resize(fresh.processes)
         self.retiring = set(self.children)
         logger.info("reloading %s: replacing %d worker(s) one at a time", fresh.path.name, len(self.retiring))

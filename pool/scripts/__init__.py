@@ -127,7 +127,7 @@ class Scripts:
         keys = [self.keys.queue(queue), self.keys.active(queue, worker_id), self.keys.delayed(queue),
                 self.keys.rate(queue)]
         args: list[Any] = [self.keys.queue_prefix(queue), worker_id, now_ms, count, running, solo_at,
-                           result_ttl_ms, rate[0], rate[1]]
+                           result_ttl_ms, rate[0], rate[1], RECENT_JOBS]
         if moved_id is not None:
             args.append(moved_id)
         return self._claim(keys=keys, args=args, client=client)

@@ -26,7 +26,9 @@
   Also counts the attempt in the queue's tally of the current minute (server clock), per second:
   'c<s>' for completed, 'f<s>' for a failed attempt (retrying, failed or dead), so `pool status`
   sums exactly the last 60 s and the last hour. The tally key lives 62 minutes.
-  Returns  1 acked; 0 already acked by this worker (a retry after a lost reply: nothing changes);
+  Returns  1 acked; 2 acked as 'cancelled' instead of 'retrying' (cancellation was requested
+           while the attempt ran; also the answer to a retry of that ack); 0 already acked by
+           this worker (a retry after a lost reply: nothing changes);
            -1 the id is not in this worker's active list (requeued, reclaimed or cancelled
            meanwhile: nothing is written, the job will run again or already has)
   Invariant: the id leaves the active list exactly when the outcome is written, and lands in
@@ -37,6 +39,9 @@ local due_ms, dead_max, entry, channel = ARGV[6], tonumber(ARGV[7]), ARGV[8], AR
 
 if redis.call('LREM', active, 1, id) == 0 then
   local current = redis.call('HMGET', job, 'status', 'worker')
+  if current[2] == worker and current[1] == 'cancelled' and outcome == 'retrying' then
+    return 2  -- a retried ack of an attempt this script already finished as cancelled (below)
+  end
   if current[1] == outcome and current[2] == worker then
     return 0
   end
@@ -44,8 +49,9 @@ if redis.call('LREM', active, 1, id) == 0 then
 end
 
 local event = ARGV[10]
+local acked = 1
 if outcome == 'retrying' and redis.call('HEXISTS', job, 'cancel_requested_ms') == 1 then
-  outcome = 'cancelled'  -- cancelled while this attempt ran: no further attempt
+  outcome, acked = 'cancelled', 2  -- cancelled while this attempt ran: no further attempt
   event = string.gsub(event, '"status":"retrying"', '"status":"cancelled"', 1)
 end
 -- deliveries counts hand-overs nobody acknowledged: this one was, whatever its outcome.
@@ -113,4 +119,4 @@ end
 if channel ~= '' then
   redis.call('PUBLISH', channel, event)
 end
-return 1
+return acked

@@ -45,8 +45,9 @@ redis.call('PEXPIRE', job, ttl_ms)
 redis.call('RPUSH', done, 'cancelled')
 redis.call('PEXPIRE', done, ttl_ms)
 redis.call('HINCRBY', stats, 'cancelled', 1)
-redis.call('LPUSH', qprefix .. 'recent:cancelled', id)
-redis.call('LTRIM', qprefix .. 'recent:cancelled', 0, tonumber(ARGV[7]) - 1)
+if redis.call('LPUSH', qprefix .. 'recent:cancelled', id) > tonumber(ARGV[7]) + 100 then
+  redis.call('LTRIM', qprefix .. 'recent:cancelled', 0, tonumber(ARGV[7]) - 1)
+end
 if channel ~= '' then
   redis.call('PUBLISH', channel, ARGV[6])
 end

@@ -13,7 +13,8 @@
   ARGV[7]  result TTL in ms (for a job finished as cancelled here; the job's own TTL wins)
   ARGV[8]  rate limit: at most this many job starts per window (0: no limit)
   ARGV[9]  rate window in ms
-  ARGV[10] optional: an id already in the active list (moved by BLMOVE, or found by reconcile)
+  ARGV[10] recent_max: how many ids the queue's 'recent:cancelled' list keeps
+  ARGV[11] optional: an id already in the active list (moved by BLMOVE, or found by reconcile)
            to be started first; ignored unless it is still in that list
   A job whose cancellation was requested (cancel_requested_ms) is finished as 'cancelled' here
   instead of being started: a request made while its worker died, or while it waited for a slot,
@@ -38,7 +39,7 @@
 local queue, active, delayed, rate = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local qprefix, worker, now_ms = ARGV[1], ARGV[2], ARGV[3]
 local k, running, solo_at, ttl_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local rate_max, rate_ms, moved = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+local rate_max, rate_ms, recent_max, moved = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
 
 -- Promote: due jobs join the tail of the queue (in due order), each exactly once.
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms, 'LIMIT', 0, 1000)) do
@@ -91,6 +92,9 @@ local function start(id, solo)
     redis.call('RPUSH', qprefix .. 'done:' .. id, 'cancelled')
     redis.call('PEXPIRE', qprefix .. 'done:' .. id, ttl)
     redis.call('HINCRBY', qprefix .. 'stats', 'cancelled', 1)
+    if redis.call('LPUSH', qprefix .. 'recent:cancelled', id) > recent_max + 100 then
+      redis.call('LTRIM', qprefix .. 'recent:cancelled', 0, recent_max - 1)
+    end
     return
   end
   local state = redis.call('HMGET', job, 'status', 'worker')

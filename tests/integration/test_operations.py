@@ -110,18 +110,33 @@ async def test_status_json_under_load_with_jobs_in_every_state(config, url, r, t
         # And pool jobs lists each state, from the structure that holds it
         async def ids(state: str) -> list[str]:
             page = await client.jobs(status=state, limit=50)
-            assert all(job.status.value == state for job in page.jobs)
+            allowed = {state, "retrying"} if state == "delayed" else {state}  # both wait in the delayed set
+            assert all(job.status.value in allowed for job in page.jobs)
             return [job.id for job in page.jobs]
 
         assert await ids("queued") == [job.id for job in queued]  # next to start first
         assert sorted(await ids("active")) == sorted(job.id for job in active)
-        assert await ids("delayed") == [job.id for job in delayed]  # earliest due first
+        assert sorted(await ids("delayed")) == sorted([retrying.id, *(job.id for job in delayed)])
         assert await ids("retrying") == [retrying.id]
         assert await ids("dead") == [job.id for job in reversed(dead)]  # newest first
         assert sorted(await ids("completed")) == sorted(job.id for job in done)
         assert await ids("failed") == [failed.id]
         assert await ids("cancelled") == [cancelled.id]
         release.touch()
+
+
+async def test_delayed_lists_earliest_first_and_pages_over_retrying_jobs(config, url, r, tmp_path):
+    async with AsyncClient(config, url) as client:
+        async with running(config, url, r) as worker:
+            for i in range(3):  # three jobs waiting to retry (backoff about an hour)
+                await client.enqueue("tests.sample_handlers.flaky", str(tmp_path / f"n{i}"), 5, max_retries=3)
+            await async_wait_until(now(lambda: worker.failed_count == 3), timeout=10, message="3 failed attempts")
+        soon = [await client.enqueue("tests.sample_handlers.add", i, 0, delay=60 + i) for i in range(2)]
+        first = await client.jobs(status="delayed", limit=2)
+        retrying = await client.jobs(status="retrying", limit=2)
+    assert [job.id for job in first.jobs] == [job.id for job in soon]  # earliest due first
+    assert first.to_dict()["total"] == 5 and first.to_dict()["next_offset"] == 2
+    assert len(retrying.jobs) == 2 and retrying.more and retrying.total is None
 
 
 async def test_jobs_pages_through_a_long_queue(config, url):

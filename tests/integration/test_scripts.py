@@ -454,6 +454,7 @@ def test_cancel_of_a_job_moved_but_not_started_is_honoured_at_its_start(r, keys,
     assert records(scripts.claim("q", W, 9001, 0, 0, moved_id="a")) == []
     assert r.hget(keys.job("q", "a"), "status") == b"cancelled"
     assert r.llen(keys.active("q", W)) == 0
+    assert r.lrange(keys.recent("q", "cancelled"), 0, -1) == [b"a"]  # `pool jobs --status cancelled`
 
 
 def test_a_failed_attempt_of_a_job_with_a_cancel_request_does_not_retry(r, keys, scripts):
@@ -462,8 +463,10 @@ def test_a_failed_attempt_of_a_job_with_a_cancel_request_does_not_retry(r, keys,
     pubsub = r.pubsub()
     pubsub.subscribe(keys.events("q"))
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"
-    scripts.ack("q", W, "a", "retrying", 9001, 60_000, ["error", "E"], due_ms=99_999,
-                event=b'{"id":"a","status":"retrying"}')
+    code = scripts.ack("q", W, "a", "retrying", 9001, 60_000, ["error", "E"], due_ms=99_999,
+                       event=b'{"id":"a","status":"retrying"}')
+    assert code == 2  # acked, as cancelled: the worker counts a cancellation, not a retry
+    assert scripts.ack("q", W, "a", "retrying", 9001, 60_000, ["error", "E"], due_ms=99_999) == 2  # lost reply
     assert r.hget(keys.job("q", "a"), "status") == b"cancelled"
     assert r.zcard(keys.delayed("q")) == 0
     assert pubsub.get_message(timeout=5)["data"] == b'{"id":"a","status":"cancelled"}'
@@ -542,3 +545,18 @@ def test_fire_enqueues_each_tick_once_and_never_an_older_one(r, keys, scripts):
     assert r.lrange(keys.queue("q"), 0, -1) == [b"beat@2000"]
     assert r.hmget(keys.schedule("q", "beat"), "last_ms", "job_id") == [b"2000", b"beat@2000"]
     assert not r.exists(keys.job("q", "beat@1000"))
+
+
+def test_ack_counts_each_attempt_in_the_minute_tally_and_the_recent_lists(r, keys, scripts):
+    for job_id, outcome in (("a", "completed"), ("b", "failed"), ("c", "retrying"), ("d", "dead"),
+                            ("e", "cancelled")):
+        enqueue(scripts, "q", job_id)
+        scripts.claim("q", W, 1000, 1, 0)
+        scripts.ack("q", W, job_id, outcome, 2000, 60_000, ["error", "E"], due_ms=99_999 if outcome == "retrying" else None)
+    seconds = int(r.time()[0])
+    tally = {**r.hgetall(keys.tally("q", seconds // 60)), **r.hgetall(keys.tally("q", seconds // 60 - 1))}
+    assert sorted(field[:1] for field in tally for _ in range(int(tally[field]))) == [b"c", b"f", b"f", b"f"]
+    assert 3600 < r.ttl(keys.tally("q", seconds // 60) if r.exists(keys.tally("q", seconds // 60))
+                        else keys.tally("q", seconds // 60 - 1)) <= 3720
+    for outcome, ids in (("completed", [b"a"]), ("failed", [b"b"]), ("cancelled", [b"e"])):
+        assert r.lrange(keys.recent("q", outcome), 0, -1) == ids

@@ -13,10 +13,11 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from pool import Client, JobSpec
-from pool.embedded import free_port
+from pool.embedded import EmbeddedServer, free_port
 from pool.testing import wait_until
 from tests.conftest import cli_env, pool_cli
 from tests.process.conftest import live_workers
@@ -47,13 +48,20 @@ def status_json(config) -> dict:
     return json.loads(result.stdout)
 
 
+def metrics_address(config) -> str:
+    """The metrics address the supervisor announced (port 0: a free one), once it has."""
+    def announced() -> str | None:
+        supervisors = status_json(config)["supervisors"]
+        return supervisors[0]["metrics"] if supervisors else None
+    return wait_until(announced, timeout=30, message="the metrics address in pool status")
+
+
 def test_metrics_sum_a_known_mix_over_every_process(write_config, start_pool, tmp_path):
     config = write_config(processes=2, concurrency=3, metrics={"port": 0, "host": "127.0.0.1"},
                           retries={"backoff": "50ms", "backoff_max": "50ms"})
     pool = start_pool(config)
     data = wait_until(live_workers(config, 2), timeout=30, message="2 workers")
-    address = wait_until(lambda: status_json(config)["supervisors"][0]["metrics"], timeout=10,
-                         message="the metrics address in pool status")
+    address = metrics_address(config)
     # Given a known mix: 24 successes, 5 jobs that die, 3 that fail once and then succeed
     specs = [JobSpec("tests.sample_handlers.async_sleep", (0.05,)) for _ in range(24)]
     specs += [JobSpec("tests.sample_handlers.explode", (f"boom {i}",)) for i in range(5)]
@@ -171,8 +179,7 @@ def test_metrics_stay_exact_and_few_files_while_workers_recycle(write_config, st
     pool = start_pool(config)
     pool.wait_for_log("metrics files in ")
     folder = pool.output().split("metrics files in ", 1)[1].split()[0]
-    address = wait_until(lambda: status_json(config)["supervisors"][0]["metrics"], timeout=30,
-                         message="the metrics address in pool status")
+    address = metrics_address(config)
     # Given 100 jobs through workers that are replaced every 5 jobs (about 20 exited processes)
     with Client.from_config(config) as client:
         for job in client.enqueue_many(JobSpec("tests.sample_handlers.add", (i, 1)) for i in range(100)):
@@ -184,4 +191,47 @@ def test_metrics_stay_exact_and_few_files_while_workers_recycle(write_config, st
     files = os.listdir(folder)
     assert "counter_archive.db" in files and "histogram_archive.db" in files
     assert len([f for f in files if f.startswith("counter_")]) <= 2 + 8 + 1, files
+    assert pool.stop() == 0, pool.output()
+
+
+def test_livez_stays_up_through_a_redis_outage_while_healthz_reports_it(write_config, start_pool, tmp_path):
+    port = free_port()
+    server = EmbeddedServer(tmp_path / "own-redis", persist=False, port=port)
+    server.start()
+    config = write_config(redis={"url": f"redis://127.0.0.1:{port}/0"}, processes=1,
+                          metrics={"port": 0, "host": "127.0.0.1"})
+    pool = start_pool(config)
+    try:
+        address = metrics_address(config)
+        wait_until(lambda: get(address, "/healthz")[0] == 200, timeout=20, message="a healthy pool")
+        # When Redis goes away
+        server.stop()
+        # Then readiness says so, but liveness does not: restarting the pool would not bring Redis back
+        code, text = wait_until(lambda: (g := get(address, "/healthz"))[0] == 503 and g, timeout=20,
+                                message="/healthz to see the outage")
+        assert "cannot reach Redis" in text
+        code, text = get(address, "/livez")
+        assert code == 200 and text.startswith("live: the supervisor's loop ran")
+        assert scrape(address)["redis_up"] == 0
+        server.start()
+        wait_until(lambda: get(address, "/healthz")[0] == 200, timeout=30, message="healthy again")
+        assert pool.stop() == 0, pool.output()
+    finally:
+        server.stop()
+
+
+def test_a_reload_shows_new_queues_in_metrics(write_config, start_pool):
+    config = write_config(processes=1, metrics={"port": 0, "host": "127.0.0.1"})
+    pool = start_pool(config)
+    address = metrics_address(config)
+    settings = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**settings, "queues": ["default", "extra"]}))
+    pool.proc.send_signal(signal.SIGHUP)
+
+    def queues_in_metrics() -> set[str]:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+            families = text_string_to_metric_families(response.read().decode())
+            return {s.labels["queue"] for f in families if f.name == "job_queue_length" for s in f.samples}
+
+    wait_until(lambda: queues_in_metrics() == {"default", "extra"}, timeout=30, message="queue extra in /metrics")
     assert pool.stop() == 0, pool.output()

@@ -108,3 +108,12 @@ def test_help_shows_examples(capsys):
     out = capsys.readouterr().out
     assert "pool enqueue pool.yaml examples.tasks.add 1 2 --wait" in out
     assert "exit codes:" in out
+
+
+@pytest.mark.parametrize("interval", ["0", "-1", "soon"])
+def test_watch_interval_must_be_positive(capsys, config_file, interval):
+    path = config_file("handlers: [examples.tasks]\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["status", path, "--watch", "--interval", interval])
+    assert exit_info.value.code == 2
+    assert "argument --interval: must be a number of seconds above 0" in one_line(capsys.readouterr().err)

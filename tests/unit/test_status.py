@@ -27,6 +27,11 @@ def test_last_hour_adds_the_whole_minutes_between_and_the_tail_of_the_minute_an_
     assert hour == {"completed": 1 + 2 + 58 * 10 + 40, "failed": 58 * 1 + 9}
 
 
+def test_tallies_of_an_earlier_version_with_bare_totals_are_read_without_them():
+    minute, _ = window_counts(10, tally(c=99, c1=2), tally(f=5, f30=1), {}, [{}] * 58)
+    assert minute == {"completed": 2, "failed": 1}
+
+
 def test_at_second_59_nothing_of_the_older_minutes_counts():
     minute, hour = window_counts(59, tally(c0=3), tally(c59=50), tally(c59=7), [{}] * 58)
     assert minute == {"completed": 3, "failed": 0}
