@@ -40,6 +40,8 @@ from pool.scripts import Scripts
 
 logger = logging.getLogger(__name__)
 
+KILL_GRACE_S = 5.0  # an orphan gets this long past shutdown_timeout + heartbeat_ttl before exiting
+
 
 class Worker:
     """Runs jobs from the configured queues until stopped.
@@ -75,6 +77,7 @@ class Worker:
         self.crashed = False
         self.recycle_reason: str | None = None
         self.parent_pid = parent_pid
+        self._orphaned_at: float | None = None
         self.alive_file = alive_file
         self.done_count = 0
         self.failed_count = 0
@@ -322,10 +325,24 @@ class Worker:
                 await asyncio.sleep(self._outage.failed(exc))
 
     def _check_process(self) -> None:
-        """Stop when orphaned (the supervisor died); recycle when over max_memory_per_process."""
-        if self.parent_pid is not None and os.getppid() != self.parent_pid and not self.stopping.is_set():
-            logger.error("worker %s: its supervisor (pid %d) is gone; stopping", self.worker_id, self.parent_pid)
-            self.stop()
+        """Stop when orphaned (the supervisor died); recycle when over max_memory_per_process.
+
+        An orphan that cannot finish stopping (Redis unreachable, so acks and the requeue retry
+        forever) exits after shutdown_timeout + heartbeat_ttl: nobody would ever stop it, and its
+        unfinished jobs are safe in its active list, reclaimed once its heartbeat has expired.
+        """
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            now = clock.monotonic()
+            if self._orphaned_at is None:
+                self._orphaned_at = now
+                logger.error("worker %s: its supervisor (pid %d) is gone; stopping", self.worker_id, self.parent_pid)
+                self.stop()
+            elif now - self._orphaned_at > self.config.shutdown_timeout_s + self.config.heartbeat_ttl_s + KILL_GRACE_S:
+                logger.error("worker %s: orphaned and still unable to stop (Redis unreachable?); exiting. Its "
+                             "unfinished jobs are reclaimed from its active list once its heartbeat expires",
+                             self.worker_id)
+                logging.shutdown()
+                os._exit(ExitCode.JOB_FAILED)
         limit = self.config.max_memory_per_process
         if limit and (rss := heartbeat.resident_memory_bytes()) > limit:
             self.recycle(f"uses {rss / 2**20:.0f} MiB, over max_memory_per_process ({limit / 2**20:.0f} MiB)")

@@ -308,6 +308,19 @@ def test_workers_stop_when_their_supervisor_is_killed(write_config, start_pool):
     assert "is gone; stopping" in pool.output()
 
 
+def test_orphans_exit_even_when_redis_is_gone_too(write_config, start_pool, own_server):
+    # Given a supervisor and its worker on a Redis that then goes away
+    config = write_config(redis={"url": own_server.url}, processes=1, shutdown_timeout="1s", heartbeat_ttl="2s")
+    pool = start_pool(config)
+    [pid] = [w["pid"] for w in wait_until(live_workers(config, 1), timeout=30, message="1 worker")["workers"]]
+    own_server.stop()
+    # When the supervisor is SIGKILLed: the worker can neither requeue nor deregister
+    pool.kill()
+    # Then it still exits (after shutdown_timeout + heartbeat_ttl + 5 s), leaving its jobs to reclaim
+    wait_until(lambda: not _alive(pid), timeout=30, message="the orphan to exit")
+    assert "orphaned and still unable to stop" in pool.output()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
