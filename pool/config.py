@@ -1,8 +1,9 @@
-"""pool.yaml → frozen, validated settings. Every default and every validation lives here.
+"""pool.yaml → frozen, validated settings. Every default and every validation lives here and in
+config_values.py (the parser of each kind of value: durations, sizes, names, URLs).
 
 Errors name the file, the key path, the value and what is allowed, e.g.
 ``pool.yaml: concurency: unknown key (did you mean 'concurrency'?)``. Nothing else in the
-package validates configuration.
+package validates configuration (schedules.py checks cron expressions and time zones for it).
 
 Design: a small table of field specs per section (name → parser, default) rather than a schema
 library. The messages we want (key path, "did you mean", units) are the whole point, and a
@@ -22,23 +23,15 @@ from typing import Any
 
 import yaml
 
+from pool import config_values as parsers
+from pool.config_values import parse_duration, redact_url  # noqa: F401 - part of this module's API
 from pool.errors import ConfigError
 from pool.keys import QUEUE_NAME_RULE, is_valid_queue_name
 from pool.schedules import Schedule, check_cron, check_timezone
 
 REDIS_URL_ENV = "POOL_REDIS_URL"
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    None: 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2,
-    "gb": 1000**3, "gib": 1024**3,
-}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_LOG_LEVELS = ("debug", "info", "warning", "error")
-_LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -181,313 +174,93 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsers: each takes (value, where) and returns the typed value or raises _Invalid.
-
-
-class _Invalid(Exception):
-    """A value is wrong; the message says what is allowed. Turned into ConfigError with a path."""
-
-
-def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
-    rule = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-
-    def parse(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(f"must be {rule}")
-        if value < minimum or (maximum is not None and value > maximum):
-            raise _Invalid(f"must be {rule}")
-        return value
-
-    return parse
-
-
-def parse_duration(value: Any) -> float:
-    """'30s', '500ms', '2m', '1h', '1d' or a number of seconds → seconds (float).
-
-    Raises:
-        ValueError: the value is not a duration.
-    """
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    raise ValueError(value)
-
-
-def _duration(minimum_s: float, allow_zero: bool = False) -> Callable[[Any], float]:
-    low = "0" if allow_zero else f"{minimum_s:g}s"
-    rule = f"a duration >= {low} such as '500ms', '30s', '2m', '1h'"
-
-    def parse(value: Any) -> float:
-        try:
-            seconds = parse_duration(value)
-        except ValueError:
-            raise _Invalid(f"must be {rule}") from None
-        if (seconds == 0 and allow_zero) or seconds >= minimum_s:
-            return seconds
-        raise _Invalid(f"must be {rule}")
-
-    return parse
-
-
-def _size(minimum: int) -> Callable[[Any], int]:
-    rule = f"a size >= {minimum} bytes such as 65536, '512KiB', '1MB'"
-
-    def parse(value: Any) -> int:
-        if isinstance(value, bool):
-            raise _Invalid(f"must be {rule}")
-        if isinstance(value, int):
-            size = value
-        elif isinstance(value, str) and (match := _SIZE.match(value)):
-            size = int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
-        else:
-            raise _Invalid(f"must be {rule}")
-        if size < minimum:
-            raise _Invalid(f"must be {rule}")
-        return size
-
-    return parse
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise _Invalid("must be a non-empty string")
-    return value
-
-
-def _optional_string(value: Any) -> str | None:
-    return None if value is None else _string(value)
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid("must be true or false")
-    return value
-
-
-def _choice(*allowed: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        if not isinstance(value, str) or value.lower() not in allowed:
-            raise _Invalid("must be one of " + ", ".join(allowed))
-        return value.lower()
-
-    return parse
-
-
-def _logger_levels(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
-        raise _Invalid("must map logger names to levels, e.g. {pool.jobs: warning, examples: debug}")
-    for name, level in value.items():
-        if not isinstance(level, str) or level.lower() not in _LOG_LEVELS:
-            raise _Invalid(f"the level of {name!r} must be one of {', '.join(_LOG_LEVELS)}")
-    return {name: level.lower() for name, level in value.items()}
-
-
-def _redis_url(value: Any) -> str | None:
-    if value is None:
-        return None
-    url = _string(value)
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise _Invalid(
-            "must start with redis://, rediss:// (TLS) or unix:// "
-            "(or leave `redis` out to use the embedded server)"
-        )
-    from redis.connection import parse_url
-
-    try:
-        parse_url(url)
-    except ValueError as exc:
-        raise _Invalid(f"is not a valid Redis URL ({exc})") from None
-    return url
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``: safe for logs, errors and `pool status`.
-
-    The user information ends at the last '@' before the host, so a password that contains
-    '@' is hidden whole.
-    """
-    scheme, sep, rest = url.partition("://")
-    head = scheme + sep if sep else ""
-    rest = rest if sep else url  # a malformed URL (no "://") may still carry a password
-    if "@" not in rest:
-        return url
-    userinfo, _, host = rest.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    return f"{head}{user}{':***' if colon else ''}@{host}"
-
-
-# Values never echoed in an error message: the URL is shown redacted, the others not at all.
-_SECRET_PATHS = {"redis.url": redact_url, "redis.username": lambda v: "***", "redis.password": lambda v: "***"}
-
-
-def _key_prefix(value: Any) -> str:
-    if not isinstance(value, str) or not _PREFIX.match(value):
-        raise _Invalid("must be 1-64 characters of letters, digits, '_', '.', '-'")
-    return value
-
-
-def _queue_name(value: Any) -> str:
-    if not isinstance(value, str) or not is_valid_queue_name(value):
-        raise _Invalid(f"queue names must be {QUEUE_NAME_RULE}")
-    return value
-
-
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S.*?)\s*$")
-_RATE_WINDOWS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
-
-
-def _rate_limit(value: Any) -> tuple[int, int]:
-    """'100/s', '10/min', '5/2s', '1000/1h' → (jobs, window in ms)."""
-    rule = "must be jobs per window such as '100/s', '10/min', '5/2s' or '1000/1h'"
-    match = _RATE.match(value) if isinstance(value, str) else None
-    if not match or int(match.group(1)) < 1:
-        raise _Invalid(rule)
-    window = match.group(2).lower()
-    try:
-        seconds = _RATE_WINDOWS[window] if window in _RATE_WINDOWS else parse_duration(window)
-    except ValueError:
-        raise _Invalid(rule) from None
-    if seconds < 0.001:
-        raise _Invalid(rule)
-    return int(match.group(1)), int(seconds * 1000)
-
-
-def _function_path(value: Any) -> str:
-    path = _handler_path(value)
-    if "." not in path:
-        raise _Invalid("must be the dotted path of a function such as 'examples.tasks.add'")
-    return path
-
-
-def _checked(check: Callable[[str], str]) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        try:
-            return check(_string(value))
-        except ValueError as exc:
-            raise _Invalid(str(exc)) from None
-
-    return parse
-
-
-def _json_list(value: Any) -> tuple[Any, ...]:
-    if not isinstance(value, list):
-        raise _Invalid("must be a list of arguments, e.g. [1, 'two']")
-    return tuple(value)
-
-
-def _json_mapping(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise _Invalid("must be a mapping of keyword arguments, e.g. {size: 128}")
-    return dict(value)
-
-
-def _handler_path(value: Any) -> str:
-    if not isinstance(value, str) or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", value):
-        raise _Invalid("must be a dotted path such as 'examples.tasks' or 'examples.tasks.add'")
-    return value
-
-
-def _exception_name(value: Any) -> str:
-    if not isinstance(value, str) or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", value):
-        raise _Invalid("must be an exception class name such as 'ConnectionError' or 'httpx.TimeoutException'")
-    return value
-
-
 # ---------------------------------------------------------------------------------------------
 # Sections: yaml key → (dataclass field, parser). A nested section is a (class, table) pair.
 
 _Table = Mapping[str, tuple[str, Any]]
 
 _TLS: _Table = {
-    "ca_file": ("ca_file", _optional_string),
-    "cert_file": ("cert_file", _optional_string),
-    "key_file": ("key_file", _optional_string),
-    "verify": ("verify", _boolean),
+    "ca_file": ("ca_file", parsers.optional_string),
+    "cert_file": ("cert_file", parsers.optional_string),
+    "key_file": ("key_file", parsers.optional_string),
+    "verify": ("verify", parsers.boolean),
 }
 _REDIS: _Table = {
-    "url": ("url", _redis_url),
-    "username": ("username", _optional_string),
-    "password": ("password", _optional_string),
-    "socket_timeout": ("socket_timeout_s", _duration(0.1)),
-    "connect_timeout": ("connect_timeout_s", _duration(0.1)),
+    "url": ("url", parsers.redis_url),
+    "username": ("username", parsers.optional_string),
+    "password": ("password", parsers.optional_string),
+    "socket_timeout": ("socket_timeout_s", parsers.duration(0.1)),
+    "connect_timeout": ("connect_timeout_s", parsers.duration(0.1)),
     "tls": ("tls", (TLSSettings, _TLS)),
 }
 _RETRY_FIELDS: _Table = {
-    "max_retries": ("max_retries", _integer(0, 1000)),
-    "backoff": ("backoff_s", _duration(0, allow_zero=True)),
-    "backoff_max": ("backoff_max_s", _duration(0, allow_zero=True)),
-    "retry_on": ("retry_on", ("list", _exception_name)),
-    "fail_on": ("fail_on", ("list", _exception_name)),
-    "dead_letter": ("dead_letter", _boolean),
+    "max_retries": ("max_retries", parsers.integer(0, 1000)),
+    "backoff": ("backoff_s", parsers.duration(0, allow_zero=True)),
+    "backoff_max": ("backoff_max_s", parsers.duration(0, allow_zero=True)),
+    "retry_on": ("retry_on", ("list", parsers.exception_name)),
+    "fail_on": ("fail_on", ("list", parsers.exception_name)),
+    "dead_letter": ("dead_letter", parsers.boolean),
 }
-_HANDLER_ENTRY: _Table = {"path": ("path", _handler_path), **_RETRY_FIELDS}
+_HANDLER_ENTRY: _Table = {"path": ("path", parsers.handler_path), **_RETRY_FIELDS}
 _QUEUE_ENTRY: _Table = {
-    "name": ("name", _queue_name),
-    "weight": ("weight", _integer(1, 1000)),
-    "rate_limit": ("rate_limit", _rate_limit),
+    "name": ("name", parsers.queue_name),
+    "weight": ("weight", parsers.integer(1, 1000)),
+    "rate_limit": ("rate_limit", parsers.rate_limit),
 }
 _SCHEDULE_ENTRY: _Table = {
-    "handler": ("handler", _function_path),
-    "cron": ("cron", _checked(check_cron)),
-    "every": ("every_s", _duration(0.1)),
-    "timezone": ("timezone", _checked(check_timezone)),
-    "args": ("args", _json_list),
-    "kwargs": ("kwargs", _json_mapping),
-    "queue": ("queue", _queue_name),
-    "catch_up": ("catch_up", _boolean),
-    "grace": ("grace_s", _duration(0, allow_zero=True)),
-    "timeout": ("timeout_s", _duration(0.001)),
+    "handler": ("handler", parsers.function_path),
+    "cron": ("cron", parsers.checked(check_cron)),
+    "every": ("every_s", parsers.duration(0.1)),
+    "timezone": ("timezone", parsers.checked(check_timezone)),
+    "args": ("args", parsers.json_list),
+    "kwargs": ("kwargs", parsers.json_mapping),
+    "queue": ("queue", parsers.queue_name),
+    "catch_up": ("catch_up", parsers.boolean),
+    "grace": ("grace_s", parsers.duration(0, allow_zero=True)),
+    "timeout": ("timeout_s", parsers.duration(0.001)),
 }
 _DEAD_LETTER: _Table = {
-    "ttl": ("ttl_s", _duration(1.0)),
-    "max": ("max_jobs", _integer(1)),
+    "ttl": ("ttl_s", parsers.duration(1.0)),
+    "max": ("max_jobs", parsers.integer(1)),
 }
 _SCRIPTS: _Table = {
-    "allowed_dirs": ("allowed_dirs", ("list", _string)),
-    "max_output": ("max_output_bytes", _size(1)),
+    "allowed_dirs": ("allowed_dirs", ("list", parsers.string)),
+    "max_output": ("max_output_bytes", parsers.size(1)),
 }
 _LOGGING: _Table = {
-    "level": ("level", _choice(*_LOG_LEVELS)),
-    "format": ("format", _choice(*_LOG_FORMATS)),
-    "levels": ("levels", _logger_levels),
+    "level": ("level", parsers.choice(*parsers.LOG_LEVELS)),
+    "format": ("format", parsers.choice(*parsers.LOG_FORMATS)),
+    "levels": ("levels", parsers.logger_levels),
 }
 _METRICS: _Table = {
-    "port": ("port", _integer(0, 65535)),
-    "host": ("host", _string),
+    "port": ("port", parsers.integer(0, 65535)),
+    "host": ("host", parsers.string),
 }
 _TOP: _Table = {
     "redis": ("redis", (RedisSettings, _REDIS)),
-    "processes": ("processes", _integer(1, 512)),
-    "concurrency": ("concurrency", _integer(1, 10_000)),
+    "processes": ("processes", parsers.integer(1, 512)),
+    "concurrency": ("concurrency", parsers.integer(1, 10_000)),
     "queues": ("queues", ("queues",)),
     "schedules": ("schedules", ("schedules",)),
     "handlers": ("handlers", ("handlers",)),
     "retries": ("retries", (RetrySettings, _RETRY_FIELDS)),
     "dead_letter": ("dead_letter", (DeadLetterSettings, _DEAD_LETTER)),
     "scripts": ("scripts", (ScriptSettings, _SCRIPTS)),
-    "max_result_size": ("max_result_bytes", _size(64)),
-    "events": ("events", _boolean),
-    "timeout": ("timeout_s", _duration(0.001)),
-    "result_ttl": ("result_ttl_s", _duration(1.0)),
-    "key_prefix": ("key_prefix", _key_prefix),
-    "shutdown_timeout": ("shutdown_timeout_s", _duration(0, allow_zero=True)),
-    "max_payload_size": ("max_payload_bytes", _size(64)),
-    "heartbeat_interval": ("heartbeat_interval_s", _duration(0.05)),
-    "heartbeat_ttl": ("heartbeat_ttl_s", _duration(0.5)),
-    "reclaim_interval": ("reclaim_interval_s", _duration(0.05)),
-    "max_deliveries": ("max_deliveries", _integer(1, 1000)),
-    "max_jobs_per_process": ("max_jobs_per_process", _integer(0)),
-    "max_memory_per_process": ("max_memory_per_process", _size(0)),
-    "timeout_grace": ("timeout_grace_s", _duration(0, allow_zero=True)),
-    "state_dir": ("state_dir", _string),
+    "max_result_size": ("max_result_bytes", parsers.size(64)),
+    "events": ("events", parsers.boolean),
+    "timeout": ("timeout_s", parsers.duration(0.001)),
+    "result_ttl": ("result_ttl_s", parsers.duration(1.0)),
+    "key_prefix": ("key_prefix", parsers.key_prefix),
+    "shutdown_timeout": ("shutdown_timeout_s", parsers.duration(0, allow_zero=True)),
+    "max_payload_size": ("max_payload_bytes", parsers.size(64)),
+    "heartbeat_interval": ("heartbeat_interval_s", parsers.duration(0.05)),
+    "heartbeat_ttl": ("heartbeat_ttl_s", parsers.duration(0.5)),
+    "reclaim_interval": ("reclaim_interval_s", parsers.duration(0.05)),
+    "max_deliveries": ("max_deliveries", parsers.integer(1, 1000)),
+    "max_jobs_per_process": ("max_jobs_per_process", parsers.integer(0)),
+    "max_memory_per_process": ("max_memory_per_process", parsers.size(0)),
+    "timeout_grace": ("timeout_grace_s", parsers.duration(0, allow_zero=True)),
+    "state_dir": ("state_dir", parsers.string),
     "logging": ("logging", (LoggingSettings, _LOGGING)),
     "metrics": ("metrics", (MetricsSettings, _METRICS)),
 }
@@ -526,8 +299,8 @@ class _Reader:
             return cls(**self.section(raw, table, path))
         try:
             return parser(raw)
-        except _Invalid as exc:
-            hide = _SECRET_PATHS.get(path)
+        except parsers.Invalid as exc:
+            hide = parsers.SECRET_PATHS.get(path)
             shown = hide(raw) if hide and isinstance(raw, str) else "***" if hide else raw
             raise self.error(path, f"{exc} (got {shown!r})") from None
 
@@ -548,7 +321,7 @@ class _Reader:
                 handler = values.pop("path")
                 retries[handler] = dataclasses.replace(INHERIT, **values)
             else:
-                handler = self.value(entry, _handler_path, where)
+                handler = self.value(entry, parsers.handler_path, where)
             if handler in paths:
                 raise self.error(path, f"lists {handler!r} twice")
             paths.append(handler)
@@ -575,7 +348,7 @@ class _Reader:
                 if "rate_limit" in values:
                     rates[name] = values["rate_limit"]
             else:
-                name = self.value(entry, _queue_name, where)
+                name = self.value(entry, parsers.queue_name, where)
             if name in names:
                 raise self.error(path, f"lists queue {name!r} twice")
             names.append(name)
@@ -685,8 +458,8 @@ def _apply_environment(config: Config, environ: Mapping[str, str], reader: _Read
     url = environ.get(REDIS_URL_ENV)
     if url:
         try:
-            checked = _redis_url(url)
-        except _Invalid as exc:
+            checked = parsers.redis_url(url)
+        except parsers.Invalid as exc:
             raise ConfigError(f"{REDIS_URL_ENV}: {exc} (got {redact_url(url)!r})") from None
         config = config.replace(redis=dataclasses.replace(config.redis, url=checked))
     state_dir = Path(config.state_dir)

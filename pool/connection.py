@@ -30,6 +30,7 @@ BLOCK_TIMEOUT_S = 2.0
 BLOCKING_SOCKET_MARGIN_S = 3.0
 
 # Errors that mean "Redis is not reachable right now" rather than "the command was wrong".
+MIN_REDIS_VERSION = (6, 2)  # BLMOVE
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -156,3 +157,32 @@ class Outage:
                 self.on_recovered()
         self.started = None
         self.attempt = 0
+
+
+def check_server(client: redis.Redis, url: str) -> None:
+    """At start-up: refuse Redis < 6.2 (no BLMOVE), warn about eviction, say which persistence is on.
+
+    Raises:
+        RedisUnavailable: the server is too old.
+    """
+    try:
+        info = client.info("server") | client.info("persistence")
+    except redis.exceptions.RedisError:
+        return  # INFO not allowed, or Redis gone again (the housekeeper reports outages)
+    version = str(info.get("valkey_version") or info.get("redis_version") or "0")
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts and parts < MIN_REDIS_VERSION:
+        raise RedisUnavailable(f"Redis {version} at {redact(url)} is too old: pool needs 6.2 or newer (BLMOVE)")
+    if info.get("aof_enabled"):
+        logger.info("Redis %s, persistence: AOF", version)
+    else:
+        logger.warning("Redis %s has no AOF (appendonly no): a crash or restart of Redis can lose "
+                       "queued jobs (RDB snapshots, if configured, lose everything since the last one)",
+                       version)
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except Exception:  # CONFIG is often disabled on managed Redis: nothing to check then
+        return
+    if policy and policy != "noeviction":
+        logger.warning("Redis maxmemory-policy is %r: eviction can silently delete queued jobs; "
+                       "set it to 'noeviction'", policy)

@@ -49,21 +49,57 @@ RESPAWN_DELAY_S = 1.0
 
 
 class ExporterProcess:
-    """The supervisor's handle on its metrics process: bind once, fork, respawn, stop.
+    """The supervisor's side of metrics: the port, the metrics process (fork, respawn, stop),
+    the supervisor's own recorder, and the files of exited workers.
+
+    Binds the port (a port in use raises ConfigError: exit 2) and switches this process, and the
+    workers it forks, to multiprocess metrics in ``run_dir``/metrics.
 
     Args:
         config: the pool's settings (metrics.host, metrics.port).
         supervisor_id: whose workers ``/healthz`` judges.
+        run_dir: the supervisor's private folder (metrics files, the loop's tick file).
     """
 
-    def __init__(self, config: Config, supervisor_id: str, tick_file: Path) -> None:
+    def __init__(self, config: Config, supervisor_id: str, run_dir: Path) -> None:
         self.config = config
         self.supervisor_id = supervisor_id
-        self.tick_file = tick_file
+        self.tick_file = run_dir / "supervisor.tick"
         self.pid: int | None = None
         self.spawn_at = 0.0
         self.reloading = False
+        self.exited_pids: list[int] = []  # workers whose files wait to be compacted
         self.sock = self._bind()
+        self.folder = run_dir / "metrics"
+        self.folder.mkdir()
+        metrics.enable(str(self.folder))
+        self.recorder = metrics.SupervisorMetrics()
+        logger.info("metrics files in %s", self.folder)
+
+    def tick(self) -> None:
+        """The supervisor's loop ran (what ``/livez`` checks)."""
+        self.tick_file.touch()
+
+    def worker_exited(self, pid: int, live_pids: set[int]) -> None:
+        """Drop the worker's in-flight gauges now; fold its counts into the archive later.
+
+        Args:
+            live_pids: the running workers: a pid the system gave to a new worker meanwhile
+                names that worker's live files now, and must not be folded.
+        """
+        metrics.mark_dead(pid)
+        if pid not in self.exited_pids:
+            self.exited_pids.append(pid)
+        self.exited_pids = [p for p in self.exited_pids if p not in live_pids]
+        if len(self.exited_pids) < metrics.COMPACT_AFTER:
+            return
+        try:
+            done = metrics.compact(str(self.folder), self.exited_pids)
+        except OSError as exc:  # metrics must never stop the supervisor: try again next time
+            logger.error("could not fold exited workers' metrics files: %s", exc)
+            return
+        if done:
+            self.exited_pids.clear()
 
     @property
     def address(self) -> str:

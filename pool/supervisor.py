@@ -37,7 +37,7 @@ import redis
 from pool import clock
 from pool import config as config_module
 from pool.config import Config
-from pool.connection import OUTAGE_ERRORS, backoff_s, describe_unreachable, redact
+from pool.connection import OUTAGE_ERRORS, backoff_s, check_server, describe_unreachable, redact
 from pool.embedded import EmbeddedServer
 from pool.errors import ExitCode, PoolError, RedisUnavailable
 from pool.handlers import check_importable
@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 HANDLED_SIGNALS = (
     signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
 )
-MIN_REDIS_VERSION = (6, 2)
 KILL_GRACE_S = 5.0  # after the shutdown deadline, workers get this long before SIGKILL
 # A worker whose event loop ran this long is no crash loop: its slot's backoff resets. Deaths
 # after that are counted per job (max_deliveries), not punished with slower respawns.
@@ -112,14 +111,12 @@ class Supervisor:
         self.url = ""
         self.housekeeper: Housekeeper | None = None
         self.run_dir = Path(tempfile.mkdtemp(prefix="pool-run-"))
-        self.tick_file = self.run_dir / "supervisor.tick"
         self.supervisor_id = make_worker_id(secrets.token_hex(3))
         self.started_ms = clock.now_ms()
         self.restarts = 0  # workers that died unexpectedly and were replaced
         self.recycles = 0  # workers that asked to be replaced (max jobs, memory, stuck thread)
         self.exporter: ExporterProcess | None = None
         self.metrics: SupervisorMetrics | None = None
-        self.exited_pids: list[int] = []  # workers whose metrics files wait to be compacted
 
     # -- main loop --------------------------------------------------------------------------------
 
@@ -128,7 +125,10 @@ class Supervisor:
         self._install_signal_handlers()
         try:
             if self.config.metrics.enabled:
-                self._setup_metrics()
+                from pool.exporter import ExporterProcess
+
+                self.exporter = ExporterProcess(self.config, self.supervisor_id, self.run_dir)
+                self.metrics = self.exporter.recorder
             self.url = self._start_redis()
             self.housekeeper = Housekeeper(
                 self.config, self.url, self.supervisor_id,
@@ -136,7 +136,8 @@ class Supervisor:
                 on_requeue=self.metrics.requeued if self.metrics else None)
             if not self._wait_for_redis():
                 return ExitCode.OK
-            self._check_server()
+            assert self.housekeeper is not None
+            check_server(self.housekeeper.redis, self.url)
             logger.info("supervisor pid %d starting %d worker(s) x %d slots on %s, queues: %s",
                         os.getpid(), self.config.processes, self.config.concurrency,
                         redact(self.url), ", ".join(self.config.queues))
@@ -163,7 +164,7 @@ class Supervisor:
     def _tick(self) -> None:
         assert self.housekeeper is not None
         if self.exporter is not None:
-            self.tick_file.touch()  # /livez: the supervisor's loop runs
+            self.exporter.tick()  # /livez: the supervisor's loop runs
         if self.embedded is not None and self.embedded.owned and self.embedded.pid is None and not self.stopping:
             self._restart_embedded()
         self.housekeeper.tick(reclaim=not self.stopping, presence=self._presence())
@@ -207,37 +208,6 @@ class Supervisor:
             "restarts": self.restarts, "recycles": self.recycles, "config": str(self.config.path or ""),
             "metrics": self.exporter.address if self.exporter is not None else "",
         }
-
-    def _forget_metrics_of(self, pid: int) -> None:
-        """A worker exited: drop its in-flight gauges now, fold its counts into the archive later."""
-        from pool import metrics
-
-        metrics.mark_dead(pid)
-        if pid not in self.exited_pids:
-            self.exited_pids.append(pid)
-        # A pid the system gave to a new worker meanwhile names that worker's live files now.
-        self.exited_pids = [p for p in self.exited_pids if p not in self.children]
-        if len(self.exited_pids) >= metrics.COMPACT_AFTER:
-            try:
-                done = metrics.compact(os.environ[metrics.DIR_ENV], self.exited_pids)
-            except OSError as exc:  # metrics must never stop the supervisor: try again next time
-                logger.error("could not fold exited workers' metrics files: %s", exc)
-                return
-            if done:
-                self.exited_pids.clear()
-
-    def _setup_metrics(self) -> None:
-        """Bind the metrics port (a port in use fails here, exit 2) and switch every process to
-        multiprocess metrics in this run's folder; the exporter forks once Redis answers."""
-        from pool import metrics
-        from pool.exporter import ExporterProcess
-
-        self.exporter = ExporterProcess(self.config, self.supervisor_id, self.tick_file)
-        folder = self.run_dir / "metrics"
-        folder.mkdir()
-        metrics.enable(str(folder))
-        self.metrics = metrics.SupervisorMetrics()
-        logger.info("metrics files in %s", folder)
 
     def _finish_housekeeping(self) -> None:
         assert self.housekeeper is not None
@@ -415,8 +385,8 @@ class Supervisor:
     def _child_exited(self, pid: int, child: _Child, code: int) -> None:
         assert self.housekeeper is not None
         self.housekeeper.worker_died(child.worker_id)
-        if self.metrics is not None:
-            self._forget_metrics_of(pid)
+        if self.exporter is not None:
+            self.exporter.worker_exited(pid, set(self.children))
         name = f"worker-{child.index + 1} pid {pid}"
         retired = pid in self.retiring or child.index >= len(self.slots)
         self.retiring.discard(pid)
@@ -543,32 +513,6 @@ class Supervisor:
                     return False
             except queue.Empty:
                 pass
-
-    def _check_server(self) -> None:
-        """Refuse Redis < 6.2 (no BLMOVE); warn about eviction; say which persistence is on."""
-        assert self.housekeeper is not None
-        client = self.housekeeper.redis
-        try:
-            info = client.info("server") | client.info("persistence")
-        except redis.exceptions.RedisError:
-            return  # INFO not allowed, or Redis gone again (the housekeeper reports outages)
-        version = str(info.get("valkey_version") or info.get("redis_version") or "0")
-        parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-        if parts and parts < MIN_REDIS_VERSION:
-            raise RedisUnavailable(f"Redis {version} at {redact(self.url)} is too old: pool needs 6.2 or newer (BLMOVE)")
-        if info.get("aof_enabled"):
-            logger.info("Redis %s, persistence: AOF", version)
-        else:
-            logger.warning("Redis %s has no AOF (appendonly no): a crash or restart of Redis can lose "
-                           "queued jobs (RDB snapshots, if configured, lose everything since the last one)",
-                           version)
-        try:
-            policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
-        except Exception:  # CONFIG is often disabled on managed Redis: nothing to check then
-            return
-        if policy and policy != "noeviction":
-            logger.warning("Redis maxmemory-policy is %r: eviction can silently delete queued jobs; "
-                           "set it to 'noeviction'", policy)
 
 
 def _describe_exit(code: int) -> str:

@@ -1,0 +1,239 @@
+"""The value parsers of pool.yaml: each turns one YAML value into a typed value, or raises
+:class:`Invalid` with a message that says what is allowed (config.py adds the file and key path).
+
+Durations (``500ms``, ``30s``), sizes (``512KiB``), rate limits (``100/min``), names, URLs,
+dotted paths. config.py owns the tables that say which key takes which parser.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from pool.keys import QUEUE_NAME_RULE, is_valid_queue_name
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE_UNITS = {
+    None: 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2,
+    "gb": 1000**3, "gib": 1024**3,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+class Invalid(Exception):
+    """A value is wrong; the message says what is allowed. Turned into ConfigError with a path."""
+
+
+def integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+    rule = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"must be {rule}")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise Invalid(f"must be {rule}")
+        return value
+
+    return parse
+
+
+def parse_duration(value: Any) -> float:
+    """'30s', '500ms', '2m', '1h', '1d' or a number of seconds → seconds (float).
+
+    Raises:
+        ValueError: the value is not a duration.
+    """
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    raise ValueError(value)
+
+
+def duration(minimum_s: float, allow_zero: bool = False) -> Callable[[Any], float]:
+    low = "0" if allow_zero else f"{minimum_s:g}s"
+    rule = f"a duration >= {low} such as '500ms', '30s', '2m', '1h'"
+
+    def parse(value: Any) -> float:
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            raise Invalid(f"must be {rule}") from None
+        if (seconds == 0 and allow_zero) or seconds >= minimum_s:
+            return seconds
+        raise Invalid(f"must be {rule}")
+
+    return parse
+
+
+def size(minimum: int) -> Callable[[Any], int]:
+    rule = f"a size >= {minimum} bytes such as 65536, '512KiB', '1MB'"
+
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise Invalid(f"must be {rule}")
+        if isinstance(value, int):
+            size = value
+        elif isinstance(value, str) and (match := _SIZE.match(value)):
+            size = int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+        else:
+            raise Invalid(f"must be {rule}")
+        if size < minimum:
+            raise Invalid(f"must be {rule}")
+        return size
+
+    return parse
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise Invalid("must be a non-empty string")
+    return value
+
+
+def optional_string(value: Any) -> str | None:
+    return None if value is None else string(value)
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid("must be true or false")
+    return value
+
+
+def choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or value.lower() not in allowed:
+            raise Invalid("must be one of " + ", ".join(allowed))
+        return value.lower()
+
+    return parse
+
+
+def logger_levels(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise Invalid("must map logger names to levels, e.g. {pool.jobs: warning, examples: debug}")
+    for name, level in value.items():
+        if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
+            raise Invalid(f"the level of {name!r} must be one of {', '.join(LOG_LEVELS)}")
+    return {name: level.lower() for name, level in value.items()}
+
+
+def redis_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    url = string(value)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise Invalid(
+            "must start with redis://, rediss:// (TLS) or unix:// "
+            "(or leave `redis` out to use the embedded server)"
+        )
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise Invalid(f"is not a valid Redis URL ({exc})") from None
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``: safe for logs, errors and `pool status`.
+
+    The user information ends at the last '@' before the host, so a password that contains
+    '@' is hidden whole.
+    """
+    scheme, sep, rest = url.partition("://")
+    head = scheme + sep if sep else ""
+    rest = rest if sep else url  # a malformed URL (no "://") may still carry a password
+    if "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{head}{user}{':***' if colon else ''}@{host}"
+
+
+# Values never echoed in an error message: the URL is shown redacted, the others not at all.
+SECRET_PATHS = {"redis.url": redact_url, "redis.username": lambda v: "***", "redis.password": lambda v: "***"}
+
+
+def key_prefix(value: Any) -> str:
+    if not isinstance(value, str) or not _PREFIX.match(value):
+        raise Invalid("must be 1-64 characters of letters, digits, '_', '.', '-'")
+    return value
+
+
+def queue_name(value: Any) -> str:
+    if not isinstance(value, str) or not is_valid_queue_name(value):
+        raise Invalid(f"queue names must be {QUEUE_NAME_RULE}")
+    return value
+
+
+RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S.*?)\s*$")
+RATE_WINDOWS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def rate_limit(value: Any) -> tuple[int, int]:
+    """'100/s', '10/min', '5/2s', '1000/1h' → (jobs, window in ms)."""
+    rule = "must be jobs per window such as '100/s', '10/min', '5/2s' or '1000/1h'"
+    match = RATE.match(value) if isinstance(value, str) else None
+    if not match or int(match.group(1)) < 1:
+        raise Invalid(rule)
+    window = match.group(2).lower()
+    try:
+        seconds = RATE_WINDOWS[window] if window in RATE_WINDOWS else parse_duration(window)
+    except ValueError:
+        raise Invalid(rule) from None
+    if seconds < 0.001:
+        raise Invalid(rule)
+    return int(match.group(1)), int(seconds * 1000)
+
+
+def function_path(value: Any) -> str:
+    path = handler_path(value)
+    if "." not in path:
+        raise Invalid("must be the dotted path of a function such as 'examples.tasks.add'")
+    return path
+
+
+def checked(check: Callable[[str], str]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        try:
+            return check(string(value))
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+
+    return parse
+
+
+def json_list(value: Any) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise Invalid("must be a list of arguments, e.g. [1, 'two']")
+    return tuple(value)
+
+
+def json_mapping(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise Invalid("must be a mapping of keyword arguments, e.g. {size: 128}")
+    return dict(value)
+
+
+def handler_path(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", value):
+        raise Invalid("must be a dotted path such as 'examples.tasks' or 'examples.tasks.add'")
+    return value
+
+
+def exception_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", value):
+        raise Invalid("must be an exception class name such as 'ConnectionError' or 'httpx.TimeoutException'")
+    return value
