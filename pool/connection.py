@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 BLOCK_TIMEOUT_S = 2.0
 BLOCKING_SOCKET_MARGIN_S = 3.0
 
-# Errors that mean "Redis is not reachable right now" rather than "the command was wrong".
 MIN_REDIS_VERSION = (6, 2)  # BLMOVE
+
+# Errors that mean "Redis is not reachable right now" rather than "the command was wrong".
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -40,7 +41,7 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-redact = redact_url  # the one place that knows how a URL hides its password (config.py)
+redact = redact_url  # the one place that knows how a URL hides its password (config_values.py)
 
 
 def resolve_url(config: Config) -> str:

@@ -76,9 +76,13 @@ class ExporterProcess:
         self.recorder = metrics.SupervisorMetrics()
         logger.info("metrics files in %s", self.folder)
 
-    def tick(self) -> None:
-        """The supervisor's loop ran (what ``/livez`` checks)."""
+    def tick(self, busy_s: float = 0.0) -> None:
+        """The supervisor's loop ran (what ``/livez`` checks). ``busy_s``: it is about to block
+        on purpose for up to this long (a reload's import check, restarting the embedded Redis),
+        so the tick is dated that far ahead and /livez stays up meanwhile."""
+        now = time.time() + busy_s
         self.tick_file.touch()
+        os.utime(self.tick_file, (now, now))
 
     def worker_exited(self, pid: int, live_pids: set[int]) -> None:
         """Drop the worker's in-flight gauges now; fold its counts into the archive later.
@@ -241,11 +245,15 @@ def serve(config: Config, url: str, sock: socket.socket, supervisor_id: str, sup
 
     def livez() -> tuple[int, str]:
         """No Redis here: a liveness probe must not restart a pool that waits out an outage."""
-        limit = max(LIVE_AFTER_S, 3 * config.heartbeat_interval_s)
+        # One housekeeping call may block for the Redis timeouts when Redis hangs: that is no death.
+        limit = max(LIVE_AFTER_S, 3 * config.heartbeat_interval_s) + config.redis.socket_timeout_s \
+            + config.redis.connect_timeout_s
         try:
             age = time.time() - tick_file.stat().st_mtime
         except FileNotFoundError:
             return 503, "not live: the supervisor has not started its loop"
+        if age < 0:
+            return 200, f"live: the supervisor is busy for up to {-age:.0f}s more (reload or Redis restart)"
         if age > limit:
             return 503, f"not live: the supervisor's loop last ran {age:.0f}s ago"
         return 200, f"live: the supervisor's loop ran {age:.1f}s ago"

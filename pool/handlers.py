@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 from pool.config import INHERIT, RetrySettings, ScriptSettings
 from pool.errors import HandlerError
 
+IMPORT_CHECK_TIMEOUT_S = 300.0  # check_importable gives up after this long
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -221,9 +223,11 @@ def check_importable(config: Any) -> None:
     command = [sys.executable, "-c", _CHECK_PROGRAM, str(config.base_dir), config.path.name, *config.handlers,
                "--schedules", *schedules]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=IMPORT_CHECK_TIMEOUT_S,
+                                check=False)
     except subprocess.TimeoutExpired:
-        raise HandlerError("importing the handlers took over 300s; is a module doing work at import?") from None
+        raise HandlerError(f"importing the handlers took over {IMPORT_CHECK_TIMEOUT_S:g}s; is a module doing work "
+                           "at import?") from None
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines()
         raise HandlerError(lines[-1] if lines else f"importing the handlers failed (exit {result.returncode})")

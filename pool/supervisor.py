@@ -40,7 +40,7 @@ from pool.config import Config
 from pool.connection import OUTAGE_ERRORS, backoff_s, check_server, describe_unreachable, redact
 from pool.embedded import EmbeddedServer
 from pool.errors import ExitCode, PoolError, RedisUnavailable
-from pool.handlers import check_importable
+from pool.handlers import IMPORT_CHECK_TIMEOUT_S, check_importable
 from pool.housekeeping import Housekeeper
 from pool.keys import make_worker_id
 
@@ -58,6 +58,7 @@ KILL_GRACE_S = 5.0  # after the shutdown deadline, workers get this long before 
 # after that are counted per job (max_deliveries), not punished with slower respawns.
 HEALTHY_RUN_S = 1.0
 MAX_RESPAWN_DELAY_S = 30.0
+EMBEDDED_START_S = 15.0  # the longest EmbeddedServer.start waits for a restarted server
 CRASH_LOOP_FAILURES = 3  # a slot whose worker died this often in a row, each quickly, is crash-looping
 BOOT_ALLOWANCE_S = 60.0  # time to import handlers before the first touch of the alive file
 # Settings a reload (SIGHUP) cannot change in a running pool.
@@ -254,6 +255,8 @@ class Supervisor:
         """Reload the config and handler code, then replace the workers one at a time."""
         if self.stopping:
             return
+        if self.exporter is not None:
+            self.exporter.tick(busy_s=IMPORT_CHECK_TIMEOUT_S)  # importing handlers may take a while
         try:
             fresh = config_module.load(self.config.path)
             check_importable(fresh)
@@ -377,8 +380,10 @@ class Supervisor:
 
     def _restart_embedded(self) -> None:
         assert self.embedded is not None
+        if self.exporter is not None:
+            self.exporter.tick(busy_s=EMBEDDED_START_S)
         try:
-            self.embedded.start()
+            self.embedded.start(EMBEDDED_START_S)
         except RedisUnavailable as exc:
             logger.error("%s; retrying in a second", exc)
 
@@ -494,6 +499,9 @@ class Supervisor:
         assert self.housekeeper is not None
         attempt = 0
         while True:
+            if self.exporter is not None:  # /livez answers, and /healthz says Redis is not there
+                self.exporter.tick()
+                self.exporter.start_if_due(self.url, HANDLED_SIGNALS, self.housekeeper.disconnect)
             try:
                 self.housekeeper.redis.ping()
                 if attempt:

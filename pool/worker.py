@@ -154,7 +154,7 @@ class Worker:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self._with_retry("deregister", self._deregister)
+            await self._deregister()
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
             await self._redis.aclose()
@@ -385,7 +385,19 @@ class Worker:
                 task.cancel()
 
     async def _deregister(self) -> None:
-        await heartbeat.deregister(self._redis, self.keys, self.worker_id)
+        """Leave the registry, trying for one heartbeat TTL at most: the entry expires by itself
+        then, and an orphan must never wait forever on a Redis that is gone."""
+        deadline = clock.monotonic() + self.config.heartbeat_ttl_s
+        while True:
+            try:
+                await heartbeat.deregister(self._redis, self.keys, self.worker_id)
+                return
+            except OUTAGE_ERRORS as exc:
+                if clock.monotonic() >= deadline:
+                    logger.warning("worker %s: could not leave the registry (Redis unreachable); its entry "
+                                   "expires by itself", self.worker_id)
+                    return
+                await asyncio.sleep(self._outage.failed(exc))
 
     async def _with_retry(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Retry an idempotent step through an outage until it succeeds (acks are never dropped)."""

@@ -139,7 +139,8 @@ class Scripts:
     ) -> Any:
         """Write an attempt's outcome and drop the id from the active list (see ack.lua).
 
-        Returns 1, 0 (a retried ack) or -1 (no longer active: see :func:`check`).
+        Returns 1; 2 (acked as cancelled instead of retrying: cancellation was requested while
+        it ran); 0 (a retried ack); or -1 (no longer active: see :func:`check`).
         """
         keys = [
             self.keys.active(queue, worker_id), self.keys.job(queue, job_id),

@@ -38,9 +38,9 @@ local id, outcome, now_ms, ttl_ms, worker = ARGV[1], ARGV[2], ARGV[3], tonumber(
 local due_ms, dead_max, entry, channel = ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9]
 
 if redis.call('LREM', active, 1, id) == 0 then
-  local current = redis.call('HMGET', job, 'status', 'worker')
-  if current[2] == worker and current[1] == 'cancelled' and outcome == 'retrying' then
-    return 2  -- a retried ack of an attempt this script already finished as cancelled (below)
+  local current = redis.call('HMGET', job, 'status', 'worker', 'finished_ms')
+  if current[2] == worker and current[1] == 'cancelled' and outcome == 'retrying' and current[3] == now_ms then
+    return 2  -- a retried ack (same now_ms) of an attempt this script finished as cancelled (below)
   end
   if current[1] == outcome and current[2] == worker then
     return 0

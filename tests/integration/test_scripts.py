@@ -560,3 +560,12 @@ def test_ack_counts_each_attempt_in_the_minute_tally_and_the_recent_lists(r, key
                         else keys.tally("q", seconds // 60 - 1)) <= 3720
     for outcome, ids in (("completed", [b"a"]), ("failed", [b"b"]), ("cancelled", [b"e"])):
         assert r.lrange(keys.recent("q", outcome), 0, -1) == ids
+
+
+def test_a_late_ack_of_a_job_reclaimed_and_then_cancelled_is_refused(r, keys, scripts):
+    active_job(scripts)
+    scripts.cancel("q", "a", 9000, 60_000, None)  # requested while it runs
+    scripts.requeue("q", W, "died", 5, 9001)  # its worker is declared dead
+    assert records(scripts.claim("q", "other:9:x", 9002, 1, 0)) == []  # finished as cancelled at its start
+    # the first worker was only slow: its ack arrives now, and must not count as its own cancellation
+    assert scripts.ack("q", W, "a", "retrying", 9003, 60_000, ["error", "E"], due_ms=99_999) == -1

@@ -35,11 +35,14 @@ def scrape(address: str) -> dict[str, float]:
 
 
 def get(address: str, path: str) -> tuple[int, str]:
+    """Status and body; (0, reason) while nothing answers on the port yet."""
     try:
         with urllib.request.urlopen(f"http://{address}{path}", timeout=10) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+    except (urllib.error.URLError, ConnectionError) as exc:
+        return 0, str(exc)
 
 
 def status_json(config) -> dict:
@@ -195,14 +198,19 @@ def test_metrics_stay_exact_and_few_files_while_workers_recycle(write_config, st
 
 
 def test_livez_stays_up_through_a_redis_outage_while_healthz_reports_it(write_config, start_pool, tmp_path):
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     server = EmbeddedServer(tmp_path / "own-redis", persist=False, port=port)
-    server.start()
     config = write_config(redis={"url": f"redis://127.0.0.1:{port}/0"}, processes=1,
-                          metrics={"port": 0, "host": "127.0.0.1"})
+                          metrics={"port": metrics_port, "host": "127.0.0.1"})
+    address = f"127.0.0.1:{metrics_port}"
+    # A pool that waits for Redis at start-up is live, and not ready
     pool = start_pool(config)
     try:
-        address = metrics_address(config)
+        pool.wait_for_log("waiting for Redis at")
+        code, text = wait_until(lambda: (g := get(address, "/livez"))[0] == 200 and g, timeout=20,
+                                message="/livez while waiting for Redis")
+        assert get(address, "/healthz")[0] == 503
+        server.start()
         wait_until(lambda: get(address, "/healthz")[0] == 200, timeout=20, message="a healthy pool")
         # When Redis goes away
         server.stop()
