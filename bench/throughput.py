@@ -1,0 +1,265 @@
+"""How fast `pool` moves jobs, and what each job costs Python and Redis.
+
+    python bench/throughput.py --jobs 20000 --processes 2 --concurrency 50 --rounds 3
+
+Starts a private valkey-server, then for each workload and round a fresh `pool run` with
+P processes x C slots, and measures:
+
+- enqueue: N jobs with `Client.enqueue_many` in batches of --batch, from one client process,
+  before the pool starts (jobs/s), and the Redis CPU that cost per job;
+- processing: N jobs already queued, from the first start to the last finish (jobs/s), with the
+  Redis CPU (INFO used_cpu_sys + used_cpu_user) and the pool's Python CPU (supervisor and
+  workers, from /proc) per job, and the peak resident memory (VmHWM) of each worker;
+- latency: single no-op jobs enqueued one at a time on the idle pool: from just before
+  `enqueue` to the handler's first line (both clocks are this host's), p50 / p99, beside a bare
+  LPUSH -> BLMOVE round trip measured the same way on the same server.
+
+Workloads: noop (returns None), sleep (asyncio.sleep 10 ms), payload (a 10 KB argument).
+Figures are medians over --rounds; the last line is one JSON object with all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pool import Client, JobSpec  # noqa: E402
+from pool.embedded import EmbeddedServer, free_port  # noqa: E402
+from pool.keys import Keys  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAYLOAD = "x" * 10_240
+
+
+def noop(*args: object) -> None:
+    """The no-op workload (its argument, if any, is the 10 KB payload)."""
+
+
+async def sleep_10ms() -> None:
+    import asyncio
+
+    await asyncio.sleep(0.01)
+
+
+def stamp() -> int:
+    """The latency probe: when the handler started, in this host's nanoseconds."""
+    return time.time_ns()
+
+
+WORKLOADS = {
+    "noop": lambda: JobSpec("bench.throughput.noop"),
+    "sleep": lambda: JobSpec("bench.throughput.sleep_10ms"),
+    "payload": lambda: JobSpec("bench.throughput.noop", (PAYLOAD,)),
+}
+
+
+class Bench:
+    def __init__(self, workdir: Path, processes: int, concurrency: int) -> None:
+        self.workdir = workdir
+        self.processes, self.concurrency = processes, concurrency
+        self.server = EmbeddedServer(workdir / "redis", persist=False, port=free_port())
+        self.url = ""
+        self.runs = 0
+        self.redis: redis.Redis
+
+    def __enter__(self) -> Bench:
+        self.url = self.server.start()
+        self.redis = redis.Redis.from_url(self.url)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.redis.close()
+        self.server.stop()
+
+    def config(self) -> Path:
+        self.runs += 1
+        path = self.workdir / f"pool-{self.runs}.yaml"
+        path.write_text(yaml.safe_dump({
+            "redis": {"url": self.url}, "key_prefix": f"bench{self.runs}", "processes": self.processes,
+            "concurrency": self.concurrency, "handlers": ["bench.throughput"], "logging": {"level": "warning"},
+        }))
+        return path
+
+    def redis_cpu_s(self) -> float:
+        info = self.redis.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    def start_pool(self, config: Path) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        log = open(self.workdir / f"{config.stem}.log", "w")  # noqa: SIM115 - the child keeps it
+        pool = subprocess.Popen([sys.executable, "-m", "pool", "run", str(config)], stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
+        keys = Keys(yaml.safe_load(config.read_text())["key_prefix"])
+        wait(lambda: self.redis.scard(keys.workers()) >= self.processes, "the pool's workers")
+        return pool
+
+    @staticmethod
+    def stop_pool(pool: subprocess.Popen[bytes]) -> None:
+        pool.send_signal(signal.SIGTERM)
+        pool.wait(60)
+
+    def completed(self, config: Path) -> int:
+        keys = Keys(yaml.safe_load(config.read_text())["key_prefix"])
+        return int(self.redis.hget(keys.stats("default"), "completed") or 0)
+
+    def throughput(self, workload: str, jobs: int, batch: int) -> dict[str, float]:
+        config = self.config()
+        specs = [WORKLOADS[workload]() for _ in range(jobs)]
+        with Client.from_config(config) as client:
+            client.enqueue_many(specs[:10])  # connect and load the scripts first
+            cpu0, began = self.redis_cpu_s(), time.perf_counter()
+            enqueued = []
+            for start in range(10, jobs, batch):
+                enqueued += client.enqueue_many(specs[start:start + batch])
+            enqueue_s, enqueue_cpu = time.perf_counter() - began, self.redis_cpu_s() - cpu0
+        pool = self.start_pool(config)
+        try:
+            python0, cpu0 = process_tree_cpu_s(pool.pid), self.redis_cpu_s()
+            wait(lambda: self.completed(config) >= jobs, "every job", timeout=900)
+            python_cpu, redis_cpu = process_tree_cpu_s(pool.pid) - python0, self.redis_cpu_s() - cpu0
+            peak = max(peak_rss(pid) for pid in children(pool.pid))
+        finally:
+            self.stop_pool(pool)
+        keys = Keys(yaml.safe_load(config.read_text())["key_prefix"])
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job in enqueued:
+                pipe.hmget(keys.job(job.queue, job.id), "started_ms", "finished_ms")
+            rows = [(int(a), int(b)) for a, b in pipe.execute()]
+        seconds = (max(r[1] for r in rows) - min(r[0] for r in rows)) / 1000
+        return {
+            "enqueue_per_s": len(enqueued) / enqueue_s, "enqueue_redis_us": enqueue_cpu / len(enqueued) * 1e6,
+            "jobs_per_s": len(enqueued) / max(seconds, 0.001), "redis_us_per_job": redis_cpu / jobs * 1e6,
+            "python_us_per_job": python_cpu / jobs * 1e6, "peak_worker_mib": peak / 2**20,
+        }
+
+    def latency(self, count: int) -> list[float]:
+        """Milliseconds from just before enqueue to the handler's start, one job at a time."""
+        config = self.config()
+        pool = self.start_pool(config)
+        try:
+            with Client.from_config(config) as client:
+                client.result(client.enqueue("bench.throughput.stamp").id, timeout=30)  # warm up
+                samples = []
+                for _ in range(count):
+                    sent = time.time_ns()
+                    started = client.result(client.enqueue("bench.throughput.stamp").id, timeout=30)
+                    samples.append((started - sent) / 1e6)
+                    time.sleep(0.005)  # an idle pool: every worker is back in BLMOVE
+        finally:
+            self.stop_pool(pool)
+        return samples
+
+    def bare_latency(self, count: int) -> list[float]:
+        """The floor: LPUSH a timestamp, BLMOVE it on another connection, in milliseconds."""
+        source, target = f"bare:{self.runs}:in", f"bare:{self.runs}:out"
+        received: list[float] = []
+        ready = threading.Event()
+
+        def consume() -> None:
+            client = redis.Redis.from_url(self.url)
+            ready.set()
+            for _ in range(count):
+                item = client.blmove(source, target, 5, "RIGHT", "LEFT")
+                received.append((time.time_ns() - int(item)) / 1e6)
+            client.close()
+
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        ready.wait()
+        for _ in range(count):
+            time.sleep(0.005)
+            self.redis.lpush(source, time.time_ns())
+        consumer.join()
+        return received
+
+
+def wait(predicate, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout}s for {what}")
+        time.sleep(0.01)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU of a process and its children (the supervisor and its workers)."""
+    total = 0.0
+    for each in [pid, *children(pid)]:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=20_000, help="jobs per throughput measurement")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=1000, help="jobs per enqueue_many call")
+    parser.add_argument("--latency", type=int, default=300, help="single jobs for the latency figures")
+    parser.add_argument("--workloads", default="noop,sleep,payload")
+    options = parser.parse_args()
+    workloads = options.workloads.split(",")
+    results: dict[str, list[dict[str, float]]] = {w: [] for w in workloads}
+    with tempfile.TemporaryDirectory(prefix="pool-bench-") as workdir, \
+            Bench(Path(workdir), options.processes, options.concurrency) as bench:
+        for _ in range(options.rounds):
+            for workload in workloads:
+                results[workload].append(bench.throughput(workload, options.jobs, options.batch))
+        bare = bench.bare_latency(options.latency)
+        latency = bench.latency(options.latency)
+    medians = {w: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for w, runs in results.items()}
+    print(f"{options.processes} processes x {options.concurrency} slots, {options.jobs} jobs, "
+          f"{options.rounds} rounds, {os.cpu_count()} CPUs")
+    for workload, m in medians.items():
+        print(f"{workload:<8} {m['jobs_per_s']:>8.0f} jobs/s   Redis {m['redis_us_per_job']:5.1f} µs/job   "
+              f"Python {m['python_us_per_job']:6.1f} µs/job   peak worker {m['peak_worker_mib']:.0f} MiB   "
+              f"enqueue {m['enqueue_per_s']:>7.0f} jobs/s ({m['enqueue_redis_us']:.1f} µs Redis)")
+    print(f"latency  enqueue -> start p50 {percentile(latency, 50):.2f} ms, p99 {percentile(latency, 99):.2f} ms; "
+          f"bare LPUSH -> BLMOVE p50 {percentile(bare, 50):.2f} ms, p99 {percentile(bare, 99):.2f} ms "
+          f"({percentile(latency, 50) / percentile(bare, 50):.1f}x at p50)")
+    print(json.dumps({
+        "processes": options.processes, "concurrency": options.concurrency, "jobs": options.jobs,
+        "rounds": options.rounds, "workloads": medians,
+        "latency_ms": {"p50": percentile(latency, 50), "p99": percentile(latency, 99)},
+        "bare_latency_ms": {"p50": percentile(bare, 50), "p99": percentile(bare, 99)},
+    }))
+
+
+if __name__ == "__main__":
+    main()
