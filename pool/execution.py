@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from pool import clock, outcomes
+from pool.acks import AckBatcher
 from pool.config import Config
 from pool.handlers import Registry
 from pool.jobs import Job, Status, dumps
 from pool.outcomes import Decision, Failure
-from pool.scripts import JobNotActive, Scripts, check
+from pool.scripts import JobNotActive, check
 
 logger = logging.getLogger("pool.worker")
 ACKED_AS_CANCELLED = 2  # ack.lua's answer when a retry became a cancellation
@@ -36,23 +37,20 @@ class JobRunner:
         registry: the handlers this worker may run.
         worker_id: the worker's id (written into acks and history).
         executor: the thread pool for plain-function handlers.
-        scripts: the Lua scripts on the worker's client.
-        with_retry: the worker's outage-aware retry of an idempotent Redis step.
+        acks: the worker's ack batcher (ack.lua, retried through outages).
         on_due: called with (queue, due_ms) when a retry is scheduled.
         on_stuck: called with a reason when a handler thread outlives its timeout and grace.
     """
 
     def __init__(
         self, config: Config, registry: Registry, worker_id: str, executor: ThreadPoolExecutor,
-        scripts: Scripts, with_retry: Callable[..., Awaitable[Any]], on_due: Callable[[str, int], None],
-        on_stuck: Callable[[str], None],
+        acks: AckBatcher, on_due: Callable[[str, int], None], on_stuck: Callable[[str], None],
     ) -> None:
         self.config = config
         self.registry = registry
         self.worker_id = worker_id
         self.executor = executor
-        self.scripts = scripts
-        self.with_retry = with_retry
+        self.acks = acks
         self.on_due = on_due
         self.on_stuck = on_stuck
         self._watchers: set[asyncio.Task[None]] = set()
@@ -106,7 +104,7 @@ class JobRunner:
     async def record_success(self, job: Job, result: bytes, run_ms: float) -> bool:
         now_ms = clock.now_ms()
         event = outcomes.event(job, Status.COMPLETED, run_ms, now_ms, result=result) if self.config.events else None
-        code = await self.scripts.ack(
+        code = await self.acks.ack(
             job.queue, self.worker_id, job.id, Status.COMPLETED.value, now_ms,
             int(self.config.result_ttl_s * 1000), ["result", result], event=event,
         )
@@ -127,8 +125,8 @@ class JobRunner:
         ttl_s = self.config.dead_letter.ttl_s if dead else self.config.result_ttl_s
         event = outcomes.event(job, decision.status, run_ms, now_ms, error=failure.error,
                                due_ms=decision.due_ms) if self.config.events else None
-        code = await self.with_retry(
-            "ack", self.scripts.ack, job.queue, self.worker_id, job.id, decision.status.value, now_ms,
+        code = await self.acks.ack(
+            job.queue, self.worker_id, job.id, decision.status.value, now_ms,
             int(ttl_s * 1000), fields, due_ms=decision.due_ms, dead_max=self.config.dead_letter.max_jobs,
             history=outcomes.history_entry(job, failure, decision, now_ms, self.worker_id), event=event,
         )

@@ -25,6 +25,7 @@ from typing import Any
 import redis.asyncio
 
 from pool import clock, heartbeat
+from pool.acks import AckBatcher
 from pool.config import Config
 from pool.connection import OUTAGE_ERRORS, Outage, async_client, blocking_client, resolve_url
 from pool.errors import CorruptJob, ExitCode, HandlerError
@@ -139,8 +140,10 @@ class Worker:
         self.scheduler = Scheduler(self.config, self.worker_id, self._redis, self._scripts, self._with_retry,
                                    self.stopping, backup=not self._runs_scheduler)
         background = [asyncio.create_task(self.scheduler.run(), name="scheduler")]
-        self.runner = JobRunner(self.config, self.registry, self.worker_id, self._executor, self._scripts,
-                                self._with_retry, self._note_due, self.recycle)
+        self.acks = AckBatcher(self._redis, self._scripts, self._with_retry)
+        background.append(asyncio.create_task(self.acks.run(), name="acks"))
+        self.runner = JobRunner(self.config, self.registry, self.worker_id, self._executor, self.acks,
+                                self._note_due, self.recycle)
         logger.info("worker %s serving %s with %d job slots%s", self.worker_id, self._describe_queues(),
                     self.config.concurrency, " (runs the scheduler)" if self._runs_scheduler else "")
         try:
@@ -294,7 +297,7 @@ class Worker:
             if failure is None:
                 assert result is not None
                 status, decision = Status.COMPLETED, None
-                acked = await self._with_retry("ack", self.runner.record_success, job, result, run_ms)
+                acked = await self.runner.record_success(job, result, run_ms)
             else:
                 status, decision = await self.runner.record_failure(job, failure, run_ms)
                 acked = decision is not None

@@ -403,3 +403,16 @@ def _status_count(client, jobs, status, count):
 
 def test_handlers_never_run_on_the_event_loop_thread():
     assert threading.current_thread() is threading.main_thread()
+
+
+async def test_acks_of_jobs_finishing_together_share_round_trips(make_config, url, r):
+    config = make_config(concurrency=40)
+    async with AsyncClient(config, url) as client:
+        # 40 quick jobs waiting before the worker starts: claimed together, finished together
+        jobs = [await client.enqueue("tests.sample_handlers.async_add", i, 1) for i in range(40)]
+        async with running(new_worker(config, url), r) as worker:
+            results = [await client.result(job.id, timeout=10) for job in jobs]
+            assert results == [i + 1 for i in range(40)]
+            # 40 acks, each its own ack.lua call, in a few round trips
+            assert worker.acks.acks == 40
+            assert worker.acks.batches <= 4, worker.acks.batches
