@@ -13,7 +13,7 @@ import math
 import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -161,7 +161,8 @@ class AsyncClient:
             The same errors as :meth:`enqueue`; nothing is enqueued when any spec is invalid.
         """
         now_ms = clock.now_ms()
-        prepared = [self._prepare(spec, now_ms) for spec in specs]
+        checked: set[tuple[str, str]] = set()  # (queue, handler) pairs already validated
+        prepared = [self._prepare(spec, now_ms, checked) for spec in specs]
         by_queue: dict[str, list[int]] = defaultdict(list)
         for index, (job, _) in enumerate(prepared):
             by_queue[job.queue].append(index)
@@ -176,32 +177,43 @@ class AsyncClient:
         jobs = [job for job, _ in prepared]
         for (queue, indexes), created in zip(by_queue.items(), replies, strict=True):
             for index, was_created in zip(indexes, created, strict=True):
-                if was_created:
-                    jobs[index] = _with_enqueued(jobs[index], now_ms)
-                else:
+                if not was_created:  # an existing id: the job as stored, not as asked
                     jobs[index] = await self.get_job(jobs[index].id, queue=queue) or jobs[index]
         return jobs
 
-    def _prepare(self, spec: JobSpec, now_ms: int) -> tuple[Job, list[Any]]:
+    def _prepare(self, spec: JobSpec, now_ms: int, checked: set[tuple[str, str]]) -> tuple[Job, list[Any]]:
+        """The job as it will be stored once created, and its hash fields; validates the spec.
+
+        Args:
+            checked: (queue, handler) pairs of this batch already validated (a bulk enqueue of
+                one handler checks its names once).
+        """
         queue = spec.queue or self.config.queues[0]
-        if not is_valid_queue_name(queue):
-            raise UsageError(f"queue {queue!r} is not a valid queue name: {QUEUE_NAME_RULE}")
-        if not _is_dotted_path(spec.handler):
-            raise UsageError(f"handler {spec.handler!r} must be {_HANDLER_NAME_RULE}")
+        names = (queue, spec.handler) if isinstance(queue, str) and isinstance(spec.handler, str) else None
+        if names is None or names not in checked:
+            if not is_valid_queue_name(queue):
+                raise UsageError(f"queue {queue!r} is not a valid queue name: {QUEUE_NAME_RULE}")
+            if not _is_dotted_path(spec.handler):
+                raise UsageError(f"handler {spec.handler!r} must be {_HANDLER_NAME_RULE}")
+            if names is not None:
+                checked.add(names)
         timeout_ms = _positive_ms(spec.timeout, "timeout")
         result_ttl_ms = _positive_ms(spec.result_ttl, "result_ttl")
         if spec.max_retries is not None and (isinstance(spec.max_retries, bool) or not isinstance(
                 spec.max_retries, int) or spec.max_retries < 0):
             raise UsageError(f"max_retries must be an integer >= 0 (got {spec.max_retries!r})")
         due_ms = _due_ms(spec.delay, spec.at, now_ms)
-        job_id = spec.job_id or new_job_id()
-        if not job_id or len(job_id) > 128 or any(c.isspace() for c in job_id):
+        job_id = spec.job_id
+        if job_id is None:
+            job_id = new_job_id()
+        elif not job_id or len(job_id) > 128 or any(c.isspace() for c in job_id):
             raise UsageError(f"job_id {job_id!r} must be 1-128 characters without spaces")
         args_json, kwargs_json = encode_arguments(spec.handler, spec.args, spec.kwargs)
         job = Job(
             id=job_id, handler=spec.handler, queue=queue, args=tuple(spec.args),
             kwargs=dict(spec.kwargs), timeout_ms=timeout_ms, result_ttl_ms=result_ttl_ms,
-            created_ms=now_ms, max_retries=spec.max_retries, due_ms=due_ms,
+            created_ms=now_ms, max_retries=spec.max_retries, due_ms=due_ms, enqueued_ms=now_ms,
+            status=Status.DELAYED if due_ms else Status.QUEUED,
         )
         return job, enqueue_fields(job, args_json, kwargs_json, self.config.max_payload_bytes)
 
@@ -502,10 +514,6 @@ class Client:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _with_enqueued(job: Job, now_ms: int) -> Job:
-    return replace(job, enqueued_ms=now_ms, status=Status.DELAYED if job.due_ms else Status.QUEUED)
 
 
 def _due_ms(delay: float | timedelta | None, at: datetime | None, now_ms: int) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 
 import pytest
@@ -74,10 +75,20 @@ async def test_enqueue_with_existing_id_returns_the_existing_job(client, r):
     (dict(handler="tests.sample_handlers.add", timeout=0), "timeout must be a positive number of seconds (got 0)"),
     (dict(handler="tests.sample_handlers.add", timeout=float("inf")), "timeout must be a positive number of seconds (got inf)"),
     (dict(handler="tests.sample_handlers.add", job_id="a b"), "job_id 'a b' must be 1-128 characters without spaces"),
+    (dict(handler="tests.sample_handlers.add", job_id=""), "job_id '' must be 1-128 characters without spaces"),
+    (dict(handler=["tests.sample_handlers.add"]), "handler ['tests.sample_handlers.add'] must be a dotted path"),
 ])
 async def test_bad_enqueue_arguments_are_usage_errors(client, call, message):
-    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(UsageError, match=re.escape(message)):
         await client.enqueue(call.pop("handler"), **call)
+
+
+async def test_a_bad_spec_late_in_a_bulk_enqueue_enqueues_nothing(client, r):
+    specs = [JobSpec("tests.sample_handlers.add", (i, 1)) for i in range(5)]
+    specs.append(JobSpec("tests.sample_handlers.add", (0, 0), queue="bad queue"))
+    with pytest.raises(UsageError, match="queue 'bad queue' is not a valid queue name"):
+        await client.enqueue_many(specs)
+    assert r.llen(Keys(client.config.key_prefix).queue("default")) == 0
 
 
 async def test_non_serialisable_arguments_are_rejected_at_enqueue(client):
