@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from pool import health, metrics, status
+from pool import forking, health, metrics, status
 from pool.config import Config
 from pool.connection import OUTAGE_ERRORS, describe_unreachable, sync_client
 
@@ -137,11 +137,7 @@ class ExporterProcess:
         if pid == 0:
             code = 1
             try:
-                for signum in handled_signals:
-                    signal.signal(signum, signal.SIG_DFL)
-                for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-                    signal.signal(signum, signal.SIG_IGN)
-                signal.pthread_sigmask(signal.SIG_SETMASK, set())
+                forking.reset_signals(handled_signals)
                 from pool import logs
 
                 logs.setup(self.config.logging, "metrics")

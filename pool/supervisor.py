@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from pool import clock
+from pool import clock, forking
 from pool import config as config_module
 from pool.config import Config
 from pool.connection import OUTAGE_ERRORS, backoff_s, check_server, describe_unreachable, redact
@@ -330,13 +330,7 @@ class Supervisor:
     def _become_worker(self, index: int, nonce: str, alive_file: Path) -> None:
         code = ExitCode.BOOT
         try:
-            for signum in HANDLED_SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)
-            # Relayed by the supervisor, or meant for it alone: a closed terminal (HUP) or job
-            # control must not kill or stop workers mid-job.
-            for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-                signal.signal(signum, signal.SIG_IGN)
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            forking.reset_signals(HANDLED_SIGNALS)
             if self.exporter is not None:
                 self.exporter.sock.close()  # the port belongs to the metrics process
             from pool import logs
