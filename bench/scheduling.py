@@ -22,23 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import redis
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from pool import Client, JobSpec  # noqa: E402
-from pool.embedded import EmbeddedServer, free_port  # noqa: E402
-from pool.keys import Keys  # noqa: E402
+from bench.harness import PrivateServer, percentile
+from pool import Client, JobSpec
 
 
 def noop() -> None:
@@ -52,45 +45,13 @@ SETUPS = {
 }
 
 
-class Bench:
-    def __init__(self, workdir: Path, processes: int, concurrency: int) -> None:
-        self.workdir = workdir
-        self.processes, self.concurrency = processes, concurrency
-        self.server = EmbeddedServer(workdir / "redis", persist=False, port=free_port())
-        self.url = ""
-        self.runs = 0
-
-    def __enter__(self) -> Bench:
-        self.url = self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
-
+class Bench(PrivateServer):
     def config(self, queues: list[str]) -> Path:
-        self.runs += 1
-        path = self.workdir / f"pool-{self.runs}.yaml"
-        path.write_text(yaml.safe_dump({
-            "redis": {"url": self.url}, "key_prefix": f"bench{self.runs}", "processes": self.processes,
-            "concurrency": self.concurrency, "queues": queues, "handlers": ["bench.scheduling.noop"],
-            "logging": {"level": "warning"},
-        }))
-        return path
-
-    def start_pool(self, config: Path) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        log = open(self.workdir / f"{config.stem}.log", "w")  # noqa: SIM115 - the child keeps it
-        return subprocess.Popen([sys.executable, "-m", "pool", "run", str(config)], stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
-
-    @staticmethod
-    def stop_pool(pool: subprocess.Popen[bytes]) -> None:
-        pool.send_signal(signal.SIGTERM)
-        pool.wait(60)
+        return self.write_config(queues=queues, handlers=["bench.scheduling.noop"])
 
     def wait_completed(self, config: Path, queues: list[str], count: int, timeout: float = 600) -> None:
-        keys = Keys(yaml.safe_load(config.read_text())["key_prefix"])
-        client = redis.Redis.from_url(self.url)
+        keys = self.keys(config)
+        client = self.redis
         deadline = time.monotonic() + timeout
         while True:
             with client.pipeline(transaction=False) as pipe:
@@ -104,8 +65,8 @@ class Bench:
             time.sleep(0.01)
 
     def times(self, config: Path, jobs: list, fields: tuple[str, ...]) -> list[list[int]]:
-        keys = Keys(yaml.safe_load(config.read_text())["key_prefix"])
-        client = redis.Redis.from_url(self.url)
+        keys = self.keys(config)
+        client = self.redis
         with client.pipeline(transaction=False) as pipe:
             for job in jobs:
                 pipe.hmget(keys.job(job.queue, job.id), *fields)
@@ -133,7 +94,6 @@ class Bench:
         pool = self.start_pool(config)
         try:
             with Client.from_config(config) as client:
-                self.wait_for_workers(config)
                 begin = time.time() + 1.0
                 jobs = []
                 for i in range(count):  # enqueued as time goes by, each ~1 s ahead of its due time
@@ -145,20 +105,6 @@ class Bench:
         finally:
             self.stop_pool(pool)
         return [started - due for due, started in self.times(config, jobs, ("due_ms", "started_ms"))]
-
-    def wait_for_workers(self, config: Path) -> None:
-        keys = Keys(yaml.safe_load(config.read_text())["key_prefix"])
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 60
-        while client.scard(keys.workers()) < self.processes:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the pool's workers did not start")
-            time.sleep(0.05)
-
-
-def percentile(values: list[int], p: float) -> float:
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))])
 
 
 def main() -> None:

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,14 +31,11 @@ import time
 from pathlib import Path
 
 import redis
-import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pool import Client, JobSpec  # noqa: E402
-from pool.embedded import EmbeddedServer, free_port  # noqa: E402
-from pool.keys import Keys  # noqa: E402
+from bench.harness import PrivateServer, percentile, wait
+from pool import Client, JobSpec
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAYLOAD = "x" * 10_240
@@ -68,53 +63,16 @@ WORKLOADS = {
 }
 
 
-class Bench:
-    def __init__(self, workdir: Path, processes: int, concurrency: int) -> None:
-        self.workdir = workdir
-        self.processes, self.concurrency = processes, concurrency
-        self.server = EmbeddedServer(workdir / "redis", persist=False, port=free_port())
-        self.url = ""
-        self.runs = 0
-        self.redis: redis.Redis
-
-    def __enter__(self) -> Bench:
-        self.url = self.server.start()
-        self.redis = redis.Redis.from_url(self.url)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.redis.close()
-        self.server.stop()
-
+class Bench(PrivateServer):
     def config(self) -> Path:
-        self.runs += 1
-        path = self.workdir / f"pool-{self.runs}.yaml"
-        path.write_text(yaml.safe_dump({
-            "redis": {"url": self.url}, "key_prefix": f"bench{self.runs}", "processes": self.processes,
-            "concurrency": self.concurrency, "handlers": ["bench.throughput"], "logging": {"level": "warning"},
-        }))
-        return path
+        return self.write_config(handlers=["bench.throughput"])
 
     def redis_cpu_s(self) -> float:
         info = self.redis.info("cpu")
         return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
-    def start_pool(self, config: Path) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        log = open(self.workdir / f"{config.stem}.log", "w")  # noqa: SIM115 - the child keeps it
-        pool = subprocess.Popen([sys.executable, "-m", "pool", "run", str(config)], stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
-        keys = Keys(yaml.safe_load(config.read_text())["key_prefix"])
-        wait(lambda: self.redis.scard(keys.workers()) >= self.processes, "the pool's workers")
-        return pool
-
-    @staticmethod
-    def stop_pool(pool: subprocess.Popen[bytes]) -> None:
-        pool.send_signal(signal.SIGTERM)
-        pool.wait(60)
-
     def completed(self, config: Path) -> int:
-        keys = Keys(yaml.safe_load(config.read_text())["key_prefix"])
+        keys = self.keys(config)
         return int(self.redis.hget(keys.stats("default"), "completed") or 0)
 
     def throughput(self, workload: str, jobs: int, batch: int) -> dict[str, float]:
@@ -135,7 +93,7 @@ class Bench:
             peak = max(peak_rss(pid) for pid in children(pool.pid))
         finally:
             self.stop_pool(pool)
-        keys = Keys(yaml.safe_load(config.read_text())["key_prefix"])
+        keys = self.keys(config)
         with self.redis.pipeline(transaction=False) as pipe:
             for job in enqueued:
                 pipe.hmget(keys.job(job.queue, job.id), "started_ms", "finished_ms")
@@ -188,14 +146,6 @@ class Bench:
         return received
 
 
-def wait(predicate, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout}s for {what}")
-        time.sleep(0.01)
-
-
 def children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -217,11 +167,6 @@ def peak_rss(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def main() -> None:
