@@ -21,7 +21,7 @@ from pool.config import from_mapping
 from pool.embedded import EmbeddedServer
 from pool.jobs import Job, dumps, encode_arguments, enqueue_fields, new_job_id
 from pool.keys import Keys
-from pool.scripts import Scripts
+from pool.scripts import Ack, Scripts
 
 WORKER = "bench-host:1:abc"
 ARGS = ({"user_id": 12345, "email": "someone@example.com", "sizes": [64, 128, 256]},)
@@ -103,3 +103,20 @@ def test_ack_one_job(benchmark, scripts):
         return scripts.ack("default", WORKER, claimed[-1], "completed", 3000, 60_000, ["result", b"null"])
 
     benchmark.pedantic(ack, setup=setup, rounds=500)
+
+
+def test_ack_16_jobs_in_one_call(benchmark, scripts):
+    """What a busy worker sends: every finished job's ack in one ack.lua call."""
+    claimed: list[str] = []
+
+    def setup():
+        _queued(scripts, 16)
+        reply = scripts.claim("default", WORKER, 2000, 16, 0)
+        claimed[:] = [dict(zip(r[::2], r[1::2], strict=True))[b"id"].decode() for r in reply[1]]
+        return (), {}
+
+    def ack():
+        return scripts.ack_many("default", WORKER, [Ack(i, "completed", 3000, 60_000, ("result", b"null"))
+                                                    for i in claimed])
+
+    benchmark.pedantic(ack, setup=setup, rounds=200)

@@ -41,8 +41,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAYLOAD = "x" * 10_240
 
 
-def noop(*args: object) -> None:
-    """The no-op workload (its argument, if any, is the 10 KB payload)."""
+async def noop(*args: object) -> None:
+    """The no-op workload (its argument, if any, is the 10 KB payload): a coroutine, as an
+    asyncio handler is (a plain function would add a hand-over to the thread pool)."""
 
 
 async def sleep_10ms() -> None:
@@ -51,7 +52,7 @@ async def sleep_10ms() -> None:
     await asyncio.sleep(0.01)
 
 
-def stamp() -> int:
+async def stamp() -> int:
     """The latency probe: when the handler started, in this host's nanoseconds."""
     return time.time_ns()
 
@@ -104,6 +105,34 @@ class Bench(PrivateServer):
             "jobs_per_s": len(enqueued) / max(seconds, 0.001), "redis_us_per_job": redis_cpu / jobs * 1e6,
             "python_us_per_job": python_cpu / jobs * 1e6, "peak_worker_mib": peak / 2**20,
         }
+
+    def memory(self, jobs: int, batch: int, samples: int = 10) -> dict[str, list[float]]:
+        """Resident memory of each worker while ``jobs`` no-op jobs pass through the pool.
+
+        A producer keeps at most 20 batches queued ahead of the workers (so Redis holds a
+        bounded backlog, and results live 60 s), and the workers' VmRSS is read every
+        jobs/samples completions: a leak per job shows as a rising line.
+        """
+        config = self.write_config(handlers=["bench.throughput"], result_ttl="60s")
+        pool = self.start_pool(config)
+        rss: dict[int, list[float]] = {}
+        try:
+            with Client.from_config(config) as client:
+                sent, step = 0, jobs // samples
+                for mark in range(step, jobs + 1, step):
+                    while sent < mark:
+                        if sent - self.completed(config) < 20 * batch:
+                            count = min(batch, jobs - sent)
+                            client.enqueue_many([WORKLOADS["noop"]() for _ in range(count)])
+                            sent += count
+                        else:
+                            time.sleep(0.005)
+                    wait(lambda m=mark: self.completed(config) >= m, f"{mark} jobs", timeout=900)
+                    for pid in children(pool.pid):
+                        rss.setdefault(pid, []).append(current_rss(pid) / 2**20)
+        finally:
+            self.stop_pool(pool)
+        return {str(pid): values for pid, values in rss.items() if len(values) == samples}
 
     def latency(self, count: int) -> list[float]:
         """Milliseconds from just before enqueue to the handler's start, one job at a time."""
@@ -163,9 +192,17 @@ def process_tree_cpu_s(pid: int) -> float:
 
 
 def peak_rss(pid: int) -> int:
+    return _status_kib(pid, "VmHWM:") * 1024
+
+
+def current_rss(pid: int) -> int:
+    return _status_kib(pid, "VmRSS:") * 1024
+
+
+def _status_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
+        if line.startswith(field):
+            return int(line.split()[1])
     return 0
 
 
@@ -178,6 +215,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000, help="jobs per enqueue_many call")
     parser.add_argument("--latency", type=int, default=300, help="single jobs for the latency figures")
     parser.add_argument("--workloads", default="noop,sleep,payload")
+    parser.add_argument("--memory-jobs", type=int, default=0,
+                        help="also pass this many jobs through one pool and sample worker memory (e.g. 1000000)")
     options = parser.parse_args()
     workloads = options.workloads.split(",")
     results: dict[str, list[dict[str, float]]] = {w: [] for w in workloads}
@@ -188,6 +227,7 @@ def main() -> None:
                 results[workload].append(bench.throughput(workload, options.jobs, options.batch))
         bare = bench.bare_latency(options.latency)
         latency = bench.latency(options.latency)
+        memory = bench.memory(options.memory_jobs, options.batch) if options.memory_jobs else {}
     medians = {w: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for w, runs in results.items()}
     print(f"{options.processes} processes x {options.concurrency} slots, {options.jobs} jobs, "
           f"{options.rounds} rounds, {os.cpu_count()} CPUs")
@@ -198,11 +238,15 @@ def main() -> None:
     print(f"latency  enqueue -> start p50 {percentile(latency, 50):.2f} ms, p99 {percentile(latency, 99):.2f} ms; "
           f"bare LPUSH -> BLMOVE p50 {percentile(bare, 50):.2f} ms, p99 {percentile(bare, 99):.2f} ms "
           f"({percentile(latency, 50) / percentile(bare, 50):.1f}x at p50)")
+    for pid, values in memory.items():
+        print(f"memory   worker {pid} over {options.memory_jobs} jobs, MiB at each tenth: "
+              + " ".join(f"{v:.1f}" for v in values) + f" (growth from the first tenth: {values[-1] - values[0]:+.1f})")
     print(json.dumps({
         "processes": options.processes, "concurrency": options.concurrency, "jobs": options.jobs,
         "rounds": options.rounds, "workloads": medians,
         "latency_ms": {"p50": percentile(latency, 50), "p99": percentile(latency, 99)},
         "bare_latency_ms": {"p50": percentile(bare, 50), "p99": percentile(bare, 99)},
+        "memory_mib": {"jobs": options.memory_jobs, "workers": memory},
     }))
 
 

@@ -1,11 +1,11 @@
 """Group commit of acknowledgements: every ack that is waiting when the previous batch returns
-goes to Redis in one pipelined round trip.
+goes to Redis in one round trip, as one ack.lua call per queue.
 
 A busy worker finishes jobs faster than one round trip per ack allows; a lone job's ack leaves at
-once (nothing waits for a timer). Each ack stays its own ack.lua call, so each job's outcome is
-still written atomically, and the reply of each goes back to the job that sent it. A batch lost
-to an outage is sent again whole: ack.lua recognises a retried ack (it returns 0, or 2), so no
-outcome is written twice.
+once (nothing waits for a timer). ack.lua writes each job's outcome atomically and answers one
+code per ack, which goes back to the job that sent it; the per-queue totals, tallies and recent
+lists are written once per call. A batch lost to an outage is sent again whole: ack.lua
+recognises a retried ack (it answers 0, or 2), so no outcome is written twice.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from typing import Any
 import redis.asyncio
 
 from pool.connection import OUTAGE_ERRORS
-from pool.scripts import Scripts
+from pool.scripts import Ack, Scripts
 
-MAX_BATCH = 256  # acks per round trip at most: a bounded pipeline, replies in bounded memory
+MAX_BATCH = 256  # acks per round trip at most: a bounded call, replies in bounded memory
+
+Pending = tuple[str, Ack, "asyncio.Future[int]"]
 
 
 class AckBatcher:
@@ -28,23 +30,27 @@ class AckBatcher:
     Args:
         client: the worker's Redis client.
         scripts: the worker's scripts (ack.lua).
+        worker_id: whose active lists the acked ids leave.
+        dead_max: the most dead jobs a queue keeps.
         with_retry: the worker's outage-aware retry of an idempotent step.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, scripts: Scripts,
+    def __init__(self, client: redis.asyncio.Redis, scripts: Scripts, worker_id: str, dead_max: int,
                  with_retry: Callable[..., Awaitable[Any]]) -> None:
         self.client = client
         self.scripts = scripts
+        self.worker_id = worker_id
+        self.dead_max = dead_max
         self.with_retry = with_retry
-        self._pending: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]] = []
+        self._pending: list[Pending] = []
         self._wake = asyncio.Event()
         self.batches = 0  # round trips sent (what the tests and benchmarks compare with acks)
         self.acks = 0
 
-    async def ack(self, *args: Any, **kwargs: Any) -> Any:
-        """Queue one ack (the arguments of :meth:`Scripts.ack`); returns ack.lua's reply."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((args, kwargs, future))
+    async def ack(self, queue: str, ack: Ack) -> int:
+        """Queue one ack; returns ack.lua's code for it."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((queue, ack, future))
         self._wake.set()
         return await asyncio.shield(future)  # a cancelled job task must not drop others' replies
 
@@ -55,23 +61,37 @@ class AckBatcher:
             self._wake.clear()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                replies = await self.with_retry("ack", self._send, batch)
+                by_queue: dict[str, list[Pending]] = {}
+                for pending in batch:
+                    by_queue.setdefault(pending[0], []).append(pending)
+                replies = await self.with_retry("ack", self._send, by_queue)
                 self.batches += 1
                 self.acks += len(batch)
-                for (_, _, future), reply in zip(batch, replies, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(reply, Exception):
-                        future.set_exception(reply)
-                    else:
-                        future.set_result(reply)
+                for group, reply in zip(by_queue.values(), replies, strict=True):
+                    for index, (_, _, future) in enumerate(group):
+                        if future.done():
+                            continue
+                        if isinstance(reply, Exception):
+                            future.set_exception(reply)
+                        else:
+                            future.set_result(int(reply[index]))
 
-    async def _send(self, batch: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]]) -> list[Any]:
+    async def _send(self, by_queue: dict[str, list[Pending]]) -> list[Any]:
+        if len(by_queue) == 1:  # the common case: no pipeline needed
+            [(queue, group)] = by_queue.items()
+            try:
+                return [await self._call(queue, group, self.client)]
+            except redis.ResponseError as exc:  # a script error: the acks of this call fail
+                return [exc]
         async with self.client.pipeline(transaction=False) as pipe:
-            for args, kwargs, _ in batch:
-                await self.scripts.ack(*args, client=pipe, **kwargs)
+            for queue, group in by_queue.items():
+                await self._call(queue, group, pipe)
             replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, OUTAGE_ERRORS):  # LOADING after a restart: the whole batch again
                 raise reply
         return replies
+
+    def _call(self, queue: str, group: list[Pending], client: Any) -> Any:
+        return self.scripts.ack_many(queue, self.worker_id, [ack for _, ack, _ in group],
+                                     dead_max=self.dead_max, client=client)

@@ -22,7 +22,7 @@ from pool.config import Config
 from pool.handlers import Registry
 from pool.jobs import Job, Status, dumps
 from pool.outcomes import Decision, Failure
-from pool.scripts import JobNotActive, check
+from pool.scripts import Ack, JobNotActive, check
 
 logger = logging.getLogger("pool.worker")
 ACKED_AS_CANCELLED = 2  # ack.lua's answer when a retry became a cancellation
@@ -104,10 +104,9 @@ class JobRunner:
     async def record_success(self, job: Job, result: bytes, run_ms: float) -> bool:
         now_ms = clock.now_ms()
         event = outcomes.event(job, Status.COMPLETED, run_ms, now_ms, result=result) if self.config.events else None
-        code = await self.acks.ack(
-            job.queue, self.worker_id, job.id, Status.COMPLETED.value, now_ms,
-            int(self.config.result_ttl_s * 1000), ["result", result], event=event,
-        )
+        code = await self.acks.ack(job.queue, Ack(
+            job.id, Status.COMPLETED.value, now_ms, self._result_ttl_ms(job), ("result", result),
+            clear=job.error is not None or job.traceback is not None, event=event))
         return self._acked(code)
 
     async def record_failure(self, job: Job, failure: Failure, run_ms: float) -> tuple[Status, Decision | None]:
@@ -118,23 +117,25 @@ class JobRunner:
         else:
             settings = outcomes.retry_settings(self.config, self.registry.get(job.handler), job)
             decision = outcomes.decide(failure, settings, job, now_ms)
-        fields: list[Any] = ["error", failure.error]
+        fields: tuple[Any, ...] = ("error", failure.error)
         if failure.traceback:
-            fields += ["traceback", failure.traceback]
+            fields += ("traceback", failure.traceback)
         dead = decision.status is Status.DEAD
-        ttl_s = self.config.dead_letter.ttl_s if dead else self.config.result_ttl_s
+        ttl_ms = int(self.config.dead_letter.ttl_s * 1000) if dead else self._result_ttl_ms(job)
         event = outcomes.event(job, decision.status, run_ms, now_ms, error=failure.error,
                                due_ms=decision.due_ms) if self.config.events else None
-        code = await self.acks.ack(
-            job.queue, self.worker_id, job.id, decision.status.value, now_ms,
-            int(ttl_s * 1000), fields, due_ms=decision.due_ms, dead_max=self.config.dead_letter.max_jobs,
-            history=outcomes.history_entry(job, failure, decision, now_ms, self.worker_id), event=event,
-        )
+        code = await self.acks.ack(job.queue, Ack(
+            job.id, decision.status.value, now_ms, ttl_ms, fields, due_ms=decision.due_ms,
+            history=outcomes.history_entry(job, failure, decision, now_ms, self.worker_id), event=event))
         if code == ACKED_AS_CANCELLED:  # cancelled while it ran: ack.lua finished it instead of retrying
             decision = Decision(Status.CANCELLED)
         elif decision.due_ms is not None:
             self.on_due(job.queue, decision.due_ms)
         return decision.status, decision if self._acked(code) else None
+
+    def _result_ttl_ms(self, job: Job) -> int:
+        """How long the finished job's record and result stay: its own result_ttl, or the pool's."""
+        return job.result_ttl_ms or int(self.config.result_ttl_s * 1000)
 
     @staticmethod
     def _acked(code: int) -> bool:

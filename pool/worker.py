@@ -140,7 +140,8 @@ class Worker:
         self.scheduler = Scheduler(self.config, self.worker_id, self._redis, self._scripts, self._with_retry,
                                    self.stopping, backup=not self._runs_scheduler)
         background = [asyncio.create_task(self.scheduler.run(), name="scheduler")]
-        self.acks = AckBatcher(self._redis, self._scripts, self._with_retry)
+        self.acks = AckBatcher(self._redis, self._scripts, self.worker_id, self.config.dead_letter.max_jobs,
+                                self._with_retry)
         background.append(asyncio.create_task(self.acks.run(), name="acks"))
         self.runner = JobRunner(self.config, self.registry, self.worker_id, self._executor, self.acks,
                                 self._note_due, self.recycle)

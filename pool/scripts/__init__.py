@@ -13,10 +13,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from pool.errors import PoolError
 from pool.keys import RECENT_JOBS, Keys
+
+
+class Ack(NamedTuple):
+    """One attempt's outcome, as ack.lua takes it (see there for each value)."""
+
+    job_id: str
+    outcome: str
+    now_ms: int
+    ttl_ms: int  # the job's own result TTL if it has one (or the dead-letter TTL for 'dead')
+    fields: Sequence[Any] = ()  # result, or error and traceback
+    due_ms: int | None = None  # when a 'retrying' job is due
+    clear: bool = False  # an earlier attempt left an error, traceback or result to delete
+    history: bytes = b""
+    event: bytes | None = None
 
 
 class JobNotActive(PoolError):
@@ -132,25 +146,32 @@ class Scripts:
             args.append(moved_id)
         return self._claim(keys=keys, args=args, client=client)
 
+    def ack_many(
+        self, queue: str, worker_id: str, acks: Sequence[Ack], *, dead_max: int = 10_000, client: Any = None,
+    ) -> Any:
+        """Write the outcomes of a worker's attempts on one queue and drop their ids from its
+        active list, in one call (see ack.lua).
+
+        Returns one code per ack: 1; 2 (acked as cancelled instead of retrying: cancellation was
+        requested while it ran); 0 (a retried ack); or -1 (no longer active: see :func:`check`).
+        """
+        keys = [self.keys.active(queue, worker_id), self.keys.stats(queue), self.keys.delayed(queue),
+                self.keys.dead(queue)]
+        channel = self.keys.events(queue) if any(a.event is not None for a in acks) else ""
+        args: list[Any] = [self.keys.queue_prefix(queue), worker_id, RECENT_JOBS, dead_max, channel]
+        for a in acks:
+            args += [a.job_id, a.outcome, a.now_ms, a.ttl_ms, "" if a.due_ms is None else a.due_ms,
+                     "1" if a.clear else "", a.history, a.event or b"", len(a.fields), *a.fields]
+        return self._ack(keys=keys, args=args, client=client)
+
     def ack(
         self, queue: str, worker_id: str, job_id: str, outcome: str, now_ms: int, ttl_ms: int,
-        fields: Sequence[Any], *, due_ms: int | None = None, dead_max: int = 10_000,
-        history: bytes = b"", event: bytes | None = None, client: Any = None,
-    ) -> Any:
-        """Write an attempt's outcome and drop the id from the active list (see ack.lua).
-
-        Returns 1; 2 (acked as cancelled instead of retrying: cancellation was requested while
-        it ran); 0 (a retried ack); or -1 (no longer active: see :func:`check`).
-        """
-        keys = [
-            self.keys.active(queue, worker_id), self.keys.job(queue, job_id),
-            self.keys.done(queue, job_id), self.keys.stats(queue), self.keys.delayed(queue),
-            self.keys.dead(queue),
-        ]
-        channel = self.keys.events(queue) if event is not None else ""
-        args = [job_id, outcome, now_ms, ttl_ms, worker_id, "" if due_ms is None else due_ms, dead_max,
-                history, channel, event or b"", self.keys.queue_prefix(queue), RECENT_JOBS, *fields]
-        return self._ack(keys=keys, args=args, client=client)
+        fields: Sequence[Any], *, due_ms: int | None = None, dead_max: int = 10_000, history: bytes = b"",
+        event: bytes | None = None, clear: bool = False,
+    ) -> int:
+        """One ack with the sync client (tests and tools): :meth:`ack_many`'s code for it."""
+        ack = Ack(job_id, outcome, now_ms, ttl_ms, fields, due_ms, clear, history, event)
+        return int(self.ack_many(queue, worker_id, [ack], dead_max=dead_max)[0])
 
     def requeue(
         self, queue: str, worker_id: str, mode: str, max_deliveries: int, now_ms: int, *,

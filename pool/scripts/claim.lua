@@ -33,8 +33,8 @@
   a process with nothing running claims one, and it claims nothing else with it. Deaths from
   then on are counted against the job alone, so a poison job never takes its batch-mates to the
   dead set with it (solo_at < max_deliveries), while one crash costs no throughput (solo_at 2).
-  Invariant: ids move queue -> active with LMOVE, never through the script's memory only, so a
-  crash at any point leaves each id in exactly one list. Job hashes are built as
+  Invariant: each id leaves the queue in the same atomic step that puts it in the active list
+  (the script's effects are applied and persisted as one), so each id is in exactly one list. Job hashes are built as
   ARGV[1] .. 'job:' .. id: they carry the queue's hash tag, in the same slot as KEYS. ]]
 local queue, active, delayed, rate = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local qprefix, worker, now_ms = ARGV[1], ARGV[2], ARGV[3]
@@ -73,19 +73,43 @@ if rate_max > 0 then
 end
 
 local claimed = {}
-local function redelivered(id)
-  return tonumber(redis.call('HGET', qprefix .. 'job:' .. id, 'deliveries') or '0') >= solo_at
+-- A job's record is read once (HGETALL) and the reply built from it: three calls per claimed
+-- job (HGETALL, LMOVE, HSET) whatever the record holds.
+local function read(id)
+  local record = redis.call('HGETALL', qprefix .. 'job:' .. id)
+  local fields = {}
+  for i = 1, #record, 2 do
+    fields[record[i]] = i + 1  -- where each field's value is in the record
+  end
+  return record, fields
 end
-local function start(id, solo)
+local function field(record, fields, name)
+  local at = fields[name]
+  return at and record[at]
+end
+local function set(record, fields, name, value)
+  local at = fields[name]
+  if at then
+    record[at] = value
+  else
+    record[#record + 1] = name
+    record[#record + 1] = value
+    fields[name] = #record
+  end
+end
+local function redelivered(record, fields)
+  return (tonumber(field(record, fields, 'deliveries')) or 0) >= solo_at
+end
+local function start(id, solo, record, fields)
   local job = qprefix .. 'job:' .. id
-  if redis.call('EXISTS', job) == 0 then
+  if #record == 0 then
     redis.call('LREM', active, 1, id)
     claimed[#claimed + 1] = {'id', id, 'missing', '1'}
     return
   end
-  if redis.call('HEXISTS', job, 'cancel_requested_ms') == 1 then
+  if fields['cancel_requested_ms'] then
     redis.call('LREM', active, 1, id)
-    local ttl = tonumber(redis.call('HGET', job, 'result_ttl_ms')) or ttl_ms
+    local ttl = tonumber(field(record, fields, 'result_ttl_ms')) or ttl_ms
     redis.call('HSET', job, 'status', 'cancelled', 'finished_ms', now_ms, 'updated_ms', now_ms,
       'error', 'Cancelled: cancelled before it started')
     redis.call('PEXPIRE', job, ttl)
@@ -97,18 +121,24 @@ local function start(id, solo)
     end
     return
   end
-  local state = redis.call('HMGET', job, 'status', 'worker')
-  if not (state[1] == 'active' and state[2] == worker) then  -- else: started before, reply lost
-    redis.call('HSET', job, 'status', 'active', 'started_ms', now_ms, 'updated_ms', now_ms, 'worker', worker)
-    redis.call('HINCRBY', job, 'attempts', 1)
-    redis.call('HINCRBY', job, 'deliveries', 1)
+  if not (field(record, fields, 'status') == 'active' and field(record, fields, 'worker') == worker) then
+    -- (else: started before, and the reply was lost: the same record again)
+    local attempts = tostring((tonumber(field(record, fields, 'attempts')) or 0) + 1)
+    local deliveries = tostring((tonumber(field(record, fields, 'deliveries')) or 0) + 1)
+    redis.call('HSET', job, 'status', 'active', 'started_ms', now_ms, 'updated_ms', now_ms, 'worker', worker,
+      'attempts', attempts, 'deliveries', deliveries)
+    set(record, fields, 'status', 'active')
+    set(record, fields, 'started_ms', now_ms)
+    set(record, fields, 'updated_ms', now_ms)
+    set(record, fields, 'worker', worker)
+    set(record, fields, 'attempts', attempts)
+    set(record, fields, 'deliveries', deliveries)
     if room then
       room = room - 1
-      redis.call('ZADD', rate, server_ms, id .. ':' .. redis.call('HGET', job, 'attempts'))
+      redis.call('ZADD', rate, server_ms, id .. ':' .. attempts)
       redis.call('PEXPIRE', rate, rate_ms)
     end
   end
-  local record = redis.call('HGETALL', job)
   if solo then
     record[#record + 1] = 'solo'
     record[#record + 1] = '1'
@@ -117,13 +147,14 @@ local function start(id, solo)
 end
 
 if moved then
-  local again = redelivered(moved) and redis.call('HGET', qprefix .. 'job:' .. moved, 'status') ~= 'active'
+  local record, fields = read(moved)
+  local again = redelivered(record, fields) and field(record, fields, 'status') ~= 'active'
   if again and running > 0 then
     redis.call('LREM', active, 1, moved)
     redis.call('RPUSH', queue, moved)  -- back at the head, for a process with nothing running
     return {next_due, {{'solo_wait', '1'}}, 0}
   end
-  start(moved, again)
+  start(moved, again, record, fields)
   if again then
     return {next_due, claimed, 0}
   end
@@ -131,22 +162,34 @@ end
 if room then
   k = math.min(k, math.max(room, 0))
 end
-for _ = 1, k do
-  local head = redis.call('LINDEX', queue, -1)
-  if not head then
-    break
-  end
-  if redelivered(head) then
-    if #claimed == 0 and running == 0 then
-      redis.call('LMOVE', queue, active, 'RIGHT', 'LEFT')
-      start(head, true)
-    elseif #claimed == 0 then
-      claimed[1] = {'solo_wait', '1'}
+if k > 0 then
+  -- The next k ids, head last. Those to start are taken from the queue's end in one RPOP and
+  -- pushed onto the active list in one LPUSH, in the order k single LMOVEs would leave them.
+  local heads = redis.call('LRANGE', queue, -k, -1)
+  local take, solo = {}, false
+  for i = #heads, 1, -1 do
+    local record, fields = read(heads[i])
+    if redelivered(record, fields) then
+      if #claimed == 0 and #take == 0 and running == 0 then
+        take[1], solo = {heads[i], record, fields}, true
+      elseif #claimed == 0 and #take == 0 then
+        claimed[1] = {'solo_wait', '1'}
+      end
+      break
     end
-    break
+    take[#take + 1] = {heads[i], record, fields}
   end
-  redis.call('LMOVE', queue, active, 'RIGHT', 'LEFT')
-  start(head, false)
+  if #take > 0 then
+    local ids = {}
+    for i, taken in ipairs(take) do
+      ids[i] = taken[1]
+    end
+    redis.call('RPOP', queue, #ids)
+    redis.call('LPUSH', active, unpack(ids))
+    for _, taken in ipairs(take) do
+      start(taken[1], solo, taken[2], taken[3])
+    end
+  end
 end
 if room and room <= 0 and redis.call('LLEN', queue) > 0 then
   local oldest = tonumber(redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')[2]) or server_ms

@@ -15,7 +15,7 @@ local queue, delayed = KEYS[1], KEYS[2]
 local now_ms, wake = ARGV[1], ARGV[2]
 local earliest = tonumber(redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2])
 local woken = nil
-local created = {}
+local created, ready = {}, {}
 local at = 3
 for i = 3, #KEYS do
   local job = KEYS[i]
@@ -34,10 +34,14 @@ for i = 3, #KEYS do
         woken = due_ms
       end
     else
-      redis.call('LPUSH', queue, id)
+      ready[#ready + 1] = id
     end
     created[#created + 1] = 1
   end
+end
+-- one LPUSH per 1000 ready ids (as many single LPUSHes would leave them; unpack's limit is ~8000)
+for first = 1, #ready, 1000 do
+  redis.call('LPUSH', queue, unpack(ready, first, math.min(first + 999, #ready)))
 end
 if woken then
   redis.call('PUBLISH', wake, woken)

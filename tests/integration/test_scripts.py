@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from pool.keys import Keys
-from pool.scripts import AlreadyReclaimed, JobNotActive, Scripts, WorkerAlive, check, solo_threshold
+from pool.scripts import Ack, AlreadyReclaimed, JobNotActive, Scripts, WorkerAlive, check, solo_threshold
 
 W = "host:1:abc"
 
@@ -81,13 +81,51 @@ def test_ack_writes_outcome_and_releases_in_one_step(r, keys, scripts):
     assert r.hget(keys.stats("q"), "completed") == b"1"
 
 
-def test_ack_uses_the_jobs_own_result_ttl(r, keys, scripts):
+def test_ack_keeps_a_finished_job_for_the_ttl_it_is_given(r, keys, scripts):
     enqueue(scripts, "q", "a")
-    r.hset(keys.job("q", "a"), "result_ttl_ms", 5000)
     scripts.claim("q", W, 5, 1, 0)
-    scripts.ack("q", W, "a", "failed", 9000, 60_000, ["error", "E"])
+    scripts.ack("q", W, "a", "failed", 9000, 5000, ["error", "E"])
     assert 4000 < r.pttl(keys.job("q", "a")) <= 5000
+    assert 4000 < r.pttl(keys.done("q", "a")) <= 5000
     assert r.hget(keys.stats("q"), "failed") == b"1"
+
+
+def test_one_ack_call_writes_each_outcome_and_counts_them_once(r, keys, scripts):
+    """A batch: each ack is written as if alone, the totals and recent lists once for all."""
+    enqueue(scripts, "q", "a", "b", "c", "d", "e")
+    scripts.claim("q", W, 5, 5, 0)
+    acks = [
+        Ack("a", "completed", 9000, 60_000, ["result", b"1"]),
+        Ack("b", "retrying", 9000, 60_000, ["error", "E"], due_ms=99_000, history=b'{"n":1}'),
+        Ack("zz", "completed", 9000, 60_000, ["result", b"2"]),  # not active here: -1, nothing written
+        Ack("c", "completed", 9001, 60_000, ["result", b"3"]),
+        Ack("d", "dead", 9002, 50_000, ["error", "E"]),
+        Ack("e", "failed", 9003, 60_000, ["error", "E"]),
+    ]
+    assert scripts.ack_many("q", W, acks) == [1, 1, -1, 1, 1, 1]
+    assert r.lrange(keys.active("q", W), 0, -1) == []
+    assert r.hgetall(keys.stats("q")) == {b"completed": b"2", b"retrying": b"1", b"dead": b"1", b"failed": b"1"}
+    assert r.lrange(keys.recent("q", "completed"), 0, -1) == [b"c", b"a"]  # newest first
+    assert r.lrange(keys.recent("q", "failed"), 0, -1) == [b"e"]
+    assert r.zrange(keys.delayed("q"), 0, -1) == [b"b"] and r.zrange(keys.dead("q"), 0, -1) == [b"d"]
+    assert r.hmget(keys.job("q", "c"), "status", "result", "finished_ms") == [b"completed", b"3", b"9001"]
+    assert r.hmget(keys.job("q", "b"), "status", "due_ms", "failures", "history") == [
+        b"retrying", b"99000", b"1", b'[{"n":1}]']
+    assert not r.exists(keys.job("q", "zz")) and r.lrange(keys.done("q", "a"), 0, -1) == [b"completed"]
+    # the whole batch again (a lost reply): nothing is written twice
+    assert scripts.ack_many("q", W, acks) == [0, 0, -1, 0, 0, 0]
+    assert r.hget(keys.stats("q"), "completed") == b"2"
+
+
+def test_ack_clears_an_earlier_attempts_error_only_when_told(r, keys, scripts):
+    enqueue(scripts, "q", "a", "b")
+    scripts.claim("q", W, 5, 2, 0)
+    r.hset(keys.job("q", "a"), mapping={"error": "old", "traceback": "T"})
+    r.hset(keys.job("q", "b"), mapping={"error": "old", "traceback": "T"})
+    scripts.ack("q", W, "a", "completed", 9000, 60_000, ["result", b"1"], clear=True)
+    scripts.ack("q", W, "b", "completed", 9000, 60_000, ["result", b"1"])
+    assert r.hmget(keys.job("q", "a"), "error", "traceback") == [None, None]
+    assert r.hmget(keys.job("q", "b"), "error", "traceback") == [b"old", b"T"]  # the caller knew better
 
 
 def test_ack_retried_after_lost_reply_is_recognised(r, keys, scripts):

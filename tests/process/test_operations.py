@@ -237,9 +237,12 @@ def test_a_reload_shows_new_queues_in_metrics(write_config, start_pool):
     pool.proc.send_signal(signal.SIGHUP)
 
     def queues_in_metrics() -> set[str]:
-        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
-            families = text_string_to_metric_families(response.read().decode())
-            return {s.labels["queue"] for f in families if f.name == "job_queue_length" for s in f.samples}
+        try:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+                families = text_string_to_metric_families(response.read().decode())
+                return {s.labels["queue"] for f in families if f.name == "job_queue_length" for s in f.samples}
+        except ConnectionResetError:  # a scrape caught by the metrics process's restart: scrape again
+            return set()
 
     wait_until(lambda: queues_in_metrics() == {"default", "extra"}, timeout=30, message="queue extra in /metrics")
     assert pool.stop() == 0, pool.output()
