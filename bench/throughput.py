@@ -14,7 +14,10 @@ P processes x C slots, and measures:
   `enqueue` to the handler's first line (both clocks are this host's), p50 / p99, beside a bare
   LPUSH -> BLMOVE round trip measured the same way on the same server.
 
-Workloads: noop (returns None), sleep (asyncio.sleep 10 ms), payload (a 10 KB argument).
+Workloads: noop (returns None), logged (noop with the one log line per job on, as at the
+default level info; the others run at warning), sleep (asyncio.sleep 10 ms), payload (a 10 KB
+argument). With --memory-jobs, one more pool runs that many no-op jobs fed continuously and
+reports each worker's resident memory at every tenth.
 Figures are medians over --rounds; the last line is one JSON object with all of them.
 """
 
@@ -59,14 +62,16 @@ async def stamp() -> int:
 
 WORKLOADS = {
     "noop": lambda: JobSpec("bench.throughput.noop"),
+    "logged": lambda: JobSpec("bench.throughput.noop"),  # noop, with the per-job log line at info
     "sleep": lambda: JobSpec("bench.throughput.sleep_10ms"),
     "payload": lambda: JobSpec("bench.throughput.noop", (PAYLOAD,)),
 }
 
 
 class Bench(PrivateServer):
-    def config(self) -> Path:
-        return self.write_config(handlers=["bench.throughput"])
+    def config(self, workload: str = "noop") -> Path:
+        level = "info" if workload == "logged" else "warning"  # info: one line per job to the log file
+        return self.write_config(handlers=["bench.throughput"], logging={"level": level})
 
     def redis_cpu_s(self) -> float:
         info = self.redis.info("cpu")
@@ -77,7 +82,7 @@ class Bench(PrivateServer):
         return int(self.redis.hget(keys.stats("default"), "completed") or 0)
 
     def throughput(self, workload: str, jobs: int, batch: int) -> dict[str, float]:
-        config = self.config()
+        config = self.config(workload)
         specs = [WORKLOADS[workload]() for _ in range(jobs)]
         with Client.from_config(config) as client:
             client.enqueue_many(specs[:10])  # connect and load the scripts first
@@ -214,7 +219,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1000, help="jobs per enqueue_many call")
     parser.add_argument("--latency", type=int, default=300, help="single jobs for the latency figures")
-    parser.add_argument("--workloads", default="noop,sleep,payload")
+    parser.add_argument("--workloads", default="noop,logged,sleep,payload")
     parser.add_argument("--memory-jobs", type=int, default=0,
                         help="also pass this many jobs through one pool and sample worker memory (e.g. 1000000)")
     options = parser.parse_args()

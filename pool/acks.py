@@ -52,7 +52,9 @@ class AckBatcher:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((queue, ack, future))
         self._wake.set()
-        return await asyncio.shield(future)  # a cancelled job task must not drop others' replies
+        # (a job task cancelled meanwhile cancels only its own future: its ack is still sent,
+        # and run() skips replies to futures that are done)
+        return await future
 
     async def run(self) -> None:
         """Send batches until cancelled (after the worker's drain: nothing is pending then)."""
@@ -83,10 +85,11 @@ class AckBatcher:
                 return [await self._call(queue, group, self.client)]
             except redis.ResponseError as exc:  # a script error: the acks of this call fail
                 return [exc]
-        async with self.client.pipeline(transaction=False) as pipe:
+        async def add_calls(pipe: Any) -> None:
             for queue, group in by_queue.items():
                 await self._call(queue, group, pipe)
-            replies = await pipe.execute(raise_on_error=False)
+
+        replies = await self.scripts.pipelined(self.client, add_calls)
         for reply in replies:
             if isinstance(reply, OUTAGE_ERRORS):  # LOADING after a restart: the whole batch again
                 raise reply

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio
-import uvloop
 
 from pool import clock, listing
 from pool.config import Config, load
@@ -167,14 +166,9 @@ class AsyncClient:
         by_queue: dict[str, list[int]] = defaultdict(list)
         for index, (job, _) in enumerate(prepared):
             by_queue[job.queue].append(index)
-        async def send() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for queue, indexes in by_queue.items():
-                    batch = [(prepared[i][0].id, prepared[i][0].due_ms or 0, prepared[i][1]) for i in indexes]
-                    await self.scripts.enqueue(queue, batch, now_ms, client=pipe)  # queues it
-                return await pipe.execute()
-
-        replies = await self._retrying(send)
+        batches = {queue: [(prepared[i][0].id, prepared[i][0].due_ms or 0, prepared[i][1]) for i in indexes]
+                   for queue, indexes in by_queue.items()}
+        replies = await self._retrying(functools.partial(self._send_batches, batches, now_ms))
         jobs = [job for job, _ in prepared]
         for (queue, indexes), created in zip(by_queue.items(), replies, strict=True):
             for index, was_created in zip(indexes, created, strict=True):
@@ -217,6 +211,22 @@ class AsyncClient:
             status=Status.DELAYED if due_ms else Status.QUEUED,
         )
         return job, enqueue_fields(job, args_json, kwargs_json, self.config.max_payload_bytes)
+
+    async def _send_batches(self, batches: dict[str, list[tuple[str, int, list[Any]]]], now_ms: int) -> list[Any]:
+        """enqueue.lua once per queue: alone for one queue, else in one pipeline."""
+        if len(batches) == 1:
+            [(queue, batch)] = batches.items()
+            return [await self.scripts.enqueue(queue, batch, now_ms)]
+
+        async def add_calls(pipe: Any) -> None:
+            for queue, batch in batches.items():
+                await self.scripts.enqueue(queue, batch, now_ms, client=pipe)
+
+        replies = await self.scripts.pipelined(self.redis, add_calls)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def get_job(self, job_id: str, queue: str | None = None) -> Job | None:
         """Look a job up by id; None if it does not exist (or its result expired).
@@ -434,7 +444,7 @@ class AsyncClient:
 class Client:
     """The synchronous twin of :class:`AsyncClient`, for scripts and sync web frameworks.
 
-    Calls run on a private (uvloop) event loop; a lock makes one Client safe to share between
+    Calls run on a private event loop; a lock makes one Client safe to share between
     threads. Do not call it from inside a running event loop: use :class:`AsyncClient` there.
     The loop is driven with ``run_until_complete``, not ``asyncio.Runner``: the Runner swaps the
     SIGINT handler on every call, which was a quarter of a single enqueue's time.
@@ -442,7 +452,7 @@ class Client:
 
     def __init__(self, config: Config, url: str | None = None) -> None:
         self._async = AsyncClient(config, url)
-        self._loop = uvloop.new_event_loop()
+        self._loop = asyncio.new_event_loop()
         self._lock = threading.Lock()
 
     @classmethod

@@ -21,6 +21,7 @@ from pool.acks import AckBatcher
 from pool.config import Config
 from pool.handlers import Registry
 from pool.jobs import Job, Status, dumps
+from pool.logs import Completed, CompletedLines
 from pool.outcomes import Decision, Failure
 from pool.scripts import Ack, JobNotActive, check
 
@@ -54,6 +55,7 @@ class JobRunner:
         self.on_due = on_due
         self.on_stuck = on_stuck
         self._watchers: set[asyncio.Task[None]] = set()
+        self.completed_lines = CompletedLines(job_logger)
 
     async def execute(self, job: Job) -> tuple[bytes | None, Failure | None]:
         """Run the handler: (result JSON, None) or (None, failure). Raises only CancelledError."""
@@ -165,16 +167,18 @@ class JobRunner:
 
     def log(self, job: Job, status: Status, run_ms: float, failure: Failure | None,
                  decision: Decision | None, acked: bool) -> None:
+        if acked and failure is None:
+            if job_logger.isEnabledFor(logging.INFO):  # (`pool.jobs: warning`: no cost at all)
+                self.completed_lines.add(Completed(job.id, job.handler, job.queue, job.wait_ms, run_ms))
+            return
         wait_ms = job.wait_ms
         extra = {"job_id": job.id, "queue": job.queue, "handler": job.handler,
                  "outcome": status.value, "wait_ms": wait_ms, "run_ms": round(run_ms, 1)}
         head = f"job {job.id} {job.handler} queue={job.queue} wait={wait_ms}ms run={run_ms:.1f}ms"
         if not acked:
             job_logger.warning("%s finished but was requeued meanwhile; outcome dropped", head, extra=extra)
-        elif failure is None:
-            job_logger.info("%s completed", head, extra=extra)
         elif decision is not None and decision.status is Status.RETRYING:
             job_logger.warning("%s failed (attempt %d), retrying in %.1fs: %s", head, job.attempts,
                            decision.delay_s or 0, failure.error, extra=extra)
         else:
-            job_logger.warning("%s %s: %s", head, status.value, failure.error, extra=extra)
+            job_logger.warning("%s %s: %s", head, status.value, failure and failure.error, extra=extra)

@@ -258,12 +258,19 @@ class Fetcher:
     async def _watch_queue(self, queue: str) -> None:
         """Block on an empty queue; start what arrives, or hand it back if no slot is free.
 
+        With a free slot (and no rate limit) the claim goes in the same pipeline as the BLMOVE,
+        so an arriving job starts after one hop from Redis instead of two.
+
         Watching goes on while every slot is busy: the queue stays known to be empty, so claim
         passes skip it, and a job that arrives is handed back to the head of its queue, where
         the next pass (or another worker) takes it first.
         """
         try:
             while not self.stopping.is_set():
+                if queue not in self.config.rate_limits and self.slots.may_claim():
+                    if await self._blmove_and_claim(queue):
+                        return
+                    continue
                 job_id = await self.blocking.blmove(
                     self.keys.queue(queue), self.keys.active(queue, self.worker_id),
                     timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT",
@@ -277,6 +284,42 @@ class Fetcher:
         finally:
             del self._watchers[queue]
             self.wake()
+
+    async def _blmove_and_claim(self, queue: str) -> bool:
+        """BLMOVE and claim.lua (head mode) in one pipeline; True once a job arrived."""
+        async with self.blocking.pipeline(transaction=False) as pipe:
+            pipe.blmove(self.keys.queue(queue), self.keys.active(queue, self.worker_id),
+                        timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT")
+            # as busy as can be for a suspect job: it goes back for a claim pass that runs it alone
+            await self.scripts.claim(
+                queue, self.worker_id, clock.now_ms(), 0, max(1, len(self.slots.running)), head=True,
+                client=pipe, **self._claim_options)
+            pipe.scripts.clear()  # no SCRIPT EXISTS round trip first (a NOSCRIPT is handled below)
+            moved, reply = await pipe.execute(raise_on_error=False)
+        if isinstance(moved, Exception):
+            raise moved
+        if moved is None:
+            return False
+        if isinstance(reply, Exception):  # e.g. NOSCRIPT after a server restart: claim it alone
+            await self.scripts.load(self.redis)
+            await self._start_moved(queue, moved.decode())
+            return True
+        if not self.slots.try_reserve():  # slots filled up while blocked (other queues' claims)
+            await self._undo_starts(queue, reply)
+            return True
+        try:
+            self._started(queue, reply)
+        finally:
+            self.slots.release(1)
+        return True
+
+    async def _undo_starts(self, queue: str, reply: list[Any]) -> None:
+        """Hand back the jobs a claim reply started that this process has no slot for."""
+        for pairs in reply[1]:
+            fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
+            if b"started_ms" in fields and b"missing" not in fields:
+                await self.scripts.handback(queue, self.worker_id, fields[b"id"].decode(),
+                                            started_ms=int(fields[b"started_ms"]))
 
     async def _start_moved(self, queue: str, job_id: str) -> None:
         if self.stopping.is_set():

@@ -155,6 +155,7 @@ class Worker:
                 task.add_done_callback(self._background_done)
             await self._wait_until_done(fetcher)
             await self._drain()
+            self.runner.completed_lines.flush()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)

@@ -6,14 +6,18 @@ never assemble keys by hand, and turns the scripts' negative return codes into e
 to EVAL and reloads after NOSCRIPT (a restarted server), so no explicit SCRIPT LOAD is needed.
 
 Works with both the asyncio and the sync redis client: wrappers return what the client returns
-(a coroutine for the asyncio client). Pass ``client=pipeline`` to batch calls in one round trip.
+(a coroutine for the asyncio client). Pass ``client=pipeline`` to batch calls in one round trip;
+on the hot path use :meth:`Scripts.pipelined`, which skips the SCRIPT EXISTS round trip that
+redis-py sends before every pipeline holding a script.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, NamedTuple
+
+from redis.exceptions import NoScriptError
 
 from pool.errors import PoolError
 from pool.keys import RECENT_JOBS, Keys
@@ -89,6 +93,33 @@ class Scripts:
         self._cancel = client.register_script(SOURCES["cancel"])
         self._handback = client.register_script(SOURCES["handback"])
         self._fire = client.register_script(SOURCES["fire"])
+        self._all = [self._enqueue, self._claim, self._ack, self._requeue, self._revive, self._purge,
+                     self._cancel, self._handback, self._fire]
+
+    async def load(self, client: Any) -> None:
+        """SCRIPT LOAD every script (after a NOSCRIPT reply: a restarted or flushed server)."""
+        for script in self._all:
+            await client.script_load(script.script)
+
+    async def pipelined(self, client: Any, build: Callable[[Any], Awaitable[None]]) -> list[Any]:
+        """Run the calls that ``build`` adds to a pipeline in one round trip; replies in order,
+        errors as exception objects.
+
+        redis-py checks with SCRIPT EXISTS before every pipeline holding a script (a second
+        round trip each time); here the EVALSHAs go as they are, and if the server has lost a
+        script (NOSCRIPT) the scripts are loaded and the whole pipeline is sent again. Only for
+        calls that may run twice (enqueue and ack are idempotent).
+        """
+        for attempt in range(2):
+            async with client.pipeline(transaction=False) as pipe:
+                await build(pipe)
+                pipe.scripts.clear()
+                replies = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(reply, NoScriptError) for reply in replies):
+                await self.load(client)
+                continue
+            return list(replies)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def enqueue(
         self, queue: str, jobs: Sequence[tuple[str, int, Sequence[Any]]], now_ms: int, client: Any = None
@@ -113,22 +144,27 @@ class Scripts:
         keys = [self.keys.schedule(queue, schedule), self.keys.queue(queue), self.keys.job(queue, job_id)]
         return self._fire(keys=keys, args=[tick_ms, now_ms, job_id, *fields], client=client)
 
-    def handback(self, queue: str, worker_id: str, job_id: str, client: Any = None) -> Any:
-        """Give a claimed, not started id back to the head of its queue. Returns 1, or 0 (not
-        in the active list, or already started)."""
+    def handback(self, queue: str, worker_id: str, job_id: str, started_ms: int | None = None,
+                 client: Any = None) -> Any:
+        """Give a claimed, not started id back to the head of its queue; with ``started_ms``, one
+        that claim.lua started at that time for this worker and that never ran. Returns 1, or 0
+        (not in the active list, or started otherwise)."""
         keys = [self.keys.active(queue, worker_id), self.keys.queue(queue), self.keys.job(queue, job_id)]
-        return self._handback(keys=keys, args=[job_id], client=client)
+        args: list[Any] = [job_id] if started_ms is None else [job_id, started_ms, worker_id]
+        return self._handback(keys=keys, args=args, client=client)
 
     def claim(
         self, queue: str, worker_id: str, now_ms: int, count: int, running: int,
         moved_id: str | None = None, solo_at: int = 2, result_ttl_ms: int = 3_600_000,
-        rate: tuple[int, int] = (0, 0), client: Any = None,
+        rate: tuple[int, int] = (0, 0), head: bool = False, client: Any = None,
     ) -> Any:
         """Promote due jobs, then move up to ``count`` ids into the worker's active list.
 
         Args:
             running: jobs the worker's process runs now (a suspect job needs 0: see claim.lua).
             moved_id: an id already in the active list to start first (BLMOVE, reconcile).
+            head: start the id the BLMOVE just before this call pushed onto the active list
+                (see claim.lua); now_ms is then the server's.
             solo_at: deliveries from which a job runs alone (:func:`solo_threshold`).
             result_ttl_ms: how long a job whose cancellation was requested is kept when claim.lua
                 finishes it as cancelled instead of starting it.
@@ -142,8 +178,8 @@ class Scripts:
                 self.keys.rate(queue)]
         args: list[Any] = [self.keys.queue_prefix(queue), worker_id, now_ms, count, running, solo_at,
                            result_ttl_ms, rate[0], rate[1], RECENT_JOBS]
-        if moved_id is not None:
-            args.append(moved_id)
+        if moved_id is not None or head:
+            args += [moved_id or "", "head" if head else ""]
         return self._claim(keys=keys, args=args, client=client)
 
     def ack_many(

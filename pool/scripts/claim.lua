@@ -15,7 +15,13 @@
   ARGV[9]  rate window in ms
   ARGV[10] recent_max: how many ids the queue's 'recent:cancelled' list keeps
   ARGV[11] optional: an id already in the active list (moved by BLMOVE, or found by reconcile)
-           to be started first; ignored unless it is still in that list
+           to be started first; ignored unless it is still in that list ('' for none)
+  ARGV[12] optional: 'head' to start the id at the head of the active list, unless it was
+           started already. Sent in one pipeline right after the watcher's BLMOVE (which
+           pushes onto that head, and is the only push there while the queue is watched): the
+           job starts without a second round trip. If the BLMOVE timed out, the head is a
+           running job (or nothing) and nothing starts. now_ms is then the server's clock (the
+           call was written when the BLMOVE began, possibly seconds earlier).
   A job whose cancellation was requested (cancel_requested_ms) is finished as 'cancelled' here
   instead of being started: a request made while its worker died, or while it waited for a slot,
   is never lost.
@@ -40,6 +46,18 @@ local queue, active, delayed, rate = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local qprefix, worker, now_ms = ARGV[1], ARGV[2], ARGV[3]
 local k, running, solo_at, ttl_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local rate_max, rate_ms, recent_max, moved = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
+if moved == '' then
+  moved = nil
+end
+if ARGV[12] == 'head' then
+  local time = redis.call('TIME')
+  now_ms = tostring(tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000))
+  moved = redis.call('LINDEX', active, 0)
+  if moved and redis.call('HGET', qprefix .. 'job:' .. moved, 'status') == 'active' then
+    moved = nil  -- the BLMOVE moved nothing: the head is a job this worker runs
+  end
+  moved = moved or nil
+end
 
 -- Promote: due jobs join the tail of the queue (in due order), each exactly once.
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms, 'LIMIT', 0, 1000)) do

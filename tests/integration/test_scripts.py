@@ -607,3 +607,36 @@ def test_a_late_ack_of_a_job_reclaimed_and_then_cancelled_is_refused(r, keys, sc
     assert records(scripts.claim("q", "other:9:x", 9002, 1, 0)) == []  # finished as cancelled at its start
     # the first worker was only slow: its ack arrives now, and must not count as its own cancellation
     assert scripts.ack("q", W, "a", "retrying", 9003, 60_000, ["error", "E"], due_ms=99_999) == -1
+
+
+def test_claim_in_head_mode_starts_what_the_blmove_before_it_moved(r, keys, scripts):
+    """The watcher's pipeline: BLMOVE, then claim.lua starting the head of the active list."""
+    enqueue(scripts, "q", "a", "b")
+    scripts.claim("q", W, 5, 1, 0)  # a runs
+    assert r.blmove(keys.queue("q"), keys.active("q", W), 1, "RIGHT", "LEFT") == b"b"
+    reply = scripts.claim("q", W, 5, 0, 1, head=True)
+    assert ids_of(reply) == [b"b"]
+    fields = dict(zip(records(reply)[0][::2], records(reply)[0][1::2], strict=True))
+    assert fields[b"status"] == b"active" and abs(int(fields[b"started_ms"]) - r.time()[0] * 1000) < 5000  # server time
+    # a BLMOVE that timed out leaves running jobs at the head: nothing starts, nothing changes
+    assert scripts.claim("q", W, 6, 0, 1, head=True) == [-1, [], 0]
+    assert r.hget(keys.job("q", "b"), "attempts") == b"1"
+
+
+def test_claim_in_head_mode_sends_a_suspect_job_back_for_a_solo_claim(r, keys, scripts):
+    enqueue(scripts, "q", "again")
+    r.hset(keys.job("q", "again"), "deliveries", 2)
+    r.blmove(keys.queue("q"), keys.active("q", W), 1, "RIGHT", "LEFT")
+    assert records(scripts.claim("q", W, 5, 0, 1, head=True)) == [[b"solo_wait", b"1"]]
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"again"] and r.lrange(keys.active("q", W), 0, -1) == []
+
+
+def test_handback_undoes_a_start_that_never_ran(r, keys, scripts):
+    enqueue(scripts, "q", "a", "b")
+    reply = scripts.claim("q", W, 5, 1, 0)
+    started_ms = int(dict(zip(records(reply)[0][::2], records(reply)[0][1::2], strict=True))[b"started_ms"])
+    assert scripts.handback("q", W, "a", started_ms=started_ms + 1) == 0  # another start: left alone
+    assert scripts.handback("q", W, "a", started_ms=started_ms) == 1
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"b", b"a"]  # back at the head
+    assert r.hmget(keys.job("q", "a"), "status", "attempts", "deliveries") == [b"queued", b"0", b"0"]
+    assert r.lrange(keys.active("q", W), 0, -1) == []

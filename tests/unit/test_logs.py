@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 from pool.config import LoggingSettings
-from pool.logs import JSONFormatter, setup
+from pool.logs import Completed, CompletedLines, JSONFormatter, TextFormatter, setup
 
 
 def test_json_lines_carry_process_and_job_fields():
@@ -50,3 +51,30 @@ def test_levels_per_logger_silence_completed_jobs_but_keep_failures(capsys):
     assert [(e["logger"], e.get("job_id"), e["message"]) for e in lines] == [
         ("pool.jobs", "b", "job b dead: boom"), ("pool.worker", None, "worker started")]
     assert lines[0]["outcome"] == "dead" and lines[0]["process"] == "worker-1" and lines[0]["wait_ms"] == 3
+
+
+async def test_jobs_completed_in_one_loop_turn_share_a_record_but_print_a_line_each():
+    records: list[logging.LogRecord] = []
+    logger = logging.getLogger("pool.jobs.test-batch")
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        lines = CompletedLines(logger)
+        for n in range(3):
+            lines.add(Completed(f"j{n}", "app.resize", "images", 4 + n, 1.25))
+        assert records == []  # sent after this turn of the loop
+        await asyncio.sleep(0)
+        lines.add(Completed("j3", "app.resize", "images", 0, 0.5))
+        await asyncio.sleep(0)
+    finally:
+        logger.removeHandler(handler)
+    assert [len(r.jobs) for r in records] == [3, 1]
+    text = TextFormatter("worker-3").format(records[0]).splitlines()
+    assert len(text) == 3 and all(" INFO    [worker-3 " in line for line in text)
+    assert text[1].endswith("job j1 app.resize queue=images wait=5ms run=1.2ms completed")
+    entries = [json.loads(line) for line in JSONFormatter("worker-3").format(records[0]).splitlines()]
+    assert [(e["job_id"], e["wait_ms"], e["outcome"], e["process"]) for e in entries] == [
+        ("j0", 4, "completed", "worker-3"), ("j1", 5, "completed", "worker-3"), ("j2", 6, "completed", "worker-3")]
+    assert entries[0]["message"] == "job j0 app.resize queue=images wait=4ms run=1.2ms completed"
