@@ -42,7 +42,12 @@ class PrivateServer:
         self.server.stop()
 
     def write_config(self, **settings: Any) -> Path:
-        """A pool.yaml for this server and a fresh key prefix; ``settings`` add or override keys."""
+        """A pool.yaml for this server and a fresh key prefix; ``settings`` add or override keys.
+
+        Flushes the server first: each run starts on an empty keyspace (a server holding the
+        previous runs' records makes Redis itself slower, and the figures drift run by run).
+        """
+        self.redis.flushall()
         self.runs += 1
         path = self.workdir / f"pool-{self.runs}.yaml"
         path.write_text(yaml.safe_dump({

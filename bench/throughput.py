@@ -6,7 +6,8 @@ Starts a private valkey-server, then for each workload and round a fresh `pool r
 P processes x C slots, and measures:
 
 - enqueue: N jobs with `Client.enqueue_many` in batches of --batch, from one client process,
-  before the pool starts (jobs/s), and the Redis CPU that cost per job;
+  before the pool starts (jobs/s), and the Redis CPU that cost per job; and the same from
+  `AsyncClient` with two enqueue_many calls in flight (one prepares while Redis runs the other);
 - processing: N jobs already queued, from the first start to the last finish (jobs/s), with the
   Redis CPU (INFO used_cpu_sys + used_cpu_user) and the pool's Python CPU (supervisor and
   workers, from /proc) per job, and the peak resident memory (VmHWM) of each worker;
@@ -24,6 +25,7 @@ Figures are medians over --rounds; the last line is one JSON object with all of 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -38,7 +40,8 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import PrivateServer, percentile, wait
-from pool import Client, JobSpec
+from pool import AsyncClient, Client, JobSpec
+from pool.config import load
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAYLOAD = "x" * 10_240
@@ -50,8 +53,6 @@ async def noop(*args: object) -> None:
 
 
 async def sleep_10ms() -> None:
-    import asyncio
-
     await asyncio.sleep(0.01)
 
 
@@ -110,6 +111,27 @@ class Bench(PrivateServer):
             "jobs_per_s": len(enqueued) / max(seconds, 0.001), "redis_us_per_job": redis_cpu / jobs * 1e6,
             "python_us_per_job": python_cpu / jobs * 1e6, "peak_worker_mib": peak / 2**20,
         }
+
+    def enqueue_async(self, jobs: int, batch: int, in_flight: int = 2) -> float:
+        """Jobs/s of a bulk enqueue from AsyncClient with ``in_flight`` enqueue_many calls at once:
+        one call's jobs are prepared while Redis runs the other's script."""
+        config = self.config()
+        specs = [WORKLOADS["noop"]() for _ in range(jobs)]
+
+        async def run() -> float:
+            async with AsyncClient(load(config)) as client:
+                await client.enqueue_many(specs[:10])
+                slots = asyncio.Semaphore(in_flight)
+
+                async def one(start: int) -> None:
+                    async with slots:
+                        await client.enqueue_many(specs[start:start + batch])
+
+                began = time.perf_counter()
+                await asyncio.gather(*(one(start) for start in range(10, jobs, batch)))
+                return (jobs - 10) / (time.perf_counter() - began)
+
+        return asyncio.run(run())
 
     def memory(self, jobs: int, batch: int, samples: int = 10) -> dict[str, list[float]]:
         """Resident memory of each worker while ``jobs`` no-op jobs pass through the pool.
@@ -227,9 +249,11 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {w: [] for w in workloads}
     with tempfile.TemporaryDirectory(prefix="pool-bench-") as workdir, \
             Bench(Path(workdir), options.processes, options.concurrency) as bench:
+        enqueue_async = []
         for _ in range(options.rounds):
             for workload in workloads:
                 results[workload].append(bench.throughput(workload, options.jobs, options.batch))
+            enqueue_async.append(bench.enqueue_async(options.jobs, options.batch))
         bare = bench.bare_latency(options.latency)
         latency = bench.latency(options.latency)
         memory = bench.memory(options.memory_jobs, options.batch) if options.memory_jobs else {}
@@ -240,6 +264,8 @@ def main() -> None:
         print(f"{workload:<8} {m['jobs_per_s']:>8.0f} jobs/s   Redis {m['redis_us_per_job']:5.1f} µs/job   "
               f"Python {m['python_us_per_job']:6.1f} µs/job   peak worker {m['peak_worker_mib']:.0f} MiB   "
               f"enqueue {m['enqueue_per_s']:>7.0f} jobs/s ({m['enqueue_redis_us']:.1f} µs Redis)")
+    print(f"enqueue  AsyncClient, 2 enqueue_many calls of {options.batch} in flight: "
+          f"{statistics.median(enqueue_async):.0f} jobs/s")
     print(f"latency  enqueue -> start p50 {percentile(latency, 50):.2f} ms, p99 {percentile(latency, 99):.2f} ms; "
           f"bare LPUSH -> BLMOVE p50 {percentile(bare, 50):.2f} ms, p99 {percentile(bare, 99):.2f} ms "
           f"({percentile(latency, 50) / percentile(bare, 50):.1f}x at p50)")
@@ -249,6 +275,7 @@ def main() -> None:
     print(json.dumps({
         "processes": options.processes, "concurrency": options.concurrency, "jobs": options.jobs,
         "rounds": options.rounds, "workloads": medians,
+        "enqueue_async_per_s": statistics.median(enqueue_async),
         "latency_ms": {"p50": percentile(latency, 50), "p99": percentile(latency, 99)},
         "bare_latency_ms": {"p50": percentile(bare, 50), "p99": percentile(bare, 99)},
         "memory_mib": {"jobs": options.memory_jobs, "workers": memory},

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -38,23 +39,42 @@ RECONCILE_INTERVAL_S = 5.0
 
 class Slots:
     """The job slots of one process: running jobs, slots reserved for a claim in flight, and the
-    rule that a redelivered (suspect) job runs alone."""
+    rule that a redelivered (suspect) job runs alone.
 
-    def __init__(self, concurrency: int) -> None:
+    A job whose handler has returned gives its slot to the next job at once, while its outcome
+    is written (``acking``): the next claim overlaps the ack instead of waiting behind it. Its
+    task stays in ``running`` until the ack is written (a stop waits for it, reconcile leaves it).
+    """
+
+    def __init__(self, concurrency: int, max_starts: int = 0) -> None:
         self.concurrency = concurrency
+        # max_jobs_per_process: the process starts no more than that, then recycles
+        self.starts_left: float = max_starts or math.inf
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.acking: set[str] = set()  # in running, handler done, outcome being written
         self.reserved = 0
         self.solo: str | None = None  # a suspect job running alone: nothing else is claimed
         self.idle_wanted = False  # a suspect job waits until this process is idle
         self.freed = asyncio.Event()
 
+    def busy(self) -> int:
+        """Jobs whose handlers run now."""
+        return len(self.running) - len(self.acking)
+
     def free(self) -> int:
-        return self.concurrency - len(self.running) - self.reserved
+        return int(min(self.concurrency - self.busy(), self.starts_left)) - self.reserved
 
     def may_claim(self) -> bool:
-        if self.solo is not None or (self.idle_wanted and (self.running or self.reserved)):
+        if self.solo is not None or (self.idle_wanted and (self.busy() or self.reserved)):
             return False
         return self.free() > 0
+
+    def finishing(self, job_id: str) -> None:
+        """The job's handler returned: its slot is free (and a suspect job no longer runs alone)."""
+        self.acking.add(job_id)
+        if self.solo == job_id:
+            self.solo = None
+        self.freed.set()
 
     async def reserve(self, most: int, stopping: asyncio.Event) -> int:
         """Wait for at least one claimable slot and reserve up to ``most``; 0 when stopping."""
@@ -231,7 +251,7 @@ class Fetcher:
     def _claim_script(self, queue: str, count: int, moved_id: str | None = None) -> Any:
         """claim.lua for this worker: up to ``count`` ids, or start ``moved_id``, within the rate limit."""
         return self.scripts.claim(
-            queue, self.worker_id, clock.now_ms(), count, len(self.slots.running), moved_id=moved_id,
+            queue, self.worker_id, clock.now_ms(), count, self.slots.busy(), moved_id=moved_id,
             rate=self.config.rate_limits.get(queue, (0, 0)), **self._claim_options)
 
     def _started(self, queue: str, reply: list[Any]) -> int:
@@ -292,7 +312,7 @@ class Fetcher:
                         timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT")
             # as busy as can be for a suspect job: it goes back for a claim pass that runs it alone
             await self.scripts.claim(
-                queue, self.worker_id, clock.now_ms(), 0, max(1, len(self.slots.running)), head=True,
+                queue, self.worker_id, clock.now_ms(), 0, max(1, self.slots.busy()), head=True,
                 client=pipe, **self._claim_options)
             pipe.scripts.clear()  # no SCRIPT EXISTS round trip first (a NOSCRIPT is handled below)
             moved, reply = await pipe.execute(raise_on_error=False)

@@ -83,10 +83,9 @@ class Worker:
         self.done_count = 0
         self.failed_count = 0
         self.started_ms = clock.now_ms()
-        self.slots = Slots(config.concurrency)
+        self.slots = Slots(config.concurrency, config.max_jobs_per_process)
         self._runs_scheduler = scheduler
         self.scheduler: Scheduler | None = None
-        self._acking: set[str] = set()  # jobs writing their outcome: never cancelled
         self._cancel_requested: set[str] = set()  # running jobs cancelled by `pool cancel`
         self.metrics = metrics or NoMetrics()
         self._outage = Outage(f"worker {worker_id}", self.url, self.metrics.reconnected)
@@ -202,7 +201,7 @@ class Worker:
             await asyncio.wait([asyncio.gather(*running, return_exceptions=True), fast],
                                timeout=self.config.shutdown_timeout_s, return_when=asyncio.FIRST_COMPLETED)
             fast.cancel()
-        pending = [task for job_id, task in self.slots.running.items() if job_id not in self._acking]
+        pending = [task for job_id, task in self.slots.running.items() if job_id not in self.slots.acking]
         for task in pending:
             task.cancel()
         await asyncio.gather(*self.slots.running.values(), return_exceptions=True)
@@ -255,6 +254,7 @@ class Worker:
     def _spawn(self, job: Job, work: Any) -> None:
         task = asyncio.create_task(work, name=f"job:{job.id}")
         self.slots.running[job.id] = task
+        self.slots.starts_left -= 1
         self.metrics.started(job)
         task.add_done_callback(functools.partial(self._job_finished, job.id, job.queue))
 
@@ -268,6 +268,7 @@ class Worker:
 
     def _job_finished(self, job_id: str, queue: str, task: asyncio.Task[None]) -> None:
         self.slots.running.pop(job_id, None)
+        self.slots.acking.discard(job_id)
         self.metrics.ended(queue)
         if self.slots.solo == job_id:
             self.slots.solo = None
@@ -294,7 +295,7 @@ class Worker:
             else:
                 raise  # shutting down: the job stays in the active list and is requeued
         run_ms = (clock.monotonic() - started) * 1000
-        self._acking.add(job.id)
+        self.slots.finishing(job.id)  # its slot takes the next job while the outcome is written
         try:
             if failure is None:
                 assert result is not None
@@ -304,7 +305,6 @@ class Worker:
                 status, decision = await self.runner.record_failure(job, failure, run_ms)
                 acked = decision is not None
         finally:
-            self._acking.discard(job.id)
             self._cancel_requested.discard(job.id)
         if status is Status.COMPLETED:
             self.done_count += 1
@@ -381,7 +381,7 @@ class Worker:
         A job claimed but not started yet is remembered and cancelled as it starts.
         """
         for job_id in job_ids:
-            if job_id in self._acking:
+            if job_id in self.slots.acking:
                 continue  # finishing anyway
             self._cancel_requested.add(job_id)
             task = self.slots.running.get(job_id)
