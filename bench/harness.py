@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -74,6 +75,14 @@ class PrivateServer:
     def stop_pool(pool: subprocess.Popen[bytes]) -> None:
         pool.send_signal(signal.SIGTERM)
         pool.wait(60)
+
+
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every throughput benchmark takes: jobs per run, the pool's shape, rounds."""
+    parser.add_argument("--jobs", type=int, default=20_000, help="jobs per throughput measurement")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
 
 
 def wait(predicate: Any, what: str, timeout: float = 120) -> None:

@@ -53,7 +53,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, PrivateServer, percentile
+from bench.harness import ROOT, PrivateServer, add_shape_arguments, percentile
 from bench.peer_tasks.base import CONCURRENCY_ENV, URL_ENV, Peer, Shape
 from bench.peer_tasks.body import COUNTER_DIR_ENV, read_record
 from bench.throughput import CLOCK_TICKS, children, peak_rss
@@ -508,10 +508,7 @@ def report(options: argparse.Namespace, header: dict[str, Any], results: dict[st
 
 def parse_options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=20_000, help="jobs per throughput measurement")
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_shape_arguments(parser)
     parser.add_argument("--latency", type=int, default=200, help="single jobs per latency measurement")
     parser.add_argument("--latency-budget", type=float, default=30.0,
                         help="seconds at most for one latency measurement (slow pollers take fewer samples)")

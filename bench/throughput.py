@@ -39,7 +39,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import PrivateServer, percentile, wait
+from bench.harness import PrivateServer, add_shape_arguments, percentile, wait
 from pool import AsyncClient, Client, JobSpec
 from pool.config import load
 
@@ -235,10 +235,7 @@ def _status_kib(pid: int, field: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=20_000, help="jobs per throughput measurement")
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_shape_arguments(parser)
     parser.add_argument("--batch", type=int, default=1000, help="jobs per enqueue_many call")
     parser.add_argument("--latency", type=int, default=300, help="single jobs for the latency figures")
     parser.add_argument("--workloads", default="noop,logged,sleep,payload")

@@ -307,21 +307,21 @@ class Fetcher:
 
     async def _blmove_and_claim(self, queue: str) -> bool:
         """BLMOVE and claim.lua (head mode) in one pipeline; True once a job arrived."""
-        async with self.blocking.pipeline(transaction=False) as pipe:
+        async def calls(pipe: Any) -> None:
             pipe.blmove(self.keys.queue(queue), self.keys.active(queue, self.worker_id),
                         timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT")
             # as busy as can be for a suspect job: it goes back for a claim pass that runs it alone
             await self.scripts.claim(
                 queue, self.worker_id, clock.now_ms(), 0, max(1, self.slots.busy()), head=True,
                 client=pipe, **self._claim_options)
-            pipe.scripts.clear()  # no SCRIPT EXISTS round trip first (a NOSCRIPT is handled below)
-            moved, reply = await pipe.execute(raise_on_error=False)
+
+        # never sent twice: the BLMOVE may have moved an id already
+        moved, reply = await self.scripts.pipelined(self.blocking, calls, resend=False)
         if isinstance(moved, Exception):
             raise moved
         if moved is None:
             return False
-        if isinstance(reply, Exception):  # e.g. NOSCRIPT after a server restart: claim it alone
-            await self.scripts.load(self.redis)
+        if isinstance(reply, Exception):  # e.g. NOSCRIPT after a server restart (now loaded): claim it alone
             await self._start_moved(queue, moved.decode())
             return True
         if not self.slots.try_reserve():  # slots filled up while blocked (other queues' claims)

@@ -101,14 +101,15 @@ class Scripts:
         for script in self._all:
             await client.script_load(script.script)
 
-    async def pipelined(self, client: Any, build: Callable[[Any], Awaitable[None]]) -> list[Any]:
+    async def pipelined(self, client: Any, build: Callable[[Any], Awaitable[None]], resend: bool = True) -> list[Any]:
         """Run the calls that ``build`` adds to a pipeline in one round trip; replies in order,
         errors as exception objects.
 
         redis-py checks with SCRIPT EXISTS before every pipeline holding a script (a second
         round trip each time); here the EVALSHAs go as they are, and if the server has lost a
-        script (NOSCRIPT) the scripts are loaded and the whole pipeline is sent again. Only for
-        calls that may run twice (enqueue and ack are idempotent).
+        script (NOSCRIPT) the scripts are loaded and, with ``resend``, the whole pipeline is sent
+        again: only for calls that may run twice (enqueue and ack are idempotent). Without it the
+        NoScriptError comes back among the replies for the caller to handle.
         """
         for attempt in range(2):
             async with client.pipeline(transaction=False) as pipe:
@@ -117,7 +118,8 @@ class Scripts:
                 replies = await pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(reply, NoScriptError) for reply in replies):
                 await self.load(client)
-                continue
+                if resend:
+                    continue
             return list(replies)
         raise AssertionError("unreachable")  # pragma: no cover
 

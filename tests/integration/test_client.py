@@ -43,6 +43,7 @@ async def test_enqueue_returns_a_queued_job(client, r):
 
 async def test_enqueue_many_is_one_round_trip_per_call(client, r):
     """100 jobs over two queues: one pipeline with one script call per queue."""
+    await client.scripts.load(client.redis)  # as after any first call (a fresh server: NOSCRIPT, load, resend)
     before = commands_run(r, "evalsha") + commands_run(r, "eval")
     specs = [JobSpec("tests.sample_handlers.add", (i, i), queue="default" if i % 2 else "other") for i in range(100)]
     jobs = await client.enqueue_many(specs)
@@ -52,6 +53,18 @@ async def test_enqueue_many_is_one_round_trip_per_call(client, r):
     assert {j.queue for j in jobs} == {"default", "other"}
     keys = Keys(client.config.key_prefix)
     assert r.llen(keys.queue("default")) == 50 and r.llen(keys.queue("other")) == 50
+
+
+async def test_enqueue_over_two_queues_survives_a_server_that_lost_its_scripts(client, r):
+    """The pipeline skips redis-py's SCRIPT EXISTS: a NOSCRIPT reply loads the scripts and resends."""
+    await client.enqueue_many([JobSpec("tests.sample_handlers.add", (0, 0), queue=q) for q in ("default", "other")])
+    r.script_flush()
+    before = commands_run(r, "script|exists")
+    jobs = await client.enqueue_many([JobSpec("tests.sample_handlers.add", (1, 1), queue=q) for q in ("default", "other")])
+    keys = Keys(client.config.key_prefix)
+    assert r.llen(keys.queue("default")) == 2 and r.llen(keys.queue("other")) == 2  # each job once
+    assert all(r.exists(keys.job(j.queue, j.id)) for j in jobs)
+    assert commands_run(r, "script|exists") == before
 
 
 async def test_enqueue_many_validates_everything_before_writing(client, r):

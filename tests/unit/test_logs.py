@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
 from pool.config import LoggingSettings
 from pool.logs import Completed, CompletedLines, JSONFormatter, TextFormatter, setup
+from pool.testing import async_wait_until
 
 
 def test_json_lines_carry_process_and_job_fields():
@@ -65,9 +65,9 @@ async def test_jobs_completed_in_one_loop_turn_share_a_record_but_print_a_line_e
         for n in range(3):
             lines.add(Completed(f"j{n}", "app.resize", "images", 4 + n, 1.25))
         assert records == []  # sent after this turn of the loop
-        await asyncio.sleep(0)
+        await async_wait_until(lambda: _now(len(records) == 1), timeout=5, message="the first record")
         lines.add(Completed("j3", "app.resize", "images", 0, 0.5))
-        await asyncio.sleep(0)
+        await async_wait_until(lambda: _now(len(records) == 2), timeout=5, message="the second record")
     finally:
         logger.removeHandler(handler)
     assert [len(r.jobs) for r in records] == [3, 1]
@@ -78,3 +78,7 @@ async def test_jobs_completed_in_one_loop_turn_share_a_record_but_print_a_line_e
     assert [(e["job_id"], e["wait_ms"], e["outcome"], e["process"]) for e in entries] == [
         ("j0", 4, "completed", "worker-3"), ("j1", 5, "completed", "worker-3"), ("j2", 6, "completed", "worker-3")]
     assert entries[0]["message"] == "job j0 app.resize queue=images wait=4ms run=1.2ms completed"
+
+
+async def _now(value: bool) -> bool:
+    return value
