@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import io
 import logging
 import os
 from collections.abc import Iterable
@@ -27,7 +28,7 @@ import redis.asyncio
 from pool import clock, heartbeat
 from pool.acks import AckBatcher
 from pool.config import Config
-from pool.connection import OUTAGE_ERRORS, Outage, async_client, blocking_client, resolve_url
+from pool.connection import OUTAGE_ERRORS, Outage, async_client, blocking_client, replication, resolve_url
 from pool.errors import CorruptJob, ExitCode, HandlerError
 from pool.execution import JobRunner
 from pool.fetcher import Fetcher, Slots
@@ -41,6 +42,7 @@ from pool.scripts import Scripts
 
 logger = logging.getLogger(__name__)
 
+BACKGROUND_STOP_S = 5.0  # how long a cancelled background task may take to end
 KILL_GRACE_S = 5.0  # an orphan gets this long past shutdown_timeout + heartbeat_ttl before exiting
 
 
@@ -140,7 +142,7 @@ class Worker:
                                    self.stopping, backup=not self._runs_scheduler)
         background = [asyncio.create_task(self.scheduler.run(), name="scheduler")]
         self.acks = AckBatcher(self._redis, self._scripts, self.worker_id, self.config.dead_letter.max_jobs,
-                                self._with_retry)
+                               self._with_retry, replication(self.config))
         background.append(asyncio.create_task(self.acks.run(), name="acks"))
         self.runner = JobRunner(self.config, self.registry, self.worker_id, self._executor, self.acks,
                                 self._note_due, self.recycle)
@@ -155,15 +157,25 @@ class Worker:
             await self._wait_until_done(fetcher)
             await self._drain()
             self.runner.completed_lines.flush()
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await self._cancel_background(background)
             await self._deregister()
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
             await self._redis.aclose()
             await self._blocking.aclose()
         logger.info("worker %s stopped: %d done, %d failed", self.worker_id, self.done_count, self.failed_count)
+
+    async def _cancel_background(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Cancel the heartbeat, scheduler and ack tasks; one that ignores its cancellation (a
+        library swallowing it) is reported with its stack instead of holding the stop forever."""
+        for task in tasks:
+            task.cancel()
+        _, stuck = await asyncio.wait(tasks, timeout=BACKGROUND_STOP_S)
+        for task in stuck:
+            frames = io.StringIO()
+            task.print_stack(file=frames)
+            logger.error("worker %s: %s did not stop within %gs of its cancellation; left behind. It was at:\n%s",
+                         self.worker_id, task.get_name(), BACKGROUND_STOP_S, frames.getvalue())
 
     def _background_done(self, task: asyncio.Task[None]) -> None:
         """A heartbeat or fetcher died of something other than an outage: stop and exit non-zero.
