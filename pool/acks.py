@@ -6,11 +6,16 @@ once (nothing waits for a timer). ack.lua writes each job's outcome atomically a
 code per ack, which goes back to the job that sent it; the per-queue totals, tallies and recent
 lists are written once per call. A batch lost to an outage is sent again whole: ack.lua
 recognises a retried ack (it answers 0, or 2), so no outcome is written twice.
+
+With ``durability: replicated`` each batch ends with a WAIT on the same connection, so a job's
+outcome is on a replica before the job counts as finished; a failover then cannot lose a result
+(if no replica confirms in time, the ack stands on the master and a warning says so).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +23,8 @@ import redis.asyncio
 
 from pool.connection import OUTAGE_ERRORS
 from pool.scripts import Ack, Scripts
+
+logger = logging.getLogger(__name__)
 
 MAX_BATCH = 256  # acks per round trip at most: a bounded call, replies in bounded memory
 
@@ -33,11 +40,14 @@ class AckBatcher:
         worker_id: whose active lists the acked ids leave.
         dead_max: the most dead jobs a queue keeps.
         with_retry: the worker's outage-aware retry of an idempotent step.
+        replicas: WAIT's (replicas, timeout ms) after each batch; None: no wait.
     """
 
     def __init__(self, client: redis.asyncio.Redis, scripts: Scripts, worker_id: str, dead_max: int,
-                 with_retry: Callable[..., Awaitable[Any]]) -> None:
+                 with_retry: Callable[..., Awaitable[Any]], replicas: tuple[int, int] | None = None) -> None:
         self.client = client
+        self.replicas = replicas
+        self.unreplicated = 0  # batches no replica confirmed in time
         self.scripts = scripts
         self.worker_id = worker_id
         self.dead_max = dead_max
@@ -79,7 +89,7 @@ class AckBatcher:
                             future.set_result(int(reply[index]))
 
     async def _send(self, by_queue: dict[str, list[Pending]]) -> list[Any]:
-        if len(by_queue) == 1:  # the common case: no pipeline needed
+        if len(by_queue) == 1 and self.replicas is None:  # the common case: no pipeline needed
             [(queue, group)] = by_queue.items()
             try:
                 return [await self._call(queue, group, self.client)]
@@ -89,10 +99,17 @@ class AckBatcher:
             for queue, group in by_queue.items():
                 await self._call(queue, group, pipe)
 
-        replies = await self.scripts.pipelined(self.client, add_calls)
+        replies = await self.scripts.pipelined(self.client, add_calls, replicas=self.replicas)
         for reply in replies:
             if isinstance(reply, OUTAGE_ERRORS):  # LOADING after a restart: the whole batch again
                 raise reply
+        if self.replicas is not None:
+            confirmed = replies.pop()
+            if isinstance(confirmed, Exception) or confirmed < self.replicas[0]:
+                self.unreplicated += 1
+                logger.warning("%d job outcome(s) written to the master, but no replica confirmed them within "
+                               "%dms (durability: replicated): a failover now would run those jobs again",
+                               sum(len(g) for g in by_queue.values()), self.replicas[1])
         return replies
 
     def _call(self, queue: str, group: list[Pending], client: Any) -> Any:

@@ -31,9 +31,11 @@ from pool.connection import (
     backoff_s,
     blocking_client,
     describe_unreachable,
+    redact,
+    replication,
     resolve_url,
 )
-from pool.errors import JobNotFound, RedisUnavailable, ResultTimeout, UsageError
+from pool.errors import JobNotFound, NotReplicated, RedisUnavailable, ResultTimeout, UsageError
 from pool.jobs import Job, Status, dumps, encode_arguments, enqueue_fields, new_job_id
 from pool.keys import QUEUE_NAME_RULE, Keys, is_valid_queue_name
 from pool.listing import JobPage
@@ -213,8 +215,10 @@ class AsyncClient:
         return job, enqueue_fields(job, args_json, kwargs_json, self.config.max_payload_bytes)
 
     async def _send_batches(self, batches: dict[str, list[tuple[str, int, list[Any]]]], now_ms: int) -> list[Any]:
-        """enqueue.lua once per queue: alone for one queue, else in one pipeline."""
-        if len(batches) == 1:
+        """enqueue.lua once per queue: alone for one queue, else in one pipeline (and with
+        ``durability: replicated``, followed by a WAIT for a replica on the same connection)."""
+        replicas = replication(self.config)
+        if len(batches) == 1 and replicas is None:
             [(queue, batch)] = batches.items()
             return [await self.scripts.enqueue(queue, batch, now_ms)]
 
@@ -222,10 +226,17 @@ class AsyncClient:
             for queue, batch in batches.items():
                 await self.scripts.enqueue(queue, batch, now_ms, client=pipe)
 
-        replies = await self.scripts.pipelined(self.redis, add_calls)
+        replies = await self.scripts.pipelined(self.redis, add_calls, replicas=replicas)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
+        if replicas is not None:
+            confirmed = replies.pop()
+            if confirmed < replicas[0]:
+                raise NotReplicated(
+                    f"Redis at {redact(self.url)} took the enqueue but no replica confirmed it within "
+                    f"{self.config.replication_timeout_s:g}s (durability: replicated); a failover now could lose "
+                    f"it. Enqueue again with the same job_id (safe: it is created once), or check the replicas")
         return replies
 
     async def get_job(self, job_id: str, queue: str | None = None) -> Job | None:

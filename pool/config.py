@@ -54,10 +54,14 @@ class RedisSettings:
     socket_timeout_s: float = 5.0
     connect_timeout_s: float = 5.0
     tls: TLSSettings = TLSSettings()
+    cluster: bool = False  # url is one seed node of a Redis Cluster
+    sentinels: tuple[str, ...] = ()  # host:port of each Sentinel; the master is asked of them
+    service_name: str | None = None  # the master's name in the Sentinels' config
+    sentinel_password: str | None = field(default=None, repr=False)
 
     @property
     def is_embedded(self) -> bool:
-        return self.url is None
+        return self.url is None and not self.sentinels
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,10 @@ class Config:
     max_jobs_per_process: int = 0
     max_memory_per_process: int = 0
     timeout_grace_s: float = 10.0
+    # "replicated": enqueue and ack return only once a replica has the write (WAIT), so a
+    # failover loses no acknowledged enqueue or result; "fast": Redis's asynchronous replication.
+    durability: str = "fast"
+    replication_timeout_s: float = 2.0
     state_dir: Path = Path(".pool")
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -192,6 +200,10 @@ _REDIS: _Table = {
     "socket_timeout": ("socket_timeout_s", parsers.duration(0.1)),
     "connect_timeout": ("connect_timeout_s", parsers.duration(0.1)),
     "tls": ("tls", (TLSSettings, _TLS)),
+    "cluster": ("cluster", parsers.boolean),
+    "sentinels": ("sentinels", ("list", parsers.host_port)),
+    "service_name": ("service_name", parsers.optional_string),
+    "sentinel_password": ("sentinel_password", parsers.optional_string),
 }
 _RETRY_FIELDS: _Table = {
     "max_retries": ("max_retries", parsers.integer(0, 1000)),
@@ -257,6 +269,8 @@ _TOP: _Table = {
     "heartbeat_ttl": ("heartbeat_ttl_s", parsers.duration(0.5)),
     "reclaim_interval": ("reclaim_interval_s", parsers.duration(0.05)),
     "max_deliveries": ("max_deliveries", parsers.integer(1, 1000)),
+    "durability": ("durability", parsers.choice("fast", "replicated")),
+    "replication_timeout": ("replication_timeout_s", parsers.duration(0.01)),
     "max_jobs_per_process": ("max_jobs_per_process", parsers.integer(0)),
     "max_memory_per_process": ("max_memory_per_process", parsers.size(0)),
     "timeout_grace": ("timeout_grace_s", parsers.duration(0, allow_zero=True)),
@@ -462,6 +476,9 @@ def _apply_environment(config: Config, environ: Mapping[str, str], reader: _Read
         except parsers.Invalid as exc:
             raise ConfigError(f"{REDIS_URL_ENV}: {exc} (got {redact_url(url)!r})") from None
         config = config.replace(redis=dataclasses.replace(config.redis, url=checked))
+    url = config.redis.url and parsers.cluster_url(config.redis.url)
+    if url:  # redis+cluster://: the same as a redis:// seed with cluster: true
+        config = config.replace(redis=dataclasses.replace(config.redis, url=url, cluster=True))
     state_dir = Path(config.state_dir)
     if not state_dir.is_absolute():
         state_dir = config.base_dir / state_dir
@@ -469,6 +486,8 @@ def _apply_environment(config: Config, environ: Mapping[str, str], reader: _Read
 
 
 def _check_relations(config: Config, reader: _Reader) -> Config:
+    _check_topology(config, reader)
+    _check_durability(config, reader)
     if config.schedules:
         schedules = tuple(dataclasses.replace(s, queue=s.queue or config.queues[0]) for s in config.schedules)
         config = config.replace(schedules=schedules)
@@ -482,6 +501,39 @@ def _check_relations(config: Config, reader: _Reader) -> Config:
             f"(got {config.heartbeat_ttl_s:g}s with an interval of {config.heartbeat_interval_s:g}s)",
         )
     return config
+
+
+def _check_topology(config: Config, reader: _Reader) -> None:
+    settings = config.redis
+    if settings.sentinels:
+        if settings.url:
+            raise reader.error("redis.url", "cannot be set with redis.sentinels: the Sentinels name the master; "
+                                            "remove one of them")
+        if not settings.service_name:
+            raise reader.error("redis.service_name", "is required with redis.sentinels: the name the Sentinels "
+                                                     "monitor the master by (`sentinel monitor <name> ...`)")
+        if settings.cluster:
+            raise reader.error("redis.cluster", "cannot be combined with redis.sentinels (a Cluster fails over "
+                                                "by itself)")
+    elif settings.service_name:
+        raise reader.error("redis.service_name", "needs redis.sentinels (the addresses of the Sentinels)")
+    if settings.cluster and (not settings.url or settings.url.startswith("unix://")):
+        raise reader.error("redis.cluster", "needs redis.url: the redis:// address of one node of the Cluster")
+
+
+def _check_durability(config: Config, reader: _Reader) -> None:
+    settings = config.redis
+    if config.durability == "replicated":
+        if settings.is_embedded:
+            raise reader.error("durability", "replicated needs a Redis with replicas (redis.url or "
+                                             "redis.sentinels); the embedded server has none")
+        if settings.cluster:
+            raise reader.error("durability", "replicated is not supported on Redis Cluster yet; use Sentinel, "
+                                             "or durability: fast")
+        if config.replication_timeout_s >= settings.socket_timeout_s:
+            raise reader.error("replication_timeout", f"must be shorter than redis.socket_timeout "
+                                                      f"({settings.socket_timeout_s:g}s): a WAIT that long would "
+                                                      f"look like a dead connection")
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:

@@ -101,7 +101,8 @@ def string(value: Any) -> str:
 
 
 def optional_string(value: Any) -> str | None:
-    return None if value is None else string(value)
+    """A string, or None when absent or empty (``${REDIS_PASSWORD:-}`` with the variable unset)."""
+    return None if value is None or value == "" else string(value)
 
 
 def boolean(value: Any) -> bool:
@@ -128,19 +129,30 @@ def logger_levels(value: Any) -> dict[str, str]:
     return {name: level.lower() for name, level in value.items()}
 
 
+CLUSTER_SCHEMES = {"redis+cluster://": "redis://", "rediss+cluster://": "rediss://"}
+
+
+def cluster_url(url: str) -> str | None:
+    """The plain URL of a ``redis+cluster://`` (or ``rediss+cluster://``) seed URL; None otherwise."""
+    for scheme, plain in CLUSTER_SCHEMES.items():
+        if url.startswith(scheme):
+            return plain + url.removeprefix(scheme)
+    return None
+
+
 def redis_url(value: Any) -> str | None:
     if value is None:
         return None
     url = string(value)
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    if not url.startswith(("redis://", "rediss://", "unix://", *CLUSTER_SCHEMES)):
         raise Invalid(
-            "must start with redis://, rediss:// (TLS) or unix:// "
+            "must start with redis://, rediss:// (TLS), unix:// or redis+cluster:// (a Cluster seed) "
             "(or leave `redis` out to use the embedded server)"
         )
     from redis.connection import parse_url
 
     try:
-        parse_url(url)
+        parse_url(cluster_url(url) or url)
     except ValueError as exc:
         raise Invalid(f"is not a valid Redis URL ({exc})") from None
     return url
@@ -163,7 +175,17 @@ def redact_url(url: str) -> str:
 
 
 # Values never echoed in an error message: the URL is shown redacted, the others not at all.
-SECRET_PATHS = {"redis.url": redact_url, "redis.username": lambda v: "***", "redis.password": lambda v: "***"}
+SECRET_PATHS = {"redis.url": redact_url, "redis.username": lambda v: "***", "redis.password": lambda v: "***",
+                "redis.sentinel_password": lambda v: "***"}
+
+
+def host_port(value: Any) -> str:
+    """``host:port`` (a Sentinel's address)."""
+    text = string(value).strip()
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Invalid(f"must be host:port, like 10.0.0.5:26379 (got {text!r})")
+    return text
 
 
 def key_prefix(value: Any) -> str:

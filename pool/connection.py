@@ -16,6 +16,10 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
 from redis.retry import Retry
@@ -56,6 +60,8 @@ def resolve_url(config: Config) -> str:
     Raises:
         RedisUnavailable: no URL is configured and the embedded server is not running.
     """
+    if config.redis.sentinels:
+        return sentinel_url(config)
     if config.redis.url:
         return config.redis.url
     url = embedded.find_url(config.state_dir)
@@ -65,6 +71,31 @@ def resolve_url(config: Config) -> str:
             f"start the pool with `pool run {config.path.name}`, or set redis.url"
         )
     return url
+
+
+def replication(config: Config) -> tuple[int, int] | None:
+    """WAIT's arguments (replicas, timeout ms) for ``durability: replicated``; None for fast."""
+    if config.durability != "replicated":
+        return None
+    return 1, max(1, int(config.replication_timeout_s * 1000))
+
+
+def sentinel_url(config: Config) -> str:
+    """How logs and `pool status` name a Sentinel-managed master (no password in it)."""
+    return f"redis+sentinel://{','.join(config.redis.sentinels)}/{config.redis.service_name}"
+
+
+def _sentinel_addresses(config: Config) -> list[tuple[str, int]]:
+    return [(host, int(port)) for host, _, port in (a.rpartition(":") for a in config.redis.sentinels)]
+
+
+def _sentinel_kwargs(config: Config) -> dict[str, Any]:
+    """How the Sentinels themselves are asked (their password may differ from the master's)."""
+    kwargs: dict[str, Any] = {"socket_timeout": config.redis.connect_timeout_s,
+                              "socket_connect_timeout": config.redis.connect_timeout_s}
+    if config.redis.sentinel_password:
+        kwargs["password"] = config.redis.sentinel_password
+    return kwargs
 
 
 def _client_kwargs(config: Config, url: str, socket_timeout_s: float | None) -> dict[str, Any]:
@@ -96,11 +127,24 @@ def async_client(
     config: Config, url: str, *, socket_timeout_s: float | None = None,
     max_connections: int | None = None,
 ) -> redis.asyncio.Redis:
-    """An asyncio client for ``url``. Create it inside the process (and loop) that uses it."""
+    """An asyncio client for ``url``. Create it inside the process (and loop) that uses it.
+
+    With ``redis.cluster`` it is redis-py's cluster client (``max_connections`` per node; every
+    call we make names keys of one slot); with ``redis.sentinels`` a client of the master the
+    Sentinels name, asked again whenever a connection is opened (so after a failover).
+    """
     kwargs = _client_kwargs(config, url, socket_timeout_s)
     if max_connections:
         kwargs["max_connections"] = max_connections
-    client = redis.asyncio.Redis.from_url(url, **kwargs)
+    if config.redis.cluster:
+        del kwargs["retry_on_timeout"]
+        return redis.asyncio.cluster.RedisCluster.from_url(url, **kwargs)
+    if config.redis.sentinels:
+        sentinel = redis.asyncio.sentinel.Sentinel(
+            _sentinel_addresses(config), sentinel_kwargs=_sentinel_kwargs(config), **kwargs)
+        client = sentinel.master_for(config.redis.service_name, redis_class=_AsyncSentinelMaster)
+    else:
+        client = redis.asyncio.Redis.from_url(url, **kwargs)
     pool = client.connection_pool
     pool.connection_class = _with_hiredis_packing(pool.connection_class)
     return client
@@ -136,7 +180,33 @@ def blocking_client(config: Config, url: str, max_connections: int) -> redis.asy
 
 def sync_client(config: Config, url: str) -> redis.Redis:
     """A synchronous client (supervisor housekeeping, CLI). Its pool resets itself after a fork."""
-    return redis.Redis.from_url(url, **_client_kwargs(config, url, None))
+    kwargs = _client_kwargs(config, url, None)
+    if config.redis.cluster:
+        del kwargs["retry_on_timeout"]
+        return redis.cluster.RedisCluster.from_url(url, **kwargs)
+    if config.redis.sentinels:
+        sentinel = redis.sentinel.Sentinel(_sentinel_addresses(config), sentinel_kwargs=_sentinel_kwargs(config),
+                                           **kwargs)
+        return sentinel.master_for(config.redis.service_name, redis_class=_SentinelMaster)
+    return redis.Redis.from_url(url, **kwargs)
+
+
+class _AsyncSentinelMaster(redis.asyncio.Redis):
+    """The master's client; closing it also closes its connections to the Sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for sentinel in self.connection_pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
+
+
+class _SentinelMaster(redis.Redis):
+    """The master's client; closing it also closes its connections to the Sentinels."""
+
+    def close(self) -> None:
+        super().close()
+        for sentinel in self.connection_pool.sentinel_manager.sentinels:
+            sentinel.close()
 
 
 # The public client resends a call after a dropped connection (a stale pooled socket after a
@@ -189,6 +259,14 @@ class Outage:
                 self.on_recovered()
         self.started = None
         self.attempt = 0
+
+
+def server_info(client: redis.Redis, section: str, key: str) -> dict[str, Any]:
+    """INFO ``section`` of the server holding ``key``: on a Cluster, the node serving its slot
+    (any node would answer, a different one each time)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        return dict(client.info(section, target_nodes=client.get_node_from_key(key)))
+    return dict(client.info(section))
 
 
 def check_server(client: redis.Redis, url: str) -> None:

@@ -56,6 +56,11 @@ class RedisUnavailable(PoolError):
     exit_code = ExitCode.UNAVAILABLE
 
 
+class NotReplicated(RedisUnavailable):
+    """The master took a write (an enqueue) but no replica confirmed it in time
+    (``durability: replicated``): a failover now could lose it. Sending it again is safe."""
+
+
 class JobNotFound(PoolError):
     """No job with this id exists (never enqueued, or its result has expired)."""
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio
+import redis.asyncio.cluster
 
 from pool import clock
 from pool.config import Config
@@ -152,6 +153,8 @@ class Fetcher:
         self.scripts = scripts
         self.redis = client
         self.blocking = blocking
+        # BLMOVE and the claim in one pipeline; redis-py allows no scripts in Cluster pipelines
+        self._pipelined_claim = not isinstance(blocking, redis.asyncio.cluster.RedisCluster)
         self.slots = slots
         self.start = start
         self.outage = outage
@@ -287,7 +290,7 @@ class Fetcher:
         """
         try:
             while not self.stopping.is_set():
-                if queue not in self.config.rate_limits and self.slots.may_claim():
+                if self._pipelined_claim and queue not in self.config.rate_limits and self.slots.may_claim():
                     if await self._blmove_and_claim(queue):
                         return
                     continue

@@ -17,10 +17,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
+import redis.cluster
 
 from pool import clock
 from pool.config import Config
-from pool.connection import OUTAGE_ERRORS, Outage, redact, sync_client
+from pool.connection import OUTAGE_ERRORS, Outage, redact, server_info, sync_client
 from pool.keys import Keys
 from pool.scripts import AlreadyReclaimed, Scripts, WorkerAlive, check
 
@@ -78,7 +79,9 @@ class Housekeeper:
 
     def disconnect(self) -> None:
         """Drop pooled connections: called before every fork, so no socket is shared with a child."""
-        if self._redis is not None:
+        if isinstance(self._redis, redis.cluster.RedisCluster):
+            self._redis.disconnect_connection_pools()
+        elif self._redis is not None:
             self._redis.connection_pool.disconnect()
 
     @property
@@ -235,15 +238,16 @@ class Housekeeper:
         A marker hash is written once; if it disappears, everything written before it is gone
         too. The server's run_id tells a restart from a flush in the message.
         """
+        marker = self.keys.marker()
         try:
-            run_id = str(self.redis.info("server").get("run_id", ""))
+            run_id = str(server_info(self.redis, "server", marker).get("run_id", ""))
         except redis.exceptions.ResponseError:
             run_id = ""  # INFO not allowed for this user: judge by the marker alone
         restarted = self._run_id is not None and run_id != self._run_id
-        marker = self.keys.marker()
         if self.redis.exists(marker):
             if restarted:
-                logger.warning("Redis at %s restarted (run_id changed) and kept its data", redact(self.url))
+                logger.warning("Redis at %s restarted or failed over (run_id changed) and kept its data",
+                               redact(self.url))
         elif self._marker_seen:
             what = "restarted without its data (no persistence?)" if restarted else "lost the pool's keys (FLUSHALL?)"
             logger.critical("Redis at %s %s: every job queued before now is gone. Check its "

@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis
+import redis.cluster
 
 from pool import clock
 from pool.config import Config
@@ -53,13 +54,17 @@ HOUR_MINUTES = 60
 def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
     """Read everything `pool status` shows. Raises redis errors as they come (the CLI reports them)."""
     keys = Keys(config.key_prefix)
+    cluster = isinstance(client, redis.cluster.RedisCluster)
     with client.pipeline(transaction=False) as pipe:
-        pipe.time()
+        if not cluster:  # (redis-py allows no keyless command in a Cluster pipeline)
+            pipe.time()
         pipe.smembers(keys.workers())
         pipe.smembers(keys.supervisors())
         for queue in config.queues:
             pipe.lindex(keys.queue(queue), -1)  # the next to start: enqueue pushes the other end
         first = pipe.execute()
+    if cluster:
+        first.insert(0, client.time())
     seconds, micros = first[0]
     now_s, server_ms = int(seconds), int(seconds) * 1000 + int(micros) // 1000
     worker_ids = sorted(member.decode() for member in first[1])

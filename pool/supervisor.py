@@ -37,7 +37,7 @@ import redis
 from pool import clock, forking
 from pool import config as config_module
 from pool.config import Config
-from pool.connection import OUTAGE_ERRORS, backoff_s, check_server, describe_unreachable, redact
+from pool.connection import OUTAGE_ERRORS, backoff_s, check_server, describe_unreachable, redact, resolve_url
 from pool.embedded import EmbeddedServer
 from pool.errors import ExitCode, PoolError, RedisUnavailable
 from pool.handlers import IMPORT_CHECK_TIMEOUT_S, check_importable
@@ -483,8 +483,8 @@ class Supervisor:
     # -- Redis ------------------------------------------------------------------------------------
 
     def _start_redis(self) -> str:
-        if self.config.redis.url:
-            return self.config.redis.url
+        if not self.config.redis.is_embedded:
+            return resolve_url(self.config)
         self.embedded = EmbeddedServer(self.config.state_dir)
         return self.embedded.start()
 

@@ -13,10 +13,12 @@ redis-py sends before every pipeline holding a script.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, NamedTuple
 
+import redis.asyncio.cluster
 from redis.exceptions import NoScriptError
 
 from pool.errors import PoolError
@@ -79,6 +81,29 @@ def solo_threshold(max_deliveries: int) -> int:
     return max(1, min(2, max_deliveries - 1))
 
 
+class _Recorder:
+    """Stands in for a pipeline on a Cluster client, where redis-py refuses scripts in pipelines:
+    records each command for :func:`_concurrently`."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[None]]:
+        async def record(*args: Any, **kwargs: Any) -> None:
+            self.calls.append((name, args, kwargs))
+
+        return record
+
+
+async def _concurrently(client: Any, build: Callable[[Any], Awaitable[None]]) -> list[Any]:
+    """The calls ``build`` makes, sent at once, each to its slot's node (replies in order, errors
+    as exception objects). Only for calls independent of each other's order."""
+    recorder = _Recorder()
+    await build(recorder)
+    return list(await asyncio.gather(*(getattr(client, name)(*args, **kwargs)
+                                       for name, args, kwargs in recorder.calls), return_exceptions=True))
+
+
 class Scripts:
     """The scripts registered on one client, with wrappers that build their keys."""
 
@@ -101,7 +126,8 @@ class Scripts:
         for script in self._all:
             await client.script_load(script.script)
 
-    async def pipelined(self, client: Any, build: Callable[[Any], Awaitable[None]], resend: bool = True) -> list[Any]:
+    async def pipelined(self, client: Any, build: Callable[[Any], Awaitable[None]], resend: bool = True,
+                        replicas: tuple[int, int] | None = None) -> list[Any]:
         """Run the calls that ``build`` adds to a pipeline in one round trip; replies in order,
         errors as exception objects.
 
@@ -110,12 +136,21 @@ class Scripts:
         script (NOSCRIPT) the scripts are loaded and, with ``resend``, the whole pipeline is sent
         again: only for calls that may run twice (enqueue and ack are idempotent). Without it the
         NoScriptError comes back among the replies for the caller to handle.
+
+        With ``replicas`` (count, timeout ms) a WAIT ends the pipeline: it waits, on the same
+        connection, until that many replicas have every write before it, and its reply (how many
+        did) comes last.
         """
         for attempt in range(2):
-            async with client.pipeline(transaction=False) as pipe:
-                await build(pipe)
-                pipe.scripts.clear()
-                replies = await pipe.execute(raise_on_error=False)
+            if isinstance(client, redis.asyncio.cluster.RedisCluster):
+                replies = await _concurrently(client, build)
+            else:
+                async with client.pipeline(transaction=False) as pipe:
+                    await build(pipe)
+                    pipe.scripts.clear()
+                    if replicas is not None:
+                        pipe.execute_command("WAIT", *replicas)
+                    replies = await pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(reply, NoScriptError) for reply in replies):
                 await self.load(client)
                 if resend:

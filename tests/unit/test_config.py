@@ -78,8 +78,8 @@ def test_unknown_key_without_close_match_lists_allowed_keys():
     ({"queues": []}, "pool.yaml: queues: must be a non-empty list of queue names (got [])"),
     ({"queues": ["a", "a"]}, "pool.yaml: queues: lists queue 'a' twice"),
     ({"handlers": ["examples/tasks.py"]}, "pool.yaml: handlers[0]: must be a dotted path such as 'examples.tasks' or 'examples.tasks.add' (got 'examples/tasks.py')"),
-    ({"redis": {"url": "http://x"}}, "pool.yaml: redis.url: must start with redis://, rediss:// (TLS) or unix:// (or leave `redis` out to use the embedded server) (got 'http://x')"),
-    ({"redis": "redis://x"}, "pool.yaml: redis: must be a mapping of keys (url, username, password, socket_timeout, connect_timeout, tls)"),
+    ({"redis": {"url": "http://x"}}, "pool.yaml: redis.url: must start with redis://, rediss:// (TLS), unix:// or redis+cluster:// (a Cluster seed) (or leave `redis` out to use the embedded server) (got 'http://x')"),
+    ({"redis": "redis://x"}, "pool.yaml: redis: must be a mapping of keys (url, username, password, socket_timeout, connect_timeout, tls, cluster, sentinels, service_name, sentinel_password)"),
     ({"logging": {"level": "loud"}}, "pool.yaml: logging.level: must be one of debug, info, warning, error (got 'loud')"),
     ({"logging": {"levels": {"pool.jobs": "loud"}}}, "pool.yaml: logging.levels: the level of 'pool.jobs' must be one of debug, info, warning, error (got {'pool.jobs': 'loud'})"),
     ({"metrics": {"port": 70000}}, "pool.yaml: metrics.port: must be an integer >= 0 and <= 65535 (got 70000)"),
@@ -216,3 +216,40 @@ def test_bad_queue_entries_name_the_key(entry, message):
     with pytest.raises(ConfigError) as info:
         from_mapping({"queues": [entry]}, environ={})
     assert message in str(info.value)
+
+
+# -- topologies: Cluster, Sentinel, durability --------------------------------------------------
+
+
+def test_cluster_is_a_flag_or_a_cluster_url():
+    assert parse({"redis": {"url": "redis://10.0.0.1:7000", "cluster": True}}).redis.cluster
+    config = parse({"redis": {"url": "redis+cluster://10.0.0.1:7000"}})
+    assert (config.redis.url, config.redis.cluster) == ("redis://10.0.0.1:7000", True)
+    tls = parse({"redis": {"url": "rediss+cluster://u:pw@10.0.0.1:7000"}})
+    assert tls.redis.url == "rediss://u:pw@10.0.0.1:7000" and tls.redis.cluster
+    assert "redis.cluster: needs redis.url" in error_of({"redis": {"cluster": True}})
+
+
+def test_sentinels_need_a_service_name_and_no_url():
+    config = parse({"redis": {"sentinels": ["10.0.0.1:26379", "sentinel-2:26379"], "service_name": "jobs",
+                              "sentinel_password": "s3cret"}})
+    assert config.redis.sentinels == ("10.0.0.1:26379", "sentinel-2:26379")
+    assert not config.redis.is_embedded
+    assert "s3cret" not in repr(config)
+    assert "redis.service_name: is required" in error_of({"redis": {"sentinels": ["h:26379"]}})
+    assert "redis.url: cannot be set with redis.sentinels" in error_of(
+        {"redis": {"sentinels": ["h:26379"], "service_name": "m", "url": "redis://h:6379"}})
+    assert "must be host:port" in error_of({"redis": {"sentinels": ["h"], "service_name": "m"}})
+    assert "needs redis.sentinels" in error_of({"redis": {"service_name": "m"}})
+
+
+def test_durability_replicated_needs_replicas_and_a_short_wait():
+    config = parse({"redis": {"url": "redis://h:6379"}, "durability": "replicated", "replication_timeout": "500ms"})
+    assert (config.durability, config.replication_timeout_s) == ("replicated", 0.5)
+    assert parse(None).durability == "fast"
+    assert "the embedded server has none" in error_of({"durability": "replicated"})
+    assert "not supported on Redis Cluster" in error_of(
+        {"redis": {"url": "redis://h:7000", "cluster": True}, "durability": "replicated"})
+    assert "shorter than redis.socket_timeout" in error_of(
+        {"redis": {"url": "redis://h:6379"}, "durability": "replicated", "replication_timeout": "10s"})
+    assert "must be one of fast, replicated" in error_of({"durability": "safe"})
