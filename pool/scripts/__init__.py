@@ -140,6 +140,9 @@ class Scripts:
         With ``replicas`` (count, timeout ms) a WAIT ends the pipeline: it waits, on the same
         connection, until that many replicas have every write before it, and its reply (how many
         did) comes last.
+
+        On a Cluster the calls go concurrently instead (:func:`_concurrently`), so only calls
+        whose order does not matter may be sent this way there; no WAIT (refused by the config).
         """
         for attempt in range(2):
             if isinstance(client, redis.asyncio.cluster.RedisCluster):
