@@ -104,8 +104,9 @@ def _client_kwargs(config: Config, url: str, socket_timeout_s: float | None) -> 
         "socket_timeout": socket_timeout_s or settings.socket_timeout_s,
         "socket_connect_timeout": settings.connect_timeout_s,
         "retry": Retry(NoBackoff(), 0),
-        "retry_on_timeout": False,
     }
+    if not settings.cluster:  # (redis-py's cluster clients have no such option)
+        kwargs["retry_on_timeout"] = False
     if settings.username:
         kwargs["username"] = settings.username
     if settings.password:
@@ -137,7 +138,6 @@ def async_client(
     if max_connections:
         kwargs["max_connections"] = max_connections
     if config.redis.cluster:
-        del kwargs["retry_on_timeout"]
         return redis.asyncio.cluster.RedisCluster.from_url(url, **kwargs)
     if config.redis.sentinels:
         sentinel = redis.asyncio.sentinel.Sentinel(
@@ -182,7 +182,6 @@ def sync_client(config: Config, url: str) -> redis.Redis:
     """A synchronous client (supervisor housekeeping, CLI). Its pool resets itself after a fork."""
     kwargs = _client_kwargs(config, url, None)
     if config.redis.cluster:
-        del kwargs["retry_on_timeout"]
         return redis.cluster.RedisCluster.from_url(url, **kwargs)
     if config.redis.sentinels:
         sentinel = redis.sentinel.Sentinel(_sentinel_addresses(config), sentinel_kwargs=_sentinel_kwargs(config),

@@ -18,11 +18,13 @@ from tests.conftest import cli_env, pool_cli
 class PoolProcess:
     """A running `pool run CONFIG`, with its output in a log file the test can wait on."""
 
-    def __init__(self, config: Path, log: Path, new_session: bool = False) -> None:
+    def __init__(self, config: Path, log: Path, new_session: bool = False,
+                 python: tuple[str, ...] = ("-m", "pool")) -> None:
+        """``python``: how the interpreter is told to run the `pool` CLI (a test may wrap it)."""
         self.log = log
         self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pool", "run", str(config)], stdout=self._log_file,
+            [sys.executable, *python, "run", str(config)], stdout=self._log_file,
             stderr=subprocess.STDOUT, env=cli_env(), cwd=config.parent,
             start_new_session=new_session,  # its own process group: killpg stands for a lost host
         )

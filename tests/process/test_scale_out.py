@@ -10,8 +10,6 @@ import collections
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from pool import Client, JobSpec, Status
 from pool.errors import RedisUnavailable
 from pool.keys import Keys
 from pool.testing import wait_until
-from tests.conftest import cli_env, pool_cli
+from tests.conftest import pool_cli
 from tests.process.conftest import PoolProcess, live_workers
 from tests.process.test_faults import assert_drained, key_prefix, read_journal
 from tests.topologies import Cluster, SentinelSet
@@ -33,18 +31,12 @@ def runs_per_job(journal: Path, what: str = "start") -> collections.Counter[str]
     return collections.Counter(key for kind, key, _, _ in read_journal(journal) if kind == what)
 
 
-class SkewedPool(PoolProcess):
-    """`pool run` on a host whose wall clock is ``skew_s`` off (time.time and time.time_ns)."""
-
-    def __init__(self, config: Path, log: Path, skew_s: float) -> None:
-        self.log = log
-        self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()/kill()
-        code = ("import sys, time; real, real_ns = time.time, time.time_ns; "
-                f"time.time = lambda: real() + {skew_s}; time.time_ns = lambda: real_ns() + {int(skew_s * 1e9)}; "
-                "from pool.cli import main; sys.exit(main(['run', sys.argv[1]]))")
-        self.proc = subprocess.Popen([sys.executable, "-c", code, str(config)], stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, env=cli_env(), cwd=config.parent,
-                                     start_new_session=True)
+def skewed_pool(config: Path, log: Path, skew_s: float) -> PoolProcess:
+    """`pool run` in its own process group on a host whose wall clock is ``skew_s`` off."""
+    code = ("import sys, time; real, real_ns = time.time, time.time_ns; "
+            f"time.time = lambda: real() + {skew_s}; time.time_ns = lambda: real_ns() + {int(skew_s * 1e9)}; "
+            "from pool.cli import main; sys.exit(main(sys.argv[1:]))")
+    return PoolProcess(config, log, new_session=True, python=("-c", code))
 
 
 # -- many hosts -------------------------------------------------------------------------------------
@@ -56,7 +48,7 @@ def test_two_hosts_ten_minutes_apart_share_a_queue_and_one_finishes_all_when_the
     config = write_config(processes=2, concurrency=4, reclaim_interval="200ms")
     keys = key_prefix(config)
     host_a = start_pool(config, "a.log", new_session=True)
-    host_b = SkewedPool(config, tmp_path / "b.log", skew_s=600)
+    host_b = skewed_pool(config, tmp_path / "b.log", skew_s=600)
     try:
         wait_until(live_workers(config, 4), timeout=30, message="both hosts' workers")
         status = json.loads(pool_cli("status", str(config), "--json").stdout)
