@@ -153,8 +153,9 @@ class ExporterProcess:
         logger.info("metrics on http://%s/metrics and /healthz (pid %d)", self.address, pid)
 
     def reload(self, config: Config) -> None:
-        """Serve a reloaded config: replace the process (the socket stays bound, so no scrape
-        is refused; it waits in the backlog)."""
+        """Serve a reloaded config: replace the process. It answers the requests it accepted
+        before it exits, and the socket stays bound, so later ones wait in the backlog for the
+        new process: no scrape is refused or cut off."""
         self.config = config
         if self.pid is not None:
             self.reloading = True
@@ -256,7 +257,13 @@ def serve(config: Config, url: str, sock: socket.socket, supervisor_id: str, sup
 
     server = _Server(sock, registry, {"/healthz": healthz, "/livez": livez})
     threading.Thread(target=_exit_when_orphaned, args=(supervisor_pid,), daemon=True).start()
+    # SIGTERM (a reload or the supervisor's stop): accept nothing more, answer what was accepted.
+    # shutdown() waits for serve_forever, so it runs in a thread, not in this (main) thread.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     server.serve_forever()
+    drain_s = SCRAPE_SOCKET_TIMEOUT_S + config.redis.connect_timeout_s + config.redis.socket_timeout_s
+    if not server.drained(drain_s):
+        logger.warning("stopping with %d request(s) still unanswered after %gs", server.in_flight, drain_s)
 
 
 def _exit_when_orphaned(supervisor_pid: int) -> None:
@@ -267,7 +274,12 @@ def _exit_when_orphaned(supervisor_pid: int) -> None:
 
 
 class _Server(ThreadingHTTPServer):
+    """Serves on the supervisor's listening socket and counts the requests it has accepted, so
+    that a stop answers each of them: connections not yet accepted wait in the socket's backlog
+    for the next metrics process, and none is cut off mid-answer."""
+
     daemon_threads = True
+    block_on_close = False  # drained() waits instead, with a deadline
 
     def __init__(self, sock: socket.socket, registry: Any, probes: dict[str, Any]) -> None:
         super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
@@ -276,6 +288,33 @@ class _Server(ThreadingHTTPServer):
         self.server_name, self.server_port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
         self.registry = registry
         self.probes = probes
+        self.in_flight = 0
+        self.idle = threading.Condition()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.idle:  # counted before its thread starts: serve_forever may return right after
+            self.in_flight += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._finished()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._finished()
+
+    def _finished(self) -> None:
+        with self.idle:
+            self.in_flight -= 1
+            self.idle.notify_all()
+
+    def drained(self, timeout: float) -> bool:
+        """Wait until every accepted request is answered; False if some still run at the deadline."""
+        with self.idle:
+            return self.idle.wait_for(lambda: self.in_flight == 0, timeout)
 
 
 class _Handler(BaseHTTPRequestHandler):
