@@ -9,7 +9,8 @@ start on the same port and data) once at about half way. Then it waits for every
 reports:
 
 - lost: jobs that never completed (must be 0), leftovers in queues or active lists (must be 0);
-- duplicates: runs beyond the first (at-least-once: only jobs in flight at a kill may repeat);
+- duplicates: runs beyond the first (at-least-once: only jobs in flight at a kill may repeat;
+  a process holds at most 2 x concurrency: its running jobs and the outcomes being written);
 - recovery after each worker kill: time until every job it held had started again elsewhere
   (each one, and p50/max; kills that hit an idle worker have nothing to recover);
 - recovery after the Redis restart: time until the first job was claimed (started) after it
@@ -208,7 +209,8 @@ class Chaos:
         report.dead = sum(1 for r in records if r.status is Status.DEAD)
         report.lost = self.jobs - len(keys_done & {f"k{i}" for i in range(self.jobs)})
         report.duplicates = len(ends) - len(keys_done)
-        report.duplicate_bound = report.kills * self.concurrency + report.redis_restarts * self.processes * self.concurrency
+        held = 2 * self.concurrency  # per process: running jobs + outcomes being written (fetcher.Slots)
+        report.duplicate_bound = report.kills * held + report.redis_restarts * self.processes * held
         report.leftovers = self._leftovers(url)
         recoveries = self._kill_recoveries(rows)
         report.kill_recovery_s = [round(r, 3) for r in recoveries]

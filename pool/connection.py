@@ -7,6 +7,7 @@ callers retry at the edge of their loops, where they know what a retry means.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
@@ -236,6 +237,7 @@ class Outage:
         self.attempt = 0
         self.started: float | None = None
         self.on_recovered = on_recovered  # told once per outage that ended (metrics)
+        self._ended: asyncio.Event | None = None  # set when this outage ends (wakes retry_after)
 
     @property
     def is_ongoing(self) -> bool:
@@ -250,12 +252,25 @@ class Outage:
         self.attempt += 1
         return backoff_s(self.attempt)
 
+    async def retry_after(self, exc: BaseException) -> None:
+        """Record a failed attempt, then wait out its backoff, or less: one path of a process
+        reconnecting wakes the others at once. An ack must not sit out a second of backoff while
+        the fetcher, back first, claims more jobs (a kill then runs all their outcomes again)."""
+        delay = self.failed(exc)
+        if self._ended is None:
+            self._ended = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), delay)
+
     def recovered(self) -> None:
         if self.started is not None:
             logger.warning("%s reconnected to Redis at %s after %.1fs", self.what, self.url,
                            time.monotonic() - self.started)
             if self.on_recovered is not None:
                 self.on_recovered()
+            if self._ended is not None:
+                self._ended.set()
+                self._ended = None  # the next outage waits on a fresh one
         self.started = None
         self.attempt = 0
 

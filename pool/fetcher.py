@@ -45,6 +45,9 @@ class Slots:
     A job whose handler has returned gives its slot to the next job at once, while its outcome
     is written (``acking``): the next claim overlaps the ack instead of waiting behind it. Its
     task stays in ``running`` until the ack is written (a stop waits for it, reconcile leaves it).
+    A process holds at most 2 x concurrency jobs (handlers running, at most ``concurrency``, and
+    outcomes being written): when acks stall (an outage, a replica slow to confirm), claiming
+    stops instead of piling up finished jobs that a kill would all run again.
     """
 
     def __init__(self, concurrency: int, max_starts: int = 0) -> None:
@@ -63,7 +66,8 @@ class Slots:
         return len(self.running) - len(self.acking)
 
     def free(self) -> int:
-        return int(min(self.concurrency - self.busy(), self.starts_left)) - self.reserved
+        room = min(self.concurrency - self.busy(), 2 * self.concurrency - len(self.running), self.starts_left)
+        return int(room) - self.reserved
 
     def may_claim(self) -> bool:
         if self.solo is not None or (self.idle_wanted and (self.busy() or self.reserved)):
@@ -186,7 +190,7 @@ class Fetcher:
                     self.outage.recovered()
                 except OUTAGE_ERRORS as exc:
                     self._must_reconcile = True
-                    await asyncio.sleep(self.outage.failed(exc))
+                    await self.outage.retry_after(exc)
                     continue
                 if self.burst:
                     if not found and not self.slots.running:

@@ -339,7 +339,7 @@ class Worker:
                 self._outage.recovered()
                 await asyncio.sleep(self.config.heartbeat_interval_s)
             except OUTAGE_ERRORS as exc:
-                await asyncio.sleep(self._outage.failed(exc))
+                await self._outage.retry_after(exc)
 
     def _check_process(self) -> None:
         """Stop when orphaned (the supervisor died); recycle when over max_memory_per_process.
@@ -414,7 +414,7 @@ class Worker:
                     logger.warning("worker %s: could not leave the registry (Redis unreachable); its entry "
                                    "expires by itself", self.worker_id)
                     return
-                await asyncio.sleep(self._outage.failed(exc))
+                await self._outage.retry_after(exc)
 
     async def _with_retry(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Retry an idempotent step through an outage until it succeeds (acks are never dropped)."""
@@ -424,7 +424,7 @@ class Worker:
                 self._outage.recovered()
                 return result
             except OUTAGE_ERRORS as exc:
-                await asyncio.sleep(self._outage.failed(exc))
+                await self._outage.retry_after(exc)
 
 
 def main(config: Config, worker_id: str, url: str, alive_file: str | None = None, scheduler: bool = True) -> int:

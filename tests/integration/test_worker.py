@@ -416,3 +416,38 @@ async def test_acks_of_jobs_finishing_together_share_round_trips(make_config, ur
             # 40 acks, each its own ack.lua call, in a few round trips
             assert worker.acks.acks == 40
             assert worker.acks.batches <= 4, worker.acks.batches
+
+
+async def test_stalled_acks_stop_claiming_at_twice_the_concurrency(make_config, url, r):
+    """Outcomes waiting for Redis free their slots, but only so far: a process whose acks stall
+    holds at most 2 x concurrency jobs, so a kill then runs at most that many again."""
+    config = make_config(concurrency=2)
+    keys = Keys(config.key_prefix)
+    attempts, cut = [], asyncio.Event()
+
+    def ack_path_of(worker):
+        send = worker.acks._send
+
+        async def cuttable(by_queue):  # while cut, the ack path alone has lost Redis
+            if cut.is_set():
+                attempts.append(by_queue)
+                raise ConnectionError("ack path cut")
+            return await send(by_queue)
+        return cuttable
+
+    async with AsyncClient(config, url) as client, running(new_worker(config, url), r) as worker:
+        worker.acks._send = ack_path_of(worker)
+        cut.set()
+
+        async def stalled() -> bool:
+            return len(worker.slots.acking) == 4 and len(attempts) >= 3
+
+        try:
+            jobs = [await client.enqueue("tests.sample_handlers.async_add", i, 1) for i in range(20)]
+            await async_wait_until(stalled, timeout=10, message="4 outcomes waiting and their ack retried")
+            assert r.llen(keys.active("default", worker.worker_id)) == 4
+            assert r.llen(keys.queue("default")) == 16
+        finally:
+            cut.clear()
+        results = [await client.result(job.id, timeout=10) for job in jobs]
+    assert results == [i + 1 for i in range(20)]

@@ -231,6 +231,9 @@ def test_sentinel_failover_under_load(write_config, start_pool, tmp_path, durabi
             else:  # no replica confirms within replication_timeout: refused (retried below)
                 window = [f"j{i}" for i in range(300, 301) if producer.try_enqueue(i)]
                 resume_at = 300
+                # The master kept the refused j300, and a worker runs it: its ack's WAIT times out
+                # too, and the worker says so (the ack stands on the master alone)
+                pool.wait_for_log("no replica confirmed them", timeout=30)
             # and the master is SIGKILLed, the replicas resume, and the Sentinels promote one
             old.kill()
             killed_wall = time.time()
@@ -267,8 +270,6 @@ def test_sentinel_failover_under_load(write_config, start_pool, tmp_path, durabi
         first_start = {key: at for kind, key, _, at in reversed(read_journal(journal)) if kind == "start"}
         assert all(first_start[key] < killed_wall for key in duplicates), duplicates
         assert len(duplicates) < len(producer.acked) // 2, duplicates
-        if durability == "replicated" and duplicates:
-            assert "no replica confirmed them" in pool.output()  # each such ack was reported
         assert pool.stop() == 0
     finally:
         sentinels.stop()
