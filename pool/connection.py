@@ -259,8 +259,11 @@ class Outage:
         delay = self.failed(exc)
         if self._ended is None:
             self._ended = asyncio.Event()
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that lands
+        # as the wait ends, and a stop cancels these tasks
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ended.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._ended.wait()
 
     def recovered(self) -> None:
         if self.started is not None:

@@ -314,7 +314,7 @@ class _Server(ThreadingHTTPServer):
     def drained(self, timeout: float) -> bool:
         """Wait until every accepted request is answered; False if some still run at the deadline."""
         with self.idle:
-            return self.idle.wait_for(lambda: self.in_flight == 0, timeout)
+            return self.idle.wait_for(lambda: self.in_flight <= 0, timeout)
 
 
 class _Handler(BaseHTTPRequestHandler):

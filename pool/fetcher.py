@@ -187,7 +187,8 @@ class Fetcher:
                 self._wake.clear()
                 try:
                     found, exhausted = await self._claim_pass()
-                    self.outage.recovered()
+                    if found or exhausted:  # Redis answered (a pass may ask nothing: slots busy, queues watched)
+                        self.outage.recovered()
                 except OUTAGE_ERRORS as exc:
                     self._must_reconcile = True
                     await self.outage.retry_after(exc)

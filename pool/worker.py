@@ -287,6 +287,10 @@ class Worker:
         self.slots.freed.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("job %s: internal error", job_id, exc_info=task.exception())
+        # Judged here, where every started job ends (a rejected record, an internal error too):
+        # a process that may start no more must not wait for claims forever.
+        if self.slots.starts_left <= 0 and not self.slots.running and not self.stopping.is_set():
+            self.recycle(f"ran {self.config.max_jobs_per_process} jobs (max_jobs_per_process)")
 
     # -- running --------------------------------------------------------------------------------
 
@@ -325,9 +329,6 @@ class Worker:
         self.runner.log(job, status, run_ms, failure, decision, acked)
         if acked:
             self.metrics.finished(job, status, run_ms)
-        limit = self.config.max_jobs_per_process
-        if limit and self.done_count + self.failed_count >= limit:
-            self.recycle(f"ran {limit} jobs (max_jobs_per_process)")
 
     # -- heartbeat and registry -----------------------------------------------------------------
 

@@ -337,6 +337,23 @@ async def test_max_jobs_per_process_recycles_the_worker(make_config, url, r):
     assert r.llen(Keys(config.key_prefix).queue("default")) == 2
 
 
+async def test_max_jobs_per_process_counts_a_rejected_record(make_config, url, r):
+    """A job that never reaches its handler (a corrupt record) still uses up one of the starts."""
+    config = make_config(concurrency=1, max_jobs_per_process=2)
+    keys = Keys(config.key_prefix)
+    async with AsyncClient(config, url) as client:
+        await client.enqueue("tests.sample_handlers.add", 1, 2)
+        corrupt = await client.enqueue("tests.sample_handlers.add", 1, 2)  # the last start
+        r.hset(keys.job("default", corrupt.id), "args", "{not json")
+        for i in range(2):
+            await client.enqueue("tests.sample_handlers.add", i, 0)
+        worker = new_worker(config, url)
+        await asyncio.wait_for(worker.run(), 10)  # stops by itself
+    assert worker.exit_code == ExitCode.RECYCLE
+    assert (worker.done_count, worker.failed_count) == (1, 1)
+    assert r.llen(keys.queue("default")) == 2
+
+
 async def test_max_memory_per_process_recycles_the_worker(make_config, url):
     config = make_config(max_memory_per_process=1024)  # any real process is larger
     worker = new_worker(config, url)
