@@ -34,6 +34,7 @@ from pool.connection import (
     redact,
     replication,
     resolve_url,
+    subscription,
 )
 from pool.errors import JobNotFound, NotReplicated, RedisUnavailable, ResultTimeout, UsageError
 from pool.jobs import Job, Status, dumps, encode_arguments, enqueue_fields, new_job_id
@@ -419,22 +420,8 @@ class AsyncClient:
         those published while listening arrive.
         """
         channels = [self.keys.events(q) for q in (list(queues) if queues else self.config.queues)]
-        attempt = 0
-        while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(*channels)
-                attempt = 0
-                while True:
-                    message = await pubsub.get_message(timeout=BLOCK_TIMEOUT_S)
-                    if message is not None:
-                        yield orjson.loads(message["data"])
-            except OUTAGE_ERRORS:
-                # Resubscribe after an outage; events published meanwhile are not replayed.
-                attempt += 1
-                await asyncio.sleep(backoff_s(attempt))
-            finally:
-                await pubsub.aclose()
+        async for message in subscription(self.redis, channels):
+            yield orjson.loads(message["data"])
 
     async def _retrying(self, send: Callable[[], Awaitable[T]]) -> T:
         """Run ``send``, resending it after a dropped connection (every client call is idempotent).

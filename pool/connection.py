@@ -12,18 +12,19 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
+import redis.retry
 import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
-from redis.retry import Retry
 from redis.utils import HIREDIS_AVAILABLE
 
 if HIREDIS_AVAILABLE:
@@ -99,12 +100,15 @@ def _sentinel_kwargs(config: Config) -> dict[str, Any]:
     return kwargs
 
 
-def _client_kwargs(config: Config, url: str, socket_timeout_s: float | None) -> dict[str, Any]:
+def _client_kwargs(config: Config, url: str, socket_timeout_s: float | None, *, for_asyncio: bool) -> dict[str, Any]:
     settings = config.redis
+    # Each kind of client takes its own kind of Retry: redis-py 8 converts a sync one handed to an
+    # asyncio client with a warning (and proposes to refuse it).
+    retry_class = redis.asyncio.retry.Retry if for_asyncio else redis.retry.Retry
     kwargs: dict[str, Any] = {
         "socket_timeout": socket_timeout_s or settings.socket_timeout_s,
         "socket_connect_timeout": settings.connect_timeout_s,
-        "retry": Retry(NoBackoff(), 0),
+        "retry": retry_class(NoBackoff(), 0),
     }
     if not settings.cluster:  # (redis-py's cluster clients have no such option)
         kwargs["retry_on_timeout"] = False
@@ -135,7 +139,7 @@ def async_client(
     call we make names keys of one slot); with ``redis.sentinels`` a client of the master the
     Sentinels name, asked again whenever a connection is opened (so after a failover).
     """
-    kwargs = _client_kwargs(config, url, socket_timeout_s)
+    kwargs = _client_kwargs(config, url, socket_timeout_s, for_asyncio=True)
     if max_connections:
         kwargs["max_connections"] = max_connections
     if config.redis.cluster:
@@ -181,7 +185,7 @@ def blocking_client(config: Config, url: str, max_connections: int) -> redis.asy
 
 def sync_client(config: Config, url: str) -> redis.Redis:
     """A synchronous client (supervisor housekeeping, CLI). Its pool resets itself after a fork."""
-    kwargs = _client_kwargs(config, url, None)
+    kwargs = _client_kwargs(config, url, None, for_asyncio=False)
     if config.redis.cluster:
         return redis.cluster.RedisCluster.from_url(url, **kwargs)
     if config.redis.sentinels:
@@ -276,6 +280,51 @@ class Outage:
                 self._ended = None  # the next outage waits on a fresh one
         self.started = None
         self.attempt = 0
+
+
+async def subscription(
+    client: redis.asyncio.Redis, channels: list[str],
+    on_subscribed: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield each message published on ``channels``, for as long as the caller iterates.
+
+    One PubSub for the whole life of the subscription: after a dropped connection the next read
+    reconnects it, and redis-py's connect callback subscribes it again (redis-py 8 even does so
+    before it raises the error). Closing it and opening a fresh one instead, as this once did,
+    threw away a subscription that was already back and widened the gap in which messages are
+    lost. ``on_subscribed`` runs after the first subscription and after every outage, once the
+    connection answers again: what was published meanwhile is gone, so the caller reads the
+    state it would have learnt (the scheduler's earliest due times).
+    """
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    attempt = 0
+    try:
+        while True:
+            try:
+                if attempt or not pubsub.subscribed:
+                    if not pubsub.subscribed:
+                        await pubsub.subscribe(*channels)
+                    else:
+                        await pubsub.ping()  # reconnects (and so resubscribes) before we read state
+                    if on_subscribed is not None:
+                        await on_subscribed()
+                    attempt = 0
+                message = await pubsub.get_message(timeout=BLOCK_TIMEOUT_S)
+                _raise_if_cancelled()  # redis-py's get_message can swallow a cancellation
+            except OUTAGE_ERRORS:
+                attempt += 1
+                await asyncio.sleep(backoff_s(attempt))
+                continue
+            if message is not None and message["type"] == "message":
+                yield message
+    finally:
+        await pubsub.aclose()
+
+
+def _raise_if_cancelled() -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def server_info(client: redis.Redis, section: str, key: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import redis.asyncio
 
 from pool import clock
 from pool.config import Config
-from pool.connection import BLOCK_TIMEOUT_S, OUTAGE_ERRORS, backoff_s
+from pool.connection import subscription
 from pool.jobs import Job, encode_arguments, enqueue_fields
 from pool.schedules import Schedule
 from pool.scripts import Scripts
@@ -106,23 +106,8 @@ class Scheduler:
     async def _listen(self) -> None:
         """Follow the wake channels; after each (re)subscription, read the earliest times again."""
         channels = {self.keys.wake(q): q for q in self.config.queues}
-        attempt = 0
-        while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(*channels)
-                await self._refresh()  # what was published before the subscription
-                attempt = 0
-                while True:
-                    message = await pubsub.get_message(timeout=BLOCK_TIMEOUT_S)
-                    _raise_if_cancelled()  # redis-py's get_message can swallow a cancellation
-                    if message is not None:
-                        self.learn(channels[message["channel"].decode()], int(message["data"]))
-            except OUTAGE_ERRORS:
-                attempt += 1
-                await asyncio.sleep(backoff_s(attempt))
-            finally:
-                await pubsub.aclose()
+        async for message in subscription(self.redis, list(channels), on_subscribed=self._refresh):
+            self.learn(channels[message["channel"].decode()], int(message["data"]))
 
     async def _refresh(self) -> None:
         self._learned.clear()
@@ -199,9 +184,3 @@ def _earliest(a: int, b: int) -> int:
     if a < 0:
         return b
     return a if b < 0 else min(a, b)
-
-
-def _raise_if_cancelled() -> None:
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

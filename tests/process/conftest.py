@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from pool.config import load
+from pool.embedded import ADDRESS_FILE
 from pool.testing import wait_until
 from tests.conftest import cli_env, pool_cli
 
@@ -18,9 +21,11 @@ from tests.conftest import cli_env, pool_cli
 class PoolProcess:
     """A running `pool run CONFIG`, with its output in a log file the test can wait on."""
 
-    def __init__(self, config: Path, log: Path, new_session: bool = False,
+    def __init__(self, config: Path, log: Path, new_session: bool = True,
                  python: tuple[str, ...] = ("-m", "pool")) -> None:
         """``python``: how the interpreter is told to run the `pool` CLI (a test may wrap it)."""
+        self.config = config
+        self.new_session = new_session
         self.log = log
         self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -53,10 +58,29 @@ class PoolProcess:
             self.proc.wait()
         self._log_file.close()
 
+    def clean_up(self) -> None:
+        """Leave nothing running, whatever the test did or where it failed: the supervisor's
+        whole process group (workers, metrics process), then an embedded server it started (that
+        one runs in a session of its own so that it outlives a killed supervisor)."""
+        if self.new_session:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.kill()
+        address = _state_dir(self.config) / ADDRESS_FILE
+        with contextlib.suppress(OSError, ValueError, KeyError, ProcessLookupError):
+            os.kill(int(json.loads(address.read_text())["pid"]), signal.SIGKILL)
+
     def kill_group(self) -> None:
         """SIGKILL the supervisor and all its workers at once (started with new_session=True)."""
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+
+def _state_dir(config: Path) -> Path:
+    try:
+        return load(config).state_dir
+    except Exception:  # a test of a broken config: the default place, next to it
+        return config.parent / ".pool"
 
 
 def live_workers(config: Path, count: int):
@@ -77,11 +101,11 @@ def live_workers(config: Path, count: int):
 def start_pool(tmp_path):
     started: list[PoolProcess] = []
 
-    def start(config: Path, name: str = "pool-run.log", new_session: bool = False) -> PoolProcess:
+    def start(config: Path, name: str = "pool-run.log", new_session: bool = True) -> PoolProcess:
         process = PoolProcess(config, tmp_path / name, new_session)
         started.append(process)
         return process
 
     yield start
     for process in started:
-        process.kill()
+        process.clean_up()
