@@ -172,6 +172,9 @@ class Config:
     durability: str = "fast"
     replication_timeout_s: float = 2.0
     state_dir: Path = Path(".pool")
+    # Folders put on the workers' import path before the config's own (relative to it), like
+    # gunicorn's --pythonpath: `pythonpath: [".."]` lets examples/scheduling.yaml import `examples`.
+    pythonpath: tuple[str, ...] = ()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
 
@@ -179,6 +182,12 @@ class Config:
     def base_dir(self) -> Path:
         """Folder of the config file: relative paths and handler imports start here."""
         return self.path.parent
+
+    @property
+    def import_paths(self) -> tuple[Path, ...]:
+        """Where workers import handlers from, first first: ``pythonpath`` entries, then the
+        config's folder (before the interpreter's own path)."""
+        return (*(self.base_dir / p for p in self.pythonpath), self.base_dir)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -275,6 +284,7 @@ _TOP: _Table = {
     "max_memory_per_process": ("max_memory_per_process", parsers.size(0)),
     "timeout_grace": ("timeout_grace_s", parsers.duration(0, allow_zero=True)),
     "state_dir": ("state_dir", parsers.string),
+    "pythonpath": ("pythonpath", ("list", parsers.string)),
     "logging": ("logging", (LoggingSettings, _LOGGING)),
     "metrics": ("metrics", (MetricsSettings, _METRICS)),
 }

@@ -70,7 +70,7 @@ def resolve_url(config: Config) -> str:
     if url is None:
         raise RedisUnavailable(
             f"the embedded Redis of {config.path.name} is not running (state dir {config.state_dir}); "
-            f"start the pool with `pool run {config.path.name}`, or set redis.url"
+            f"start the pool with `pool run {config.path}`, or set redis.url"
         )
     return url
 

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -173,7 +173,8 @@ def resolve(path: str) -> list[Handler]:
 
 
 def load_registry(
-    paths: Iterable[str], base_dir: Path | None = None, scripts: ScriptSettings | None = None
+    paths: Iterable[str], base_dir: Path | None = None, scripts: ScriptSettings | None = None,
+    import_paths: Sequence[Path] = (),
 ) -> Registry:
     """Import every configured handler path into a registry.
 
@@ -182,12 +183,16 @@ def load_registry(
         base_dir: folder of pool.yaml, put on ``sys.path`` so that ``examples.tasks`` next to it
             imports without installing anything.
         scripts: with ``allowed_dirs`` set, the built-in ``pool.script`` handler is registered.
+        import_paths: the config's ``import_paths`` (its ``pythonpath`` entries, then its folder);
+            put on ``sys.path`` in that order instead of ``base_dir`` alone.
 
     Raises:
         HandlerError: the first path that cannot be imported.
     """
-    if base_dir is not None and str(base_dir) not in sys.path:
-        sys.path.insert(0, str(base_dir))
+    folders = [str(p) for p in (import_paths or ([base_dir] if base_dir is not None else []))]
+    for folder in reversed(folders):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     handlers: list[Handler] = []
     for path in paths:
         if path == "pool.script":
@@ -218,9 +223,12 @@ def check_importable(config: Any) -> None:
     if not config.handlers:
         return
     env = dict(os.environ)
+    # Exactly the path the workers get, which is the supervisor's: -P keeps `python -c` from
+    # putting the current folder first (it did, so the check passed where workers then failed).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     schedules = [f"{s.name}={s.handler}" for s in config.schedules]
-    command = [sys.executable, "-c", _CHECK_PROGRAM, str(config.base_dir), config.path.name, *config.handlers,
+    folders = os.pathsep.join(str(p) for p in config.import_paths)
+    command = [sys.executable, "-P", "-c", _CHECK_PROGRAM, folders, config.path.name, *config.handlers,
                "--schedules", *schedules]
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=IMPORT_CHECK_TIMEOUT_S,
@@ -234,13 +242,14 @@ def check_importable(config: Any) -> None:
 
 
 _CHECK_PROGRAM = """
+import os
 import sys
 from pathlib import Path
 from pool.errors import HandlerError
 from pool.handlers import load_registry
 split = sys.argv.index("--schedules")
 try:
-    registry = load_registry(sys.argv[3:split], Path(sys.argv[1]))
+    registry = load_registry(sys.argv[3:split], import_paths=[Path(p) for p in sys.argv[1].split(os.pathsep)])
 except HandlerError as exc:
     print(exc, file=sys.stderr)
     sys.exit(2)

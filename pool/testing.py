@@ -54,7 +54,7 @@ async def drain(config: Config, url: str, registry: Registry | None = None) -> W
 
     Returns the worker, whose ``done_count`` and ``failed_count`` say what it did.
     """
-    registry = registry or load_registry(config.handlers, config.base_dir, config.scripts)
+    registry = registry or load_registry(config.handlers, config.base_dir, config.scripts, config.import_paths)
     worker = Worker(config, registry, make_worker_id(secrets.token_hex(3)), url=url, burst=True)
     await worker.run()
     return worker

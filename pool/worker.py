@@ -440,7 +440,7 @@ def main(config: Config, worker_id: str, url: str, alive_file: str | None = None
     import uvloop
 
     try:
-        registry = load_registry(config.handlers, config.base_dir, config.scripts)
+        registry = load_registry(config.handlers, config.base_dir, config.scripts, config.import_paths)
     except HandlerError as exc:
         logger.error("cannot start: %s", exc)
         return ExitCode.BOOT

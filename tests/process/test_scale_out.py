@@ -74,8 +74,10 @@ def test_two_hosts_ten_minutes_apart_share_a_queue_and_one_finishes_all_when_the
         duplicates = {key for key, n in starts.items() if n > 1}
         # duplicates are exactly the jobs A held unacknowledged: running in its 8 slots, or done
         # with the ack in flight (a slot takes its next job while the last one's ack is sent)
-        assert len(duplicates) <= 2 * 2 * 4, duplicates
-        assert int(server.hget(keys.stats("default"), "reclaimed") or 0) == len(duplicates)
+        # Every duplicate was reclaimed; a reclaimed job need not be one: A may have claimed it and
+        # died before its handler began (a loaded machine), so B ran it once.
+        reclaimed = int(server.hget(keys.stats("default"), "reclaimed") or 0)
+        assert len(duplicates) <= reclaimed <= 2 * 2 * 4, (duplicates, reclaimed)
         assert_drained(server, keys)
         assert host_b.stop() == 0
     finally:
