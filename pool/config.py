@@ -291,10 +291,16 @@ _TOP: _Table = {
 
 
 class _Reader:
-    """Walks the parsed YAML with the tables above, collecting the file name for messages."""
+    """Walks the parsed YAML with the tables above, collecting the file name for messages.
 
-    def __init__(self, source: str) -> None:
+    ``${VAR}`` references are expanded here, value by value, rather than in a pass over the
+    whole document first: the parser of the key decides what an expanded value may become, and
+    an error can still show the reference the value came from.
+    """
+
+    def __init__(self, source: str, environ: Mapping[str, str]) -> None:
         self.source = source
+        self.environ = environ
 
     def error(self, where: str, message: str) -> ConfigError:
         return ConfigError(f"{self.source}: {where}: {message}" if where else f"{self.source}: {message}")
@@ -321,12 +327,41 @@ class _Reader:
         if isinstance(parser, tuple):
             cls, table = parser
             return cls(**self.section(raw, table, path))
+        if isinstance(raw, str) and _ENV_REF.search(raw):
+            return self.expanded(raw, parser, path)
+        raw = expand_env(raw, self.source, self.environ, path)  # strings inside a list or mapping value
         try:
             return parser(raw)
         except parsers.Invalid as exc:
-            hide = parsers.SECRET_PATHS.get(path)
-            shown = hide(raw) if hide and isinstance(raw, str) else "***" if hide else raw
-            raise self.error(path, f"{exc} (got {shown!r})") from None
+            raise self.invalid(path, exc, raw) from None
+
+    def expanded(self, template: str, parser: Callable[[Any], Any], path: str) -> Any:
+        """The text after substitution; if the key refuses it and the whole value was one reference,
+        the number or boolean YAML reads in that text (so ``"4"`` from the environment is 4).
+
+        The text comes first so that a key taking a string keeps it as written: a password
+        ``123456`` stays a string. An empty or null-looking text stays text too, so that
+        ``${URL:-}`` never turns into "no URL" (the embedded server) by itself.
+        """
+        text = _substitute(template, self.source, self.environ, path)
+        try:
+            return parser(text)
+        except parsers.Invalid as exc:
+            error = exc
+        typed = _yaml_scalar(text) if _ENV_REF.fullmatch(template) else None
+        if typed is not None:
+            try:
+                return parser(typed)
+            except parsers.Invalid as exc:
+                error = exc
+        raise self.invalid(path, error, text, _origin(template, self.environ, path)) from None
+
+    def invalid(self, path: str, exc: parsers.Invalid, raw: Any, origin: str = "") -> ConfigError:
+        """The message for a refused value; a secret's value never shows, only where it came from."""
+        hide = parsers.SECRET_PATHS.get(path)
+        shown = hide(raw) if hide and isinstance(raw, str) else "***" if hide else raw
+        came_from = f" from {origin}" if origin else ""
+        return self.error(path, f"{exc} (got {shown!r}{came_from})")
 
     def handlers(self, raw: Any, path: str) -> tuple[tuple[str, ...], dict[str, RetrySettings]]:
         """Entries are dotted paths, or mappings with `path` and retry settings for it."""
@@ -417,7 +452,10 @@ def _unknown_key_message(key: str, table: _Table) -> str:
 
 
 def expand_env(data: Any, source: str, environ: Mapping[str, str], where: str = "") -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of the parsed YAML.
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of the parsed YAML, as text.
+
+    The reader uses it for the strings inside list and mapping values (a schedule's `args`);
+    a value that is itself a string goes through ``_Reader.expanded``, which may type it.
 
     Raises:
         ConfigError: a referenced variable is not set and has no default.
@@ -431,7 +469,10 @@ def expand_env(data: Any, source: str, environ: Mapping[str, str], where: str = 
         return [expand_env(v, source, environ, f"{where}[{i}]") for i, v in enumerate(data)]
     if not isinstance(data, str) or "${" not in data:
         return data
+    return _substitute(data, source, environ, where)
 
+
+def _substitute(template: str, source: str, environ: Mapping[str, str], where: str) -> str:
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in environ:
@@ -443,7 +484,29 @@ def expand_env(data: Any, source: str, environ: Mapping[str, str], where: str = 
             f"(export it, or write ${{{name}:-default}})"
         )
 
-    return _ENV_REF.sub(substitute, data)
+    return _ENV_REF.sub(substitute, template)
+
+
+def _yaml_scalar(text: str) -> bool | int | float | None:
+    """The boolean or number YAML reads in ``text`` ('4', '0.5', 'true'); None for anything else.
+
+    Only these: a string is the text itself, and null, dates, lists and mappings are not what a
+    ``${VAR}`` in a scalar key means.
+    """
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    return value if isinstance(value, (bool, int, float)) else None
+
+
+def _origin(template: str, environ: Mapping[str, str], path: str) -> str:
+    """Where an expanded value came from, for messages: the text in the file, less the defaults of
+    variables that are set (they played no part). For a secret only the variables' names, since
+    a default written in the file or the text around a reference may be part of the secret."""
+    if path in parsers.SECRET_PATHS:
+        return ", ".join(f"${{{match.group(1)}}}" for match in _ENV_REF.finditer(template))
+    return _ENV_REF.sub(lambda m: f"${{{m.group(1)}}}" if m.group(1) in environ else m.group(0), template)
 
 
 def from_mapping(
@@ -462,12 +525,11 @@ def from_mapping(
     environ = os.environ if environ is None else environ
     path = Path(path).resolve()
     source = path.name
-    reader = _Reader(source)
+    reader = _Reader(source, environ)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise reader.error("", "must be a mapping of settings (see README, Configuration)")
-    data = expand_env(data, source, environ)
     values = reader.section(data, _TOP, "")
     if "handlers" in values:
         values["handlers"], values["handler_retries"] = values["handlers"]
@@ -546,6 +608,43 @@ def _check_durability(config: Config, reader: _Reader) -> None:
                                                       f"look like a dead connection")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping.
+
+    PyYAML keeps the last of two equal keys without a word, so `processes: 7` further down a
+    file would silently win over `processes: 2`. Keys a `<<:` merge brings in may still be
+    overridden: that is what a merge is for. The check sits in ``flatten_mapping`` because its
+    first call on a mapping sees it as written; the merge then rewrites the node's pairs, and a
+    check in ``construct_mapping`` would see those (a mapping merged elsewhere can be flattened
+    before it is constructed).
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            self._refuse_duplicates(node)
+        super().flatten_mapping(node)
+
+    def _refuse_duplicates(self, node: yaml.MappingNode) -> None:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = first_lines.get(key)
+            except TypeError:  # an unhashable key: construct_mapping says so
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark)
+            first_lines[key] = key_node.start_mark.line + 1
+
+
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate a pool.yaml.
 
@@ -560,7 +659,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

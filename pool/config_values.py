@@ -14,6 +14,10 @@ from typing import Any
 from pool.keys import QUEUE_NAME_RULE, is_valid_queue_name
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# A compound duration ("1m30s", "1h 30m") is parts that each carry a unit, summed as Go's
+# time.ParseDuration does; the parts may come in any order.
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_COMPOUND_DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+\s*")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE_UNITS = {
     None: 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2,
@@ -43,7 +47,7 @@ def integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
 
 
 def parse_duration(value: Any) -> float:
-    """'30s', '500ms', '2m', '1h', '1d' or a number of seconds → seconds (float).
+    """'30s', '500ms', '2m', '1h', '1d', a compound such as '1m30s', or a number of seconds → seconds.
 
     Raises:
         ValueError: the value is not a duration.
@@ -56,6 +60,8 @@ def parse_duration(value: Any) -> float:
         match = _DURATION.match(value)
         if match:
             return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        if _COMPOUND_DURATION.fullmatch(value):
+            return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(value))
     raise ValueError(value)
 
 

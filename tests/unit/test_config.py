@@ -8,6 +8,7 @@ import pytest
 
 from pool.config import Config, from_mapping, load, parse_duration
 from pool.errors import ConfigError
+from tests.conftest import pool_cli
 
 
 def parse(data, environ=None) -> Config:
@@ -253,3 +254,136 @@ def test_durability_replicated_needs_replicas_and_a_short_wait():
     assert "shorter than redis.socket_timeout" in error_of(
         {"redis": {"url": "redis://h:6379"}, "durability": "replicated", "replication_timeout": "10s"})
     assert "must be one of fast, replicated" in error_of({"durability": "safe"})
+
+
+# -- ${VAR} typing, duplicate keys, compound durations ------------------------------------------
+
+
+def test_whole_reference_feeds_an_integer_key():
+    """`processes: ${POOL_PROCESSES:-2}` is the integer from the environment, or the default."""
+    assert parse({"processes": "${POOL_PROCESSES:-2}"}, {"POOL_PROCESSES": "4"}).processes == 4
+    assert parse({"processes": "${POOL_PROCESSES:-2}"}).processes == 2
+    assert parse({"metrics": {"port": "${PORT}"}}, {"PORT": "9100"}).metrics.port == 9100
+
+
+def test_env_reference_reaches_the_config_through_load(tmp_path):
+    """Written unquoted in a file, as the README shows it, the reference gives the integer."""
+    path = tmp_path / "pool.yaml"
+    path.write_text("processes: ${POOL_PROCESSES:-2}\nconcurrency: ${CONCURRENCY:-8}\n")
+    config = load(path, environ={"POOL_PROCESSES": "4"})
+    assert (config.processes, config.concurrency) == (4, 8)
+
+
+def test_whole_reference_feeds_boolean_and_duration_keys():
+    config = parse({"redis": {"tls": {"verify": "${VERIFY:-true}"}}, "events": "${EVENTS}",
+                    "timeout": "${T:-30s}", "result_ttl": "${TTL}"},
+                   {"VERIFY": "false", "EVENTS": "no", "TTL": "90"})
+    assert config.redis.tls.verify is False
+    assert config.events is False
+    assert (config.timeout_s, config.result_ttl_s) == (30.0, 90.0)
+    assert parse({"redis": {"tls": {"verify": "${VERIFY:-true}"}}}).redis.tls.verify is True
+
+
+def test_string_keys_keep_the_text_of_a_reference():
+    """A password or prefix that looks like a number or a boolean stays the text it is."""
+    config = parse({"redis": {"password": "${PW}", "username": "${USER}"}, "key_prefix": "${PREFIX}"},
+                   {"PW": "123456", "USER": "true", "PREFIX": "2026"})
+    assert (config.redis.password, config.redis.username, config.key_prefix) == ("123456", "true", "2026")
+
+
+def test_reference_inside_longer_text_is_only_substituted():
+    """`${N}0` is the string '40', not an integer: only a whole reference is read as YAML."""
+    assert error_of({"processes": "${N}0"}, {"N": "4"}) == (
+        "pool.yaml: processes: must be an integer >= 1 and <= 512 (got '40' from ${N}0)")
+    assert parse({"key_prefix": "app-${N}"}, {"N": "4"}).key_prefix == "app-4"
+
+
+def test_empty_reference_stays_empty_text_not_null():
+    """`${URL:-}` unset is '' as before: optional keys read it as unset, required ones refuse it."""
+    assert parse({"redis": {"password": "${PW:-}"}}).redis.password is None
+    assert error_of({"redis": {"url": "${URL:-}"}}) == (
+        "pool.yaml: redis.url: must be a non-empty string (got '' from ${URL})")
+
+
+def test_wrong_type_after_expansion_says_where_the_value_came_from():
+    assert error_of({"processes": "${POOL_PROCESSES:-2}"}, {"POOL_PROCESSES": "four"}) == (
+        "pool.yaml: processes: must be an integer >= 1 and <= 512 (got 'four' from ${POOL_PROCESSES})")
+    assert error_of({"processes": "${POOL_PROCESSES:-zero}"}) == (
+        "pool.yaml: processes: must be an integer >= 1 and <= 512 (got 'zero' from ${POOL_PROCESSES:-zero})")
+    assert error_of({"events": "${EVENTS}"}, {"EVENTS": "maybe"}) == (
+        "pool.yaml: events: must be true or false (got 'maybe' from ${EVENTS})")
+
+
+def test_expanded_secrets_are_never_echoed_in_errors():
+    """Neither the value from the environment nor a default written in the file shows."""
+    message = error_of({"redis": {"url": "${URL}"}}, {"URL": "redis//admin:S3cretPW@db:6379"})
+    assert message == ("pool.yaml: redis.url: must start with redis://, rediss:// (TLS), unix:// or "
+                       "redis+cluster:// (a Cluster seed) (or leave `redis` out to use the embedded server) "
+                       "(got 'redis//admin:***@db:6379' from ${URL})")
+    message = error_of({"redis": {"url": "redis://admin:${PW}@db:notaport"}}, {"PW": "S3cretPW"})
+    assert "S3cretPW" not in message and message.endswith("(got 'redis://admin:***@db:notaport' from ${PW})")
+    message = error_of({"redis": {"url": "${URL:-redis://admin:hunter2@db:notaport}"}})
+    assert "hunter2" not in message and message.endswith("from ${URL})")
+
+
+def write_text(tmp_path, text: str) -> Path:
+    path = tmp_path / "pool.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_duplicate_key_names_both_lines(tmp_path):
+    path = write_text(tmp_path, "processes: 2\nconcurrency: 4\nprocesses: 7\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, environ={})
+    assert str(info.value) == "pool.yaml: line 3: duplicate key 'processes' (first at line 1)"
+
+
+def test_duplicate_key_in_a_nested_mapping_is_refused(tmp_path):
+    path = write_text(tmp_path, "redis:\n  url: redis://a:6379\n  tls:\n    verify: true\n\n    verify: false\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, environ={})
+    assert str(info.value) == "pool.yaml: line 6: duplicate key 'verify' (first at line 4)"
+    path = write_text(tmp_path, "metrics: {port: 9100, port: 9200}\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, environ={})
+    assert str(info.value) == "pool.yaml: line 1: duplicate key 'port' (first at line 1)"
+
+
+def test_same_key_in_different_mappings_and_merge_overrides_are_fine(tmp_path):
+    """Only a key repeated within one mapping is an error; `<<:` merges may still be overridden."""
+    path = write_text(tmp_path, (
+        "queues: [{name: a, weight: 2}, {name: b, weight: 3}]\n"
+        "retries: &base {max_retries: 3, backoff: 1s}\n"
+        "handlers: [{path: examples.tasks, <<: *base, max_retries: 5}]\n"
+        "schedules:\n"
+        "  nightly:\n"
+        "    handler: examples.tasks.add\n"
+        "    every: 1m\n"
+        "    kwargs: {x: &x {a: 1}, deeper: {y: &y {<<: *x, a: 2}}, z: {<<: *y}}\n"))
+    config = load(path, environ={})
+    assert config.queue_weights == {"a": 2, "b": 3}
+    assert config.handler_retries["examples.tasks"].max_retries == 5
+    # y overrides a key it merged, and is merged into z before y itself is built
+    assert config.schedules[0].kwargs["deeper"] == {"y": {"a": 2}}
+
+
+def test_duplicate_key_exits_2_with_one_line(tmp_path):
+    """`pool status` on such a file prints one line and exits 2 before it looks for Redis."""
+    path = write_text(tmp_path, "processes: 2\nhandlers: [examples.tasks]\nprocesses: 7\n")
+    result = pool_cli("status", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["pool: pool.yaml: line 3: duplicate key 'processes' (first at line 1)"]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("1m30s", 90.0), ("1h30m", 5400.0), ("2m 15s", 135.0), ("1s500ms", 1.5), ("1d12h", 129600.0),
+])
+def test_durations_may_be_compound(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["1m30", "m30s", "1m-30s", "30s 1", ""])
+def test_malformed_compound_durations_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
