@@ -49,6 +49,8 @@ INDEX = (b"pool: /metrics (Prometheus), /healthz (this supervisor, its workers a
 
 
 RESPAWN_DELAY_S = 1.0
+# Whatever goes wrong asking Redis, a scrape answers (pool_redis_up 0) and /healthz says 503.
+_REDIS_ERRORS: tuple[type[BaseException], ...] = (*OUTAGE_ERRORS, redis.exceptions.RedisError)
 
 
 class ExporterProcess:
@@ -199,7 +201,7 @@ class PoolCollector:
         up = GaugeMetricFamily(metrics.redis_up_name(namespace), "Whether Redis answered this scrape.")
         try:
             data = status.snapshot(self.client, self.config, self.url)
-        except (*OUTAGE_ERRORS, redis.exceptions.RedisError):
+        except _REDIS_ERRORS:
             up.add_metric([], 0)
             yield up
             return
@@ -233,7 +235,7 @@ def serve(config: Config, url: str, sock: socket.socket, supervisor_id: str, sup
     def healthz() -> tuple[int, str]:
         try:
             verdict = health.check(probe_client, config, url, supervisor_id.rsplit(":", 2)[0], supervisor_id)
-        except (*OUTAGE_ERRORS, redis.exceptions.RedisError) as exc:
+        except _REDIS_ERRORS as exc:
             return 503, f"unhealthy: {describe_unreachable(url, exc)}"
         return (200, f"ok: {verdict.message}") if verdict.healthy else (503, f"unhealthy: {verdict.message}")
 
