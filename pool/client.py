@@ -466,9 +466,17 @@ class Client:
         with self._lock:
             return self._loop.run_until_complete(coroutine)
 
-    def enqueue(self, handler: str, *args: Any, **options: Any) -> Job:
-        """Enqueue one job; see :meth:`AsyncClient.enqueue`."""
-        return self._run(self._async.enqueue(handler, *args, **options))
+    def enqueue(
+        self, handler: str, *args: Any, kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None, timeout: float | None = None, result_ttl: float | None = None,
+        job_id: str | None = None, max_retries: int | None = None,
+        delay: float | timedelta | None = None, at: datetime | None = None,
+    ) -> Job:
+        """Enqueue one job; see :meth:`AsyncClient.enqueue` (the same options, spelled out here so
+        that editors and type checkers see them; tests/unit/test_client_api.py keeps the two equal)."""
+        return self._run(self._async.enqueue(
+            handler, *args, kwargs=kwargs, queue=queue, timeout=timeout, result_ttl=result_ttl, job_id=job_id,
+            max_retries=max_retries, delay=delay, at=at))
 
     def enqueue_many(self, specs: Iterable[JobSpec]) -> list[Job]:
         """Enqueue many jobs in one round trip; see :meth:`AsyncClient.enqueue_many`."""

@@ -27,6 +27,7 @@ from pool import config_values as parsers
 from pool.config_values import parse_duration, redact_url  # noqa: F401 - part of this module's API
 from pool.errors import ConfigError
 from pool.keys import QUEUE_NAME_RULE, is_valid_queue_name
+from pool.metrics import check_namespace
 from pool.schedules import Schedule, check_cron, check_timezone
 
 REDIS_URL_ENV = "POOL_REDIS_URL"
@@ -129,6 +130,7 @@ class MetricsSettings:
 
     port: int | None = None
     host: str = "0.0.0.0"
+    namespace: str = ""  # prefix of every metric name ("pool": pool_job_success_total); none by default
 
     @property
     def enabled(self) -> bool:
@@ -256,6 +258,7 @@ _LOGGING: _Table = {
 _METRICS: _Table = {
     "port": ("port", parsers.integer(0, 65535)),
     "host": ("host", parsers.string),
+    "namespace": ("namespace", parsers.checked(check_namespace)),
 }
 _TOP: _Table = {
     "redis": ("redis", (RedisSettings, _REDIS)),

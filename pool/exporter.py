@@ -6,7 +6,9 @@ threaded HTTP server answers:
 
 - ``/metrics``: the counters and histograms of every process of this supervisor, summed from
   the multiprocess folder (metrics.py), plus the queue gauges read from Redis at scrape time
-  with the same code as `pool status` (``job_queue_length`` and friends, ``redis_up``).
+  with the same code as `pool status` (``job_queue_length`` and friends, ``pool_redis_up``);
+  gzipped when the scraper accepts it (Prometheus always does: scrapes grow with handlers ×
+  queues × 18 buckets).
 - ``/healthz``: 200 when this supervisor and all its workers have fresh heartbeats and Redis
   answers, else 503; the body says why (health.py). For readiness probes and alerting.
 - ``/livez``: 200 while the supervisor's loop runs (a file it touches every tick), without
@@ -19,6 +21,7 @@ them with ``max by (queue)``, not ``sum``.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import logging
 import os
 import signal
@@ -46,6 +49,8 @@ INDEX = (b"pool: /metrics (Prometheus), /healthz (this supervisor, its workers a
 
 
 RESPAWN_DELAY_S = 1.0
+# Whatever goes wrong asking Redis, a scrape answers (pool_redis_up 0) and /healthz says 503.
+_REDIS_ERRORS: tuple[type[BaseException], ...] = (*OUTAGE_ERRORS, redis.exceptions.RedisError)
 
 
 class ExporterProcess:
@@ -72,7 +77,7 @@ class ExporterProcess:
         self.sock = self._bind()
         self.folder = run_dir / "metrics"
         self.folder.mkdir()
-        metrics.enable(str(self.folder))
+        metrics.enable(str(self.folder), config.metrics.namespace)
         self.recorder = metrics.SupervisorMetrics()
         logger.info("metrics files in %s", self.folder)
 
@@ -192,24 +197,18 @@ class PoolCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        up = GaugeMetricFamily("redis_up", "Whether Redis answered this scrape.")
+        namespace = self.config.metrics.namespace
+        up = GaugeMetricFamily(metrics.redis_up_name(namespace), "Whether Redis answered this scrape.")
         try:
             data = status.snapshot(self.client, self.config, self.url)
-        except (*OUTAGE_ERRORS, redis.exceptions.RedisError):
+        except _REDIS_ERRORS:
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
         yield up
-        gauges = (
-            ("job_queue_length", "Jobs waiting in the queue, ready to run.", "queued"),
-            ("job_active_length", "Jobs claimed by workers and not yet finished.", "active"),
-            ("job_delayed_length", "Jobs waiting for their time (delayed or retrying).", "delayed"),
-            ("job_dead_length", "Jobs in the dead-letter set.", "dead"),
-            ("job_oldest_wait_seconds", "How long the next job of the queue has waited.", "oldest_wait_s"),
-        )
-        for name, text, field in gauges:
-            family = GaugeMetricFamily(name, text, labels=["queue"])
+        for name, text, field in metrics.QUEUE_GAUGES:
+            family = GaugeMetricFamily(metrics.metric_name(name, namespace), text, labels=["queue"])
             for queue, counts in data["queues"].items():
                 family.add_metric([queue], float(counts[field] or 0))
             yield family
@@ -236,7 +235,7 @@ def serve(config: Config, url: str, sock: socket.socket, supervisor_id: str, sup
     def healthz() -> tuple[int, str]:
         try:
             verdict = health.check(probe_client, config, url, supervisor_id.rsplit(":", 2)[0], supervisor_id)
-        except (*OUTAGE_ERRORS, redis.exceptions.RedisError) as exc:
+        except _REDIS_ERRORS as exc:
             return 503, f"unhealthy: {describe_unreachable(url, exc)}"
         return (200, f"ok: {verdict.message}") if verdict.healthy else (503, f"unhealthy: {verdict.message}")
 
@@ -317,6 +316,16 @@ class _Server(ThreadingHTTPServer):
             return self.idle.wait_for(lambda: self.in_flight <= 0, timeout)
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header asks for gzip. prometheus-client's ``gzip_accepted``
+    would do, but it reads ``gzip;q=0`` (gzip refused) as a yes."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip().lower() == "gzip":
+            return params.replace(" ", "").lower() not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = SCRAPE_SOCKET_TIMEOUT_S
@@ -327,7 +336,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == "/metrics":
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            self._reply(200, content_type, encoder(self.server.registry))
+            body = encoder(self.server.registry)
+            if accepts_gzip(self.headers.get("Accept-Encoding", "")):
+                self._reply(200, content_type, gzip.compress(body), {"Content-Encoding": "gzip"})
+            else:
+                self._reply(200, content_type, body)
         elif path in self.server.probes:
             code, text = self.server.probes[path]()
             self._reply(code, "text/plain; charset=utf-8", (text + "\n").encode())
@@ -336,10 +349,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(404, "text/plain; charset=utf-8", b"not found\n" + INDEX)
 
-    def _reply(self, code: int, content_type: str, body: bytes) -> None:
+    def _reply(self, code: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.path.startswith("/metrics"):  # caches must keep the gzipped and the plain answer apart
+            self.send_header("Vary", "Accept-Encoding")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 

@@ -10,6 +10,12 @@ Metric names are the ones our users graph (``job_success_total``, ``job_failure_
 ``job_queue_length``); labels are ``queue`` and, where it fits, ``handler``. Queue lengths are
 not here: the exporter reads them from Redis at scrape time (one source of truth).
 
+``metrics.namespace`` prefixes every name (``pool`` → ``pool_job_success_total``). The
+supervisor fixes it with the folder (:func:`enable`), before it forks: every process that writes
+into one folder must use the same names, and a reload cannot change either. The gauge of Redis
+answering is ``pool_redis_up`` without a namespace, never ``redis_up``: that name is
+redis_exporter's, and a Prometheus scraping both would mix the two.
+
 A worker of a pool without ``metrics.port`` gets :class:`NoMetrics`: nothing is imported or written.
 """
 
@@ -19,12 +25,15 @@ import contextlib
 import fcntl
 import glob
 import os
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pool.jobs import Job, Status
 
 DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+NAMESPACE_ENV = "POOL_METRICS_NAMESPACE"  # set by enable(), read by the processes it forks
+REDIS_UP_NAMESPACE = "pool"  # the namespace of redis_up when metrics.namespace is not set
 LOCK_FILE = ".lock"
 COMPACT_AFTER = 8  # exited workers whose files are folded into the archive at once
 
@@ -33,13 +42,30 @@ TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
                 600.0, 1800.0, 3600.0)
 
 
-def enable(directory: str) -> None:
-    """Switch this process (and the children it forks) to multiprocess metrics in ``directory``.
+_NAMESPACE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def check_namespace(value: str) -> str:
+    """The ``metrics.namespace`` parser's check: a Prometheus name part, without colons (those
+    are for recording rules).
+
+    Raises:
+        ValueError: the value cannot start a metric name.
+    """
+    if not _NAMESPACE.match(value):
+        raise ValueError(f"must be 1-64 letters, digits or '_', not starting with a digit, e.g. 'pool' (got {value!r})")
+    return value
+
+
+def enable(directory: str, namespace: str = "") -> None:
+    """Switch this process (and the children it forks) to multiprocess metrics in ``directory``,
+    with every metric name prefixed by ``namespace`` (none when empty).
 
     Call before any metric is created. prometheus-client picks its value class when first
     imported; if something imported it earlier without the variable, switch it here.
     """
     os.environ[DIR_ENV] = directory
+    os.environ[NAMESPACE_ENV] = namespace
     from prometheus_client import values
 
     if not getattr(values.ValueClass, "_multiprocess", False):
@@ -48,6 +74,21 @@ def enable(directory: str) -> None:
 
 def is_enabled() -> bool:
     return bool(os.environ.get(DIR_ENV))
+
+
+def enabled_namespace() -> str:
+    """The namespace :func:`enable` set for this process tree ("" for none)."""
+    return os.environ.get(NAMESPACE_ENV, "")
+
+
+def metric_name(name: str, namespace: str) -> str:
+    """``name`` under ``namespace``, as prometheus-client joins them (``pool_job_queue_length``)."""
+    return f"{namespace}_{name}" if namespace else name
+
+
+def redis_up_name(namespace: str) -> str:
+    """The gauge of Redis answering a scrape: ``pool_redis_up`` unless a namespace replaces ``pool``."""
+    return metric_name("redis_up", namespace or REDIS_UP_NAMESPACE)
 
 
 def mark_dead(pid: int) -> None:
@@ -118,6 +159,36 @@ def compact(directory: str, pids: Iterable[int]) -> bool:
     return True
 
 
+# The queue gauges the exporter reads from Redis at each scrape: (name, help, field of the
+# status snapshot's per-queue counts). Here, beside the other names, so one place lists them all.
+QUEUE_GAUGES = (
+    ("job_queue_length", "Jobs waiting in the queue, ready to run.", "queued"),
+    ("job_active_length", "Jobs claimed by workers and not yet finished.", "active"),
+    ("job_delayed_length", "Jobs waiting for their time (delayed or retrying).", "delayed"),
+    ("job_dead_length", "Jobs in the dead-letter set.", "dead"),
+    ("job_oldest_wait_seconds", "How long the next job of the queue has waited.", "oldest_wait_s"),
+)
+
+# The samples a family of each type shows in a multiprocess scrape (no ``_created`` there).
+_SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+
+
+def sample_names(namespace: str = "") -> set[str]:
+    """Every sample name a scrape of pool can show (``job_success_total``, ``job_duration_seconds_bucket``,
+    ...): what alert rules and dashboards may refer to. For tests and tooling: call it where
+    :func:`enable` has not run (it builds the recorders, and their unlabelled children)."""
+    families = [*WorkerMetrics(namespace).families, *SupervisorMetrics(namespace).families]
+    names = {described.name + suffix for family in families for described in family.describe()
+             for suffix in _SAMPLE_SUFFIXES[described.type]}
+    names.update(metric_name(name, namespace) for name, _, _ in QUEUE_GAUGES)
+    names.add(redis_up_name(namespace))
+    return names
+
+
+def _namespace(given: str | None) -> str:
+    return enabled_namespace() if given is None else given
+
+
 class NoMetrics:
     """What a worker records when metrics are off: nothing."""
 
@@ -135,25 +206,36 @@ class NoMetrics:
 
 
 class WorkerMetrics(NoMetrics):
-    """What a worker process records: one call when a job starts, one when it finishes."""
+    """What a worker process records: one call when a job starts, one when it finishes.
 
-    def __init__(self) -> None:
+    Args:
+        namespace: prefix of every name; None: the one :func:`enable` set.
+    """
+
+    def __init__(self, namespace: str | None = None) -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
+        ns = _namespace(namespace)
         both = ("queue", "handler")
-        self._success = Counter("job_success", "Jobs that completed.", both, registry=None)
-        self._failure = Counter("job_failure", "Failed attempts (also those retried later).", both, registry=None)
-        self._retries = Counter("job_retries", "Failed attempts that will be retried.", both, registry=None)
-        self._dead = Counter("job_dead", "Jobs moved to the dead-letter set.", both, registry=None)
-        self._cancelled = Counter("job_cancelled", "Jobs cancelled while running.", both, registry=None)
-        self._duration = Histogram("job_duration_seconds", "Run time of attempts.", both,
-                                   buckets=TIME_BUCKETS, registry=None)
-        self._wait = Histogram("job_queue_wait_seconds", "Time from ready (enqueued or due) to start.",
-                               ("queue",), buckets=TIME_BUCKETS, registry=None)
-        self._in_flight = Gauge("jobs_in_flight", "Jobs running now.", ("queue",), multiprocess_mode="livesum",
+        self._success = Counter("job_success", "Jobs that completed.", both, namespace=ns, registry=None)
+        self._failure = Counter("job_failure", "Failed attempts (also those retried later).", both, namespace=ns,
                                 registry=None)
-        self._reconnects = Counter("redis_reconnects", "Times a process got Redis back after losing it.",
-                                   ("process",), registry=None).labels("worker")
+        self._retries = Counter("job_retries", "Failed attempts that will be retried.", both, namespace=ns,
+                                registry=None)
+        self._dead = Counter("job_dead", "Jobs moved to the dead-letter set.", both, namespace=ns, registry=None)
+        self._cancelled = Counter("job_cancelled", "Jobs cancelled while running.", both, namespace=ns,
+                                  registry=None)
+        self._duration = Histogram("job_duration_seconds", "Run time of attempts.", both,
+                                   buckets=TIME_BUCKETS, namespace=ns, registry=None)
+        self._wait = Histogram("job_queue_wait_seconds", "Time from ready (enqueued or due) to start.",
+                               ("queue",), buckets=TIME_BUCKETS, namespace=ns, registry=None)
+        self._in_flight = Gauge("jobs_in_flight", "Jobs running now.", ("queue",), multiprocess_mode="livesum",
+                                namespace=ns, registry=None)
+        reconnects = Counter("redis_reconnects", "Times a process got Redis back after losing it.",
+                             ("process",), namespace=ns, registry=None)
+        self._reconnects = reconnects.labels("worker")
+        self.families = (self._success, self._failure, self._retries, self._dead, self._cancelled,
+                         self._duration, self._wait, self._in_flight, reconnects)
         # Label lookups cost more than the increments: keep the children per queue and handler.
         self._children: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._queues: dict[str, tuple[Any, Any]] = {}
@@ -203,22 +285,31 @@ class WorkerMetrics(NoMetrics):
 
 
 class SupervisorMetrics:
-    """What the supervisor records: its live workers, the jobs it requeued, its reconnects."""
+    """What the supervisor records: its live workers, the jobs it requeued, its reconnects.
 
-    def __init__(self) -> None:
+    Args:
+        namespace: prefix of every name; None: the one :func:`enable` set.
+    """
+
+    def __init__(self, namespace: str | None = None) -> None:
         from prometheus_client import Counter, Gauge
 
+        ns = _namespace(namespace)
         self._alive = Gauge("workers_alive", "Worker processes of this supervisor that run their event loop.",
-                            multiprocess_mode="max", registry=None)
+                            multiprocess_mode="max", namespace=ns, registry=None)
         self._configured = Gauge("workers_configured", "Worker processes this supervisor should run.",
-                                 multiprocess_mode="max", registry=None)
-        self._restarts = Counter("worker_restarts", "Worker processes that died and were replaced.", registry=None)
+                                 multiprocess_mode="max", namespace=ns, registry=None)
+        self._restarts = Counter("worker_restarts", "Worker processes that died and were replaced.", namespace=ns,
+                                 registry=None)
         self._reclaimed = Counter("job_reclaimed", "Jobs of dead workers put back in their queue.",
-                                  ("queue", "reason"), registry=None)
+                                  ("queue", "reason"), namespace=ns, registry=None)
         self._quarantined = Counter("job_quarantined", "Jobs moved to the dead set because their workers "
-                                    "kept dying (max_deliveries).", ("queue",), registry=None)
-        self._reconnects = Counter("redis_reconnects", "Times a process got Redis back after losing it.",
-                                   ("process",), registry=None).labels("supervisor")
+                                    "kept dying (max_deliveries).", ("queue",), namespace=ns, registry=None)
+        reconnects = Counter("redis_reconnects", "Times a process got Redis back after losing it.",
+                             ("process",), namespace=ns, registry=None)
+        self._reconnects = reconnects.labels("supervisor")
+        self.families = (self._alive, self._configured, self._restarts, self._reclaimed, self._quarantined,
+                         reconnects)
 
     def workers(self, alive: int, configured: int) -> None:
         self._alive.set(alive)

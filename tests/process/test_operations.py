@@ -3,6 +3,7 @@ and `pool status` against a stopped pool and an unreachable Redis."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -24,10 +25,15 @@ from tests.conftest import cli_env, pool_cli
 from tests.process.conftest import live_workers
 
 
-def scrape(address: str) -> dict[str, float]:
-    """Every sample of /metrics, summed over its labels, by sample name."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
-        text = response.read().decode()
+def scrape(address: str, gzipped: bool = False) -> dict[str, float]:
+    """Every sample of /metrics, summed over its labels, by sample name; ``gzipped``: ask for
+    gzip as Prometheus does, and check that the answer is gzip."""
+    request = urllib.request.Request(f"http://{address}/metrics",
+                                     headers={"Accept-Encoding": "gzip"} if gzipped else {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers.get("Content-Encoding") == ("gzip" if gzipped else None)
+        body = response.read()
+    text = (gzip.decompress(body) if gzipped else body).decode()
     totals: dict[str, float] = defaultdict(float)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -92,7 +98,7 @@ def test_metrics_sum_a_known_mix_over_every_process(write_config, start_pool, tm
     assert metrics["jobs_in_flight"] == 0
     assert metrics["workers_configured"] == 2
     assert metrics["job_queue_length"] == 0 and metrics["job_dead_length"] == 5
-    assert metrics["redis_up"] == 1
+    assert metrics["pool_redis_up"] == 1 and "redis_up" not in metrics  # redis_exporter's name
     code, text = get(address, "/healthz")
     assert code == 200 and text.startswith("ok: host ")
 
@@ -129,6 +135,29 @@ def test_metrics_sum_a_known_mix_over_every_process(write_config, start_pool, tm
     assert "status    dead" in story.stdout and "ValueError: boom" in story.stdout
     bad = pool_cli("jobs", str(config), "--status", "sleeping")
     assert bad.returncode == 2 and "invalid choice: 'sleeping'" in bad.stderr
+    assert pool.stop() == 0, pool.output()
+
+
+def test_metrics_with_a_namespace_are_all_prefixed_and_served_gzipped_on_request(write_config, start_pool):
+    config = write_config(processes=1, metrics={"port": 0, "host": "127.0.0.1", "namespace": "pool"})
+    pool = start_pool(config)
+    wait_until(live_workers(config, 1), timeout=30, message="1 worker")
+    address = metrics_address(config)
+    # Given 3 jobs done by a pool whose metrics.namespace is "pool"
+    with Client.from_config(config) as client:
+        for job in client.enqueue_many(JobSpec("tests.sample_handlers.add", (i, 1)) for i in range(3)):
+            client.wait(job.id, timeout=30)
+    # When Prometheus scrapes it (it sends Accept-Encoding: gzip; the supervisor's ≤ 1 s loop has
+    # counted its worker booted), and a plain client does
+    zipped = wait_until(lambda: (m := scrape(address, gzipped=True))["pool_job_success_total"] == 3
+                        and m["pool_workers_alive"] == 1 and m, timeout=10, message="3 successes in /metrics")
+    plain = scrape(address)
+    # Then both read the same numbers, under names that all start with the namespace
+    assert zipped.keys() == plain.keys()
+    assert zipped["pool_job_success_total"] == plain["pool_job_success_total"] == 3
+    assert [name for name in plain if not name.startswith("pool_")] == []
+    assert plain["pool_redis_up"] == 1 and plain["pool_workers_alive"] == 1 and "pool_job_queue_length" in plain
+    assert plain["pool_job_duration_seconds_count"] == 3
     assert pool.stop() == 0, pool.output()
 
 
@@ -224,7 +253,8 @@ def test_livez_stays_up_through_a_redis_outage_while_healthz_reports_it(write_co
         assert "cannot reach Redis" in text
         code, text = get(address, "/livez")
         assert code == 200 and text.startswith("live: the supervisor's loop ran")
-        assert scrape(address)["redis_up"] == 0
+        down = scrape(address)
+        assert "pool_redis_up" in down and down["pool_redis_up"] == 0
         server.start()
         wait_until(lambda: get(address, "/healthz")[0] == 200, timeout=30, message="healthy again")
         assert pool.stop() == 0, pool.output()
