@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import signal
 
 import pytest
 
 from pool import hooks
-from pool.config import from_mapping
+from pool.config import from_mapping, load
 from pool.errors import ConfigError, HandlerError
 from pool.hooks import Hook, Hooks
+from pool.supervisor import Supervisor
 
 HOOKS = "tests.hook_handlers"
 
@@ -80,3 +83,17 @@ async def test_every_shutdown_hook_runs_though_one_raises_and_one_overruns(caplo
         ("worker w1: on_shutdown hook app.hung did not finish within 0.05s; left behind", None),
         ("worker w1: on_shutdown hook app.slow raised", TimeoutError),
     ]
+
+
+def test_a_reload_naming_a_hook_that_cannot_be_imported_is_refused(tmp_path, caplog):
+    path = tmp_path / "pool.yaml"
+    path.write_text("handlers: [tests.sample_handlers]\n")
+    supervisor = Supervisor(load(path, environ={}), worker_main=lambda *a: 0)
+    try:
+        path.write_text(f"handlers: [tests.sample_handlers]\non_startup: {HOOKS}.open_db\n")
+        supervisor._dispatch(signal.SIGHUP)
+    finally:
+        shutil.rmtree(supervisor.run_dir, ignore_errors=True)
+    assert supervisor.config.on_startup == ()
+    assert (f"reload refused, the running workers stay: pool.yaml: on_startup: '{HOOKS}.open_db' not found: "
+            f"module '{HOOKS}' has no 'open_db'") in caplog.text
