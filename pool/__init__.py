@@ -9,6 +9,7 @@ The public API is what ``__all__`` lists; everything else is internal.
 """
 
 from pool.client import AsyncClient, Client, JobSpec
+from pool.context import CurrentJob, current_job
 from pool.errors import (
     ConfigError,
     CorruptJob,
@@ -33,6 +34,7 @@ __all__ = [
     "Client",
     "ConfigError",
     "CorruptJob",
+    "CurrentJob",
     "HandlerError",
     "Job",
     "JobCancelled",
@@ -48,5 +50,6 @@ __all__ = [
     "SerializationError",
     "Status",
     "UsageError",
+    "current_job",
     "task",
 ]

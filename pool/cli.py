@@ -155,12 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(options: argparse.Namespace) -> int:
-    from pool import logs, worker
+    from pool import hooks, logs, worker
     from pool.handlers import check_importable
     from pool.supervisor import Supervisor
 
     config = config_module.load(options.config)
     check_importable(config)
+    hooks.check_importable(config)
     logs.setup(config.logging, "supervisor")
     return Supervisor(config, worker.main).run()
 

@@ -152,6 +152,8 @@ class Config:
     schedules: tuple[Schedule, ...] = ()
     handlers: tuple[str, ...] = ()
     handler_retries: Mapping[str, RetrySettings] = field(default_factory=dict)
+    on_startup: tuple[str, ...] = ()  # functions each worker process calls before its first job
+    on_shutdown: tuple[str, ...] = ()  # ... and after its last job ended
     retries: RetrySettings = RetrySettings()
     dead_letter: DeadLetterSettings = DeadLetterSettings()
     scripts: ScriptSettings = ScriptSettings()
@@ -267,6 +269,8 @@ _TOP: _Table = {
     "queues": ("queues", ("queues",)),
     "schedules": ("schedules", ("schedules",)),
     "handlers": ("handlers", ("handlers",)),
+    "on_startup": ("on_startup", ("list", parsers.function_path)),
+    "on_shutdown": ("on_shutdown", ("list", parsers.function_path)),
     "retries": ("retries", (RetrySettings, _RETRY_FIELDS)),
     "dead_letter": ("dead_letter", (DeadLetterSettings, _DEAD_LETTER)),
     "scripts": ("scripts", (ScriptSettings, _SCRIPTS)),

@@ -10,13 +10,14 @@ thread outlives its timeout by ``timeout_grace`` the runner reports it so the pr
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from pool import clock, outcomes
+from pool import clock, context, outcomes
 from pool.acks import AckBatcher
 from pool.config import Config
 from pool.handlers import Registry
@@ -66,12 +67,15 @@ class JobRunner:
                 f"{', '.join(self.registry.names()) or 'none'}); add it to `handlers:` in pool.yaml"))
         timeout_s = job.timeout_ms / 1000 if job.timeout_ms else self.config.timeout_s
         thread: Future[Any] | None = None
+        token = context.enter(job, clock.now_ms() + int(timeout_s * 1000))  # for pool.current_job()
         try:
             async with asyncio.timeout(timeout_s) as deadline:
                 if handler.is_async:
                     result = await handler.func(*job.args, **(job.kwargs or {}))
                 else:
-                    thread = self.executor.submit(handler.func, *job.args, **(job.kwargs or {}))
+                    # run in a copy of this context, so that current_job() works in the thread too
+                    thread = self.executor.submit(contextvars.copy_context().run, handler.func, *job.args,
+                                                  **(job.kwargs or {}))
                     # shield: on timeout stop waiting, but keep the future to see whether it ends
                     result = await asyncio.shield(asyncio.wrap_future(thread))
         except TimeoutError as exc:
@@ -89,6 +93,8 @@ class JobRunner:
             raise
         except (Exception, SystemExit) as exc:  # a handler's exception fails the job, never the worker
             return None, Failure.of(exc, getattr(exc, "details", None) or traceback.format_exc())
+        finally:
+            context.leave(token)
         return self._encode_result(job, result)
 
     def _encode_result(self, job: Job, result: Any) -> tuple[bytes | None, Failure | None]:
@@ -172,7 +178,7 @@ class JobRunner:
                 self.completed_lines.add(Completed(job.id, job.handler, job.queue, job.wait_ms, run_ms))
             return
         wait_ms = job.wait_ms
-        extra = {"job_id": job.id, "queue": job.queue, "handler": job.handler,
+        extra = {"job_id": job.id, "queue": job.queue, "handler": job.handler, "attempt": job.attempts,
                  "outcome": status.value, "wait_ms": wait_ms, "run_ms": round(run_ms, 1)}
         head = f"job {job.id} {job.handler} queue={job.queue} wait={wait_ms}ms run={run_ms:.1f}ms"
         if not acked:
@@ -180,5 +186,9 @@ class JobRunner:
         elif decision is not None and decision.status is Status.RETRYING:
             job_logger.warning("%s failed (attempt %d), retrying in %.1fs: %s", head, job.attempts,
                            decision.delay_s or 0, failure.error, extra=extra)
+        elif status in (Status.FAILED, Status.DEAD):
+            # ERROR with the exception: what Sentry's and OpenTelemetry's logging integrations report
+            job_logger.error("%s %s: %s", head, status.value, failure and failure.error, extra=extra,
+                             exc_info=failure and failure.exc)
         else:
             job_logger.warning("%s %s: %s", head, status.value, failure and failure.error, extra=extra)

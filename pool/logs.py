@@ -2,12 +2,20 @@
 
 Every line says which process wrote it (``supervisor`` or ``worker-<n>``), so an operator reading
 a merged journal can tell them apart. The one line per finished job comes from the ``pool.jobs``
-logger (completed at info, failures at warning), so ``levels: {pool.jobs: warning}`` keeps only
-the failures.
+logger (completed at info, a retry at warning, failed and dead at error), so
+``levels: {pool.jobs: warning}`` keeps only the failures.
 
 Completed jobs are the bulk of the lines, and a log record costs ~5 µs of Python, a fifth of a
 no-op job: :class:`CompletedLines` gathers the jobs that complete in one event-loop turn into
-one record, which both formats still print as one line per job.
+one record, which both formats still print as one line per job. Any other handler (a file, Sentry's
+breadcrumbs, OpenTelemetry) sees that record's message as the jobs' lines joined by "; ", built
+only if it asks, and a record of one job also carries that job's fields as attributes. Failed and
+dead jobs are one record each, with the exception attached (``exc_info``) for those handlers;
+pool's own text format keeps them to one line (the traceback is in `pool job ID`), its JSON
+format carries it in ``exception``.
+
+JSON lines carry every attribute a log call adds with ``extra={...}``, pool's own and the user's,
+as python-json-logger does.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -37,6 +45,18 @@ class Completed(NamedTuple):
                 f"run={self.run_ms:.1f}ms completed")
 
 
+class _Joined:
+    """The message of a completed-jobs record, joined only when a handler formats it."""
+
+    __slots__ = ("lines",)
+
+    def __init__(self, lines: list[Completed]) -> None:
+        self.lines = lines
+
+    def __str__(self) -> str:
+        return "; ".join([line.message for line in self.lines])
+
+
 class CompletedLines:
     """Completed jobs' lines, sent to the ``pool.jobs`` logger as one record per event-loop turn
     (its ``jobs`` attribute holds them; the formatters below print one line per job)."""
@@ -53,12 +73,24 @@ class CompletedLines:
 
     def flush(self) -> None:
         lines, self._pending = self._pending, []
-        if lines:
-            self.logger.info("%d jobs completed", len(lines), extra={"jobs": lines})
+        if not lines:
+            return
+        extra: dict[str, Any] = {"jobs": lines}
+        if len(lines) == 1:
+            job = lines[0]
+            extra.update(job_id=job.job_id, queue=job.queue, handler=job.handler, outcome="completed",
+                         wait_ms=job.wait_ms, run_ms=round(job.run_ms, 1))
+        self.logger.info("%s", _Joined(lines), extra=extra)
+
+
+# Every attribute a LogRecord has without `extra` (3.12 adds taskName), plus what formatters set.
+_STANDARD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_OWN = frozenset({"ts", "level", "process", "pid", "logger", "message", "exception"})  # always encodable
 
 
 class TextFormatter(logging.Formatter):
-    """``<time> <LEVEL> [<process> <pid>] <message>``; a record of completed jobs as one line each."""
+    """``<time> <LEVEL> [<process> <pid>] <message>``; a record of completed jobs as one line each,
+    and a finished job's line always one line (its exception is for other handlers)."""
 
     def __init__(self, role: str) -> None:
         super().__init__(f"%(asctime)s %(levelname)-7s [{role} %(process)d] %(message)s")
@@ -66,6 +98,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         jobs: list[Completed] | None = getattr(record, "jobs", None)
         if not jobs:
+            if record.exc_info and getattr(record, "outcome", None) is not None:
+                record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
             return super().format(record)
         prefix = super().format(logging.makeLogRecord({**record.__dict__, "msg": "", "args": None}))
         return "\n".join([prefix + job.message for job in jobs])
@@ -90,13 +124,16 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("job_id", "worker_id", "queue", "handler", "outcome", "wait_ms", "run_ms"):
-            value = getattr(record, key, None)
-            if value is not None:
+        for key, value in record.__dict__.items():  # a user's extra never replaces the fields above
+            if key not in _STANDARD_ATTRIBUTES and key not in entry:
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry).decode()
+        try:
+            # default=str: a user's extra may hold any object (a UUID, a model, a set)
+            return orjson.dumps(entry, default=str).decode()
+        except orjson.JSONEncodeError:  # what default cannot mend: an int over 64 bits, a non-str key
+            return orjson.dumps({key: value if key in _OWN else repr(value) for key, value in entry.items()}).decode()
 
     def _completed(self, record: logging.LogRecord, job: Completed) -> str:
         return orjson.dumps({

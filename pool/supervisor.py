@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from pool import clock, forking
+from pool import clock, forking, hooks
 from pool import config as config_module
 from pool.config import Config
 from pool.connection import OUTAGE_ERRORS, backoff_s, check_server, describe_unreachable, redact, resolve_url
@@ -260,6 +260,7 @@ class Supervisor:
         try:
             fresh = config_module.load(self.config.path)
             check_importable(fresh)
+            hooks.check_importable(fresh)
         except PoolError as exc:
             logger.error("reload refused, the running workers stay: %s", exc)
             return

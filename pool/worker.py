@@ -33,6 +33,7 @@ from pool.errors import CorruptJob, ExitCode, HandlerError
 from pool.execution import JobRunner
 from pool.fetcher import Fetcher, Slots
 from pool.handlers import Registry, load_registry
+from pool.hooks import Hooks
 from pool.jobs import Job, Status
 from pool.keys import Keys
 from pool.metrics import NoMetrics
@@ -61,12 +62,13 @@ class Worker:
         scheduler: promote delayed jobs and fire schedules on time (one process per supervisor);
             the other processes do it as backups, a second late.
         metrics: what to record for Prometheus (metrics.py; nothing by default).
+        hooks: the on_startup / on_shutdown functions (default: imported from the config).
     """
 
     def __init__(
         self, config: Config, registry: Registry, worker_id: str, *, url: str | None = None,
         burst: bool = False, parent_pid: int | None = None, alive_file: str | None = None,
-        scheduler: bool = True, metrics: NoMetrics | None = None,
+        scheduler: bool = True, metrics: NoMetrics | None = None, hooks: Hooks | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -78,6 +80,8 @@ class Worker:
         self._fast = asyncio.Event()
         self.fast_stop = False
         self.crashed = False
+        self.boot_failed = False  # an on_startup hook raised
+        self.hooks = hooks if hooks is not None else Hooks.load(config)
         self.recycle_reason: str | None = None
         self.parent_pid = parent_pid
         self._orphaned_at: float | None = None
@@ -102,6 +106,8 @@ class Worker:
 
     @property
     def exit_code(self) -> int:
+        if self.boot_failed:
+            return ExitCode.BOOT
         if self.crashed:
             return ExitCode.JOB_FAILED
         return ExitCode.RECYCLE if self.recycle_reason else ExitCode.OK
@@ -129,7 +135,15 @@ class Worker:
         self.stop()
 
     async def run(self) -> None:
-        """Work until :meth:`stop` (or, in burst mode, until the queues are empty)."""
+        """Work until :meth:`stop` (or, in burst mode, until the queues are empty).
+
+        The on_startup hooks run first (a failure ends the process with ExitCode.BOOT before it
+        touched Redis); the on_shutdown hooks once the last job ended (see hooks.py).
+        """
+        if not await self.hooks.startup(self.worker_id):
+            self.boot_failed = True
+            self._executor.shutdown(wait=False)
+            return
         # Job acks, a claim or handback per watched queue, the scheduler's subscription, promotion
         # and one fire per schedule can all be in flight at once.
         connections = self.config.concurrency + 2 * len(self.config.queues) + len(self.config.schedules) + 8
@@ -155,8 +169,12 @@ class Worker:
             for task in (*background, fetcher):
                 task.add_done_callback(self._background_done)
             await self._wait_until_done(fetcher)
-            await self._drain()
-            self.runner.completed_lines.flush()
+            try:
+                await self._drain()
+            finally:
+                self.runner.completed_lines.flush()
+                # Before the background tasks end: the liveness loop keeps the supervisor patient.
+                await self.hooks.shutdown(self.worker_id)
             await self._cancel_background(background)
             await self._deregister()
         finally:
@@ -441,6 +459,7 @@ def main(config: Config, worker_id: str, url: str, alive_file: str | None = None
 
     try:
         registry = load_registry(config.handlers, config.base_dir, config.scripts, config.import_paths)
+        hooks = Hooks.load(config)
     except HandlerError as exc:
         logger.error("cannot start: %s", exc)
         return ExitCode.BOOT
@@ -448,7 +467,7 @@ def main(config: Config, worker_id: str, url: str, alive_file: str | None = None
 
     recorder = metrics.WorkerMetrics() if config.metrics.enabled and metrics.is_enabled() else None
     worker = Worker(config, registry, worker_id, url=url, parent_pid=os.getppid(), alive_file=alive_file,
-                    scheduler=scheduler, metrics=recorder)
+                    scheduler=scheduler, metrics=recorder, hooks=hooks)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         loop = runner.get_loop()
         loop.add_signal_handler(signal.SIGTERM, worker.stop)
