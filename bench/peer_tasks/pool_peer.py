@@ -25,7 +25,7 @@ async def sleep() -> None:
 
 class Adapter(Peer):
     name = "pool"
-    dists = ("pool",)
+    dists = ("pool-jobs",)
     mapping = "pool run: P forked workers x C asyncio slots"
     enqueue_path = f"Client.enqueue_many, {BATCH} per call"
 
