@@ -95,10 +95,11 @@ def test_unreachable_redis_exits_3_with_one_line(capsys, config_file, command):
 
 
 def test_embedded_server_not_running_is_explained(capsys, config_file):
-    code, _, err = run(capsys, "status", config_file("handlers: [examples.tasks]\n"))
+    path = config_file("handlers: [examples.tasks]\n")
+    code, _, err = run(capsys, "status", path)
     assert code == 3
     assert "the embedded Redis of pool.yaml is not running" in one_line(err)
-    assert "start the pool with `pool run pool.yaml`" in err
+    assert f"start the pool with `pool run {path}`" in err  # the path as given, not only its name
 
 
 def test_help_shows_examples(capsys):
