@@ -12,11 +12,11 @@ import functools
 import math
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 import redis.asyncio
@@ -319,7 +319,8 @@ class AsyncClient:
         done = self.keys.done(queue, job_id)
         blocking = self._blocking
         await self._retrying(
-            lambda: blocking.blmove(done, done, timeout=max(seconds, 0.01), src="RIGHT", dest="LEFT")
+            # redis-py types the timeout as int; BLMOVE takes fractional seconds since Redis 6
+            lambda: blocking.blmove(done, done, timeout=max(seconds, 0.01), src="RIGHT", dest="LEFT")  # type: ignore[arg-type]
         )
 
     # -- cancellation and the dead-letter queue ----------------------------------------------------
@@ -394,7 +395,7 @@ class AsyncClient:
         if every:
             for name in [queue] if queue else list(self.config.queues):
                 members = await self._retrying(functools.partial(self.redis.zrange, self.keys.dead(name), 0, -1))
-                targets += [(name, raw.decode()) for raw in members]
+                targets += [(name, cast(bytes, raw).decode()) for raw in members]
         else:
             for job_id in job_ids:
                 job = await self._require(job_id, queue)
@@ -412,7 +413,7 @@ class AsyncClient:
 
         return sum(await self._retrying(send)) if targets else 0
 
-    async def events(self, queues: Iterable[str] | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def events(self, queues: Iterable[str] | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """Yield each finished attempt's event (completed, failed, retrying, dead, cancelled) as a dict.
 
         Subscribes to the queues' channels (default: every queue of the config) and runs until the

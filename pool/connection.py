@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
@@ -143,10 +143,12 @@ def async_client(
     if max_connections:
         kwargs["max_connections"] = max_connections
     if config.redis.cluster:
-        return redis.asyncio.cluster.RedisCluster.from_url(url, **kwargs)
+        # not a Redis subclass, but it has every command we send (each names keys of one slot)
+        return cast(redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster.from_url(url, **kwargs))
     if config.redis.sentinels:
         sentinel = redis.asyncio.sentinel.Sentinel(
             _sentinel_addresses(config), sentinel_kwargs=_sentinel_kwargs(config), **kwargs)
+        assert config.redis.service_name, "config loading requires redis.service_name with redis.sentinels"
         client = sentinel.master_for(config.redis.service_name, redis_class=_AsyncSentinelMaster)
     else:
         client = redis.asyncio.Redis.from_url(url, **kwargs)
@@ -174,7 +176,8 @@ class _HiredisPacking:
         if not (isinstance(args[0], str) and " " in args[0]):
             with contextlib.suppress(TypeError):
                 return [hiredis.pack_command(args)]
-        return self._packer.pack(*args)  # type: ignore[union-attr]  (splits 'CLIENT SETINFO' etc.)
+        assert self._packer is not None  # mixed in only when hiredis is installed
+        return self._packer.pack(*args)  # splits 'CLIENT SETINFO' etc.
 
 
 def blocking_client(config: Config, url: str, max_connections: int) -> redis.asyncio.Redis:
@@ -187,10 +190,12 @@ def sync_client(config: Config, url: str) -> redis.Redis:
     """A synchronous client (supervisor housekeeping, CLI). Its pool resets itself after a fork."""
     kwargs = _client_kwargs(config, url, None, for_asyncio=False)
     if config.redis.cluster:
-        return redis.cluster.RedisCluster.from_url(url, **kwargs)
+        # not a Redis subclass, but it has every command we send (each names keys of one slot)
+        return cast(redis.Redis, redis.cluster.RedisCluster.from_url(url, **kwargs))
     if config.redis.sentinels:
         sentinel = redis.sentinel.Sentinel(_sentinel_addresses(config), sentinel_kwargs=_sentinel_kwargs(config),
                                            **kwargs)
+        assert config.redis.service_name, "config loading requires redis.service_name with redis.sentinels"
         return sentinel.master_for(config.redis.service_name, redis_class=_SentinelMaster)
     return redis.Redis.from_url(url, **kwargs)
 
@@ -200,7 +205,8 @@ class _AsyncSentinelMaster(redis.asyncio.Redis):
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
-        for sentinel in self.connection_pool.sentinel_manager.sentinels:
+        pool = cast(redis.asyncio.sentinel.SentinelConnectionPool, self.connection_pool)  # master_for made it
+        for sentinel in pool.sentinel_manager.sentinels:
             await sentinel.aclose()
 
 
@@ -209,7 +215,8 @@ class _SentinelMaster(redis.Redis):
 
     def close(self) -> None:
         super().close()
-        for sentinel in self.connection_pool.sentinel_manager.sentinels:
+        pool = cast(redis.sentinel.SentinelConnectionPool, self.connection_pool)  # master_for made it
+        for sentinel in pool.sentinel_manager.sentinels:
             sentinel.close()
 
 

@@ -184,11 +184,12 @@ class JobRunner:
         if not acked:
             job_logger.warning("%s finished but was requeued meanwhile; outcome dropped", head, extra=extra)
         elif decision is not None and decision.status is Status.RETRYING:
+            assert failure is not None  # a decision comes only from record_failure
             job_logger.warning("%s failed (attempt %d), retrying in %.1fs: %s", head, job.attempts,
                            decision.delay_s or 0, failure.error, extra=extra)
         elif status in (Status.FAILED, Status.DEAD):
             # ERROR with the exception: what Sentry's and OpenTelemetry's logging integrations report
             job_logger.error("%s %s: %s", head, status.value, failure and failure.error, extra=extra,
-                             exc_info=failure and failure.exc)
+                             exc_info=failure.exc if failure else None)
         else:
             job_logger.warning("%s %s: %s", head, status.value, failure and failure.error, extra=extra)

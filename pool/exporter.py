@@ -229,7 +229,7 @@ def serve(config: Config, url: str, sock: socket.socket, supervisor_id: str, sup
 
     registry = CollectorRegistry()
     LockedCollector(registry, os.environ[metrics.DIR_ENV])
-    registry.register(PoolCollector(config, url))  # type: ignore[arg-type]
+    registry.register(PoolCollector(config, url))
     probe_client = sync_client(config, url)
 
     def healthz() -> tuple[int, str]:

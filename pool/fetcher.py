@@ -22,7 +22,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio
 import redis.asyncio.cluster
@@ -170,7 +170,7 @@ class Fetcher:
         self._wake = asyncio.Event()
         self._reconcile_at = clock.monotonic() + RECONCILE_INTERVAL_S
         self._must_reconcile = False
-        self._claim_options = {
+        self._claim_options: dict[str, Any] = {
             "solo_at": solo_threshold(config.max_deliveries), "result_ttl_ms": int(config.result_ttl_s * 1000),
         }
 
@@ -299,12 +299,13 @@ class Fetcher:
                     if await self._blmove_and_claim(queue):
                         return
                     continue
+                # redis-py types the timeout as int; BLMOVE takes fractional seconds since Redis 6
                 job_id = await self.blocking.blmove(
                     self.keys.queue(queue), self.keys.active(queue, self.worker_id),
-                    timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT",
+                    timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT",  # type: ignore[arg-type]
                 )
                 if job_id is not None:
-                    await self._start_moved(queue, job_id.decode())
+                    await self._start_moved(queue, cast(bytes, job_id).decode())
                     return
         except OUTAGE_ERRORS as exc:
             self._must_reconcile = True  # the BLMOVE may have moved an id whose reply was lost
@@ -375,7 +376,7 @@ class Fetcher:
             for queue in self.config.queues:
                 listed = await self.redis.lrange(self.keys.active(queue, self.worker_id), 0, -1)
                 for raw in listed:
-                    job_id = raw.decode()
+                    job_id = cast(bytes, raw).decode()
                     if job_id not in self.slots.running and not self.stopping.is_set():
                         self._started(queue, await self._claim_script(queue, 0, moved_id=job_id))
             self._must_reconcile = False

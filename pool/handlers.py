@@ -137,7 +137,7 @@ def _last_line(exc: BaseException) -> str:
 def _public_functions(module: ModuleType) -> list[Callable[..., Any]]:
     """Functions defined in ``module`` itself whose names do not start with '_'."""
     exported = getattr(module, "__all__", None)
-    found = []
+    found: list[Callable[..., Any]] = []
     for name, value in vars(module).items():
         if not inspect.isfunction(value) or value.__module__ != module.__name__:
             continue

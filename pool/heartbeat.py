@@ -39,9 +39,10 @@ async def beat(
             pipe.set(keys.alive(queue, worker_id), state, px=ttl_ms)
             pipe.sadd(keys.queue_workers(queue), worker_id)
             pipe.spop(keys.cancel(queue, worker_id), 1000)
+        # redis-py's mapping= key type is invariant (Mapping[FieldT, ...]): it refuses Mapping[str, Any]
         pipe.hset(registry, mapping={
             "id": worker_id, "host": host, "pid": pid, "queues": ",".join(queues),
-            "heartbeat_ms": clock.now_ms(), "state": state, **info,
+            "heartbeat_ms": clock.now_ms(), "state": state, **info,  # type: ignore[dict-item]
         })
         pipe.pexpire(registry, ttl_ms)
         pipe.sadd(keys.workers(), worker_id)

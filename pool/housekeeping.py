@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.cluster
@@ -139,7 +139,8 @@ class Housekeeper:
         """Write this supervisor's hash (with the heartbeat TTL: gone = supervisor lost)."""
         key = self.keys.supervisor(self.supervisor_id)
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping={"id": self.supervisor_id, "heartbeat_ms": clock.now_ms(), **presence})
+            # redis-py's mapping= key type is invariant (Mapping[FieldT, ...]): it refuses Mapping[str, Any]
+            pipe.hset(key, mapping={"id": self.supervisor_id, "heartbeat_ms": clock.now_ms(), **presence})  # type: ignore[dict-item]
             # The supervisor's loop ticks up to once a second: the hash must outlive one tick.
             pipe.pexpire(key, int((self.config.heartbeat_ttl_s + PRESENCE_SLACK_S) * 1000))
             pipe.sadd(self.keys.supervisors(), self.supervisor_id)
@@ -159,7 +160,7 @@ class Housekeeper:
     def _prune_supervisors(self) -> None:
         """Forget supervisors whose hash expired (killed, host lost), as reclaim forgets their
         workers; SREM is idempotent, so several supervisors may do it at once."""
-        members = [m.decode() for m in self.redis.smembers(self.keys.supervisors())]
+        members = [cast(bytes, m).decode() for m in self.redis.smembers(self.keys.supervisors())]
         if not members:
             return
         with self.redis.pipeline(transaction=False) as pipe:
@@ -188,7 +189,7 @@ class Housekeeper:
         """Reclaim the jobs of every worker whose liveness key expired; returns jobs requeued."""
         total = 0
         for queue in self.config.queues:
-            members = [m.decode() for m in self.redis.smembers(self.keys.queue_workers(queue))]
+            members = [cast(bytes, m).decode() for m in self.redis.smembers(self.keys.queue_workers(queue))]
             if not members:
                 continue
             with self.redis.pipeline(transaction=False) as pipe:

@@ -146,7 +146,7 @@ class Job:
             started_ms=_int_or_none(get(b"started_ms")),
             finished_ms=_int_or_none(get(b"finished_ms")),
             worker=_str_or_none(get(b"worker")),
-            result=orjson.loads(get(b"result")) if get(b"result") else None,
+            result=orjson.loads(raw) if (raw := get(b"result")) else None,
             error=_str_or_none(get(b"error")),
             traceback=_str_or_none(get(b"traceback")),
             max_retries=_int_or_none(get(b"max_retries")),

@@ -13,9 +13,10 @@ moved on since it was listed is left out, so a page can hold fewer jobs than ``l
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio
 
@@ -80,7 +81,7 @@ async def _ids(client: redis.asyncio.Redis, keys: Keys, queue: str, status: str,
         workers = sorted(await client.smembers(keys.queue_workers(queue)))
         async with client.pipeline(transaction=False) as pipe:
             for worker in workers:
-                pipe.lrange(keys.active(queue, worker.decode()), 0, -1)
+                pipe.lrange(keys.active(queue, cast(bytes, worker).decode()), 0, -1)
             every = [job_id for ids in await pipe.execute() for job_id in reversed(ids)]
         return every[offset:last + 1], len(every)
     async with client.pipeline(transaction=False) as pipe:
@@ -103,10 +104,10 @@ async def _retrying(client: redis.asyncio.Redis, keys: Keys, queue: str, offset:
     found: list[bytes] = []
     start = 0
     while len(found) < offset + limit + 1:
-        chunk = await read(lambda start=start: client.zrange(keys.delayed(queue), start, start + _SCAN_CHUNK - 1))
+        chunk = await read(functools.partial(client.zrange, keys.delayed(queue), start, start + _SCAN_CHUNK - 1))
         if not chunk:
             break
-        statuses = await read(lambda chunk=chunk: _statuses(client, keys, queue, chunk))
+        statuses = await read(functools.partial(_statuses, client, keys, queue, chunk))
         found += [job_id for job_id, state in zip(chunk, statuses, strict=True) if state == b"retrying"]
         start += _SCAN_CHUNK
     return found[offset:offset + limit], None, len(found) > offset + limit

@@ -174,7 +174,7 @@ class Scheduler:
         job = Job(id=schedule.job_id(tick_ms), handler=schedule.handler, queue=schedule.queue,
                   args=schedule.args, kwargs=dict(schedule.kwargs), created_ms=now_ms,
                   timeout_ms=None if schedule.timeout_s is None else int(schedule.timeout_s * 1000))
-        args_json, kwargs_json = encode_arguments(job.handler, job.args, job.kwargs)
+        args_json, kwargs_json = encode_arguments(job.handler, job.args, job.kwargs or {})
         fields = enqueue_fields(job, args_json, kwargs_json, self.config.max_payload_bytes)
         return self.scripts.fire(schedule.queue, schedule.name, tick_ms, now_ms, job.id, fields)
 

@@ -137,7 +137,8 @@ def _oldest_wait_s(fields: list[bytes | None], server_ms: int) -> float | None:
     """How long the job at the head of the queue has waited: since it entered the queue (enqueue,
     promotion or requeue all set updated_ms). If a worker took it between the two round trips,
     the wait it ended with (start minus ready) stands in."""
-    state, updated, enqueued, due, started = (int(v) if v and v.isdigit() else v for v in fields)
+    state = fields[0]
+    updated, enqueued, due, started = (int(v) if v and v.isdigit() else None for v in fields[1:])
     if state == b"queued" and updated:
         return round(max(0, server_ms - updated) / 1000, 1)
     if started:

@@ -329,7 +329,7 @@ class Supervisor:
         logger.info("started worker-%d pid %d (%s)", index + 1, pid, worker_id)
 
     def _become_worker(self, index: int, nonce: str, alive_file: Path) -> None:
-        code = ExitCode.BOOT
+        code: int = ExitCode.BOOT
         try:
             forking.reset_signals(HANDLED_SIGNALS)
             if self.exporter is not None:

@@ -228,8 +228,8 @@ class Worker:
         if running and not self.fast_stop:
             logger.info("waiting up to %gs for %d running job(s)", self.config.shutdown_timeout_s, len(running))
             fast = asyncio.create_task(self._fast.wait())
-            await asyncio.wait([asyncio.gather(*running, return_exceptions=True), fast],
-                               timeout=self.config.shutdown_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            waits: list[asyncio.Future[Any]] = [asyncio.gather(*running, return_exceptions=True), fast]
+            await asyncio.wait(waits, timeout=self.config.shutdown_timeout_s, return_when=asyncio.FIRST_COMPLETED)
             fast.cancel()
         pending = [task for job_id, task in self.slots.running.items() if job_id not in self.slots.acking]
         for task in pending:
