@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pool", description="A Redis-backed, multi-process job worker pool.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"pool {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     run = commands.add_parser("run", help="run the supervisor and its worker processes")
@@ -133,9 +134,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed distribution's version (it is named pool-jobs: `pool` on the index is another)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("pool-jobs")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pool` console script; returns the exit code."""
-    options = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv:  # bare `pool`: what it can do, as pip and docker answer
+        parser.print_help()
+        return ExitCode.OK
+    options = parser.parse_args(argv)
+    try:
+        return _dispatch(options)
+    except BrokenPipeError:
+        # The reader went away (`pool events | head -1`): stop quietly, as a tool killed by SIGPIPE
+        # would. Point stdout at /dev/null so the interpreter's final flush raises nothing either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # SIGPIPE
+
+
+def _dispatch(options: argparse.Namespace) -> int:
     try:
         return int(_COMMANDS[options.command](options))
     except JobFailed as exc:
