@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 from pool.connection import async_client, subscription
@@ -23,8 +24,9 @@ async def test_a_subscription_resumes_after_client_kill_and_reads_state_again(ma
     received: list[bytes] = []
 
     async def follow() -> None:
-        async for message in subscription(client, [channel], on_subscribed=on_subscribed):
-            received.append(message["data"])
+        async with contextlib.aclosing(subscription(client, [channel], on_subscribed=on_subscribed)) as messages:
+            async for message in messages:
+                received.append(message["data"])
 
     task = asyncio.create_task(follow())
     try:
@@ -41,7 +43,10 @@ async def test_a_subscription_resumes_after_client_kill_and_reads_state_again(ma
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await client.aclose()
-    assert r.pubsub_numsub(channel)[0][1] == 0  # a stopped subscription closes its connection
+
+    async def unsubscribed() -> bool:  # a stopped subscription closes its connection
+        return r.pubsub_numsub(channel)[0][1] == 0
+    await async_wait_until(unsubscribed, timeout=5, message="the subscription's connection to close")
 
 
 async def _ready(count: int, at_least: int) -> bool:
