@@ -17,7 +17,7 @@ FAILING_MODULE = textwrap.dedent('''
 
 
     async def _never():
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # the workload: a wait that wait_for must time out
 
 
     @pytest.mark.parametrize("n", range(15))
