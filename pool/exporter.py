@@ -218,17 +218,9 @@ def serve(config: Config, url: str, sock: socket.socket, supervisor_id: str, sup
           tick_file: Path) -> None:
     """Run the HTTP server until the supervisor goes away (runs in the forked metrics process)."""
     from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
-
-    class LockedCollector(MultiProcessCollector):
-        """Reads the files while the supervisor cannot be folding exited workers' files."""
-
-        def collect(self) -> Any:
-            with metrics.files_locked(self._path, exclusive=False):
-                return list(super().collect())
 
     registry = CollectorRegistry()
-    LockedCollector(registry, os.environ[metrics.DIR_ENV])
+    registry.register(metrics.folder_collector(os.environ[metrics.DIR_ENV]))
     registry.register(PoolCollector(config, url))
     probe_client = sync_client(config, url)
 
@@ -336,7 +328,12 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == "/metrics":
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            body = encoder(self.server.registry)
+            try:
+                body = encoder(self.server.registry)
+            except Exception as exc:  # a scraper gets an answer it can count as failed, not a cut
+                logger.error("a scrape failed: %s: %s", type(exc).__name__, exc)
+                self._reply(500, "text/plain; charset=utf-8", f"scrape failed: {type(exc).__name__}\n".encode())
+                return
             if accepts_gzip(self.headers.get("Accept-Encoding", "")):
                 self._reply(200, content_type, gzip.compress(body), {"Content-Encoding": "gzip"})
             else:

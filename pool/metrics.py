@@ -159,6 +159,34 @@ def compact(directory: str, pids: Iterable[int]) -> bool:
     return True
 
 
+def folder_collector(directory: str) -> Any:
+    """The collector a scrape reads the folder with: under the shared lock (see
+    :func:`files_locked`), and blind to a file a new process is creating this instant.
+
+    prometheus-client creates a file empty and then sizes it; a scrape that reads it in between
+    fails on a struct error (one dropped scrape per worker start, often where workers recycle).
+    An empty file holds no counts yet, so it is left out."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    class FolderCollector(MultiProcessCollector):
+        def collect(self) -> Any:
+            with files_locked(self._path, exclusive=False):
+                return list(self.merge(_files_with_content(self._path), accumulate=True))
+
+    return FolderCollector(None, directory)
+
+
+def _files_with_content(directory: str) -> list[str]:
+    files = []
+    for path in glob.glob(os.path.join(directory, "*.db")):
+        try:
+            if os.stat(path).st_size > 0:
+                files.append(path)
+        except FileNotFoundError:  # an exited worker's live gauges, removed since the glob
+            continue
+    return files
+
+
 # The queue gauges the exporter reads from Redis at each scrape: (name, help, field of the
 # status snapshot's per-queue counts). Here, beside the other names, so one place lists them all.
 QUEUE_GAUGES = (

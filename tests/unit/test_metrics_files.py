@@ -54,3 +54,22 @@ def test_compaction_keeps_every_count_and_bucket(tmp_path):
     assert scrape(directory) == pytest.approx(before)
     left = sorted(os.path.basename(p) for p in glob.glob(f"{directory}/*.db"))
     assert left == ["counter_archive.db", "histogram_archive.db"]
+
+
+def test_a_scrape_leaves_out_a_file_a_new_worker_is_creating(tmp_path):
+    """prometheus-client creates a worker's file empty, then sizes it: a scrape in between read
+    it as a struct error and dropped the connection (seen in CI while workers recycled)."""
+    from prometheus_client import CollectorRegistry
+
+    directory = str(tmp_path)
+    subprocess.run([sys.executable, "-c", WRITER, directory, "4"], check=True,
+                   env={**os.environ, "PYTHONPATH": os.getcwd()})
+    registry = CollectorRegistry()
+    registry.register(metrics.folder_collector(directory))
+    def successes() -> float:
+        return sum(s.value for family in registry.collect() for s in family.samples if s.name == "job_success_total")
+
+    before = successes()
+    (tmp_path / "counter_999999.db").touch()  # the instant between open() and truncate()
+    (tmp_path / "histogram_999999.db").touch()
+    assert successes() == before > 0
