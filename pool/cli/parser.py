@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
+import shtab
+
 from pool.errors import ExitCode, UsageError
 
 CONFIG_ENV = "POOL_CONFIG"
@@ -99,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _with_config(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    command.add_argument("config", metavar="CONFIG", nargs="?", help=_CONFIG_HELP)
+    config = command.add_argument("config", metavar="CONFIG", nargs="?", help=_CONFIG_HELP)
+    config.complete = shtab.FILE  # type: ignore[attr-defined]  # read by `pool completion` only
     return command
 
 

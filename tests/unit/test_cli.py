@@ -143,10 +143,10 @@ def test_bare_pool_prints_the_help_and_exits_2(capsys):
 def test_bash_completion_names_every_subcommand(capsys):
     code, out, _ = run(capsys, "completion", "bash")
     assert code == 0
-    assert "complete" in out
-    for command in ("run", "enqueue", "status", "job", "jobs", "health", "dead", "cancel", "events", "completion"):
-        assert command in out
-    assert "retry" in out and "purge" in out  # the dead subcommands too
+    assert "complete -o bashdefault -F _shtab_pool pool" in out
+    assert "_shtab_pool_status_pos_0_COMPGEN=_shtab_compgen_files" in out  # CONFIG completes file names
+    assert "_shtab_pool_subparsers=(run enqueue status job jobs health dead cancel events completion)" in out
+    assert "_shtab_pool_dead_subparsers=(list show retry purge)" in out
 
 
 def test_zsh_completion_is_generated(capsys):
