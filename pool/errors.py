@@ -18,6 +18,11 @@ class ExitCode(enum.IntEnum):
     UNAVAILABLE = 3  # Redis cannot be reached
     BOOT = 4  # a worker process could not boot: the supervisor halts instead of respawning
     RECYCLE = 5  # a worker asks to be replaced (max jobs, memory, stuck thread): respawn at once
+    # 4 and 5 pass between a worker and its supervisor only; the CLI's own codes go on from 6,
+    # so that each number means one thing.
+    NOT_FOUND = 6  # no such job (`pool job`, `pool cancel`, `pool dead show ID`, ...)
+    WAIT_TIMEOUT = 7  # `pool enqueue --wait --wait-timeout S` gave up waiting (the job goes on)
+    BROKEN_PIPE = 141  # stdout was closed early (`pool events | head`): 128 + SIGPIPE, as a shell reports it
 
 
 class PoolError(Exception):
@@ -64,6 +69,8 @@ class NotReplicated(RedisUnavailable):
 class JobNotFound(PoolError):
     """No job with this id exists (never enqueued, or its result has expired)."""
 
+    exit_code = ExitCode.NOT_FOUND
+
 
 class CorruptJob(PoolError):
     """A job record in Redis cannot be decoded (written by hand, or by an incompatible version)."""
@@ -71,6 +78,8 @@ class CorruptJob(PoolError):
 
 class ResultTimeout(PoolError, TimeoutError):
     """The job did not finish within the time the caller was willing to wait."""
+
+    exit_code = ExitCode.WAIT_TIMEOUT
 
 
 class JobFailed(PoolError):

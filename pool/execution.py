@@ -10,13 +10,16 @@ thread outlives its timeout by ``timeout_grace`` the runner reports it so the pr
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import logging
+import os
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import pool
 from pool import clock, context, outcomes
 from pool.acks import AckBatcher
 from pool.config import Config
@@ -29,6 +32,20 @@ from pool.scripts import Ack, JobNotActive, check
 logger = logging.getLogger("pool.worker")
 ACKED_AS_CANCELLED = 2  # ack.lua's answer when a retry became a cancellation
 job_logger = logging.getLogger("pool.jobs")  # one line per finished job: its level is set apart
+
+
+# Frames of the machinery between the worker and a handler: the stored traceback starts below them.
+_MACHINERY_DIRS = tuple(os.path.dirname(str(module.__file__)) + os.sep for module in (pool, concurrent.futures, asyncio))
+
+
+def _handler_traceback(exc: BaseException) -> str:
+    """The traceback of a handler's exception from the handler's own frame down: the frames of
+    this module, the thread pool and asyncio above it are the same for every job, and noise.
+    A failure inside pool's own code (no frame of the user's) keeps its whole traceback."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_MACHINERY_DIRS):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb if tb is not None else exc.__traceback__))
 
 
 class JobRunner:
@@ -92,7 +109,8 @@ class JobRunner:
                 self._watch_stuck_thread(thread, job, timeout_s)  # a thread can only be abandoned
             raise
         except (Exception, SystemExit) as exc:  # a handler's exception fails the job, never the worker
-            return None, Failure.of(exc, getattr(exc, "details", None) or traceback.format_exc())
+            details = getattr(exc, "details", None)  # a handler's own account ("" for none), e.g. a script's
+            return None, Failure.of(exc, details if details is not None else _handler_traceback(exc))
         finally:
             context.leave(token)
         return self._encode_result(job, result)

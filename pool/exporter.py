@@ -143,6 +143,7 @@ class ExporterProcess:
             code = 1
             try:
                 forking.reset_signals(handled_signals)
+                forking.set_title("metrics", self.config.path)
                 from pool import logs
 
                 logs.setup(self.config.logging, "metrics")

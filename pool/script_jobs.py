@@ -32,15 +32,21 @@ class ScriptError(PoolError):
     details: str | None = None
 
 
-class ScriptNotAllowed(ScriptError):
+class ScriptRefused(ScriptError):
+    """The script was refused before anything ran: the message says it all, so no traceback."""
+
+    details = ""
+
+
+class ScriptNotAllowed(ScriptRefused):
     """The path is outside ``scripts.allowed_dirs``."""
 
 
-class ScriptNotFound(ScriptError):
+class ScriptNotFound(ScriptRefused):
     """No file at the path."""
 
 
-class ScriptNotExecutable(ScriptError):
+class ScriptNotExecutable(ScriptRefused):
     """The file exists but may not be executed."""
 
 

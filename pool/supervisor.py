@@ -96,11 +96,14 @@ class Supervisor:
     Args:
         config: validated settings (handlers already checked with :func:`check_importable`).
         worker_main: what each forked child runs (``pool.worker.main``).
+        overrides: changes the command line makes to the file's settings, applied again on reload.
     """
 
-    def __init__(self, config: Config, worker_main: WorkerMain) -> None:
+    def __init__(self, config: Config, worker_main: WorkerMain,
+                 overrides: Callable[[Config], Config] = lambda config: config) -> None:
         self.config = config
         self.worker_main = worker_main
+        self.overrides = overrides  # `pool run --processes ...`: applied to every reloaded config too
         self.children: dict[int, _Child] = {}
         self.slots = [_Slot() for _ in range(config.processes)]
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -123,6 +126,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Run until stopped; returns the process exit code (0 after a clean stop)."""
+        forking.set_title("supervisor", self.config.path)
         self._install_signal_handlers()
         try:
             if self.config.metrics.enabled:
@@ -258,7 +262,7 @@ class Supervisor:
         if self.exporter is not None:
             self.exporter.tick(busy_s=IMPORT_CHECK_TIMEOUT_S)  # importing handlers may take a while
         try:
-            fresh = config_module.load(self.config.path)
+            fresh = self.overrides(config_module.load(self.config.path))
             check_importable(fresh)
             hooks.check_importable(fresh)
         except PoolError as exc:
@@ -332,6 +336,7 @@ class Supervisor:
         code: int = ExitCode.BOOT
         try:
             forking.reset_signals(HANDLED_SIGNALS)
+            forking.set_title(f"worker {index + 1}", self.config.path)
             if self.exporter is not None:
                 self.exporter.sock.close()  # the port belongs to the metrics process
             from pool import logs

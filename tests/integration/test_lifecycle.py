@@ -233,7 +233,7 @@ async def test_dead_letter_queue_end_to_end(make_config, write_config, url, r, t
         assert "FileNotFoundError" in listed.stdout
         as_json = [json.loads(line) for line in pool_cli("dead", "list", str(path), "--json").stdout.splitlines()]
         assert {j["id"] for j in as_json} == {fixable.id, hopeless.id}
-        shown = json.loads(pool_cli("dead", "show", str(path), fixable.id).stdout)
+        shown = json.loads(pool_cli("dead", "show", str(path), fixable.id, "--json").stdout)
         assert shown["history"][0]["outcome"] == "dead"
         # the operator fixes the cause, then retries the job from the dead set
         marker.write_text("here")

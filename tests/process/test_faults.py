@@ -364,7 +364,7 @@ def test_embedded_redis_that_dies_is_restarted_with_its_data(tmp_path, start_poo
     os.kill(server_pid, signal.SIGKILL)
     # Then the supervisor restarts it from its AOF and the pool carries on
     pool.wait_for_log("the embedded Redis was killed by SIGKILL (out of memory?); restarting it")
-    after = pool_cli("enqueue", str(config), "examples.tasks.add", "2", "3", "--wait", "--timeout", "20")
+    after = pool_cli("enqueue", str(config), "examples.tasks.add", "2", "3", "--wait", "--wait-timeout", "20")
     assert after.stdout.strip() == "5", after.stderr
     assert json.loads(pool_cli("job", str(config), before.stdout.strip(), "--json").stdout)["result"] == 3
     assert pool.stop() == 0

@@ -31,7 +31,7 @@ def test_embedded_server_quick_tour(tmp_path, start_pool):
     data = wait_until(live_workers(config, 2), timeout=30, message="2 workers in pool status")
     assert data["redis"]["url"].startswith("unix://")
     # Then enqueue finds the embedded server by itself and returns results
-    added = pool_cli("enqueue", str(config), "examples.tasks.add", "1", "2", "--wait", "--timeout", "10")
+    added = pool_cli("enqueue", str(config), "examples.tasks.add", "1", "2", "--wait", "--wait-timeout", "10")
     assert (added.returncode, added.stdout.strip()) == (0, "3"), added.stderr
     thumb = pool_cli("enqueue", str(config), "examples.images.thumbnail", "1024", "768", "--wait")
     assert json.loads(thumb.stdout) == {"width": 256, "height": 192}
@@ -53,7 +53,7 @@ def test_embedded_server_quick_tour(tmp_path, start_pool):
     assert bad.returncode == 1 and "exited with code 3: bad month: nope" in bad.stderr
     refused = pool_cli("enqueue", str(config), "examples.retries.charge", "-5", "--wait")
     assert "ValueError: amount must be positive (got -5)" in refused.stderr
-    rate = pool_cli("enqueue", str(config), "examples.retries.fetch_rate", "EUR", "--wait", "--timeout", "30")
+    rate = pool_cli("enqueue", str(config), "examples.retries.fetch_rate", "EUR", "--wait", "--wait-timeout", "30")
     assert rate.stdout.strip() == "1.08", rate.stderr
     demo = subprocess.run([sys.executable, str(ROOT / "examples" / "dead_letter.py"), str(config)],
                           capture_output=True, text=True, env=cli_env(), timeout=60)

@@ -118,3 +118,185 @@ def test_watch_interval_must_be_positive(capsys, config_file, interval):
         main(["status", path, "--watch", "--interval", interval])
     assert exit_info.value.code == 2
     assert "argument --interval: must be a number of seconds above 0" in one_line(capsys.readouterr().err)
+
+
+# -- conventions: --version, bare `pool`, completion --------------------------------------------------
+
+
+def test_version_prints_the_installed_distribution_version(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pool {metadata.version('pool-jobs')}"
+
+
+def test_bare_pool_prints_the_help_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: pool ")
+    assert "exit codes:" in out
+
+
+def test_bash_completion_names_every_subcommand(capsys):
+    code, out, _ = run(capsys, "completion", "bash")
+    assert code == 0
+    assert "complete -o bashdefault -F _shtab_pool pool" in out
+    assert "_shtab_pool_status_pos_0_COMPGEN=_shtab_compgen_files" in out  # CONFIG completes file names
+    assert "_shtab_pool_subparsers=(run enqueue status job jobs health dead cancel events completion)" in out
+    assert "_shtab_pool_dead_subparsers=(list show retry purge)" in out
+
+
+def test_zsh_completion_is_generated(capsys):
+    code, out, _ = run(capsys, "completion", "zsh")
+    assert code == 0 and out.startswith("#compdef pool")
+
+
+def test_help_documents_every_exit_code(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("exit codes: 0 ok, 1 job failed (or unhealthy), 2 bad config or usage, 3 Redis unreachable, "
+            "6 no such job, 7 gave up waiting (--wait-timeout)") in out
+
+
+# -- --wait-timeout -----------------------------------------------------------------------------------
+
+
+def test_wait_timeout_without_wait_is_refused(capsys, config_file):
+    path = config_file("handlers: [examples.tasks]\n")
+    code, _, err = run(capsys, "enqueue", path, "examples.tasks.add", "1", "--wait-timeout", "5")
+    assert code == 2
+    assert one_line(err) == "pool: --wait-timeout needs --wait (the job's own run limit is --job-timeout)"
+
+
+def test_old_timeout_spelling_is_deprecated_and_still_needs_wait(capsys, config_file):
+    path = config_file("handlers: [examples.tasks]\n")
+    code, _, err = run(capsys, "enqueue", path, "examples.tasks.add", "1", "--timeout", "5")
+    assert code == 2
+    assert err.splitlines() == [
+        "pool: --timeout is deprecated, use --wait-timeout (the job's own run limit is --job-timeout)",
+        "pool: --wait-timeout needs --wait (the job's own run limit is --job-timeout)",
+    ]
+
+
+# -- CONFIG: optional, POOL_CONFIG, ./pool.yaml ---------------------------------------------------------
+
+TYPO = "concurency: 4\nhandlers: [examples.tasks]\n"
+
+
+def test_pool_config_names_the_config_when_it_is_left_out(capsys, config_file, monkeypatch, tmp_path):
+    path = config_file(TYPO)
+    monkeypatch.chdir(tmp_path.parent)
+    monkeypatch.setenv("POOL_CONFIG", path)
+    code, _, err = run(capsys, "status")
+    assert code == 2
+    assert one_line(err) == "pool: pool.yaml: concurency: unknown key (did you mean 'concurrency'?)"
+
+
+def test_enqueue_without_config_takes_the_first_word_as_the_handler(capsys, config_file, monkeypatch):
+    """`pool enqueue HANDLER ARGS` with $POOL_CONFIG: the handler is not mistaken for CONFIG."""
+    monkeypatch.setenv("POOL_CONFIG", config_file(f"redis: {{url: 'redis://127.0.0.1:{free_port()}/0'}}\n"))
+    code, _, err = run(capsys, "enqueue", "examples.tasks.add", "1", "--kwargs", "[1]")
+    assert code == 2
+    assert one_line(err).startswith("pool: --kwargs must be a JSON object")
+
+
+def test_pool_yaml_in_the_current_folder_is_the_default(capsys, config_file, monkeypatch, tmp_path):
+    config_file(TYPO)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("POOL_CONFIG", raising=False)
+    code, _, err = run(capsys, "job", "abc123")
+    assert code == 2
+    assert "concurency: unknown key" in one_line(err)
+
+
+def test_no_config_anywhere_is_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("POOL_CONFIG", raising=False)
+    code, _, err = run(capsys, "dead", "list")
+    assert code == 2
+    assert one_line(err) == ("pool: no config: pass its path (pool COMMAND CONFIG ...), set POOL_CONFIG, "
+                             "or run where pool.yaml is")
+
+
+@pytest.mark.parametrize(("words", "expected"), [
+    (["pool.yaml", "examples.tasks.add", "1"], ("pool.yaml", ["examples.tasks.add", "1"])),
+    (["deploy/prod.yml", "abc"], ("deploy/prod.yml", ["abc"])),
+    (["examples.tasks.add", "1"], (None, ["examples.tasks.add", "1"])),
+    (["5d1f0c"], (None, ["5d1f0c"])),
+    ([], (None, [])),
+])
+def test_first_word_is_config_only_when_it_looks_like_one(words, expected):
+    from pool.cli.parser import split_config
+
+    assert split_config(words) == expected
+
+
+def test_an_existing_file_is_config_whatever_its_name(tmp_path):
+    from pool.cli.parser import split_config
+
+    path = tmp_path / "settings"
+    path.write_text("{}\n")
+    assert split_config([str(path), "abc"]) == (str(path), ["abc"])
+
+
+def test_job_needs_exactly_one_id(capsys, config_file):
+    code, _, err = run(capsys, "job", config_file("{}\n"), "a", "b")
+    assert code == 2
+    assert one_line(err) == "pool: pool job: name exactly one job id (got 2: a b)"
+
+
+# -- pool run overrides -----------------------------------------------------------------------------------
+
+
+def test_run_overrides_replace_processes_concurrency_and_queues(tmp_path):
+    from pool.cli.commands import _run_overrides
+    from pool.cli.parser import parse
+    from pool.config import from_mapping
+
+    (tmp_path / "pool.yaml").write_text("{}\n")
+    options = parse(["run", str(tmp_path / "pool.yaml"), "--processes", "3", "--concurrency", "5",
+                     "--queues", "mail,default"])
+    config = from_mapping({"processes": 1, "concurrency": 2, "handlers": ["examples.tasks"],
+                           "queues": [{"name": "default", "weight": 4}, {"name": "mail", "rate_limit": "10/s"},
+                                      "other"]}, tmp_path / "pool.yaml", environ={})
+    changed = _run_overrides(options)(config)
+    assert (changed.processes, changed.concurrency, changed.queues) == (3, 5, ("mail", "default"))
+    assert changed.queue_weights == {"mail": 1, "default": 4}
+    assert set(changed.rate_limits) == {"mail"}
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--processes", "0", "argument --processes: must be an integer from 1 to 512 (got '0')"),
+    ("--concurrency", "many", "argument --concurrency: must be an integer from 1 to 10000 (got 'many')"),
+    ("--queues", "a,{b}", "argument --queues: queue '{b}' is not a valid queue name"),
+    ("--queues", "a,a", "argument --queues: names a queue twice (got 'a,a')"),
+])
+def test_bad_run_overrides_exit_2(capsys, config_file, option, value, message):
+    with pytest.raises(SystemExit) as info:
+        main(["run", config_file("handlers: [examples.tasks]\n"), option, value])
+    assert info.value.code == 2
+    assert one_line(capsys.readouterr().err).startswith(f"pool: {message}")
+
+
+# -- times in UTC ---------------------------------------------------------------------------------------------
+
+
+def test_event_lines_show_utc_times(monkeypatch):
+    import time
+
+    from pool.cli.commands import _event_line
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30: a local time would read 06:00:00
+    time.tzset()
+    try:
+        line = _event_line({"ts_ms": 1_764_000_000_000 + 1_800_000, "queue": "q", "status": "completed",
+                            "handler": "h", "id": "x"})
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert line.startswith("16:30:00Z  q  completed")

@@ -1,0 +1,145 @@
+"""The CLI against a real server: exit codes, job ids by prefix, the dead-letter views, and what a
+failed job's stored traceback shows."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+
+import pytest
+
+from pool import Status
+from pool.cli import ids
+from pool.client import AsyncClient
+from pool.config import load
+from pool.errors import ExitCode
+from tests.conftest import pool_cli, pool_of
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got: {err!r}"
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv", [["job", "nope"], ["cancel", "nope"], ["dead", "show", "nope"],
+                                  ["dead", "retry", "nope"]])
+def test_an_unknown_job_exits_6(write_config, argv):
+    path = write_config()
+    result = pool_cli(*argv[:-1], str(path), argv[-1])
+    assert result.returncode == ExitCode.NOT_FOUND == 6
+    assert one_line(result.stderr).startswith("pool: no ")
+
+
+@pytest.mark.parametrize("flag", ["--wait-timeout", "--timeout"])
+def test_giving_up_waiting_exits_7(write_config, flag):
+    """No worker serves the queue: the wait runs out; the old spelling works with a deprecation note."""
+    path = write_config()
+    result = pool_cli("enqueue", str(path), "tests.sample_handlers.add", "1", "2", "--wait", flag, "0.3")
+    assert result.returncode == ExitCode.WAIT_TIMEOUT == 7
+    lines = result.stderr.strip().splitlines()
+    if flag == "--timeout":
+        assert lines.pop(0) == ("pool: --timeout is deprecated, use --wait-timeout "
+                                "(the job's own run limit is --job-timeout)")
+    assert len(lines) == 1 and re.match(r"pool: job \w+ did not finish within 0.3s \(status: queued\)", lines[0])
+
+
+def test_enqueue_to_a_queue_the_config_does_not_serve_warns_and_enqueues(write_config, r, prefix):
+    path = write_config()
+    result = pool_cli("enqueue", str(path), "tests.sample_handlers.add", "1", "2", "--queue", "elsewhere")
+    assert result.returncode == 0
+    assert one_line(result.stderr) == (f"pool: warning: {path} serves no queue 'elsewhere' (it serves default): "
+                                       "the job waits until a pool that serves it runs")
+    assert r.lrange(f"{prefix}:{{elsewhere}}:queue", 0, -1) == [result.stdout.strip().encode()]
+    served = pool_cli("enqueue", str(path), "tests.sample_handlers.add", "1", "2", "--queue", "default")
+    assert served.stderr == ""
+
+
+async def test_job_and_cancel_take_a_unique_prefix(write_config, url):
+    path = write_config()
+    async with AsyncClient(load(path), url) as client:
+        for job_id in ("pfx-abc1", "pfx-abd2", "pfx-abd3"):
+            await client.enqueue("tests.sample_handlers.add", 1, 2, job_id=job_id)
+    shown = pool_cli("job", str(path), "pfx-abc")
+    assert shown.returncode == 0 and shown.stdout.startswith("job pfx-abc1\n"), shown.stderr
+    ambiguous = pool_cli("job", str(path), "pfx-abd")
+    assert ambiguous.returncode == 2
+    assert one_line(ambiguous.stderr) == ("pool: job id prefix 'pfx-abd' is ambiguous: 2 jobs start with it "
+                                          "(pfx-abd2, pfx-abd3); give more characters")
+    cancelled = pool_cli("cancel", str(path), "pfx-abd3")
+    assert cancelled.stdout.strip() == "cancelled pfx-abd3"
+    by_prefix = pool_cli("cancel", str(path), "pfx-abc")
+    assert by_prefix.stdout.strip() == "cancelled pfx-abc1", by_prefix.stderr
+    # a cancelled job is found by prefix in its recent list
+    assert json.loads(pool_cli("job", str(path), "pfx-abc", "--json").stdout)["status"] == "cancelled"
+
+
+async def test_an_id_that_starts_others_means_itself(write_config, url):
+    path = write_config()
+    config = load(path)
+    async with AsyncClient(config, url) as client:
+        for job_id in ("inv-4", "inv-42"):
+            await client.enqueue("tests.sample_handlers.add", 1, 2, job_id=job_id)
+    assert ids.resolve(config, "inv-4") == ("default", "inv-4")
+    assert ids.resolve(config, "inv-42") == ("default", "inv-42")
+
+
+async def test_dead_show_retry_and_purge_by_prefix_with_a_text_view(write_config, url, r):
+    path = write_config()
+    config = load(path)
+    async with pool_of(config, url, r) as client:
+        for job_id in ("dead-aaa1", "dead-bbb2"):
+            await client.enqueue("tests.sample_handlers.explode", "never", job_id=job_id)
+            assert (await client.wait(job_id, timeout=10)).status is Status.DEAD
+        alive = await client.enqueue("tests.sample_handlers.add", 1, 2, job_id="dead-ccc3")
+        await client.wait(alive.id, timeout=10)
+        text = pool_cli("dead", "show", str(path), "dead-a")
+        assert text.returncode == 0, text.stderr
+        assert text.stdout.startswith("job dead-aaa1\n")
+        assert "status    dead" in text.stdout and "traceback (last attempt)" in text.stdout
+        raw = json.loads(pool_cli("dead", "show", str(path), "dead-a", "--json").stdout)
+        assert (raw["id"], raw["status"]) == ("dead-aaa1", "dead")
+        # a completed job is no dead job, by full id or by prefix
+        assert pool_cli("dead", "show", str(path), "dead-c").returncode == ExitCode.NOT_FOUND
+        listed = pool_cli("dead", "list", str(path)).stdout
+        assert re.search(r"dead-aaa1 .* died=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", listed), listed
+        assert pool_cli("dead", "purge", str(path), "dead-b").stdout.strip() == "purged 1 dead job(s)"
+        assert pool_cli("dead", "retry", str(path), "dead-a").stdout.strip() == "retried 1 dead job(s)"
+        assert await client.get_job("dead-bbb2") is None
+
+
+# -- stored tracebacks ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("handler", ["tests.sample_handlers.explode", "tests.sample_handlers.async_explode"])
+async def test_a_handlers_traceback_starts_at_the_handlers_frame(make_config, url, r, handler):
+    async with pool_of(make_config(), url, r) as client:
+        job = await client.enqueue(handler, "boom")
+        failed = await client.wait(job.id, timeout=10)
+    lines = failed.traceback.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert "tests/sample_handlers.py" in lines[1], failed.traceback
+    assert "pool/execution.py" not in failed.traceback and "concurrent/futures" not in failed.traceback
+
+
+@pytest.fixture
+def script_config(make_config, tmp_path):
+    folder = tmp_path / "scripts"
+    folder.mkdir()
+    (folder / "plain.sh").write_text("#!/bin/sh\necho never\n")
+    (tmp_path / "outside.sh").write_text("#!/bin/sh\necho never\n")
+    (tmp_path / "outside.sh").chmod(stat.S_IRWXU)
+    return make_config(scripts={"allowed_dirs": [str(folder)]}), folder, tmp_path
+
+
+@pytest.mark.parametrize(("name", "error"), [
+    ("scripts/plain.sh", "ScriptNotExecutable"), ("scripts/absent.sh", "ScriptNotFound"),
+    ("outside.sh", "ScriptNotAllowed")])
+async def test_a_refused_script_stores_no_traceback(script_config, url, r, name, error):
+    config, _, base = script_config
+    async with pool_of(config, url, r) as client:
+        job = await client.enqueue("pool.script", str(base / name))
+        failed = await client.wait(job.id, timeout=10)
+    assert failed.error.startswith(f"{error}: ")
+    assert failed.traceback is None
