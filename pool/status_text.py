@@ -7,7 +7,6 @@ Colour only on a terminal, and never when ``NO_COLOR`` is set (https://no-color.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,7 +20,7 @@ _STATE_COLOURS = {"up": "green", "degraded": "yellow", "down": "red", "lost": "r
 def render(data: dict[str, Any], config_name: str, colour: bool = False) -> str:
     """The snapshot as text; ``colour`` adds ANSI colours (for a terminal)."""
     paint = _painter(colour)
-    at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(data["time_ms"] / 1000))
+    at = clock.format_ms(data["time_ms"])
     lines = [paint("bold", f"pool status · Redis {data['redis']['version']} at {data['redis']['url']} · {at}")]
     lines += [paint("red", f"WARNING: {warning}") for warning in data.get("warnings", [])]
     lines += _verdict(data["pool"], config_name, paint)

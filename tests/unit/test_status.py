@@ -49,6 +49,7 @@ def test_a_stopped_pool_says_so_and_how_to_start_it():
                          "problems": []}, [], []), "pool.yaml")
     assert "POOL DOWN · no supervisor or worker has a heartbeat in Redis" in text
     assert "start it with `pool run pool.yaml`" in text
+    assert text.splitlines()[0].endswith(" · 2026-09-21T14:13:20Z")  # UTC with a Z, as every time pool prints
 
 
 def test_a_degraded_pool_lists_its_problems_and_groups_workers_by_host():
