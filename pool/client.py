@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import threading
 from collections import defaultdict
@@ -41,6 +42,8 @@ from pool.jobs import Job, Status, dumps, encode_arguments, enqueue_fields, new_
 from pool.keys import QUEUE_NAME_RULE, Keys, is_valid_queue_name
 from pool.listing import JobPage
 from pool.scripts import Scripts
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _HANDLER_NAME_RULE = "a dotted path such as 'examples.tasks.add'"
@@ -398,8 +401,7 @@ class AsyncClient:
                 targets += [(name, cast(bytes, raw).decode()) for raw in members]
         else:
             for job_id in job_ids:
-                job = await self._require(job_id, queue)
-                targets.append((job.queue, job.id))
+                targets.append((await self._dead_queue(job_id, queue), job_id))
         now_ms = clock.now_ms()
 
         async def send() -> list[Any]:
@@ -413,16 +415,35 @@ class AsyncClient:
 
         return sum(await self._retrying(send)) if targets else 0
 
+    async def _dead_queue(self, job_id: str, queue: str | None) -> str:
+        """The queue whose dead set holds ``job_id`` (the same id may live on in another queue).
+
+        Raises:
+            JobNotFound: no dead set holds it (never enqueued, not dead, or purged).
+        """
+        for name in [queue] if queue else list(self.config.queues):
+            if await self._retrying(functools.partial(self.redis.zscore, self.keys.dead(name), job_id)) is not None:
+                return name
+        where = f"queue {queue!r}" if queue else "queues " + ", ".join(self.config.queues)
+        raise JobNotFound(f"no dead job {job_id} in {where} (not dead, never enqueued, or purged)")
+
     async def events(self, queues: Iterable[str] | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """Yield each finished attempt's event (completed, failed, retrying, dead, cancelled) as a dict.
 
         Subscribes to the queues' channels (default: every queue of the config) and runs until the
         caller stops iterating, resubscribing after a Redis outage. Events are not stored: only
-        those published while listening arrive.
+        those published while listening arrive. A message on the channel that is not an event
+        (anyone who may publish can send one) is logged and skipped.
+
+        Raises:
+            RedisUnavailable: Redis cannot be reached when it starts (later outages are waited out).
         """
         channels = [self.keys.events(q) for q in (list(queues) if queues else self.config.queues)]
+        await self._retrying(self.redis.ping)
         async for message in subscription(self.redis, channels):
-            yield orjson.loads(message["data"])
+            event = _event(message)
+            if event is not None:
+                yield event
 
     async def _retrying(self, send: Callable[[], Awaitable[T]]) -> T:
         """Run ``send``, resending it after a dropped connection (every client call is idempotent).
@@ -566,3 +587,19 @@ def _positive_ms(seconds: float | None, name: str) -> int | None:
 def _is_dotted_path(name: str) -> bool:
     parts = name.split(".") if isinstance(name, str) else []
     return len(parts) >= 2 and all(part.isidentifier() for part in parts)
+
+
+def _event(message: dict[str, Any]) -> dict[str, Any] | None:
+    """A published event, or None (logged) for a message that is not one."""
+    try:
+        event = orjson.loads(message["data"])
+    except orjson.JSONDecodeError:
+        event = None
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not isinstance(event.get("status"), str):
+        logger.warning("skipped a message on %s that is not a pool event", _text(message.get("channel")))
+        return None
+    return event
+
+
+def _text(raw: Any) -> str:
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)

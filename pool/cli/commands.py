@@ -80,13 +80,14 @@ def _enqueue(options: argparse.Namespace) -> int:
 
 def _wait_timeout(options: argparse.Namespace) -> float | None:
     """--wait-timeout, or the deprecated --timeout (with a note); either one needs --wait."""
+    spelled = "--wait-timeout"
     if options.old_timeout is not None:
         print("pool: --timeout is deprecated, use --wait-timeout (the job's own run limit is --job-timeout)",
               file=sys.stderr)
         if options.wait_timeout is None:
-            options.wait_timeout = options.old_timeout
+            options.wait_timeout, spelled = options.old_timeout, "--timeout"
     if options.wait_timeout is not None and not options.wait:
-        raise UsageError("--wait-timeout needs --wait (the job's own run limit is --job-timeout)")
+        raise UsageError(f"{spelled} needs --wait (the job's own run limit is --job-timeout)")
     return options.wait_timeout
 
 
@@ -126,6 +127,10 @@ def _status(options: argparse.Namespace) -> int:
                 if not options.watch:
                     raise describe_unreachable(url, exc) from None
                 text = f"pool: {describe_unreachable(url, exc)}; retrying every {options.interval:g}s"
+                if options.json:  # stdout carries JSON lines only: the outage goes to stderr
+                    print(text, file=sys.stderr, flush=True)
+                    time.sleep(options.interval)
+                    continue
             if not options.watch:
                 print(text)
                 return ExitCode.OK
@@ -195,14 +200,14 @@ def _health(options: argparse.Namespace) -> int:
 def _dead(options: argparse.Namespace) -> int:
     from pool.client import Client
 
+    if options.action in ("retry", "purge") and bool(options.job_ids) == options.all:
+        raise UsageError(f"pool dead {options.action}: name job ids or --all" + (", not both" if options.all else ""))
     config = config_module.load(options.config)
     with Client(config) as client:
         if options.action == "list":
             return _print_dead(client.dead_jobs(options.queue, options.limit), options.json)
         if options.action == "show":
             return _show_dead(client, config, options)
-        if not options.job_ids and not options.all:
-            raise UsageError(f"pool dead {options.action}: name job ids, or --all")
         op = client.retry_dead if options.action == "retry" else client.purge_dead
         try:
             count = op(options.job_ids, options.queue, all=options.all)
@@ -278,8 +283,9 @@ def _events(options: argparse.Namespace) -> int:
 def _event_line(event: dict[str, Any]) -> str:
     """One readable line: time (UTC), queue, status, handler, id, run time, then result or error."""
     at = time.strftime("%H:%M:%SZ", time.gmtime(event.get("ts_ms", 0) / 1000))
-    line = f"{at}  {event.get('queue', '?')}  {event['status']:<9}  {event.get('handler', '?')}  {event['id']}"
-    if "run_ms" in event:
+    line = f"{at}  {event.get('queue', '?')}  {event.get('status', '?'):<9}  {event.get('handler', '?')}  " \
+           f"{event.get('id', '?')}"
+    if isinstance(event.get("run_ms"), int | float):
         line += f"  {event['run_ms']:.1f}ms"
     if "error" in event:
         line += f"  {event['error']}"

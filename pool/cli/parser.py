@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +25,7 @@ import shtab
 from pool.errors import ExitCode, UsageError
 
 CONFIG_ENV = "POOL_CONFIG"
+_NEGATIVE_NUMBER = re.compile(r"-\d+|-\d*\.\d+")  # what argparse itself reads as a word, not an option
 DEFAULT_CONFIG = "pool.yaml"
 
 EXAMPLES = """\
@@ -175,17 +177,36 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     Bare `pool` prints the help and exits 0, as pip, docker and kubectl do: it asked for nothing.
     """
     parser = build_parser()
-    options = parser.parse_args(argv)
+    options, extras = parser.parse_known_args(argv)
     if options.command is None:
         parser.print_help()
         raise SystemExit(ExitCode.OK)
     words = getattr(options, "words", None)
+    if words is None and extras:
+        parser.error("unrecognized arguments: " + " ".join(extras))
     if words is not None:
-        options.config, words = split_config(words)
+        options.config, words = split_config(_with_later_words(words, extras, parser))
         _assign_words(options, words)
     if options.command != "completion":
         options.config = resolve_config(options.config)
     return options
+
+
+def _with_later_words(words: list[str], extras: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """The positionals after an option too (`pool enqueue pool.yaml --queue q HANDLER 1`).
+
+    argparse fills a list positional from the first run of words only and leaves the words after
+    an option over; here they join it, in order. An unknown option among them is still an error,
+    a negative number is a word, and after ``--`` everything is a word."""
+    joined, literal = list(words), False
+    for item in extras:
+        if item == "--" and not literal:
+            literal = True
+        elif not literal and item.startswith("-") and not _NEGATIVE_NUMBER.fullmatch(item):
+            parser.error(f"unrecognized arguments: {item}")
+        else:
+            joined.append(item)
+    return joined
 
 
 def split_config(words: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -198,10 +219,13 @@ def split_config(words: Sequence[str]) -> tuple[str | None, list[str]]:
 def _assign_words(options: argparse.Namespace, words: list[str]) -> None:
     name = "pool dead " + options.action if options.command == "dead" else "pool " + options.command
     if options.command == "enqueue":
-        if not words:
+        if not words or not words[0].strip():
             raise UsageError(f"{name}: name the HANDLER (a dotted path such as examples.tasks.add) after CONFIG")
         options.handler, options.args = words[0], words[1:]
-    elif options.command in ("job", "cancel") or getattr(options, "action", None) == "show":
+        return
+    if any(not word.strip() for word in words):  # every id starts with "": it would pick any job
+        raise UsageError(f"{name}: a job id is empty (an unset shell variable?): give the id or its start")
+    if options.command in ("job", "cancel") or getattr(options, "action", None) == "show":
         if len(words) != 1:
             raise UsageError(f"{name}: name exactly one job id (got {len(words)}: {' '.join(words) or 'none'})")
         options.job_id = words[0]

@@ -3,6 +3,7 @@ failed job's stored traceback shows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import stat
@@ -14,6 +15,7 @@ from pool.cli import ids
 from pool.client import AsyncClient
 from pool.config import load
 from pool.errors import ExitCode
+from pool.testing import async_wait_until
 from tests.conftest import pool_cli, pool_of
 
 
@@ -104,6 +106,12 @@ async def test_dead_show_retry_and_purge_by_prefix_with_a_text_view(write_config
         assert pool_cli("dead", "show", str(path), "dead-c").returncode == ExitCode.NOT_FOUND
         listed = pool_cli("dead", "list", str(path)).stdout
         assert re.search(r"dead-aaa1 .* died=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", listed), listed
+        # nor is it purged or retried: "no such dead job" by its full id, as by a prefix
+        for action in ("retry", "purge"):
+            refused = pool_cli("dead", action, str(path), "dead-ccc3")
+            assert refused.returncode == ExitCode.NOT_FOUND, refused
+            assert one_line(refused.stderr).startswith("pool: no dead job dead-ccc3")
+        assert (await client.get_job("dead-ccc3")).status is Status.COMPLETED
         assert pool_cli("dead", "purge", str(path), "dead-b").stdout.strip() == "purged 1 dead job(s)"
         assert pool_cli("dead", "retry", str(path), "dead-a").stdout.strip() == "retried 1 dead job(s)"
         assert await client.get_job("dead-bbb2") is None
@@ -143,3 +151,69 @@ async def test_a_refused_script_stores_no_traceback(script_config, url, r, name,
         failed = await client.wait(job.id, timeout=10)
     assert failed.error.startswith(f"{error}: ")
     assert failed.traceback is None
+
+
+async def test_purge_dead_picks_the_queue_whose_dead_set_holds_the_id(make_config, url, r):
+    """The same id alive on one queue and dead on another: the dead one goes, the other stays."""
+    config = make_config(queues=["first", "second"])
+    async with pool_of(config, url, r) as client:
+        await client.enqueue("tests.sample_handlers.add", 1, 2, job_id="twin", queue="first")
+        await client.wait("twin", timeout=10, queue="first")
+        await client.enqueue("tests.sample_handlers.explode", "x", job_id="twin", queue="second", max_retries=0)
+        assert (await client.wait("twin", timeout=10, queue="second")).status is Status.DEAD
+        assert await client.purge_dead(["twin"]) == 1
+        assert await client.get_job("twin", "second") is None
+        assert (await client.get_job("twin", "first")).status is Status.COMPLETED
+
+
+async def test_events_skips_a_message_that_is_not_an_event(make_config, url, r, caplog):
+    """Anyone who may publish can send garbage on the events channel; the tail goes on."""
+    async with pool_of(make_config(), url, r) as client:
+        channel = client.keys.events("default")
+        stream = client.events()
+        first = asyncio.ensure_future(anext(stream))
+
+        async def subscribed() -> bool:
+            return r.pubsub_numsub(channel)[0][1] >= 1
+        await async_wait_until(subscribed, timeout=10, message="events to subscribe")
+        r.publish(channel, b"garbage")
+        r.publish(channel, b'{"x": 1}')
+        job = await client.enqueue("tests.sample_handlers.add", 1, 2)
+        async with asyncio.timeout(10):
+            event = await first
+        await stream.aclose()
+    assert (event["id"], event["status"]) == (job.id, "completed")
+    assert sum("is not a pool event" in record.getMessage() for record in caplog.records) == 2
+
+
+def test_events_with_redis_down_exits_3_at_once(tmp_path):
+    from pool.embedded import free_port
+
+    path = tmp_path / "pool.yaml"
+    path.write_text(f"redis: {{url: 'redis://127.0.0.1:{free_port()}/0'}}\n")
+    result = pool_cli("events", str(path), timeout=30)
+    assert result.returncode == ExitCode.UNAVAILABLE
+    assert one_line(result.stderr).startswith("pool: cannot reach Redis")
+
+
+def test_status_watch_json_keeps_stdout_for_json_during_an_outage(tmp_path):
+    import subprocess
+    import sys
+
+    from pool.embedded import free_port
+    from pool.testing import wait_until
+    from tests.conftest import cli_env
+
+    path = tmp_path / "pool.yaml"
+    path.write_text(f"redis: {{url: 'redis://127.0.0.1:{free_port()}/0'}}\n")
+    out, err = tmp_path / "out", tmp_path / "err"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "pool", "status", str(path), "--watch", "--json",
+                                 "--interval", "0.2"], stdout=stdout, stderr=stderr, env=cli_env())
+        try:
+            wait_until(lambda: err.read_text().count("\n") >= 2, timeout=30, message="two outage lines")
+        finally:
+            proc.kill()
+            proc.wait()
+    assert out.read_text() == ""
+    assert err.read_text().startswith("pool: cannot reach Redis")

@@ -179,7 +179,7 @@ def test_old_timeout_spelling_is_deprecated_and_still_needs_wait(capsys, config_
     assert code == 2
     assert err.splitlines() == [
         "pool: --timeout is deprecated, use --wait-timeout (the job's own run limit is --job-timeout)",
-        "pool: --wait-timeout needs --wait (the job's own run limit is --job-timeout)",
+        "pool: --timeout needs --wait (the job's own run limit is --job-timeout)",  # the flag as typed
     ]
 
 
@@ -242,6 +242,50 @@ def test_an_existing_file_is_config_whatever_its_name(tmp_path):
     path = tmp_path / "settings"
     path.write_text("{}\n")
     assert split_config([str(path), "abc"]) == (str(path), ["abc"])
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["enqueue", "pool.yaml", "--queue", "q", "examples.tasks.add", "1", "-2"],
+     {"config": "pool.yaml", "handler": "examples.tasks.add", "args": ["1", "-2"], "queue": "q"}),
+    (["enqueue", "pool.yaml", "--queue", "q", "h", "--", "-x", "--queue"],
+     {"handler": "h", "args": ["-x", "--queue"], "queue": "q"}),
+    (["job", "pool.yaml", "--json", "5d1f"], {"config": "pool.yaml", "job_id": "5d1f", "json": True}),
+    (["dead", "show", "pool.yaml", "--json", "5d1f"], {"job_id": "5d1f", "json": True}),
+    (["cancel", "pool.yaml", "--queue", "q", "5d1f"], {"job_id": "5d1f", "queue": "q"}),
+    (["dead", "retry", "pool.yaml", "a", "--queue", "q", "b"], {"job_ids": ["a", "b"], "queue": "q"}),
+])
+def test_words_after_an_option_still_count(argv, expected):
+    """argparse fills a list positional from its first run of words only; an option in between
+    used to turn the rest into 'unrecognized arguments'."""
+    from pool.cli.parser import parse
+
+    options = parse(argv)
+    assert {name: getattr(options, name) for name in expected} == expected
+
+
+def test_an_unknown_option_among_the_words_is_still_refused(capsys):
+    from pool.cli.parser import parse
+
+    with pytest.raises(SystemExit) as info:
+        parse(["enqueue", "pool.yaml", "--queue", "q", "h", "--bogus"])
+    assert info.value.code == 2
+    assert one_line(capsys.readouterr().err).startswith("pool: unrecognized arguments: --bogus")
+
+
+@pytest.mark.parametrize("argv", [["job", "pool.yaml", ""], ["cancel", "pool.yaml", " "],
+                                  ["dead", "purge", "pool.yaml", "ok", ""], ["dead", "show", "pool.yaml", ""]])
+def test_an_empty_job_id_is_refused(capsys, config_file, argv):
+    """Every id starts with "": an unset variable would act on whichever job happens to be alone."""
+    argv[argv.index("pool.yaml")] = config_file("{}\n")
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert "a job id is empty (an unset shell variable?)" in one_line(err)
+
+
+def test_dead_ids_and_all_together_are_refused(capsys, config_file):
+    code, _, err = run(capsys, "dead", "purge", config_file("{}\n"), "abc", "--all")
+    assert code == 2
+    assert one_line(err) == "pool: pool dead purge: name job ids or --all, not both"
 
 
 def test_job_needs_exactly_one_id(capsys, config_file):
