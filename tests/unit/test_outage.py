@@ -135,3 +135,21 @@ def test_a_refusal_is_an_answer_so_the_connection_is_back(monkeypatch):
     outage.failed(MISCONF, "heartbeat")
     assert not outage.is_cut_off and outage.is_ongoing
     assert outage.recovered("heartbeat") and not outage.is_ongoing
+
+
+def test_housekeeping_reports_a_repeated_error_once_whatever_the_timestamp_it_quotes(caplog, tmp_path):
+    """redis-py's pipeline error quotes the command, heartbeat_ms included: not part of what is compared."""
+    from pool.config import from_mapping
+    from pool.housekeeping import Housekeeper
+
+    config = from_mapping({"redis": {"url": "redis://127.0.0.1:1/0"}, "handlers": ["tests.sample_handlers"]},
+                          tmp_path / "pool.yaml",
+                          environ={})
+    keeper = Housekeeper(config, "redis://127.0.0.1:1/0")
+    with caplog.at_level(logging.ERROR, logger="pool.housekeeping"):
+        for stamp in range(60):
+            keeper._report_error(redis.exceptions.NoPermissionError(
+                f"Command # 1 (HSET p:supervisor:h:1:a heartbeat_ms {1734000000000 + stamp}) of pipeline caused "
+                "error: this user has no permissions to run the 'hset' command"))
+    assert len(caplog.records) == 1
+    assert "heartbeat_ms" not in caplog.records[0].getMessage()
