@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import redis
 import redis.cluster
+import redis.exceptions
 
 from pool import clock
 from pool.config import Config
