@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import redis
 import redis.cluster
-import redis.exceptions
+from redis.exceptions import ResponseError
 
 from pool import clock
 from pool.config import Config
@@ -166,7 +166,7 @@ class Housekeeper:
             self._next_announce = 0.0
             self._reclaim_after = clock.monotonic() + self.config.heartbeat_ttl_s
 
-    def _report_error(self, exc: redis.exceptions.ResponseError) -> None:
+    def _report_error(self, exc: ResponseError) -> None:
         """A missing ACL permission, a script's error: the supervisor must keep watching its
         workers, so report it (once until it changes) and retry next tick. The text compared is
         the reply's own, without redis-py's quote of the command (it holds a timestamp)."""
