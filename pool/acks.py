@@ -21,7 +21,7 @@ from typing import Any
 
 import redis.asyncio
 
-from pool.connection import OUTAGE_ERRORS
+from pool.connection import is_refusal, is_transient
 from pool.scripts import Ack, Scripts
 
 logger = logging.getLogger(__name__)
@@ -93,15 +93,17 @@ class AckBatcher:
             [(queue, group)] = by_queue.items()
             try:
                 return [await self._call(queue, group, self.client)]
-            except redis.ResponseError as exc:  # a script error: the acks of this call fail
-                return [exc]
+            except redis.ResponseError as exc:
+                if is_refusal(exc):  # MISCONF, BUSY, READONLY ...: the whole batch again, later
+                    raise
+                return [exc]  # a script error: the acks of this call fail
         async def add_calls(pipe: Any) -> None:
             for queue, group in by_queue.items():
                 await self._call(queue, group, pipe)
 
         replies = await self.scripts.pipelined(self.client, add_calls, replicas=self.replicas)
         for reply in replies:
-            if isinstance(reply, OUTAGE_ERRORS):  # LOADING after a restart: the whole batch again
+            if isinstance(reply, Exception) and is_transient(reply):  # LOADING, BUSY ...: the whole batch again
                 raise reply
         if self.replicas is not None:
             confirmed = replies.pop()

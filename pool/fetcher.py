@@ -29,7 +29,7 @@ import redis.asyncio.cluster
 
 from pool import clock
 from pool.config import Config
-from pool.connection import BLOCK_TIMEOUT_S, OUTAGE_ERRORS, Outage
+from pool.connection import BLOCK_TIMEOUT_S, REDIS_ERRORS, Outage, is_refusal, is_transient
 from pool.keys import Keys
 from pool.scripts import Scripts, solo_threshold
 
@@ -188,10 +188,12 @@ class Fetcher:
                 try:
                     found, exhausted = await self._claim_pass()
                     if found or exhausted:  # Redis answered (a pass may ask nothing: slots busy, queues watched)
-                        self.outage.recovered()
-                except OUTAGE_ERRORS as exc:
+                        self.outage.recovered("claim")
+                except REDIS_ERRORS as exc:
+                    if not is_transient(exc):
+                        raise
                     self._must_reconcile = True
-                    await self.outage.retry_after(exc)
+                    await self.outage.retry_after(exc, "claim")
                     continue
                 if self.burst:
                     if not found and not self.slots.running:
@@ -304,12 +306,20 @@ class Fetcher:
                     self.keys.queue(queue), self.keys.active(queue, self.worker_id),
                     timeout=BLOCK_TIMEOUT_S, src="RIGHT", dest="LEFT",  # type: ignore[arg-type]
                 )
+                self.outage.recovered(f"watch {queue}")
                 if job_id is not None:
                     await self._start_moved(queue, cast(bytes, job_id).decode())
                     return
-        except OUTAGE_ERRORS as exc:
+        except REDIS_ERRORS as exc:
+            if not is_transient(exc):
+                raise
             self._must_reconcile = True  # the BLMOVE may have moved an id whose reply was lost
-            self.outage.failed(exc)
+            if is_refusal(exc):
+                # BLMOVE is refused at maxmemory while claim.lua is not: wait, then let the next
+                # claim pass take what is queued (ending at once would spin: pass, watch, refused)
+                await self.outage.retry_after(exc, f"watch {queue}")
+            else:
+                self.outage.failed(exc)
         finally:
             del self._watchers[queue]
             self.wake()
@@ -328,6 +338,7 @@ class Fetcher:
         moved, reply = await self.scripts.pipelined(self.blocking, calls, resend=False)
         if isinstance(moved, Exception):
             raise moved
+        self.outage.recovered(f"watch {queue}")
         if moved is None:
             return False
         if isinstance(reply, Exception):  # e.g. NOSCRIPT after a server restart (now loaded): claim it alone
@@ -380,5 +391,7 @@ class Fetcher:
                     if job_id not in self.slots.running and not self.stopping.is_set():
                         self._started(queue, await self._claim_script(queue, 0, moved_id=job_id))
             self._must_reconcile = False
-        except OUTAGE_ERRORS:
+        except REDIS_ERRORS as exc:
+            if not is_transient(exc):
+                raise
             self._must_reconcile = True  # still down: the dispatcher backs off and tries again

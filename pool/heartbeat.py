@@ -50,6 +50,17 @@ async def beat(
     return [job_id.decode() for cancelled in replies[2:3 * len(queues):3] for job_id in cancelled or ()]
 
 
+async def renew(client: redis.asyncio.Redis, keys: Keys, worker_id: str, queues: Iterable[str], ttl_ms: int) -> None:
+    """Extend the liveness keys and the registry entry only: the heartbeat Redis still takes at
+    maxmemory (noeviction), where SET, SADD and HSET are refused but PEXPIRE is not. Without it
+    the keys of every worker expire during the outage and a supervisor reclaims jobs that run."""
+    async with client.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.pexpire(keys.alive(queue, worker_id), ttl_ms)
+        pipe.pexpire(keys.worker(worker_id), ttl_ms)
+        await pipe.execute()
+
+
 async def deregister(client: redis.asyncio.Redis, keys: Keys, worker_id: str) -> None:
     """Leave the host-wide registry (requeue.lua 'stop' already left each queue's)."""
     async with client.pipeline(transaction=False) as pipe:

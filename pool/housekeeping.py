@@ -12,22 +12,34 @@ off, every heartbeat looked stale from where it stood, and the workers need a mo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import redis
 import redis.cluster
+from redis.exceptions import ResponseError
 
 from pool import clock
 from pool.config import Config
-from pool.connection import OUTAGE_ERRORS, Outage, redact, server_info, sync_client
+from pool.connection import (
+    CONNECTION,
+    OUTAGE_ERRORS,
+    Outage,
+    describe_error,
+    is_refusal,
+    redact,
+    server_info,
+    sync_client,
+)
 from pool.keys import Keys
 from pool.scripts import AlreadyReclaimed, Scripts, WorkerAlive, check
 
 logger = logging.getLogger(__name__)
 
 PRESENCE_SLACK_S = 2.0
+EVICTION_REPORT_S = 60.0
 
 
 class Housekeeper:
@@ -61,6 +73,10 @@ class Housekeeper:
         self._reclaim_after = 0.0
         self._marker_seen = False
         self._run_id: str | None = None
+        self._policy: str | None = None  # maxmemory-policy at the last check
+        self._evicted: int | None = None  # evicted_keys at the last check
+        self._unreported_evictions = 0
+        self._next_eviction_report = 0.0
         self._last_error: str | None = None
         self._redis: redis.Redis | None = None
         self._scripts: Scripts | None = None
@@ -97,41 +113,67 @@ class Housekeeper:
     def tick(self, reclaim: bool = True, presence: Mapping[str, Any] | None = None) -> None:
         """Do what is due; never raises for a Redis error (it is retried next tick).
 
+        Each chore is a step of its own: a chore Redis refuses (at maxmemory the announce is
+        refused, requeues are not) does not hold up the others, and is retried next tick.
+
         Args:
             reclaim: look for workers whose heartbeat expired (not while stopping).
             presence: the supervisor's fields for ``<p>:supervisor:<id>``, written once per
                 heartbeat interval (None: do not announce).
         """
         try:
-            if self.outage.is_ongoing:
-                self.redis.ping()
-                # Back from our own outage: while cut off, every heartbeat looked stale from here.
-                # Hold reclaiming off for one TTL so that the workers can renew theirs first.
-                self.outage.recovered()
-                self._next_announce = 0.0
-                self._reclaim_after = clock.monotonic() + self.config.heartbeat_ttl_s
-            self._requeue_dead()
+            if self.outage.is_cut_off:
+                with contextlib.suppress(redis.exceptions.ResponseError):  # a refusal is an answer too
+                    self.redis.ping()
+                self._recovered(CONNECTION)
+            ok = self._step("requeue", self._requeue_dead)
             now = clock.monotonic()
             if presence is not None and now >= self._next_announce:
                 self._next_announce = now + self.config.heartbeat_interval_s
-                self.announce(presence)
+                ok &= self._step("announce", self.announce, presence)
             if reclaim and now >= self._next_reclaim:
                 self._next_reclaim = now + self.config.reclaim_interval_s
-                self.check_data()
+                ok &= self._step("check", self.check_data)
                 if now >= self._reclaim_after:
-                    self.reclaim_expired()
-                    self._prune_supervisors()
+                    ok &= self._step("reclaim", self.reclaim_expired) and self._step("prune", self._prune_supervisors)
         except OUTAGE_ERRORS as exc:
             self.outage.failed(exc)
             return
-        except redis.exceptions.RedisError as exc:
-            # READONLY after a failover, a missing ACL permission, OOM: the supervisor must keep
-            # watching its workers, so report it (once until it changes) and retry next tick.
-            if str(exc) != self._last_error:
-                logger.error("housekeeping failed on Redis at %s: %s; retrying", redact(self.url), exc)
-                self._last_error = str(exc)
-            return
-        self._last_error = None
+        if ok:
+            self._last_error = None
+
+    def _step(self, path: str, chore: Callable[..., Any], *args: Any) -> bool:
+        """Run one chore; False when Redis refused it or answered with an error (a lost
+        connection raises: the rest of the tick would only wait for its timeouts too)."""
+        try:
+            chore(*args)
+        except redis.exceptions.ResponseError as exc:
+            if isinstance(exc, OUTAGE_ERRORS):  # (LOADING is both)
+                raise
+            if is_refusal(exc):  # OOM, MISCONF, BUSY, READONLY: waited out, logged by the Outage
+                self.outage.failed(exc, path)
+            else:
+                self._report_error(exc)
+            return False
+        self._recovered(path)
+        return True
+
+    def _recovered(self, path: str) -> None:
+        """A chore went through after a failure. If it was the connection, or a refusal that may
+        have kept the workers from renewing their heartbeats, every heartbeat looked stale from
+        here: hold reclaiming off for one TTL so that the workers can renew theirs first."""
+        if self.outage.recovered(path):
+            self._next_announce = 0.0
+            self._reclaim_after = clock.monotonic() + self.config.heartbeat_ttl_s
+
+    def _report_error(self, exc: ResponseError) -> None:
+        """A missing ACL permission, a script's error: the supervisor must keep watching its
+        workers, so report it (once until it changes) and retry next tick. The text compared is
+        the reply's own, without redis-py's quote of the command (it holds a timestamp)."""
+        text = describe_error(exc)
+        if text != self._last_error:
+            logger.error("housekeeping failed on Redis at %s: %s; retrying", redact(self.url), text)
+            self._last_error = text
 
     # -- presence ---------------------------------------------------------------------------------
 
@@ -234,27 +276,72 @@ class Housekeeper:
     # -- data loss ------------------------------------------------------------------------------
 
     def check_data(self) -> None:
-        """Shout when Redis lost the pool's data (restart without persistence, FLUSHALL).
+        """Shout when Redis lost the pool's data (restart without persistence, FLUSHALL, eviction).
 
         A marker hash is written once; if it disappears, everything written before it is gone
-        too. The server's run_id tells a restart from a flush in the message.
+        too. The server's run_id tells a restart from a flush in the message, and its eviction
+        policy and count (checked here, every reclaim interval, so a CONFIG SET at run time is
+        seen) tell an evicting server.
         """
         marker = self.keys.marker()
-        try:
-            run_id = str(server_info(self.redis, "server", marker).get("run_id", ""))
-        except redis.exceptions.ResponseError:
-            run_id = ""  # INFO not allowed for this user: judge by the marker alone
+        run_id, evicting = self._read_server(marker)
         restarted = self._run_id is not None and run_id != self._run_id
         if self.redis.exists(marker):
             if restarted:
                 logger.warning("Redis at %s restarted or failed over (run_id changed) and kept its data",
                                redact(self.url))
         elif self._marker_seen:
-            what = "restarted without its data (no persistence?)" if restarted else "lost the pool's keys (FLUSHALL?)"
-            logger.critical("Redis at %s %s: every job queued before now is gone. Check its "
-                            "persistence settings (appendonly yes).", redact(self.url), what)
-            self.redis.hset(marker, mapping={"data_lost_ms": clock.now_ms(), "run_id": run_id})
+            self._data_lost(run_id, restarted, evicting)
         else:
             self.redis.hsetnx(marker, "created_ms", clock.now_ms())
         self._marker_seen = True
         self._run_id = run_id
+
+    def _data_lost(self, run_id: str, restarted: bool, evicting: str) -> None:
+        if evicting:
+            what, cause, fix = (f"is evicting keys ({evicting}) and evicted the pool's", "evicting",
+                                "Set maxmemory-policy noeviction (and enough maxmemory).")
+        elif restarted:
+            what, cause, fix = ("restarted without its data (no persistence?)", "restarted",
+                                "Check its persistence settings (appendonly yes).")
+        else:
+            what, cause, fix = ("lost the pool's keys (FLUSHALL?)", "flushed", "Check who deletes them.")
+        logger.critical("Redis at %s %s: every job queued before now may be gone. %s", redact(self.url), what, fix)
+        self.redis.hset(self.keys.marker(), mapping={"data_lost_ms": clock.now_ms(), "run_id": run_id,
+                                                     "cause": cause, "policy": self._policy or ""})
+
+    def _read_server(self, marker: str) -> tuple[str, str]:
+        """The server's run_id, and how it evicts ('' when it does not): policy and evicted_keys."""
+        try:
+            info = server_info(self.redis, "server", marker)
+            memory = server_info(self.redis, "memory", marker)
+            evicted = int(server_info(self.redis, "stats", marker).get("evicted_keys", 0))
+        except redis.exceptions.ResponseError as exc:
+            if is_refusal(exc):
+                raise
+            return "", ""  # INFO not allowed for this user: judge by the marker alone
+        return str(info.get("run_id", "")), self._watch_eviction(str(memory.get("maxmemory_policy", "")), evicted)
+
+    def _watch_eviction(self, policy: str, evicted: int) -> str:
+        """Warn when the policy turns to evicting (a CONFIG SET at run time) and when keys were
+        evicted since the last check; returns a description while evicting, else ''."""
+        if policy != self._policy and self._policy is not None:
+            if policy == "noeviction":
+                logger.warning("Redis maxmemory-policy is noeviction again (was %r)", self._policy)
+            else:
+                logger.warning("Redis maxmemory-policy changed to %r (was %r): eviction can silently delete "
+                               "queued jobs; set it to 'noeviction'", policy, self._policy)
+        self._policy = policy
+        newly = evicted - self._evicted if self._evicted is not None else 0
+        self._evicted = evicted
+        self._unreported_evictions += max(0, newly)
+        now = clock.monotonic()
+        if self._unreported_evictions and now >= self._next_eviction_report:
+            # at most once a minute: an evicting server evicts at every check
+            logger.error("Redis evicted %d key(s) since the last report (maxmemory-policy %s): jobs and results "
+                         "may be gone; set maxmemory-policy noeviction", self._unreported_evictions, policy or "?")
+            self._unreported_evictions = 0
+            self._next_eviction_report = now + EVICTION_REPORT_S
+        if policy and policy != "noeviction":
+            return f"maxmemory-policy {policy}, {evicted} keys evicted"
+        return f"{newly} keys evicted" if newly > 0 else ""

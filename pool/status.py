@@ -44,7 +44,7 @@ import redis.cluster
 
 from pool import clock
 from pool.config import Config
-from pool.connection import redact
+from pool.connection import redact, server_info
 from pool.keys import Keys
 from pool.schedules import Schedule
 
@@ -92,7 +92,7 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
     return {
         "time_ms": server_ms, "redis": {"url": redact(url), "version": _server_version(client)},
         "pool": _pool(supervisors, workers), "queues": queues, "supervisors": supervisors,
-        "workers": workers, "schedules": schedules, "warnings": _warnings(marker, now_ms),
+        "workers": workers, "schedules": schedules, "warnings": _warnings(marker, now_ms) + _eviction_warnings(client, keys),
     }
 
 
@@ -294,11 +294,33 @@ def _server_version(client: redis.Redis) -> str:
     return str(info.get("valkey_version") or info.get("redis_version") or "unknown")
 
 
+_LOSS_CAUSES = {  # the housekeeper's finding (housekeeping.check_data), as status says it
+    "evicting": "evicting: maxmemory-policy {policy}", "restarted": "restarted without persistence?",
+    "flushed": "FLUSHALL or a deletion?",
+}
+
+
 def _warnings(marker: dict[bytes, bytes], now_ms: int) -> list[str]:
     if not marker:
         return ["no pool has run against this Redis yet (or it lost its data before one started)"]
     lost = marker.get(b"data_lost_ms")
     if lost:
         ago = clock.describe_s((now_ms - int(lost)) / 1000)
-        return [f"Redis LOST ITS DATA {ago} ago (restarted without persistence?): jobs queued before then are gone"]
+        cause = _LOSS_CAUSES.get(marker.get(b"cause", b"restarted").decode(), _LOSS_CAUSES["restarted"])
+        cause = cause.format(policy=marker.get(b"policy", b"?").decode() or "?")
+        return [f"Redis LOST ITS DATA {ago} ago ({cause}): jobs queued before then are gone"]
     return []
+
+
+def _eviction_warnings(client: redis.Redis, keys: Keys) -> list[str]:
+    """Redis evicting now (its policy is not noeviction): queued jobs can vanish at any moment."""
+    try:
+        memory = server_info(client, "memory", keys.marker())
+        evicted = int(server_info(client, "stats", keys.marker()).get("evicted_keys", 0))
+    except redis.exceptions.ResponseError:
+        return []  # INFO not allowed for this user
+    policy = str(memory.get("maxmemory_policy", "noeviction"))
+    if policy == "noeviction":
+        return []
+    return [f"Redis is evicting (maxmemory-policy {policy}, {evicted:,} keys evicted so far): queued jobs "
+            "can vanish; set maxmemory-policy noeviction"]

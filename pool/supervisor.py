@@ -37,7 +37,15 @@ import redis
 from pool import clock, forking, hooks
 from pool import config as config_module
 from pool.config import Config
-from pool.connection import OUTAGE_ERRORS, backoff_s, check_server, describe_unreachable, redact, resolve_url
+from pool.connection import (
+    OUTAGE_ERRORS,
+    backoff_s,
+    check_server,
+    describe_unreachable,
+    is_refusal,
+    redact,
+    resolve_url,
+)
 from pool.embedded import EmbeddedServer
 from pool.errors import ExitCode, PoolError, RedisUnavailable
 from pool.handlers import IMPORT_CHECK_TIMEOUT_S, check_importable
@@ -494,6 +502,15 @@ class Supervisor:
         self.embedded = EmbeddedServer(self.config.state_dir)
         return self.embedded.start()
 
+    def _ping(self) -> None:
+        """PING Redis. A refusal is an answer: MISCONF refuses even PING, and workers wait it out."""
+        assert self.housekeeper is not None
+        try:
+            self.housekeeper.redis.ping()
+        except redis.exceptions.ResponseError as exc:
+            if not is_refusal(exc):
+                raise
+
     def _wait_for_redis(self) -> bool:
         """Block until Redis answers PING; False if told to stop meanwhile."""
         assert self.housekeeper is not None
@@ -503,7 +520,7 @@ class Supervisor:
                 self.exporter.tick()
                 self.exporter.start_if_due(self.url, HANDLED_SIGNALS, self.housekeeper.disconnect)
             try:
-                self.housekeeper.redis.ping()
+                self._ping()
                 if attempt:
                     logger.info("Redis at %s answers; starting", redact(self.url))
                 return True

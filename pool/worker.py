@@ -28,7 +28,16 @@ import redis.asyncio
 from pool import clock, heartbeat
 from pool.acks import AckBatcher
 from pool.config import Config
-from pool.connection import OUTAGE_ERRORS, Outage, async_client, blocking_client, replication, resolve_url
+from pool.connection import (
+    REDIS_ERRORS,
+    Outage,
+    async_client,
+    blocking_client,
+    is_refusal,
+    is_transient,
+    replication,
+    resolve_url,
+)
 from pool.errors import CorruptJob, ExitCode, HandlerError
 from pool.execution import JobRunner
 from pool.fetcher import Fetcher, Slots
@@ -355,10 +364,20 @@ class Worker:
             self._check_process()
             try:
                 await self._heartbeat()
-                self._outage.recovered()
+                self._outage.recovered("heartbeat")
                 await asyncio.sleep(self.config.heartbeat_interval_s)
-            except OUTAGE_ERRORS as exc:
-                await self._outage.retry_after(exc)
+            except REDIS_ERRORS as exc:
+                if not is_transient(exc):
+                    raise
+                if is_refusal(exc):
+                    await self._renew()
+                await self._outage.retry_after(exc, "heartbeat")
+
+    async def _renew(self) -> None:
+        """A refused heartbeat: keep the liveness keys alive with what Redis still takes, if anything."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            await heartbeat.renew(self._redis, self.keys, self.worker_id, self.config.queues,
+                                  int(self.config.heartbeat_ttl_s * 1000))
 
     def _check_process(self) -> None:
         """Stop when orphaned (the supervisor died); recycle when over max_memory_per_process.
@@ -428,22 +447,27 @@ class Worker:
             try:
                 await heartbeat.deregister(self._redis, self.keys, self.worker_id)
                 return
-            except OUTAGE_ERRORS as exc:
+            except REDIS_ERRORS as exc:
+                if not is_transient(exc):
+                    raise
                 if clock.monotonic() >= deadline:
-                    logger.warning("worker %s: could not leave the registry (Redis unreachable); its entry "
-                                   "expires by itself", self.worker_id)
+                    logger.warning("worker %s: could not leave the registry (Redis unreachable or refusing "
+                                   "writes); its entry expires by itself", self.worker_id)
                     return
-                await self._outage.retry_after(exc)
+                await self._outage.retry_after(exc, "deregister")
 
     async def _with_retry(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """Retry an idempotent step through an outage until it succeeds (acks are never dropped)."""
+        """Retry an idempotent step through an outage or a refusal (OOM, MISCONF, BUSY, READONLY)
+        until it succeeds (acks are never dropped). ``what`` names the path for the Outage."""
         while True:
             try:
                 result = await func(*args, **kwargs)
-                self._outage.recovered()
+                self._outage.recovered(what)
                 return result
-            except OUTAGE_ERRORS as exc:
-                await self._outage.retry_after(exc)
+            except REDIS_ERRORS as exc:
+                if not is_transient(exc):
+                    raise
+                await self._outage.retry_after(exc, what)
 
 
 def main(config: Config, worker_id: str, url: str, alive_file: str | None = None, scheduler: bool = True) -> int:

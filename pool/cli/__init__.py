@@ -55,7 +55,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return exc.exit_code
     except redis.exceptions.RedisError as exc:
         # Refused by the server (missing ACL permission, OOM, READONLY replica): one line.
-        print(f"pool: Redis refused the command: {exc}", file=sys.stderr)
+        from pool.connection import describe_error
+
+        print(f"pool: Redis refused the command: {describe_error(exc)}", file=sys.stderr)
         return ExitCode.UNAVAILABLE
     except KeyboardInterrupt:
         return 130
