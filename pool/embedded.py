@@ -336,7 +336,10 @@ class EmbeddedServer:
         return None
 
     def _launch(self, deadline: float, timeout_s: float) -> str:
-        sock = self.socket_path
+        # A pool taking over keeps the address its workers already use (the private folder of a
+        # long path depends on TMPDIR, which may differ between the two pools).
+        known = self.url.removeprefix("unix://") if self.url and self.url.startswith("unix://") else None
+        sock = Path(known) if known else self.socket_path
         sock.unlink(missing_ok=True)  # a stale socket of a killed server
         self.url = f"unix://{sock}"
         log_file = self.state_dir / "valkey.log"
