@@ -50,3 +50,24 @@ def test_a_state_dir_of_another_user_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr == (f"pool: state_dir {tmp_path / '.pool'} is not a folder of this user (uid 0, its owner "
                              "is uid 65534); run the pool as its owner or set another state_dir\n")
+
+
+def test_a_client_told_a_pool_runs_but_its_server_is_gone(tmp_path, monkeypatch):
+    """While a pool run holds the folder but no server comes back, the message says so, not "start it"."""
+    from pool import embedded
+    from pool.config import from_mapping
+    from pool.connection import resolve_url
+    from pool.errors import RedisUnavailable
+
+    config = from_mapping({"handlers": ["examples.tasks"]}, tmp_path / "pool.yaml", {})
+    secure_state_dir(config.state_dir)
+    monkeypatch.setattr(embedded, "HANDOVER_WAIT_S", 0.2)
+    users = embedded._Lock(config.state_dir / embedded.USERS_LOCK)  # what every pool run holds
+    assert users.acquire(shared=True)
+    try:
+        with pytest.raises(RedisUnavailable, match=r"did not come back within 0.2s although a pool run uses it"):
+            resolve_url(config)
+    finally:
+        users.release()
+    with pytest.raises(RedisUnavailable, match="is not running"):
+        resolve_url(config)
