@@ -110,6 +110,7 @@ class ScriptSettings:
 
     allowed_dirs: tuple[str, ...] = ()
     max_output_bytes: int = 64 * 1024
+    env: tuple[str, ...] = ()  # variables of the pool's environment a script gets beside the base set
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,7 @@ _DEAD_LETTER: _Table = {
 _SCRIPTS: _Table = {
     "allowed_dirs": ("allowed_dirs", ("list", parsers.string)),
     "max_output": ("max_output_bytes", parsers.size(1)),
+    "env": ("env", ("list", parsers.env_name)),
 }
 _LOGGING: _Table = {
     "level": ("level", parsers.choice(*parsers.LOG_LEVELS)),
@@ -544,6 +546,7 @@ def from_mapping(
         values["queues"], values["queue_weights"], values["rate_limits"] = values["queues"]
     config = Config(path=path, **values)
     config = _apply_environment(config, environ, reader)
+    _check_script_env(config, data.get("redis"), reader)
     return _check_relations(config, reader)
 
 
@@ -580,6 +583,20 @@ def _check_relations(config: Config, reader: _Reader) -> Config:
             f"(got {config.heartbeat_ttl_s:g}s with an interval of {config.heartbeat_interval_s:g}s)",
         )
     return config
+
+
+def _check_script_env(config: Config, redis_section: Any, reader: _Reader) -> None:
+    """Refuse to hand a Redis secret to script jobs: a script that prints its environment would
+    store it in its result, readable by whoever may read jobs."""
+    secrets = {REDIS_URL_ENV: "it overrides redis.url"}
+    for key in ("url", "username", "password", "sentinel_password"):
+        value = redis_section.get(key) if isinstance(redis_section, dict) else None
+        for match in _ENV_REF.finditer(value if isinstance(value, str) else ""):
+            secrets[match.group(1)] = f"redis.{key} is ${{{match.group(1)}}}"
+    for name in config.scripts.env:
+        if name in secrets:
+            raise reader.error("scripts.env", f"{name} holds a Redis secret ({secrets[name]}); a script job "
+                                              "must not see it: remove it from the list")
 
 
 def _check_topology(config: Config, reader: _Reader) -> None:

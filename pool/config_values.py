@@ -25,6 +25,7 @@ _SIZE_UNITS = {
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -103,6 +104,13 @@ def size(minimum: int) -> Callable[[Any], int]:
 def string(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise Invalid("must be a non-empty string")
+    return value
+
+
+def env_name(value: Any) -> str:
+    """The name of an environment variable (``APP_TOKEN``)."""
+    if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+        raise Invalid("must be the name of an environment variable (letters, digits and _, not first a digit)")
     return value
 
 

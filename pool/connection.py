@@ -67,7 +67,12 @@ def resolve_url(config: Config) -> str:
         return sentinel_url(config)
     if config.redis.url:
         return config.redis.url
-    url = embedded.find_url(config.state_dir)
+    url = embedded.find_url(config.state_dir, wait_s=embedded.HANDOVER_WAIT_S)  # a restart under way
+    if url is None and embedded.is_in_use(config.state_dir):
+        raise RedisUnavailable(
+            f"the embedded Redis of {config.path.name} did not come back within {embedded.HANDOVER_WAIT_S:g}s "
+            f"although a pool run uses it; see {config.state_dir / 'valkey.log'} and the log of pool run"
+        )
     if url is None:
         raise RedisUnavailable(
             f"the embedded Redis of {config.path.name} is not running (state dir {config.state_dir}); "

@@ -8,6 +8,12 @@ gets its own session: on timeout or cancellation the whole process group is kill
 grandchild outlives its job. Exit 0 completes the job with its output; any other exit fails it
 (retries apply as for any failure). stdout and stderr are captured up to
 ``scripts.max_output`` bytes each.
+
+A script does not inherit the pool's environment, which holds its secrets (``REDIS_PASSWORD``,
+whatever pool.yaml reads with ``${VAR}``): a script that prints its environment would store them
+in its job's result. It gets a base set that programs need to behave as in a shell (PATH, HOME,
+USER, LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TMPDIR) and the variables ``scripts.env`` names;
+config.py refuses to name there a variable the Redis settings are read from.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,7 @@ from pool.errors import PoolError
 
 SCRIPT_HANDLER = "pool.script"
 _TAIL = 2000  # characters of stderr quoted in the error line
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 
 
 class ScriptError(PoolError):
@@ -90,6 +98,20 @@ async def _read_bounded(stream: asyncio.StreamReader, limit: int) -> tuple[str, 
     return kept.decode(errors="replace"), truncated
 
 
+def script_environment(settings: ScriptSettings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a script runs with: the base set, the locale, and ``scripts.env``.
+
+    Args:
+        settings: the config's ``scripts`` section.
+        environ: the pool's own environment (default ``os.environ``).
+    """
+    environ = os.environ if environ is None else environ
+    names = {*BASE_ENV, *settings.env, *(name for name in environ if name.startswith("LC_"))}
+    scrubbed = {name: environ[name] for name in names if name in environ}
+    scrubbed.setdefault("PATH", os.defpath)
+    return scrubbed
+
+
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
@@ -104,6 +126,7 @@ def make_handler(settings: ScriptSettings, base_dir: Path) -> Any:
         proc = await asyncio.create_subprocess_exec(
             executable, *(str(a) for a in args), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            env=script_environment(settings),
         )
         assert proc.stdout is not None and proc.stderr is not None
         readers = asyncio.gather(_read_bounded(proc.stdout, settings.max_output_bytes),

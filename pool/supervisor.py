@@ -178,8 +178,8 @@ class Supervisor:
         assert self.housekeeper is not None
         if self.exporter is not None:
             self.exporter.tick()  # /livez: the supervisor's loop runs
-        if self.embedded is not None and self.embedded.owned and self.embedded.pid is None and not self.stopping:
-            self._restart_embedded()
+        if self.embedded is not None and not self.stopping and self.embedded.should_start():
+            self._restart_embedded()  # it died, or its owner (another pool run) stopped: ours now
         self.housekeeper.tick(reclaim=not self.stopping, presence=self._presence())
         if self.stopping:
             self._kill_overdue()

@@ -25,7 +25,7 @@ import yaml
 
 from pool.client import AsyncClient
 from pool.config import Config, from_mapping
-from pool.embedded import EmbeddedServer
+from pool.embedded import EmbeddedServer, free_port
 from pool.handlers import load_registry
 from pool.keys import Keys, make_worker_id
 from pool.testing import async_wait_until
@@ -50,7 +50,8 @@ def pytest_report_header() -> str:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    srv = EmbeddedServer(tmp_path_factory.mktemp("valkey"), persist=False)
+    # TCP as well as the socket: fault and TLS proxies sit in front of the server's port
+    srv = EmbeddedServer(tmp_path_factory.mktemp("valkey"), persist=False, port=free_port())
     srv.start()
     yield srv
     srv.stop()

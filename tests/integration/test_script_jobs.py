@@ -127,3 +127,22 @@ async def test_paths_outside_the_allowed_dirs_are_refused(config, url, r, script
 async def test_without_allowed_dirs_there_is_no_script_handler(make_config, url, r, scripts_dir):
     job = await run_script(make_config(), url, r, str(scripts_dir / "ok.sh"))
     assert job.error.startswith("UnknownHandler: handler 'pool.script' is not registered")
+
+
+async def test_a_script_gets_a_scrubbed_environment_and_the_allowed_names(make_config, url, r, scripts_dir,
+                                                                          monkeypatch):
+    """The pool's secrets stay out of a script's environment (and its result); scripts.env adds names."""
+    secret, token = "pw-" + os.urandom(6).hex(), "tok-" + os.urandom(6).hex()
+    monkeypatch.setenv("REDIS_PASSWORD", secret)
+    monkeypatch.setenv("APP_SECRET", secret)
+    monkeypatch.setenv("APP_TOKEN", token)
+    monkeypatch.setenv("LC_TIME", "C")
+    (scripts_dir / "env.sh").write_text("#!/bin/sh\nenv\n")
+    (scripts_dir / "env.sh").chmod(0o755)
+    config = make_config(scripts={"allowed_dirs": [str(scripts_dir)], "env": ["APP_TOKEN"]})
+    job = await run_script(config, url, r, str(scripts_dir / "env.sh"))
+    assert job.status is Status.COMPLETED
+    printed = dict(line.split("=", 1) for line in job.result["stdout"].splitlines() if "=" in line)
+    assert secret not in job.result["stdout"]
+    assert {printed.get("APP_TOKEN"), printed.get("LC_TIME"), printed.get("PATH")} == {
+        token, "C", os.environ["PATH"]}

@@ -387,3 +387,24 @@ def test_durations_may_be_compound(text, seconds):
 def test_malformed_compound_durations_are_refused(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_scripts_env_names_variables_a_script_may_see():
+    """scripts.env lists variable names; a value of another type is one line naming the key."""
+    assert parse({"scripts": {"env": ["APP_TOKEN", "S3_BUCKET"]}}).scripts.env == ("APP_TOKEN", "S3_BUCKET")
+    assert parse(None).scripts.env == ()
+    assert error_of({"scripts": {"env": {"A": 1}}}) == "pool.yaml: scripts.env: must be a non-empty list (got {'A': 1})"
+    assert error_of({"scripts": {"env": ["A-B"]}}).startswith(
+        "pool.yaml: scripts.env[0]: must be the name of an environment variable")
+
+
+@pytest.mark.parametrize(("redis", "name", "reason"), [
+    ({"url": "redis://x:6379/0", "password": "${REDIS_PASSWORD}"}, "REDIS_PASSWORD", "redis.password is ${REDIS_PASSWORD}"),
+    ({"url": "${MY_URL}"}, "MY_URL", "redis.url is ${MY_URL}"),
+    (None, "POOL_REDIS_URL", "it overrides redis.url"),
+])
+def test_scripts_env_refuses_a_variable_holding_a_redis_secret(redis, name, reason):
+    environ = {"REDIS_PASSWORD": "s3cret", "MY_URL": "redis://x:6379/0"}
+    data = {"scripts": {"env": ["APP_TOKEN", name]}} | ({"redis": redis} if redis else {})
+    assert error_of(data, environ) == (f"pool.yaml: scripts.env: {name} holds a Redis secret ({reason}); "
+                                       "a script job must not see it: remove it from the list")
