@@ -23,6 +23,7 @@ import redis.asyncio
 
 from pool import clock, listing
 from pool.config import Config, load
+from pool.config_values import MAX_DURATION_S, MAX_DURATION_TEXT, is_valid_seconds
 from pool.connection import (
     BLOCK_TIMEOUT_S,
     CLIENT_ATTEMPTS,
@@ -44,6 +45,7 @@ from pool.scripts import Scripts
 
 T = TypeVar("T")
 _HANDLER_NAME_RULE = "a dotted path such as 'examples.tasks.add'"
+MAX_RETRIES = 1000  # as the config's `retries.max_retries`
 
 
 @dataclass(frozen=True)
@@ -198,8 +200,8 @@ class AsyncClient:
         timeout_ms = _positive_ms(spec.timeout, "timeout")
         result_ttl_ms = _positive_ms(spec.result_ttl, "result_ttl")
         if spec.max_retries is not None and (isinstance(spec.max_retries, bool) or not isinstance(
-                spec.max_retries, int) or spec.max_retries < 0):
-            raise UsageError(f"max_retries must be an integer >= 0 (got {spec.max_retries!r})")
+                spec.max_retries, int) or not 0 <= spec.max_retries <= MAX_RETRIES):
+            raise UsageError(f"max_retries must be an integer from 0 to {MAX_RETRIES} (got {spec.max_retries!r})")
         due_ms = _due_ms(spec.delay, spec.at, now_ms)
         job_id = spec.job_id
         if job_id is None:
@@ -538,28 +540,33 @@ class Client:
 
 
 def _due_ms(delay: float | timedelta | None, at: datetime | None, now_ms: int) -> int | None:
-    """When a delayed job falls due (epoch ms), or None to run it now."""
+    """When a delayed job falls due (epoch ms), or None to run it now; at most MAX_DURATION_S ahead."""
     if delay is not None and at is not None:
         raise UsageError("give either delay or at, not both")
     if delay is not None:
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
-            raise UsageError(f"delay must be a number of seconds >= 0 or a timedelta (got {delay!r})")
+        if not is_valid_seconds(seconds, 0, allow_zero=True):
+            raise UsageError(f"delay must be a number of seconds from 0 to {MAX_DURATION_S:.0f} ({MAX_DURATION_TEXT}) "
+                             f"or a timedelta (got {delay!r})")
         due = now_ms + int(seconds * 1000)
     elif at is not None:
         if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
             raise UsageError(f"at must be a timezone-aware datetime, e.g. datetime.now(UTC) + ... (got {at!r})")
         due = int(at.timestamp() * 1000)
+        if due - now_ms > MAX_DURATION_S * 1000:
+            raise UsageError(f"at must be at most {MAX_DURATION_TEXT} from now (got {at.isoformat()})")
     else:
         return None
     return due if due > now_ms else None
 
 
 def _positive_ms(seconds: float | None, name: str) -> int | None:
+    """A job's timeout or result_ttl in ms, checked as the config's own durations are."""
     if seconds is None:
         return None
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
-        raise UsageError(f"{name} must be a positive number of seconds (got {seconds!r})")
+    if not is_valid_seconds(seconds, 0.001):
+        raise UsageError(f"{name} must be a number of seconds from 0.001 to {MAX_DURATION_S:.0f} "
+                         f"({MAX_DURATION_TEXT}) (got {seconds!r})")
     return max(1, int(seconds * 1000))
 
 

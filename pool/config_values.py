@@ -7,6 +7,7 @@ dotted paths. config.py owns the tables that say which key takes which parser.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,17 @@ _SIZE_UNITS = {
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# The longest duration any setting, job option or CLI flag takes: 100 years. Every duration ends
+# up somewhere with a ceiling: PEXPIRE and SET PX refuse a TTL whose deadline passes 2**63 ms
+# ("invalid expire time", raised half-way through ack.lua after the job was marked completed),
+# threading and time.sleep refuse more than ~292 years, and time.gmtime cannot show a due time
+# past the year 9999. A finite cap far below all of them, checked where the value is parsed,
+# keeps every one of those calls safe; nobody means a TTL or delay longer than a century.
+MAX_DURATION_S = 100 * 365 * 86400.0
+MAX_DURATION_TEXT = "36500d (100 years)"
+# Integers Lua and Redis read as exact numbers (a double's 53 bits); past it a count is garbled.
+MAX_INTEGER = 2**53
 LOG_FORMATS = ("text", "json")
 
 
@@ -33,13 +45,13 @@ class Invalid(Exception):
     """A value is wrong; the message says what is allowed. Turned into ConfigError with a path."""
 
 
-def integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
-    rule = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+def integer(minimum: int, maximum: int = MAX_INTEGER) -> Callable[[Any], int]:
+    rule = f"an integer >= {minimum} and <= {maximum}"
 
     def parse(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(f"must be {rule}")
-        if value < minimum or (maximum is not None and value > maximum):
+        if not minimum <= value <= maximum:
             raise Invalid(f"must be {rule}")
         return value
 
@@ -48,6 +60,9 @@ def integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
 
 def parse_duration(value: Any) -> float:
     """'30s', '500ms', '2m', '1h', '1d', a compound such as '1m30s', or a number of seconds → seconds.
+
+    The number may be anything YAML or Python reads (``.inf`` too): the range is checked by
+    :func:`check_seconds`, which every caller applies.
 
     Raises:
         ValueError: the value is not a duration.
@@ -65,16 +80,31 @@ def parse_duration(value: Any) -> float:
     raise ValueError(value)
 
 
-def duration(minimum_s: float, allow_zero: bool = False) -> Callable[[Any], float]:
+def duration_rule(minimum_s: float, allow_zero: bool = False) -> str:
+    """What a duration may be, for messages: 'a duration from 1s to 36500d (100 years) such as ...'."""
     low = "0" if allow_zero else f"{minimum_s:g}s"
-    rule = f"a duration >= {low} such as '500ms', '30s', '2m', '1h'"
+    return f"a duration from {low} to {MAX_DURATION_TEXT} such as '500ms', '30s', '2m', '1h'"
+
+
+def is_valid_seconds(seconds: float, minimum_s: float, allow_zero: bool = False) -> bool:
+    """Whether ``seconds`` is finite, at most MAX_DURATION_S and at least ``minimum_s`` (or 0 if
+    allowed): the one range check of every duration pool takes, from a file, a call or a flag."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return False
+    if seconds > MAX_DURATION_S:
+        return False
+    return (seconds == 0 and allow_zero) or seconds >= minimum_s
+
+
+def duration(minimum_s: float, allow_zero: bool = False) -> Callable[[Any], float]:
+    rule = duration_rule(minimum_s, allow_zero)
 
     def parse(value: Any) -> float:
         try:
             seconds = parse_duration(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise Invalid(f"must be {rule}") from None
-        if (seconds == 0 and allow_zero) or seconds >= minimum_s:
+        if is_valid_seconds(seconds, minimum_s, allow_zero):
             return seconds
         raise Invalid(f"must be {rule}")
 
@@ -221,7 +251,7 @@ def rate_limit(value: Any) -> tuple[int, int]:
         seconds = RATE_WINDOWS[window] if window in RATE_WINDOWS else parse_duration(window)
     except ValueError:
         raise Invalid(rule) from None
-    if seconds < 0.001:
+    if not is_valid_seconds(seconds, 0.001) or int(match.group(1)) > MAX_INTEGER:
         raise Invalid(rule)
     return int(match.group(1)), int(seconds * 1000)
 

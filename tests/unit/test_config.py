@@ -72,8 +72,8 @@ def test_unknown_key_without_close_match_lists_allowed_keys():
     ({"processes": 0}, "pool.yaml: processes: must be an integer >= 1 and <= 512 (got 0)"),
     ({"processes": "two"}, "pool.yaml: processes: must be an integer >= 1 and <= 512 (got 'two')"),
     ({"concurrency": True}, "pool.yaml: concurrency: must be an integer >= 1 and <= 10000 (got True)"),
-    ({"timeout": "soon"}, "pool.yaml: timeout: must be a duration >= 0.001s such as '500ms', '30s', '2m', '1h' (got 'soon')"),
-    ({"timeout": "0s"}, "pool.yaml: timeout: must be a duration >= 0.001s such as '500ms', '30s', '2m', '1h' (got '0s')"),
+    ({"timeout": "soon"}, "pool.yaml: timeout: must be a duration from 0.001s to 36500d (100 years) such as '500ms', '30s', '2m', '1h' (got 'soon')"),
+    ({"timeout": "0s"}, "pool.yaml: timeout: must be a duration from 0.001s to 36500d (100 years) such as '500ms', '30s', '2m', '1h' (got '0s')"),
     ({"queues": ["a b"]}, "pool.yaml: queues[0]: queue names must be 1-64 characters: letters, digits, '_', '.', '-', starting with a letter or digit (got 'a b')"),
     ({"queues": ["x{y}"]}, "pool.yaml: queues[0]: queue names must be 1-64 characters: letters, digits, '_', '.', '-', starting with a letter or digit (got 'x{y}')"),
     ({"queues": []}, "pool.yaml: queues: must be a non-empty list of queue names (got [])"),
@@ -387,3 +387,49 @@ def test_durations_may_be_compound(text, seconds):
 def test_malformed_compound_durations_are_refused(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+# -- every duration finite and within what Redis takes (issue 15, point 9) ------------------------------------
+
+_DURATION_RULE = "a duration from {low} to 36500d (100 years) such as '500ms', '30s', '2m', '1h'"
+
+
+@pytest.mark.parametrize(("data", "key", "low"), [
+    ({"result_ttl": "10000000000000000s"}, "result_ttl", "1s"),  # PEXPIRE refused it inside ack.lua
+    ({"result_ttl": 1e16}, "result_ttl", "1s"),
+    ({"dead_letter": {"ttl": "10000000000000000s"}}, "dead_letter.ttl", "1s"),
+    ({"heartbeat_ttl": float("inf")}, "heartbeat_ttl", "0.5s"),  # `.inf` in YAML
+    ({"heartbeat_interval": float("nan")}, "heartbeat_interval", "0.05s"),
+    ({"timeout": "36501d"}, "timeout", "0.001s"),
+    ({"shutdown_timeout": 1e300}, "shutdown_timeout", "0"),
+    ({"retries": {"backoff_max": "1e400"}}, "retries.backoff_max", "0"),
+    ({"schedules": {"s": {"handler": "a.b", "every": float("inf")}}}, "schedules.s.every", "0.1s"),
+])
+def test_durations_past_what_redis_takes_are_refused_where_parsed(data, key, low):
+    """A duration that is not finite, or longer than 100 years, is refused with the key and the range."""
+    assert error_of(data).startswith(f"pool.yaml: {key}: must be {_DURATION_RULE.format(low=low)} (got ")
+
+
+def test_the_longest_duration_is_accepted():
+    """100 years is the documented ceiling, and it is allowed."""
+    assert parse({"result_ttl": "36500d"}).result_ttl_s == 36500 * 86400.0
+
+
+def test_unbounded_integers_stay_within_what_lua_counts_exactly():
+    assert error_of({"dead_letter": {"max": 10**30}}) == (
+        "pool.yaml: dead_letter.max: must be an integer >= 1 and <= 9007199254740992 (got "
+        "1000000000000000000000000000000)")
+
+
+def test_a_rate_limit_window_must_be_finite():
+    assert error_of({"queues": [{"name": "q", "rate_limit": "5/99999999999999999999d"}]}).startswith(
+        "pool.yaml: queues[0].rate_limit: must be jobs per window")
+
+
+def test_inf_in_the_file_is_refused_as_one_line(tmp_path):
+    """`heartbeat_ttl: .inf` used to crash `pool run` with a traceback; now the config refuses it."""
+    path = tmp_path / "pool.yaml"
+    path.write_text("handlers: [examples.tasks]\nheartbeat_ttl: .inf\n")
+    done = pool_cli("run", str(path), timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"pool: pool.yaml: heartbeat_ttl: must be {_DURATION_RULE.format(low='0.5s')} (got inf)"
