@@ -191,23 +191,66 @@ def redis_url(value: Any) -> str | None:
         parse_url(cluster_url(url) or url)
     except ValueError as exc:
         raise Invalid(f"is not a valid Redis URL ({exc})") from None
+    _check_query_parameters(cluster_url(url) or url)
     return url
 
 
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``: safe for logs, errors and `pool status`.
+def _check_query_parameters(url: str) -> None:
+    """redis-py hands every query parameter to the connection as a keyword: one it does not take
+    would be a TypeError at the first command. Building a connection object (it does not
+    connect) finds it here instead."""
+    import redis
 
-    The user information ends at the last '@' before the host, so a password that contains
-    '@' is hidden whole.
+    try:
+        redis.ConnectionPool.from_url(url).make_connection()
+    except TypeError as exc:
+        name = re.search(r"keyword argument '(\w+)'", str(exc))
+        raise Invalid(f"has a query parameter redis-py does not take ({name.group(1) if name else exc}); "
+                      "remove it") from None
+
+
+# Query parameters of a Redis URL shown as written; every other one's value is hidden. redis-py
+# passes each query parameter to the connection as a keyword, so `?password=` and `?username=`
+# authenticate as the userinfo does; an allow-list also hides a secret under a name not
+# foreseen (a proxy's `token=`), where a deny-list would print it.
+_SHOWN_QUERY_PARAMETERS = frozenset({
+    "db", "protocol", "timeout", "socket_timeout", "socket_connect_timeout", "socket_keepalive",
+    "retry_on_timeout", "max_connections", "health_check_interval", "readonly", "client_name",
+    "ssl_cert_reqs", "ssl_check_hostname", "decode_responses", "encoding",
+})
+
+
+def redact_url(url: str) -> str:
+    """The URL with its secrets replaced by ``***``: safe for logs, errors and `pool status`.
+
+    Hidden: the password of the user information, and the value of every query parameter but
+    the plain connection settings (``?password=``, ``?username=``, ``?token=`` and any other).
+    The user information ends at the last '@' before the query, so a password that contains
+    '@' is hidden whole; when the only '@' comes after a '?', where the query starts is
+    ambiguous, and everything before that '@' is hidden.
     """
     scheme, sep, rest = url.partition("://")
     head = scheme + sep if sep else ""
     rest = rest if sep else url  # a malformed URL (no "://") may still carry a password
-    if "@" not in rest:
-        return url
-    userinfo, _, host = rest.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    return f"{head}{user}{':***' if colon else ''}@{host}"
+    location, question, query = rest.partition("?")
+    if "@" in location:
+        userinfo, _, host = location.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        location = f"{user}{':***' if colon else ''}@{host}"
+    elif "@" in query:  # '?' inside the password, or '@' inside a query value: hide both readings
+        _, _, after = rest.rpartition("@")
+        location, question, query = after.partition("?")
+        location = "***@" + location
+    return head + location + (question + _redact_query(query) if question else "")
+
+
+def _redact_query(query: str) -> str:
+    parts = []
+    for part in query.split("&"):
+        name, equals, _ = part.partition("=")
+        shown = equals and name in _SHOWN_QUERY_PARAMETERS
+        parts.append(part if shown else f"{name}=***" if equals else "***" if part else part)
+    return "&".join(parts)
 
 
 # Values never echoed in an error message: the URL is shown redacted, the others not at all.

@@ -352,3 +352,15 @@ def test_a_time_past_the_year_9999_is_shown_as_a_number_not_an_error():
 
     assert clock.format_ms(86_400_000_000_000_000_000) == "86400000000000000000 ms after the epoch"
     assert clock.format_ms(0) == "1970-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize("command", ["status", "enqueue"])
+def test_a_password_in_the_url_query_is_never_printed(capsys, config_file, command):
+    """redis-py authenticates with `?password=` as with the userinfo; the line hides it too."""
+    port = free_port()
+    path = config_file(f"redis:\n  url: 'redis://127.0.0.1:{port}/0?db=0&password=hunter2&username=b0b'\n"
+                       "  connect_timeout: 1s\n")
+    code, _, err = run(capsys, command, path, *(["examples.tasks.add"] if command == "enqueue" else []))
+    assert code == 3
+    assert one_line(err).startswith(f"pool: cannot reach Redis at redis://127.0.0.1:{port}/0?db=0&password=***&username=***: ")
+    assert "hunter2" not in err and "b0b" not in err

@@ -189,6 +189,34 @@ def test_url_with_a_bad_port_is_a_config_error():
         "pool.yaml: redis.url: is not a valid Redis URL (Port could not be cast")
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://h:6379/0?password=s3cret&db=2", "redis://h:6379/0?password=***&db=2"),
+    ("rediss://u:p@h:6380?username=bob&socket_timeout=3", "rediss://u:***@h:6380?username=***&socket_timeout=3"),
+    ("unix:///run/redis.sock?db=1&token=abc", "unix:///run/redis.sock?db=1&token=***"),
+    ("redis://h/0?flag", "redis://h/0?***"),
+    ("redis://:pa?ss@host/0", "redis://***@host/0"),  # a '?' inside the password
+    ("redis://h/0?password=a@b", "redis://***@b"),  # an '@' inside a query value
+])
+def test_redact_hides_query_parameters_that_may_be_secrets(url, shown):
+    """Every query parameter but the plain connection settings is hidden: redis-py authenticates
+    with `?password=` and `?username=` as with the userinfo."""
+    from pool.config import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_a_url_refused_by_the_config_hides_its_query_password():
+    message = error_of({"redis": {"url": "redis://h:x/0?password=s3cret"}})
+    assert "s3cret" not in message and "password=***" in message
+
+
+def test_a_url_query_parameter_redis_py_does_not_take_is_refused_at_load():
+    """It used to pass, then fail with a TypeError traceback at the first command."""
+    assert error_of({"redis": {"url": "redis://h:1/0?token=abc"}}) == (
+        "pool.yaml: redis.url: has a query parameter redis-py does not take (token); remove it "
+        "(got 'redis://h:1/0?token=***')")
+
+
 def test_redact_hides_a_password_containing_at_signs():
     from pool.config import redact_url
 
