@@ -461,3 +461,35 @@ def test_inf_in_the_file_is_refused_as_one_line(tmp_path):
     done = pool_cli("run", str(path), timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == f"pool: pool.yaml: heartbeat_ttl: must be {_DURATION_RULE.format(low='0.5s')} (got inf)"
+
+
+# -- files that crashed or hung every command (issue 15, point 11) -------------------------------------------
+
+_LOL = "[" + ", ".join(['"lol"'] * 9) + "]"
+# "Billion laughs" where the reader walks it: a schedule's args, nine levels of nine aliases.
+_ALIAS_BOMB = ("handlers: [examples.tasks]\nschedules:\n  s:\n    handler: examples.tasks.add\n    every: 1m\n"
+               "    args: [&a " + _LOL + ", " + ", ".join(
+                   f"&{name} [" + ", ".join([f"*{prev}"] * 9) + "]" for prev, name in zip("abcdefgh", "bcdefghi", strict=True)
+               ) + "]\n")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"handlers: [examples.tasks]\nprocesses: 2  # caf\xe9\n",
+     "pool: pool.yaml: line 2: byte 46 (0xe9) is not UTF-8; save the file as UTF-8"),
+    (b"handlers: [examples.tasks]\nschedules: {s: {handler: examples.tasks.add, every: 1m, args: "
+     + b"[" * 10_000 + b"]" * 10_000 + b"}}\n",
+     "pool: pool.yaml: line 2: values nested more than 64 deep"),
+    (_ALIAS_BOMB.encode(),
+     "pool: pool.yaml: line 1: aliases expand to more than 100,000 values (an alias bomb?); write the values out, "
+     "or use fewer nested aliases"),
+    (b"handlers: [examples.tasks]\nschedules: {s: {handler: examples.tasks.add, every: 1m, args: &a [*a]}}\n",
+     "pool: pool.yaml: line 1: aliases expand to more than 100,000 values (an alias bomb?); write the values out, "
+     "or use fewer nested aliases"),
+], ids=["not-utf8", "nested-10000-deep", "alias-bomb", "alias-cycle"])
+def test_a_hostile_file_is_one_line_and_exit_2(tmp_path, content, message):
+    """Each used to crash (UnicodeDecodeError, RecursionError) or hang (> 120 s) every command;
+    the deadline below is the subprocess's, generous for a loaded machine, not a timing claim."""
+    path = tmp_path / "pool.yaml"
+    path.write_bytes(content)
+    done = pool_cli("status", str(path), timeout=60)
+    assert (done.returncode, done.stderr.strip(), done.stdout) == (2, message, "")
