@@ -56,6 +56,24 @@ async def test_enqueue_many_is_one_round_trip_per_call(client, r):
     assert r.llen(keys.queue("default")) == 50 and r.llen(keys.queue("other")) == 50
 
 
+async def test_a_large_bulk_enqueue_is_split_into_short_script_calls(client, r):
+    """4,500 jobs on one queue: three enqueue.lua calls of at most 2,000 (each a few ms, so the
+    server is never held for seconds), every job created once, in order; the same specs again
+    create nothing and come back as stored."""
+    from pool.client import ENQUEUE_CHUNK
+
+    await client.scripts.load(client.redis)
+    before = commands_run(r, "evalsha")
+    specs = [JobSpec("tests.sample_handlers.add", (i, 0), job_id=f"bulk-{i}") for i in range(4500)]
+    jobs = await client.enqueue_many(specs)
+    assert ENQUEUE_CHUNK == 2000 and commands_run(r, "evalsha") - before == 3
+    keys = Keys(client.config.key_prefix)
+    assert r.lrange(keys.queue("default"), 0, -1) == [f"bulk-{i}".encode() for i in reversed(range(4500))]
+    again = await client.enqueue_many([JobSpec("tests.sample_handlers.add", (9, 9), job_id=j.id) for j in jobs])
+    assert [j.args for j in again] == [(i, 0) for i in range(4500)]  # as stored, not as asked
+    assert r.llen(keys.queue("default")) == 4500
+
+
 async def test_enqueue_over_two_queues_survives_a_server_that_lost_its_scripts(client, r):
     """The pipeline skips redis-py's SCRIPT EXISTS: a NOSCRIPT reply loads the scripts and resends."""
     await client.enqueue_many([JobSpec("tests.sample_handlers.add", (0, 0), queue=q) for q in ("default", "other")])
