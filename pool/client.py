@@ -65,7 +65,8 @@ class JobSpec:
         queue: target queue; default: the first queue of the config.
         timeout: seconds the job may run; default: the config's ``timeout``.
         result_ttl: seconds its result is kept; default: the config's ``result_ttl``.
-        job_id: a chosen id; enqueueing an id that exists returns the existing job.
+        job_id: a chosen id; enqueueing an id that exists on the same queue returns the existing
+            job (ids are unique per queue: see :meth:`AsyncClient.get_job`).
         max_retries: retries after a failed attempt (overrides the handler's settings).
         delay: run no earlier than this many seconds from now (a number or a timedelta).
         at: run no earlier than this time (a timezone-aware datetime).
@@ -144,7 +145,8 @@ class AsyncClient:
             queue: target queue; default: the first queue in the config.
             timeout: seconds the job may run (default: the config's ``timeout``).
             result_ttl: seconds the result is kept (default: the config's ``result_ttl``).
-            job_id: choose the id; if a job with this id exists it is returned unchanged.
+            job_id: choose the id; if a job with this id exists on the queue it is returned
+                unchanged (ids are unique per queue: see :meth:`get_job`).
             max_retries: retries after a failed attempt (default: the handler's settings).
             delay: start no earlier than this many seconds (or this timedelta) from now.
             at: start no earlier than this moment (a timezone-aware datetime). The job waits in
@@ -286,9 +288,17 @@ class AsyncClient:
     async def get_job(self, job_id: str, queue: str | None = None) -> Job | None:
         """Look a job up by id; None if it does not exist (or its result expired).
 
+        Job ids are unique per queue, not per pool: a job's keys live in its queue's hash slot
+        (so that Cluster runs each step as one script), and no one script can see whether the
+        id is taken on another queue. Without ``queue`` the id is looked up on every queue, and
+        if it exists on several, that is an error rather than a guess.
+
         Args:
             job_id: the job's id.
             queue: its queue; default: look in every queue of the config (one round trip).
+
+        Raises:
+            UsageError: no ``queue`` was given and the id exists on more than one queue.
         """
         queues = [queue] if queue else list(self.config.queues)
 
@@ -298,10 +308,11 @@ class AsyncClient:
                     pipe.hgetall(self.keys.job(name, job_id))
                 return await pipe.execute()
 
-        for fields in await self._retrying(send):
-            if fields:
-                return Job.from_hash(fields)
-        return None
+        found = [Job.from_hash(fields) for fields in await self._retrying(send) if fields]
+        if len(found) > 1:
+            raise UsageError(f"job id {job_id} exists on queues {', '.join(job.queue for job in found)} "
+                             "(ids are unique per queue): name the queue (--queue, or queue=)")
+        return found[0] if found else None
 
     async def result(self, job_id: str, timeout: float | None = None, queue: str | None = None) -> Any:
         """Wait for a job to finish and return its result.

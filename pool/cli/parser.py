@@ -123,7 +123,8 @@ def _add_enqueue(commands: argparse._SubParsersAction) -> None:
                               "JSON, or else a plain string")
     enqueue.add_argument("--kwargs", metavar="JSON", help="keyword arguments as a JSON object")
     enqueue.add_argument("--queue", metavar="Q", help="target queue (default: the first in the config)")
-    enqueue.add_argument("--job-id", metavar="ID", help="choose the id; an existing id is not enqueued twice")
+    enqueue.add_argument("--job-id", metavar="ID", help="choose the id; an id that exists on the queue is not enqueued twice "
+                         "(ids are unique per queue)")
     enqueue.add_argument("--job-timeout", metavar="S", type=_seconds, help="seconds the job may run")
     enqueue.add_argument("--max-retries", metavar="N", type=_integer(0, 1000), help="retries after a failed attempt")
     enqueue.add_argument("--delay", metavar="DURATION", type=_delay,
