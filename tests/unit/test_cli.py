@@ -364,3 +364,11 @@ def test_a_password_in_the_url_query_is_never_printed(capsys, config_file, comma
     assert code == 3
     assert one_line(err).startswith(f"pool: cannot reach Redis at redis://127.0.0.1:{port}/0?db=0&password=***&username=***: ")
     assert "hunter2" not in err and "b0b" not in err
+
+
+def test_arguments_that_start_with_a_dash_follow_a_double_dash(config_file):
+    """As the README says: after `--` an argument such as `-i` is the handler's, not an option."""
+    from pool.cli.parser import parse
+
+    options = parse(["enqueue", config_file("handlers: [examples.tasks]\n"), "app.tasks.grep", "--", "-i", "needle"])
+    assert (options.handler, options.args) == ("app.tasks.grep", ["-i", "needle"])
