@@ -73,6 +73,19 @@ def test_enqueue_100_jobs_in_one_call(benchmark, url, client):
         benchmark(pool_client.enqueue_many, specs)
 
 
+@pytest.mark.parametrize("count", [10_000, 50_000])
+def test_enqueue_many_scales_linearly(benchmark, url, count):
+    """One enqueue_many of 10k and of 50k jobs: the per-job time should match (it is split into
+    2,000-job script calls, sent 16,000 jobs per round trip). Compare the two means / 5."""
+    from pool import JobSpec
+
+    config = from_mapping({"redis": {"url": url}, "key_prefix": f"micro-{count}", "handlers": ["bench.throughput"]},
+                          Path("pool.yaml"), environ={})
+    specs = [JobSpec("app.jobs.resize", ARGS) for _ in range(count)]
+    with Client(config) as pool_client:
+        benchmark.pedantic(pool_client.enqueue_many, (specs,), rounds=3, iterations=1)
+
+
 def _queued(scripts: Scripts, count: int, counter=itertools.count()) -> None:  # noqa: B008 - unique ids
     jobs = []
     for _ in range(count):

@@ -24,6 +24,7 @@ import redis.asyncio
 
 from pool import clock, listing
 from pool.config import Config, load
+from pool.config_values import MAX_DURATION_S, MAX_DURATION_TEXT, is_valid_seconds
 from pool.connection import (
     BLOCK_TIMEOUT_S,
     CLIENT_ATTEMPTS,
@@ -47,6 +48,13 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _HANDLER_NAME_RULE = "a dotted path such as 'examples.tasks.add'"
+MAX_RETRIES = 1000  # as the config's `retries.max_retries`
+# Jobs per enqueue.lua call. A script blocks the server while it runs; 300,000 jobs in one call
+# ran over 5 s, past the client's socket timeout (the resend then met BUSY) and past
+# busy-reply-threshold (every other client got BUSY). 2,000 jobs take a few milliseconds, and a
+# larger chunk gains nothing: the calls go in one pipeline all the same.
+ENQUEUE_CHUNK = 2000
+CHUNKS_PER_ROUND_TRIP = 8  # 16,000 jobs: well under a second per round trip
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,8 @@ class JobSpec:
         queue: target queue; default: the first queue of the config.
         timeout: seconds the job may run; default: the config's ``timeout``.
         result_ttl: seconds its result is kept; default: the config's ``result_ttl``.
-        job_id: a chosen id; enqueueing an id that exists returns the existing job.
+        job_id: a chosen id; enqueueing an id that exists on the same queue returns the existing
+            job (ids are unique per queue: see :meth:`AsyncClient.get_job`).
         max_retries: retries after a failed attempt (overrides the handler's settings).
         delay: run no earlier than this many seconds from now (a number or a timedelta).
         at: run no earlier than this time (a timezone-aware datetime).
@@ -139,7 +148,8 @@ class AsyncClient:
             queue: target queue; default: the first queue in the config.
             timeout: seconds the job may run (default: the config's ``timeout``).
             result_ttl: seconds the result is kept (default: the config's ``result_ttl``).
-            job_id: choose the id; if a job with this id exists it is returned unchanged.
+            job_id: choose the id; if a job with this id exists on the queue it is returned
+                unchanged (ids are unique per queue: see :meth:`get_job`).
             max_retries: retries after a failed attempt (default: the handler's settings).
             delay: start no earlier than this many seconds (or this timedelta) from now.
             at: start no earlier than this moment (a timezone-aware datetime). The job waits in
@@ -158,7 +168,14 @@ class AsyncClient:
         return (await self.enqueue_many([spec]))[0]
 
     async def enqueue_many(self, specs: Iterable[JobSpec]) -> list[Job]:
-        """Enqueue many jobs in one round trip (one script call per queue, pipelined).
+        """Enqueue many jobs in one round trip: one script call per queue and per
+        ``ENQUEUE_CHUNK`` jobs, pipelined.
+
+        Each call is atomic and short (a few milliseconds), so a bulk enqueue of any size never
+        holds the server for long; the batch as a whole is not one atomic step. Should Redis
+        refuse one call (OOM at maxmemory), the jobs of the calls it took are enqueued and those
+        of the refused one are not, and the error is raised: give the specs a ``job_id`` each and
+        enqueue them again to finish without duplicates (an id that exists is skipped).
 
         Returns:
             The jobs, in the order given. Ids that already existed come back as stored.
@@ -169,18 +186,33 @@ class AsyncClient:
         now_ms = clock.now_ms()
         checked: set[tuple[str, str]] = set()  # (queue, handler) pairs already validated
         prepared = [self._prepare(spec, now_ms, checked) for spec in specs]
-        by_queue: dict[str, list[int]] = defaultdict(list)
-        for index, (job, _) in enumerate(prepared):
-            by_queue[job.queue].append(index)
-        batches = {queue: [(prepared[i][0].id, prepared[i][0].due_ms or 0, prepared[i][1]) for i in indexes]
-                   for queue, indexes in by_queue.items()}
-        replies = await self._retrying(functools.partial(self._send_batches, batches, now_ms))
+        chunks = _chunks_by_queue(job.queue for job, _ in prepared)
+        batches = [(queue, [(prepared[i][0].id, prepared[i][0].due_ms or 0, prepared[i][1]) for i in indexes])
+                   for queue, indexes in chunks]
+        replies = await self._send_batches(batches, now_ms)
         jobs = [job for job, _ in prepared]
-        for (queue, indexes), created in zip(by_queue.items(), replies, strict=True):
-            for index, was_created in zip(indexes, created, strict=True):
-                if not was_created:  # an existing id: the job as stored, not as asked
-                    jobs[index] = await self.get_job(jobs[index].id, queue=queue) or jobs[index]
+        existing = [index for (_, indexes), created in zip(chunks, replies, strict=True)
+                    for index, was_created in zip(indexes, created, strict=True) if not was_created]
+        if existing:  # ids that exist: the jobs as stored, not as asked
+            stored = await self._stored_jobs([(jobs[i].queue, jobs[i].id) for i in existing])
+            for index, job in zip(existing, stored, strict=True):
+                jobs[index] = job or jobs[index]
         return jobs
+
+    async def _stored_jobs(self, targets: Sequence[tuple[str, str]]) -> list[Job | None]:
+        """The records of (queue, id) pairs, pipelined: one round trip per ENQUEUE_CHUNK of them."""
+        found: list[Job | None] = []
+        for first in range(0, len(targets), ENQUEUE_CHUNK):
+            part = targets[first:first + ENQUEUE_CHUNK]
+
+            async def send(part: Sequence[tuple[str, str]] = part) -> list[Any]:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for queue, job_id in part:
+                        pipe.hgetall(self.keys.job(queue, job_id))
+                    return await pipe.execute()
+
+            found += [Job.from_hash(fields) if fields else None for fields in await self._retrying(send)]
+        return found
 
     def _prepare(self, spec: JobSpec, now_ms: int, checked: set[tuple[str, str]]) -> tuple[Job, list[Any]]:
         """The job as it will be stored once created, and its hash fields; validates the spec.
@@ -201,8 +233,8 @@ class AsyncClient:
         timeout_ms = _positive_ms(spec.timeout, "timeout")
         result_ttl_ms = _positive_ms(spec.result_ttl, "result_ttl")
         if spec.max_retries is not None and (isinstance(spec.max_retries, bool) or not isinstance(
-                spec.max_retries, int) or spec.max_retries < 0):
-            raise UsageError(f"max_retries must be an integer >= 0 (got {spec.max_retries!r})")
+                spec.max_retries, int) or not 0 <= spec.max_retries <= MAX_RETRIES):
+            raise UsageError(f"max_retries must be an integer from 0 to {MAX_RETRIES} (got {spec.max_retries!r})")
         due_ms = _due_ms(spec.delay, spec.at, now_ms)
         job_id = spec.job_id
         if job_id is None:
@@ -218,16 +250,29 @@ class AsyncClient:
         )
         return job, enqueue_fields(job, args_json, kwargs_json, self.config.max_payload_bytes)
 
-    async def _send_batches(self, batches: dict[str, list[tuple[str, int, list[Any]]]], now_ms: int) -> list[Any]:
-        """enqueue.lua once per queue: alone for one queue, else in one pipeline (and with
+    async def _send_batches(self, chunks: list[tuple[str, list[tuple[str, int, list[Any]]]]], now_ms: int) -> list[Any]:
+        """The chunks in pipelines of CHUNKS_PER_ROUND_TRIP, one after the other; replies in order.
+
+        One pipeline for any number of jobs would stream for longer than the socket timeout
+        (the server takes it at its own pace), and the resend after that timeout found every id
+        existing. Each round trip is resent alone after a dropped connection (enqueue.lua is
+        idempotent by id)."""
+        replies: list[Any] = []
+        for first in range(0, len(chunks), CHUNKS_PER_ROUND_TRIP):
+            group = chunks[first:first + CHUNKS_PER_ROUND_TRIP]
+            replies += await self._retrying(functools.partial(self._send_group, group, now_ms))
+        return replies
+
+    async def _send_group(self, chunks: list[tuple[str, list[tuple[str, int, list[Any]]]]], now_ms: int) -> list[Any]:
+        """enqueue.lua once per chunk: alone for one chunk, else in one pipeline (and with
         ``durability: replicated``, followed by a WAIT for a replica on the same connection)."""
         replicas = replication(self.config)
-        if len(batches) == 1 and replicas is None:
-            [(queue, batch)] = batches.items()
+        if len(chunks) == 1 and replicas is None:
+            [(queue, batch)] = chunks
             return [await self.scripts.enqueue(queue, batch, now_ms)]
 
         async def add_calls(pipe: Any) -> None:
-            for queue, batch in batches.items():
+            for queue, batch in chunks:
                 await self.scripts.enqueue(queue, batch, now_ms, client=pipe)
 
         replies = await self.scripts.pipelined(self.redis, add_calls, replicas=replicas)
@@ -246,9 +291,17 @@ class AsyncClient:
     async def get_job(self, job_id: str, queue: str | None = None) -> Job | None:
         """Look a job up by id; None if it does not exist (or its result expired).
 
+        Job ids are unique per queue, not per pool: a job's keys live in its queue's hash slot
+        (so that Cluster runs each step as one script), and no one script can see whether the
+        id is taken on another queue. Without ``queue`` the id is looked up on every queue, and
+        if it exists on several, that is an error rather than a guess.
+
         Args:
             job_id: the job's id.
             queue: its queue; default: look in every queue of the config (one round trip).
+
+        Raises:
+            UsageError: no ``queue`` was given and the id exists on more than one queue.
         """
         queues = [queue] if queue else list(self.config.queues)
 
@@ -258,10 +311,11 @@ class AsyncClient:
                     pipe.hgetall(self.keys.job(name, job_id))
                 return await pipe.execute()
 
-        for fields in await self._retrying(send):
-            if fields:
-                return Job.from_hash(fields)
-        return None
+        found = [Job.from_hash(fields) for fields in await self._retrying(send) if fields]
+        if len(found) > 1:
+            raise UsageError(f"job id {job_id} exists on queues {', '.join(job.queue for job in found)} "
+                             "(ids are unique per queue): name the queue (--queue, or queue=)")
+        return found[0] if found else None
 
     async def result(self, job_id: str, timeout: float | None = None, queue: str | None = None) -> Any:
         """Wait for a job to finish and return its result.
@@ -558,29 +612,43 @@ class Client:
         self.close()
 
 
+def _chunks_by_queue(queues: Iterable[str]) -> list[tuple[str, list[int]]]:
+    """The indexes of a bulk enqueue's jobs grouped by queue, in runs of at most ENQUEUE_CHUNK."""
+    by_queue: dict[str, list[int]] = defaultdict(list)
+    for index, queue in enumerate(queues):
+        by_queue[queue].append(index)
+    return [(queue, indexes[first:first + ENQUEUE_CHUNK])
+            for queue, indexes in by_queue.items() for first in range(0, len(indexes), ENQUEUE_CHUNK)]
+
+
 def _due_ms(delay: float | timedelta | None, at: datetime | None, now_ms: int) -> int | None:
-    """When a delayed job falls due (epoch ms), or None to run it now."""
+    """When a delayed job falls due (epoch ms), or None to run it now; at most MAX_DURATION_S ahead."""
     if delay is not None and at is not None:
         raise UsageError("give either delay or at, not both")
     if delay is not None:
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
-            raise UsageError(f"delay must be a number of seconds >= 0 or a timedelta (got {delay!r})")
+        if not is_valid_seconds(seconds, 0, allow_zero=True):
+            raise UsageError(f"delay must be a number of seconds from 0 to {MAX_DURATION_S:.0f} ({MAX_DURATION_TEXT}) "
+                             f"or a timedelta (got {delay!r})")
         due = now_ms + int(seconds * 1000)
     elif at is not None:
         if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
             raise UsageError(f"at must be a timezone-aware datetime, e.g. datetime.now(UTC) + ... (got {at!r})")
         due = int(at.timestamp() * 1000)
+        if due - now_ms > MAX_DURATION_S * 1000:
+            raise UsageError(f"at must be at most {MAX_DURATION_TEXT} from now (got {at.isoformat()})")
     else:
         return None
     return due if due > now_ms else None
 
 
 def _positive_ms(seconds: float | None, name: str) -> int | None:
+    """A job's timeout or result_ttl in ms, checked as the config's own durations are."""
     if seconds is None:
         return None
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
-        raise UsageError(f"{name} must be a positive number of seconds (got {seconds!r})")
+    if not is_valid_seconds(seconds, 0.001):
+        raise UsageError(f"{name} must be a number of seconds from 0.001 to {MAX_DURATION_S:.0f} "
+                         f"({MAX_DURATION_TEXT}) (got {seconds!r})")
     return max(1, int(seconds * 1000))
 
 

@@ -19,8 +19,15 @@ def monotonic() -> float:
 
 
 def format_ms(ms: int) -> str:
-    """Epoch milliseconds as an ISO 8601 UTC time, for logs and `pool status`."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+    """Epoch milliseconds as an ISO 8601 UTC time, for logs and `pool status`.
+
+    A time the C library cannot show (past the year 9999: a record written before due times
+    were bounded) comes back as its number, never as an error in the middle of a listing.
+    """
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms after the epoch"
 
 
 def describe_s(seconds: float | None) -> str:

@@ -632,6 +632,33 @@ def _check_durability(config: Config, reader: _Reader) -> None:
                                                       f"look like a dead connection")
 
 
+MAX_YAML_DEPTH = 64  # a pool.yaml is a few levels deep; a schedule's args a few more
+MAX_YAML_VALUES = 100_000  # values of the document with every alias expanded
+
+
+def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for with every alias written out; memoised by node, so
+    each distinct node is counted once however many aliases point at it. A node that contains
+    itself (``a: &a [*a]``) counts as too many: it expands without end."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = MAX_YAML_VALUES + 1  # while it is being counted: met again means a cycle
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > MAX_YAML_VALUES:
+            break
+    sizes[id(node)] = total
+    return total
+
+
 class _StrictLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping.
 
@@ -646,6 +673,32 @@ class _StrictLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._checked: set[int] = set()
+        self._depth = 0
+
+    # Two shapes of a small file that would otherwise crash or hang every command: nesting
+    # deeper than the composer's recursion can go (a RecursionError traceback), and aliases
+    # that multiply ("billion laughs": 332 bytes naming 9**9 values). PyYAML builds an alias as
+    # the same object, so the document itself stays small, but whatever walks it as a tree
+    # (${VAR} expansion, JSON encoding of a schedule's args) visits every copy. Both are
+    # measured on the composed nodes, before any value is built: the depth as it is composed,
+    # the expanded size once, memoised per node, so the check costs the file's size.
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"values nested more than {MAX_YAML_DEPTH} deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_YAML_VALUES:
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases expand to more than {MAX_YAML_VALUES:,} values (an alias bomb?); "
+                "write the values out, or use fewer nested aliases", node.start_mark)
+        return node
 
     def flatten_mapping(self, node: yaml.MappingNode) -> None:
         if id(node) not in self._checked:
@@ -677,11 +730,17 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file (pass the path of your pool.yaml)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path.name}: line {line}: byte {exc.start} ({raw[exc.start]:#04x}) is not UTF-8; "
+                          "save the file as UTF-8") from None
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as exc:

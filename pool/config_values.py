@@ -7,6 +7,7 @@ dotted paths. config.py owns the tables that say which key takes which parser.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,17 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IG
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# The longest duration any setting, job option or CLI flag takes: 100 years. Every duration ends
+# up somewhere with a ceiling: PEXPIRE and SET PX refuse a TTL whose deadline passes 2**63 ms
+# ("invalid expire time", raised half-way through ack.lua after the job was marked completed),
+# threading and time.sleep refuse more than ~292 years, and time.gmtime cannot show a due time
+# past the year 9999. A finite cap far below all of them, checked where the value is parsed,
+# keeps every one of those calls safe; nobody means a TTL or delay longer than a century.
+MAX_DURATION_S = 100 * 365 * 86400.0
+MAX_DURATION_TEXT = "36500d (100 years)"
+# Integers Lua and Redis read as exact numbers (a double's 53 bits); past it a count is garbled.
+MAX_INTEGER = 2**53
 LOG_FORMATS = ("text", "json")
 
 
@@ -34,13 +46,13 @@ class Invalid(Exception):
     """A value is wrong; the message says what is allowed. Turned into ConfigError with a path."""
 
 
-def integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
-    rule = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+def integer(minimum: int, maximum: int = MAX_INTEGER) -> Callable[[Any], int]:
+    rule = f"an integer >= {minimum} and <= {maximum}"
 
     def parse(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(f"must be {rule}")
-        if value < minimum or (maximum is not None and value > maximum):
+        if not minimum <= value <= maximum:
             raise Invalid(f"must be {rule}")
         return value
 
@@ -49,6 +61,9 @@ def integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
 
 def parse_duration(value: Any) -> float:
     """'30s', '500ms', '2m', '1h', '1d', a compound such as '1m30s', or a number of seconds → seconds.
+
+    The number may be anything YAML or Python reads (``.inf`` too): the range is checked by
+    :func:`check_seconds`, which every caller applies.
 
     Raises:
         ValueError: the value is not a duration.
@@ -66,16 +81,31 @@ def parse_duration(value: Any) -> float:
     raise ValueError(value)
 
 
-def duration(minimum_s: float, allow_zero: bool = False) -> Callable[[Any], float]:
+def duration_rule(minimum_s: float, allow_zero: bool = False) -> str:
+    """What a duration may be, for messages: 'a duration from 1s to 36500d (100 years) such as ...'."""
     low = "0" if allow_zero else f"{minimum_s:g}s"
-    rule = f"a duration >= {low} such as '500ms', '30s', '2m', '1h'"
+    return f"a duration from {low} to {MAX_DURATION_TEXT} such as '500ms', '30s', '2m', '1h'"
+
+
+def is_valid_seconds(seconds: float, minimum_s: float, allow_zero: bool = False) -> bool:
+    """Whether ``seconds`` is finite, at most MAX_DURATION_S and at least ``minimum_s`` (or 0 if
+    allowed): the one range check of every duration pool takes, from a file, a call or a flag."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return False
+    if seconds > MAX_DURATION_S:
+        return False
+    return (seconds == 0 and allow_zero) or seconds >= minimum_s
+
+
+def duration(minimum_s: float, allow_zero: bool = False) -> Callable[[Any], float]:
+    rule = duration_rule(minimum_s, allow_zero)
 
     def parse(value: Any) -> float:
         try:
             seconds = parse_duration(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise Invalid(f"must be {rule}") from None
-        if (seconds == 0 and allow_zero) or seconds >= minimum_s:
+        if is_valid_seconds(seconds, minimum_s, allow_zero):
             return seconds
         raise Invalid(f"must be {rule}")
 
@@ -169,23 +199,66 @@ def redis_url(value: Any) -> str | None:
         parse_url(cluster_url(url) or url)
     except ValueError as exc:
         raise Invalid(f"is not a valid Redis URL ({exc})") from None
+    _check_query_parameters(cluster_url(url) or url)
     return url
 
 
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``: safe for logs, errors and `pool status`.
+def _check_query_parameters(url: str) -> None:
+    """redis-py hands every query parameter to the connection as a keyword: one it does not take
+    would be a TypeError at the first command. Building a connection object (it does not
+    connect) finds it here instead."""
+    import redis
 
-    The user information ends at the last '@' before the host, so a password that contains
-    '@' is hidden whole.
+    try:
+        redis.ConnectionPool.from_url(url).make_connection()
+    except TypeError as exc:
+        name = re.search(r"keyword argument '(\w+)'", str(exc))
+        raise Invalid(f"has a query parameter redis-py does not take ({name.group(1) if name else exc}); "
+                      "remove it") from None
+
+
+# Query parameters of a Redis URL shown as written; every other one's value is hidden. redis-py
+# passes each query parameter to the connection as a keyword, so `?password=` and `?username=`
+# authenticate as the userinfo does; an allow-list also hides a secret under a name not
+# foreseen (a proxy's `token=`), where a deny-list would print it.
+_SHOWN_QUERY_PARAMETERS = frozenset({
+    "db", "protocol", "timeout", "socket_timeout", "socket_connect_timeout", "socket_keepalive",
+    "retry_on_timeout", "max_connections", "health_check_interval", "readonly", "client_name",
+    "ssl_cert_reqs", "ssl_check_hostname", "decode_responses", "encoding",
+})
+
+
+def redact_url(url: str) -> str:
+    """The URL with its secrets replaced by ``***``: safe for logs, errors and `pool status`.
+
+    Hidden: the password of the user information, and the value of every query parameter but
+    the plain connection settings (``?password=``, ``?username=``, ``?token=`` and any other).
+    The user information ends at the last '@' before the query, so a password that contains
+    '@' is hidden whole; when the only '@' comes after a '?', where the query starts is
+    ambiguous, and everything before that '@' is hidden.
     """
     scheme, sep, rest = url.partition("://")
     head = scheme + sep if sep else ""
     rest = rest if sep else url  # a malformed URL (no "://") may still carry a password
-    if "@" not in rest:
-        return url
-    userinfo, _, host = rest.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    return f"{head}{user}{':***' if colon else ''}@{host}"
+    location, question, query = rest.partition("?")
+    if "@" in location:
+        userinfo, _, host = location.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        location = f"{user}{':***' if colon else ''}@{host}"
+    elif "@" in query:  # '?' inside the password, or '@' inside a query value: hide both readings
+        _, _, after = rest.rpartition("@")
+        location, question, query = after.partition("?")
+        location = "***@" + location
+    return head + location + (question + _redact_query(query) if question else "")
+
+
+def _redact_query(query: str) -> str:
+    parts = []
+    for part in query.split("&"):
+        name, equals, _ = part.partition("=")
+        shown = equals and name in _SHOWN_QUERY_PARAMETERS
+        parts.append(part if shown else f"{name}=***" if equals else "***" if part else part)
+    return "&".join(parts)
 
 
 # Values never echoed in an error message: the URL is shown redacted, the others not at all.
@@ -229,7 +302,7 @@ def rate_limit(value: Any) -> tuple[int, int]:
         seconds = RATE_WINDOWS[window] if window in RATE_WINDOWS else parse_duration(window)
     except ValueError:
         raise Invalid(rule) from None
-    if seconds < 0.001:
+    if not is_valid_seconds(seconds, 0.001) or int(match.group(1)) > MAX_INTEGER:
         raise Invalid(rule)
     return int(match.group(1)), int(seconds * 1000)
 

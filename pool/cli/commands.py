@@ -63,7 +63,7 @@ def _enqueue(options: argparse.Namespace) -> int:
     if options.queue is not None and options.queue not in config.queues:
         print(f"pool: warning: {options.config} serves no queue {options.queue!r} (it serves "
               f"{', '.join(config.queues)}): the job waits until a pool that serves it runs", file=sys.stderr)
-    args = [_parse_arg(arg) for arg in options.args]
+    args = [_parse_arg(arg, index) for index, arg in enumerate(options.args)]
     kwargs = _parse_kwargs(options.kwargs)
     delay, at = _parse_when(options.delay, options.at)
     with Client(config) as client:
@@ -91,14 +91,9 @@ def _wait_timeout(options: argparse.Namespace) -> float | None:
     return options.wait_timeout
 
 
-def _parse_when(delay: str | None, at: str | None) -> tuple[float | None, datetime | None]:
-    """--delay as a duration, --at as an ISO 8601 time that names its offset."""
-    seconds = when = None
-    if delay is not None:
-        try:
-            seconds = config_module.parse_duration(delay)
-        except ValueError:
-            raise UsageError(f"--delay {delay!r} is not a duration such as '30s', '5m' or '1h'") from None
+def _parse_when(delay: float | None, at: str | None) -> tuple[float | None, datetime | None]:
+    """--delay (a duration, checked by the parser), --at as an ISO 8601 time that names its offset."""
+    when = None
     if at is not None:
         try:
             when = datetime.fromisoformat(at)
@@ -107,7 +102,7 @@ def _parse_when(delay: str | None, at: str | None) -> tuple[float | None, dateti
         if when is None or when.tzinfo is None:
             raise UsageError(f"--at {at!r} must be an ISO 8601 time with an offset, e.g. 2026-12-01T09:00:00+01:00 "
                              "or 2026-12-01T08:00:00Z")
-    return seconds, when
+    return delay, when
 
 
 def _status(options: argparse.Namespace) -> int:
@@ -303,12 +298,22 @@ def _completion(options: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _parse_arg(text: str) -> Any:
-    """A command-line argument as JSON (``2``, ``"x"``, ``[1]``), or else the plain string."""
+def _parse_arg(text: str, index: int) -> Any:
+    """A command-line argument as JSON (``2``, ``"x"``, ``[1]``), or else the plain string.
+
+    JSON nested past the decoder's depth limit is refused rather than passed on as its text:
+    the text was meant as JSON, and the handler would get a string it never expected.
+    """
     try:
         return orjson.loads(text)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if exc.msg.startswith("depth limit"):
+            raise UsageError(f"argument {index + 1} is JSON nested deeper than {_JSON_DEPTH} levels; "
+                             "pass a flatter value (or a reference to the data)") from None
         return text
+
+
+_JSON_DEPTH = 1024  # orjson's limit on reading; writing stops at 254, which encode_arguments reports
 
 
 def _parse_kwargs(text: str | None) -> dict[str, Any]:

@@ -52,6 +52,9 @@ def resolve(config: Config, prefix: str, queue: str | None = None, dead_only: bo
         what = "dead job" if dead_only else "job"
         raise JobNotFound(f"no {what} {prefix} (no id, nor the start of one: never enqueued, or its record expired)")
     exact = [(name, job_id) for name, job_id in found if job_id == prefix]
+    if len(exact) > 1:  # ids are unique per queue only
+        raise UsageError(f"job id {prefix} exists on queues {', '.join(name for name, _ in exact)} "
+                         "(ids are unique per queue): name the queue with --queue")
     if exact:  # an id that is also the start of others ("invoice-4", "invoice-42") means itself
         return exact[0]
     if len(found) > 1:

@@ -13,6 +13,7 @@ else ``./pool.yaml``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = _with_config(commands.add_parser("status", help="show queues and workers"))
     status.add_argument("--json", action="store_true", help="print one JSON object (stable shape)")
     status.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
-    status.add_argument("--interval", metavar="S", type=_positive_seconds, default=2.0,
+    status.add_argument("--interval", metavar="S", type=_seconds, default=2.0,
                         help="with --watch: seconds between refreshes")
     _add_jobs(commands)
     health = _with_config(commands.add_parser(
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "events", help="tail finished jobs (completed, failed, retrying, dead, cancelled)"))
     events.add_argument("--queue", metavar="Q", action="append", help="only this queue (repeatable)")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
-    events.add_argument("--count", metavar="N", type=int, help="exit after N events")
+    events.add_argument("--count", metavar="N", type=_integer(1), help="exit after N events")
     completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)")
     completion.add_argument("shell", choices=("bash", "zsh"), help="e.g. `source <(pool completion bash)`")
     return parser
@@ -124,17 +125,19 @@ def _add_enqueue(commands: argparse._SubParsersAction) -> None:
                               "JSON, or else a plain string")
     enqueue.add_argument("--kwargs", metavar="JSON", help="keyword arguments as a JSON object")
     enqueue.add_argument("--queue", metavar="Q", help="target queue (default: the first in the config)")
-    enqueue.add_argument("--job-id", metavar="ID", help="choose the id; an existing id is not enqueued twice")
-    enqueue.add_argument("--job-timeout", metavar="S", type=float, help="seconds the job may run")
-    enqueue.add_argument("--max-retries", metavar="N", type=int, help="retries after a failed attempt")
-    enqueue.add_argument("--delay", metavar="DURATION", help="start no earlier than this from now ('30s', '5m')")
+    enqueue.add_argument("--job-id", metavar="ID", help="choose the id; an id that exists on the queue is not enqueued twice "
+                         "(ids are unique per queue)")
+    enqueue.add_argument("--job-timeout", metavar="S", type=_seconds, help="seconds the job may run")
+    enqueue.add_argument("--max-retries", metavar="N", type=_integer(0, 1000), help="retries after a failed attempt")
+    enqueue.add_argument("--delay", metavar="DURATION", type=_delay,
+                         help="start no earlier than this from now ('30s', '5m')")
     enqueue.add_argument("--at", metavar="TIME", help="start no earlier than this ISO 8601 time with offset "
                          "('2026-12-01T09:00:00+01:00')")
     enqueue.add_argument("--wait", action="store_true", help="wait for the job and print its result as JSON")
-    enqueue.add_argument("--wait-timeout", metavar="S", type=_positive_seconds,
+    enqueue.add_argument("--wait-timeout", metavar="S", type=_seconds,
                          help="with --wait: give up after S seconds (exit code 7)")
     # Deprecated spelling of --wait-timeout: `timeout` means the job's run limit everywhere else.
-    enqueue.add_argument("--timeout", metavar="S", type=_positive_seconds, dest="old_timeout", help=argparse.SUPPRESS)
+    enqueue.add_argument("--timeout", metavar="S", type=_seconds, dest="old_timeout", help=argparse.SUPPRESS)
 
 
 def _add_jobs(commands: argparse._SubParsersAction) -> None:
@@ -148,8 +151,8 @@ def _add_jobs(commands: argparse._SubParsersAction) -> None:
     jobs.add_argument("--queue", metavar="Q", help="the queue (default: the first in the config)")
     jobs.add_argument("--status", metavar="S", default="queued", choices=STATUSES,
                       help="one of: " + ", ".join(STATUSES) + " (default: queued)")
-    jobs.add_argument("--offset", metavar="N", type=int, default=0, help="skip this many (paging)")
-    jobs.add_argument("--limit", metavar="N", type=int, default=20, help="page size (default: 20)")
+    jobs.add_argument("--offset", metavar="N", type=_integer(0), default=0, help="skip this many (paging)")
+    jobs.add_argument("--limit", metavar="N", type=_integer(1), default=20, help="page size (default: 20)")
     jobs.add_argument("--json", action="store_true", help="the page as one JSON object")
 
 
@@ -157,7 +160,7 @@ def _add_dead(commands: argparse._SubParsersAction) -> None:
     dead = commands.add_parser("dead", help="the dead-letter queue: list, show, retry, purge")
     actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
     lister = _with_config(actions.add_parser("list", help="list dead jobs, newest first"))
-    lister.add_argument("--limit", metavar="N", type=int, default=50, help="at most this many (default: 50)")
+    lister.add_argument("--limit", metavar="N", type=_integer(1), default=50, help="at most this many (default: 50)")
     lister.add_argument("--json", action="store_true", help="one JSON object per line")
     show = actions.add_parser("show", help="one dead job's record and history")
     show.add_argument("words", metavar="[CONFIG] ID", nargs="+", help="the job's id (or a unique prefix)")
@@ -257,24 +260,46 @@ def version() -> str:
     return getattr(pool, "__version__", "unknown")
 
 
-def _positive_seconds(text: str) -> float:
+# Numbers on the command line take the ranges of the config's own values (config_values.py):
+# a flag must not let through what the file refuses, or what Redis refuses later.
+
+def _seconds(text: str) -> float:
+    """A number of seconds above 0, finite and at most MAX_DURATION_S (as every duration)."""
+    from pool.config_values import MAX_DURATION_S, MAX_DURATION_TEXT, is_valid_seconds
+
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 (got {text!r})")
+        value = math.nan
+    if not is_valid_seconds(value, 0.001):
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds from 0.001 to {MAX_DURATION_S:.0f} ({MAX_DURATION_TEXT}) (got {text!r})")
     return value
 
 
-def _integer(minimum: int, maximum: int) -> Callable[[str], int]:
+def _delay(text: str) -> float:
+    """--delay: a duration as the config writes them ('30s', '5m', '1h30m'), 0 to MAX_DURATION_S."""
+    from pool.config_values import Invalid, duration
+
+    try:
+        return duration(0, allow_zero=True)(text)
+    except Invalid as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (got {text!r})") from None
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    from pool.config_values import MAX_INTEGER
+
+    top = MAX_INTEGER if maximum is None else maximum
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = minimum - 1
-        if not minimum <= value <= maximum:
-            raise argparse.ArgumentTypeError(f"must be an integer from {minimum} to {maximum} (got {text!r})")
+        if not minimum <= value <= top:
+            rule = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+            raise argparse.ArgumentTypeError(f"must be {rule} (got {text!r})")
         return value
 
     return parse

@@ -217,3 +217,26 @@ def test_status_watch_json_keeps_stdout_for_json_during_an_outage(tmp_path):
             proc.wait()
     assert out.read_text() == ""
     assert err.read_text().startswith("pool: cannot reach Redis")
+
+
+# -- job ids are unique per queue (issue 15, point 12) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["job"], ["cancel"], ["dead", "show"]])
+async def test_an_id_on_two_queues_needs_queue(write_config, url, argv):
+    """The same --job-id on two queues is two jobs (ids are unique per queue); a command without
+    --queue names both queues and exits 2 instead of picking one, and with --queue it acts on that one."""
+    path = write_config(queues=["a", "b"])
+    for queue in ("a", "b"):
+        made = pool_cli("enqueue", str(path), "tests.sample_handlers.add", "1", "2", "--queue", queue,
+                        "--job-id", "invoice-42")
+        assert (made.returncode, made.stdout.strip()) == (0, "invoice-42")
+    async with AsyncClient(load(path), url) as client:
+        assert {(await client.get_job("invoice-42", queue=q)).queue for q in ("a", "b")} == {"a", "b"}
+    result = pool_cli(*argv, str(path), "invoice-42")
+    assert result.returncode == ExitCode.USAGE == 2
+    assert one_line(result.stderr) == ("pool: job id invoice-42 exists on queues a, b (ids are unique per queue): "
+                                       "name the queue (--queue, or queue=)")
+    if argv == ["job"]:
+        shown = pool_cli("job", str(path), "invoice-42", "--queue", "b", "--json")
+        assert shown.returncode == 0 and json.loads(shown.stdout)["queue"] == "b"

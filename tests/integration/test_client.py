@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from datetime import UTC, datetime
 
 import pytest
 
@@ -55,6 +56,24 @@ async def test_enqueue_many_is_one_round_trip_per_call(client, r):
     assert r.llen(keys.queue("default")) == 50 and r.llen(keys.queue("other")) == 50
 
 
+async def test_a_large_bulk_enqueue_is_split_into_short_script_calls(client, r):
+    """4,500 jobs on one queue: three enqueue.lua calls of at most 2,000 (each a few ms, so the
+    server is never held for seconds), every job created once, in order; the same specs again
+    create nothing and come back as stored."""
+    from pool.client import ENQUEUE_CHUNK
+
+    await client.scripts.load(client.redis)
+    before = commands_run(r, "evalsha")
+    specs = [JobSpec("tests.sample_handlers.add", (i, 0), job_id=f"bulk-{i}") for i in range(4500)]
+    jobs = await client.enqueue_many(specs)
+    assert ENQUEUE_CHUNK == 2000 and commands_run(r, "evalsha") - before == 3
+    keys = Keys(client.config.key_prefix)
+    assert r.lrange(keys.queue("default"), 0, -1) == [f"bulk-{i}".encode() for i in reversed(range(4500))]
+    again = await client.enqueue_many([JobSpec("tests.sample_handlers.add", (9, 9), job_id=j.id) for j in jobs])
+    assert [j.args for j in again] == [(i, 0) for i in range(4500)]  # as stored, not as asked
+    assert r.llen(keys.queue("default")) == 4500
+
+
 async def test_enqueue_over_two_queues_survives_a_server_that_lost_its_scripts(client, r):
     """The pipeline skips redis-py's SCRIPT EXISTS: a NOSCRIPT reply loads the scripts and resends."""
     await client.enqueue_many([JobSpec("tests.sample_handlers.add", (0, 0), queue=q) for q in ("default", "other")])
@@ -85,8 +104,20 @@ async def test_enqueue_with_existing_id_returns_the_existing_job(client, r):
 @pytest.mark.parametrize(("call", "message"), [
     (dict(handler="add"), "handler 'add' must be a dotted path"),
     (dict(handler="tests.sample_handlers.add", queue="bad queue"), "queue 'bad queue' is not a valid queue name"),
-    (dict(handler="tests.sample_handlers.add", timeout=0), "timeout must be a positive number of seconds (got 0)"),
-    (dict(handler="tests.sample_handlers.add", timeout=float("inf")), "timeout must be a positive number of seconds (got inf)"),
+    (dict(handler="tests.sample_handlers.add", timeout=0),
+     "timeout must be a number of seconds from 0.001 to 3153600000 (36500d (100 years)) (got 0)"),
+    (dict(handler="tests.sample_handlers.add", timeout=float("inf")),
+     "timeout must be a number of seconds from 0.001 to 3153600000 (36500d (100 years)) (got inf)"),
+    (dict(handler="tests.sample_handlers.add", timeout=1e306),
+     "timeout must be a number of seconds from 0.001 to 3153600000 (36500d (100 years)) (got 1e+306)"),
+    (dict(handler="tests.sample_handlers.add", result_ttl=1e16),
+     "result_ttl must be a number of seconds from 0.001 to 3153600000 (36500d (100 years)) (got 1e+16)"),
+    (dict(handler="tests.sample_handlers.add", delay=999999999999 * 86400),
+     "delay must be a number of seconds from 0 to 3153600000 (36500d (100 years)) or a timedelta"),
+    (dict(handler="tests.sample_handlers.add", at=datetime(9999, 1, 1, tzinfo=UTC)),
+     "at must be at most 36500d (100 years) from now (got 9999-01-01T00:00:00+00:00)"),
+    (dict(handler="tests.sample_handlers.add", max_retries=10**20),
+     "max_retries must be an integer from 0 to 1000"),
     (dict(handler="tests.sample_handlers.add", job_id="a b"), "job_id 'a b' must be 1-128 characters without spaces"),
     (dict(handler="tests.sample_handlers.add", job_id=""), "job_id '' must be 1-128 characters without spaces"),
     (dict(handler=["tests.sample_handlers.add"]), "handler ['tests.sample_handlers.add'] must be a dotted path"),
@@ -182,6 +213,22 @@ async def test_results_expire_after_result_ttl(client, url, r):
     keys = Keys(client.config.key_prefix)
     assert 2000 < r.pttl(keys.job("default", job.id)) <= 3000
     assert 3_590_000 < r.pttl(keys.job("default", default.id)) <= 3_600_000
+
+
+async def test_the_longest_ttls_pass_through_ack_and_bury(make_config, url, r):
+    """result_ttl and dead_letter.ttl at their ceiling (100 years) are taken by Redis inside ack.lua:
+    the job completes (or is buried) and its record carries that TTL."""
+    config = make_config(result_ttl="36500d", dead_letter={"ttl": "36500d"})
+    async with AsyncClient(config, url) as client:
+        done = await client.enqueue("tests.sample_handlers.add", 1, 2, result_ttl=36500 * 86400)
+        dead = await client.enqueue("tests.sample_handlers.explode", "x")
+        await drain(config, url)
+        assert (await client.get_job(done.id)).status is Status.COMPLETED
+        assert (await client.get_job(dead.id)).status is Status.DEAD
+    keys = Keys(config.key_prefix)
+    century_ms = 36500 * 86400 * 1000
+    assert century_ms - 60_000 < r.pttl(keys.job("default", done.id)) <= century_ms
+    assert century_ms - 60_000 < r.pttl(keys.job("default", dead.id)) <= century_ms
 
 
 def test_sync_client_mirrors_the_async_one(make_config, url):

@@ -111,13 +111,14 @@ def test_help_shows_examples(capsys):
     assert "exit codes:" in out
 
 
-@pytest.mark.parametrize("interval", ["0", "-1", "soon"])
-def test_watch_interval_must_be_positive(capsys, config_file, interval):
+@pytest.mark.parametrize("interval", ["0", "-1", "soon", "inf", "nan", "1e306"])
+def test_watch_interval_must_be_positive_and_finite(capsys, config_file, interval):
     path = config_file("handlers: [examples.tasks]\n")
     with pytest.raises(SystemExit) as exit_info:
         main(["status", path, "--watch", "--interval", interval])
     assert exit_info.value.code == 2
-    assert "argument --interval: must be a number of seconds above 0" in one_line(capsys.readouterr().err)
+    assert "argument --interval: must be a number of seconds from 0.001 to 3153600000 (36500d (100 years))" in \
+        one_line(capsys.readouterr().err)
 
 
 # -- conventions: --version, bare `pool`, completion --------------------------------------------------
@@ -344,3 +345,74 @@ def test_event_lines_show_utc_times(monkeypatch):
         monkeypatch.undo()
         time.tzset()
     assert line.startswith("16:30:00Z  q  completed")
+
+
+# -- numbers on the command line take the config's ranges (issue 15, point 13) -------------------------------
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["enqueue", "examples.tasks.add", "--job-timeout", "1e306"],
+     "argument --job-timeout: must be a number of seconds from 0.001 to 3153600000"),
+    (["enqueue", "examples.tasks.add", "--job-timeout", "inf"],
+     "argument --job-timeout: must be a number of seconds from 0.001 to 3153600000"),
+    (["enqueue", "examples.tasks.add", "--job-timeout", "0"],
+     "argument --job-timeout: must be a number of seconds from 0.001 to 3153600000"),
+    (["enqueue", "examples.tasks.add", "--delay", "999999999999d"],
+     "argument --delay: must be a duration from 0 to 36500d (100 years)"),
+    (["enqueue", "examples.tasks.add", "--delay", "soon"],
+     "argument --delay: must be a duration from 0 to 36500d (100 years)"),
+    (["enqueue", "examples.tasks.add", "--max-retries", "-1"],
+     "argument --max-retries: must be an integer from 0 to 1000 (got '-1')"),
+    (["enqueue", "examples.tasks.add", "--wait", "--wait-timeout", "nan"],
+     "argument --wait-timeout: must be a number of seconds from 0.001"),
+    (["dead", "list", "--limit", "-2"], "argument --limit: must be an integer >= 1 (got '-2')"),
+    (["dead", "list", "--limit", "0"], "argument --limit: must be an integer >= 1 (got '0')"),
+    (["jobs", "--limit", "0"], "argument --limit: must be an integer >= 1 (got '0')"),
+    (["jobs", "--offset", "-1"], "argument --offset: must be an integer >= 0 (got '-1')"),
+    (["events", "--count", "-1"], "argument --count: must be an integer >= 1 (got '-1')"),
+])
+def test_out_of_range_numbers_exit_2_with_one_line(capsys, config_file, argv, message):
+    """A number the config would refuse (or Redis, later) is refused by the flag, in one line."""
+    path = config_file("handlers: [examples.tasks]\n")
+    with pytest.raises(SystemExit) as info:
+        main([argv[0], *(argv[1:2] if argv[0] == "dead" else []), path,
+              *(argv[2:] if argv[0] == "dead" else argv[1:])])
+    assert info.value.code == 2
+    assert one_line(capsys.readouterr().err).startswith(f"pool: {message}")
+
+
+def test_an_argument_nested_too_deep_is_refused_not_sent_as_a_string(capsys, config_file):
+    """JSON past the decoder's depth limit is a usage error, not silently the text of the argument."""
+    path = config_file("handlers: [examples.tasks]\n")
+    code, _, err = run(capsys, "enqueue", path, "examples.tasks.add", "1", "[" * 1100 + "]" * 1100)
+    assert code == 2
+    assert one_line(err) == ("pool: argument 2 is JSON nested deeper than 1024 levels; pass a flatter value "
+                             "(or a reference to the data)")
+
+
+def test_a_time_past_the_year_9999_is_shown_as_a_number_not_an_error():
+    """A due time stored before delays were bounded (999999999999d) no longer breaks `pool job`."""
+    from pool import clock
+
+    assert clock.format_ms(86_400_000_000_000_000_000) == "86400000000000000000 ms after the epoch"
+    assert clock.format_ms(0) == "1970-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize("command", ["status", "enqueue"])
+def test_a_password_in_the_url_query_is_never_printed(capsys, config_file, command):
+    """redis-py authenticates with `?password=` as with the userinfo; the line hides it too."""
+    port = free_port()
+    path = config_file(f"redis:\n  url: 'redis://127.0.0.1:{port}/0?db=0&password=hunter2&username=b0b'\n"
+                       "  connect_timeout: 1s\n")
+    code, _, err = run(capsys, command, path, *(["examples.tasks.add"] if command == "enqueue" else []))
+    assert code == 3
+    assert one_line(err).startswith(f"pool: cannot reach Redis at redis://127.0.0.1:{port}/0?db=0&password=***&username=***: ")
+    assert "hunter2" not in err and "b0b" not in err
+
+
+def test_arguments_that_start_with_a_dash_follow_a_double_dash(config_file):
+    """As the README says: after `--` an argument such as `-i` is the handler's, not an option."""
+    from pool.cli.parser import parse
+
+    options = parse(["enqueue", config_file("handlers: [examples.tasks]\n"), "app.tasks.grep", "--", "-i", "needle"])
+    assert (options.handler, options.args) == ("app.tasks.grep", ["-i", "needle"])

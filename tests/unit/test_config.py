@@ -72,8 +72,8 @@ def test_unknown_key_without_close_match_lists_allowed_keys():
     ({"processes": 0}, "pool.yaml: processes: must be an integer >= 1 and <= 512 (got 0)"),
     ({"processes": "two"}, "pool.yaml: processes: must be an integer >= 1 and <= 512 (got 'two')"),
     ({"concurrency": True}, "pool.yaml: concurrency: must be an integer >= 1 and <= 10000 (got True)"),
-    ({"timeout": "soon"}, "pool.yaml: timeout: must be a duration >= 0.001s such as '500ms', '30s', '2m', '1h' (got 'soon')"),
-    ({"timeout": "0s"}, "pool.yaml: timeout: must be a duration >= 0.001s such as '500ms', '30s', '2m', '1h' (got '0s')"),
+    ({"timeout": "soon"}, "pool.yaml: timeout: must be a duration from 0.001s to 36500d (100 years) such as '500ms', '30s', '2m', '1h' (got 'soon')"),
+    ({"timeout": "0s"}, "pool.yaml: timeout: must be a duration from 0.001s to 36500d (100 years) such as '500ms', '30s', '2m', '1h' (got '0s')"),
     ({"queues": ["a b"]}, "pool.yaml: queues[0]: queue names must be 1-64 characters: letters, digits, '_', '.', '-', starting with a letter or digit (got 'a b')"),
     ({"queues": ["x{y}"]}, "pool.yaml: queues[0]: queue names must be 1-64 characters: letters, digits, '_', '.', '-', starting with a letter or digit (got 'x{y}')"),
     ({"queues": []}, "pool.yaml: queues: must be a non-empty list of queue names (got [])"),
@@ -187,6 +187,34 @@ def test_secrets_are_never_echoed_in_errors():
 def test_url_with_a_bad_port_is_a_config_error():
     assert error_of({"redis": {"url": "redis://db:notaport/0"}}).startswith(
         "pool.yaml: redis.url: is not a valid Redis URL (Port could not be cast")
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://h:6379/0?password=s3cret&db=2", "redis://h:6379/0?password=***&db=2"),
+    ("rediss://u:p@h:6380?username=bob&socket_timeout=3", "rediss://u:***@h:6380?username=***&socket_timeout=3"),
+    ("unix:///run/redis.sock?db=1&token=abc", "unix:///run/redis.sock?db=1&token=***"),
+    ("redis://h/0?flag", "redis://h/0?***"),
+    ("redis://:pa?ss@host/0", "redis://***@host/0"),  # a '?' inside the password
+    ("redis://h/0?password=a@b", "redis://***@b"),  # an '@' inside a query value
+])
+def test_redact_hides_query_parameters_that_may_be_secrets(url, shown):
+    """Every query parameter but the plain connection settings is hidden: redis-py authenticates
+    with `?password=` and `?username=` as with the userinfo."""
+    from pool.config import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_a_url_refused_by_the_config_hides_its_query_password():
+    message = error_of({"redis": {"url": "redis://h:x/0?password=s3cret"}})
+    assert "s3cret" not in message and "password=***" in message
+
+
+def test_a_url_query_parameter_redis_py_does_not_take_is_refused_at_load():
+    """It used to pass, then fail with a TypeError traceback at the first command."""
+    assert error_of({"redis": {"url": "redis://h:1/0?token=abc"}}) == (
+        "pool.yaml: redis.url: has a query parameter redis-py does not take (token); remove it "
+        "(got 'redis://h:1/0?token=***')")
 
 
 def test_redact_hides_a_password_containing_at_signs():
@@ -408,3 +436,81 @@ def test_scripts_env_refuses_a_variable_holding_a_redis_secret(redis, name, reas
     data = {"scripts": {"env": ["APP_TOKEN", name]}} | ({"redis": redis} if redis else {})
     assert error_of(data, environ) == (f"pool.yaml: scripts.env: {name} holds a Redis secret ({reason}); "
                                        "a script job must not see it: remove it from the list")
+
+
+# -- every duration finite and within what Redis takes (issue 15, point 9) ------------------------------------
+
+_DURATION_RULE = "a duration from {low} to 36500d (100 years) such as '500ms', '30s', '2m', '1h'"
+
+
+@pytest.mark.parametrize(("data", "key", "low"), [
+    ({"result_ttl": "10000000000000000s"}, "result_ttl", "1s"),  # PEXPIRE refused it inside ack.lua
+    ({"result_ttl": 1e16}, "result_ttl", "1s"),
+    ({"dead_letter": {"ttl": "10000000000000000s"}}, "dead_letter.ttl", "1s"),
+    ({"heartbeat_ttl": float("inf")}, "heartbeat_ttl", "0.5s"),  # `.inf` in YAML
+    ({"heartbeat_interval": float("nan")}, "heartbeat_interval", "0.05s"),
+    ({"timeout": "36501d"}, "timeout", "0.001s"),
+    ({"shutdown_timeout": 1e300}, "shutdown_timeout", "0"),
+    ({"retries": {"backoff_max": "1e400"}}, "retries.backoff_max", "0"),
+    ({"schedules": {"s": {"handler": "a.b", "every": float("inf")}}}, "schedules.s.every", "0.1s"),
+])
+def test_durations_past_what_redis_takes_are_refused_where_parsed(data, key, low):
+    """A duration that is not finite, or longer than 100 years, is refused with the key and the range."""
+    assert error_of(data).startswith(f"pool.yaml: {key}: must be {_DURATION_RULE.format(low=low)} (got ")
+
+
+def test_the_longest_duration_is_accepted():
+    """100 years is the documented ceiling, and it is allowed."""
+    assert parse({"result_ttl": "36500d"}).result_ttl_s == 36500 * 86400.0
+
+
+def test_unbounded_integers_stay_within_what_lua_counts_exactly():
+    assert error_of({"dead_letter": {"max": 10**30}}) == (
+        "pool.yaml: dead_letter.max: must be an integer >= 1 and <= 9007199254740992 (got "
+        "1000000000000000000000000000000)")
+
+
+def test_a_rate_limit_window_must_be_finite():
+    assert error_of({"queues": [{"name": "q", "rate_limit": "5/99999999999999999999d"}]}).startswith(
+        "pool.yaml: queues[0].rate_limit: must be jobs per window")
+
+
+def test_inf_in_the_file_is_refused_as_one_line(tmp_path):
+    """`heartbeat_ttl: .inf` used to crash `pool run` with a traceback; now the config refuses it."""
+    path = tmp_path / "pool.yaml"
+    path.write_text("handlers: [examples.tasks]\nheartbeat_ttl: .inf\n")
+    done = pool_cli("run", str(path), timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"pool: pool.yaml: heartbeat_ttl: must be {_DURATION_RULE.format(low='0.5s')} (got inf)"
+
+
+# -- files that crashed or hung every command (issue 15, point 11) -------------------------------------------
+
+_LOL = "[" + ", ".join(['"lol"'] * 9) + "]"
+# "Billion laughs" where the reader walks it: a schedule's args, nine levels of nine aliases.
+_ALIAS_BOMB = ("handlers: [examples.tasks]\nschedules:\n  s:\n    handler: examples.tasks.add\n    every: 1m\n"
+               "    args: [&a " + _LOL + ", " + ", ".join(
+                   f"&{name} [" + ", ".join([f"*{prev}"] * 9) + "]" for prev, name in zip("abcdefgh", "bcdefghi", strict=True)
+               ) + "]\n")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"handlers: [examples.tasks]\nprocesses: 2  # caf\xe9\n",
+     "pool: pool.yaml: line 2: byte 46 (0xe9) is not UTF-8; save the file as UTF-8"),
+    (b"handlers: [examples.tasks]\nschedules: {s: {handler: examples.tasks.add, every: 1m, args: "
+     + b"[" * 10_000 + b"]" * 10_000 + b"}}\n",
+     "pool: pool.yaml: line 2: values nested more than 64 deep"),
+    (_ALIAS_BOMB.encode(),
+     "pool: pool.yaml: line 1: aliases expand to more than 100,000 values (an alias bomb?); write the values out, "
+     "or use fewer nested aliases"),
+    (b"handlers: [examples.tasks]\nschedules: {s: {handler: examples.tasks.add, every: 1m, args: &a [*a]}}\n",
+     "pool: pool.yaml: line 1: aliases expand to more than 100,000 values (an alias bomb?); write the values out, "
+     "or use fewer nested aliases"),
+], ids=["not-utf8", "nested-10000-deep", "alias-bomb", "alias-cycle"])
+def test_a_hostile_file_is_one_line_and_exit_2(tmp_path, content, message):
+    """Each used to crash (UnicodeDecodeError, RecursionError) or hang (> 120 s) every command;
+    the deadline below is the subprocess's, generous for a loaded machine, not a timing claim."""
+    path = tmp_path / "pool.yaml"
+    path.write_bytes(content)
+    done = pool_cli("status", str(path), timeout=60)
+    assert (done.returncode, done.stderr.strip(), done.stdout) == (2, message, "")
