@@ -187,3 +187,24 @@ def decorated_flaky(counter: str, failures: int) -> int:
 async def raise_cancelled() -> None:
     """A handler whose inner task was cancelled lets CancelledError escape."""
     raise asyncio.CancelledError
+
+
+class ForeignCancel(BaseException):
+    """A library's own BaseException, such as gevent's Timeout or trio's Cancelled."""
+
+
+def raise_base_exception() -> None:
+    raise ForeignCancel("from a library")
+
+
+async def async_raise_base_exception() -> None:
+    raise ForeignCancel("from a library")
+
+
+async def raise_generator_exit() -> None:
+    raise GeneratorExit
+
+
+def raise_keyboard_interrupt() -> None:
+    """Raised inside the handler's thread: the handler's, not a signal."""
+    raise KeyboardInterrupt
