@@ -58,7 +58,8 @@ class Worker:
         burst: stop by itself once every queue is empty and no job is running (tests, `drain`).
         parent_pid: the supervisor's pid; the worker stops when its parent changes (orphaned).
         alive_file: a file touched from the event loop every heartbeat; its supervisor kills the
-            process when it goes stale (a frozen loop), without asking Redis.
+            process when it goes stale (a frozen loop), without asking Redis. Its first byte
+            says whether jobs run ('1') or not ('0'): a death while they run is theirs.
         scheduler: promote delayed jobs and fire schedules on time (one process per supervisor);
             the other processes do it as backups, a second late.
         metrics: what to record for Prometheus (metrics.py; nothing by default).
@@ -86,6 +87,7 @@ class Worker:
         self.parent_pid = parent_pid
         self._orphaned_at: float | None = None
         self.alive_file = alive_file
+        self._alive_fd: int | None = None  # the alive file, open for the busy mark
         self.done_count = 0
         self.failed_count = 0
         self.started_ms = clock.now_ms()
@@ -160,6 +162,8 @@ class Worker:
         background.append(asyncio.create_task(self.acks.run(), name="acks"))
         self.runner = JobRunner(self.config, self.registry, self.worker_id, self._executor, self.acks,
                                 self._note_due, self.recycle)
+        if self.alive_file is not None:
+            self._alive_fd = os.open(self.alive_file, os.O_WRONLY)
         logger.info("worker %s serving %s with %d job slots%s", self.worker_id, self._describe_queues(),
                     self.config.concurrency, " (runs the scheduler)" if self._runs_scheduler else "")
         try:
@@ -179,6 +183,8 @@ class Worker:
             await self._deregister()
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
+            if self._alive_fd is not None:
+                os.close(self._alive_fd)
             await self._redis.aclose()
             await self._blocking.aclose()
         logger.info("worker %s stopped: %d done, %d failed", self.worker_id, self.done_count, self.failed_count)
@@ -282,6 +288,8 @@ class Worker:
         return len(records)
 
     def _spawn(self, job: Job, work: Any) -> None:
+        if not self.slots.running:
+            self._mark_busy(True)
         task = asyncio.create_task(work, name=f"job:{job.id}")
         self.slots.running[job.id] = task
         self.slots.starts_left -= 1
@@ -299,6 +307,8 @@ class Worker:
     def _job_finished(self, job_id: str, queue: str, task: asyncio.Task[None]) -> None:
         self.slots.running.pop(job_id, None)
         self.slots.acking.discard(job_id)
+        if not self.slots.running:
+            self._mark_busy(False)
         self.metrics.ended(queue)
         if self.slots.solo == job_id:
             self.slots.solo = None
@@ -382,6 +392,13 @@ class Worker:
         limit = self.config.max_memory_per_process
         if limit and (rss := heartbeat.resident_memory_bytes()) > limit:
             self.recycle(f"uses {rss / 2**20:.0f} MiB, over max_memory_per_process ({limit / 2**20:.0f} MiB)")
+
+    def _mark_busy(self, busy: bool) -> None:
+        """Write whether jobs run into the alive file's first byte, for the supervisor to read if
+        this process dies: a death while they run is their doing, not a crash loop. One pwrite
+        when the process turns busy or idle, not per job, and no Redis (a crash leaves no time)."""
+        if self._alive_fd is not None:
+            os.pwrite(self._alive_fd, b"1" if busy else b"0", 0)
 
     async def _local_liveness_loop(self) -> None:
         """Touch the alive file from the event loop: a frozen loop stops touching it."""

@@ -208,3 +208,15 @@ async def raise_generator_exit() -> None:
 def raise_keyboard_interrupt() -> None:
     """Raised inside the handler's thread: the handler's, not a signal."""
     raise KeyboardInterrupt
+
+
+def exit_process(code: int) -> None:
+    """A poison job: ends the worker process at once, with no clean-up (a C library's exit())."""
+    os._exit(code)
+
+
+def segfault() -> None:
+    """A poison job: crashes the worker process with SIGSEGV (a broken C extension)."""
+    import ctypes
+
+    ctypes.string_at(0)
