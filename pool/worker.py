@@ -84,6 +84,9 @@ class Worker:
         self.boot_failed = False  # an on_startup hook raised
         self.hooks = hooks if hooks is not None else Hooks.load(config)
         self.recycle_reason: str | None = None
+        # Set when the process went over max_memory_per_process: the jobs still running when the
+        # drain cancels them fail with this (see _charge_for_stop).
+        self._over_memory: str | None = None
         self.parent_pid = parent_pid
         self._orphaned_at: float | None = None
         self.alive_file = alive_file
@@ -336,6 +339,8 @@ class Worker:
                 # The handler raised CancelledError itself (an inner task was cancelled): that is a
                 # failure of the job, not a stop of the worker.
                 result, failure = None, Failure("CancelledError", "the handler raised asyncio.CancelledError")
+            elif (charge := self._charge_for_stop()) is not None:
+                result, failure = None, charge
             else:
                 raise  # shutting down: the job stays in the active list and is requeued
         run_ms = (clock.monotonic() - started) * 1000
@@ -357,6 +362,21 @@ class Worker:
         self.runner.log(job, status, run_ms, failure, decision, acked)
         if acked:
             self.metrics.finished(job, status, run_ms)
+
+    def _charge_for_stop(self) -> Failure | None:
+        """The failure of a job the drain cancels, when the stop is the running jobs' doing.
+
+        Over max_memory_per_process the process recycles, and a job still running when the
+        drain's shutdown_timeout is over is what holds the memory (or ran beside it): its attempt
+        fails, so retries apply and then the dead set. Handed back uncounted at the head of the
+        queue instead (a clean stop), it was taken again at once and recycled the next process, for
+        ever. Any other stop (SIGTERM, a reload, max_jobs_per_process) charges nobody: None.
+        """
+        if self._over_memory is None:
+            return None
+        return Failure("MemoryLimitExceeded", (
+            f"{self._over_memory} while this job ran, and the job did not finish within "
+            f"shutdown_timeout ({self.config.shutdown_timeout_s:g}s) of the recycle"))
 
     # -- heartbeat and registry -----------------------------------------------------------------
 
@@ -391,7 +411,10 @@ class Worker:
                 os._exit(ExitCode.JOB_FAILED)
         limit = self.config.max_memory_per_process
         if limit and (rss := heartbeat.resident_memory_bytes()) > limit:
-            self.recycle(f"uses {rss / 2**20:.0f} MiB, over max_memory_per_process ({limit / 2**20:.0f} MiB)")
+            usage = f"uses {rss / 2**20:.0f} MiB, over max_memory_per_process ({limit / 2**20:.0f} MiB)"
+            if self._over_memory is None:
+                self._over_memory = f"its worker process {usage}"
+            self.recycle(usage)
 
     def _mark_busy(self, busy: bool) -> None:
         """Write whether jobs run into the alive file's first byte, for the supervisor to read if

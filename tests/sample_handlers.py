@@ -220,3 +220,10 @@ def segfault() -> None:
     import ctypes
 
     ctypes.string_at(0)
+
+
+async def hold_memory(mib: int, seconds: float) -> None:
+    """A job that needs more memory than its process may use, for a long time."""
+    block = b"\x01" * (mib * 2**20)  # written, so resident (a zeroed bytearray may not be)
+    await asyncio.sleep(seconds)
+    del block

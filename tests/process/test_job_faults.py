@@ -73,3 +73,25 @@ def test_poison_jobs_neither_slow_respawns_nor_hide_how_they_killed_their_worker
     assert set(delays) == {0.0}, pool.output()
     assert "while running jobs (counted against them)" in pool.output()
     assert pool.stop() == 0
+
+
+def test_a_job_over_the_memory_limit_fails_its_attempts_instead_of_coming_back_for_ever(write_config, start_pool):
+    # Given a pool whose processes may use 300 MiB, with one retry per job
+    config = write_config(processes=1, concurrency=2, max_memory_per_process="300MiB", shutdown_timeout="500ms",
+                          retries={"max_retries": 1, "backoff": "50ms"})
+    pool = start_pool(config)
+    wait_until(live_workers(config, 1), timeout=30, message="1 worker")
+    with Client.from_config(config) as client:
+        # When a job holds 400 MiB until it is stopped
+        hog = client.enqueue("tests.sample_handlers.hold_memory", 400, 60)
+        done = client.wait(hog.id, timeout=60)
+        # Then each of its attempts fails with MemoryLimitExceeded, then it is dead, and the pool
+        # goes on serving
+        after = client.enqueue("tests.sample_handlers.add", 1, 1)
+        assert client.result(after.id, timeout=30) == 2
+    assert done.status is Status.DEAD
+    assert done.attempts == 2
+    assert done.error.startswith("MemoryLimitExceeded: its worker process uses ")
+    assert "over max_memory_per_process (300 MiB) while this job ran" in done.error
+    assert pool.output().count("over max_memory_per_process") >= 2
+    assert pool.stop() == 0
