@@ -187,7 +187,8 @@ class Worker:
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
             if self._alive_fd is not None:
-                os.close(self._alive_fd)
+                fd, self._alive_fd = self._alive_fd, None  # a late job callback must not write to a reused fd
+                os.close(fd)
             await self._redis.aclose()
             await self._blocking.aclose()
         logger.info("worker %s stopped: %d done, %d failed", self.worker_id, self.done_count, self.failed_count)
