@@ -76,7 +76,10 @@ class JobRunner:
         self.completed_lines = CompletedLines(job_logger)
 
     async def execute(self, job: Job) -> tuple[bytes | None, Failure | None]:
-        """Run the handler: (result JSON, None) or (None, failure). Raises only CancelledError."""
+        """Run the handler: (result JSON, None) or (None, failure). Raises only CancelledError.
+
+        Any other exception the handler raises, BaseException subclasses included, is its
+        attempt's failure (see the comment at the last ``except``)."""
         handler = self.registry.get(job.handler)
         if handler is None:
             return None, Failure("UnknownHandler", (
@@ -108,7 +111,13 @@ class JobRunner:
             if thread is not None and not thread.done():
                 self._watch_stuck_thread(thread, job, timeout_s)  # a thread can only be abandoned
             raise
-        except (Exception, SystemExit) as exc:  # a handler's exception fails the job, never the worker
+        except BaseException as exc:  # whatever a handler raises fails its attempt, never the worker
+            # CancelledError (the job's own cancellation, or the worker's stop) is handled above and
+            # keeps its meaning. Everything else is the handler's: an Exception, SystemExit, a
+            # KeyboardInterrupt raised in its thread (workers ignore SIGINT, so none comes from a
+            # signal), GeneratorExit, or a library's BaseException such as gevent's Timeout or
+            # trio's Cancelled. Letting one escape would end the job's task without an ack, and
+            # reconcile would restart the same attempt for ever, uncounted.
             details = getattr(exc, "details", None)  # a handler's own account ("" for none), e.g. a script's
             return None, Failure.of(exc, details if details is not None else _handler_traceback(exc))
         finally:

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 PRESENCE_SLACK_S = 2.0
 EVICTION_REPORT_S = 60.0
+# What a reclaimed worker's jobs record as its death: nobody saw it die, its heartbeat stopped.
+EXPIRED_CAUSE = "stopped heartbeating (host lost, supervisor killed, or its event loop froze)"
 
 
 class Housekeeper:
@@ -68,6 +70,7 @@ class Housekeeper:
         self.keys = Keys(config.key_prefix)
         self.outage = Outage("supervisor", url, on_reconnect)
         self.dead_workers: list[str] = []
+        self._causes: dict[str, str] = {}  # how each of dead_workers died
         self.reclaimed_total = 0
         self._next_reclaim = 0.0
         self._reclaim_after = 0.0
@@ -105,9 +108,14 @@ class Housekeeper:
         """How requeue.lua keeps the poison jobs it buries."""
         return {"dead_ttl_ms": int(self.config.dead_letter.ttl_s * 1000), "events": self.config.events}
 
-    def worker_died(self, worker_id: str) -> None:
-        """Queue the requeue of a worker the supervisor saw exit (done on this or a later tick)."""
+    def worker_died(self, worker_id: str, cause: str = "") -> None:
+        """Queue the requeue of a worker the supervisor saw exit (done on this or a later tick).
+
+        Args:
+            cause: how it died ('killed by SIGSEGV'), kept on the jobs it had started.
+        """
         self.dead_workers.append(worker_id)
+        self._causes[worker_id] = cause
         self.announce_soon()
 
     def tick(self, reclaim: bool = True, presence: Mapping[str, Any] | None = None) -> None:
@@ -218,14 +226,17 @@ class Housekeeper:
     def _requeue_dead(self) -> None:
         while self.dead_workers:
             worker_id = self.dead_workers[0]
+            cause = self._causes.get(worker_id, "")
             for queue in self.config.queues:
                 requeued, buried = self.scripts.requeue(
-                    queue, worker_id, "died", self.config.max_deliveries, clock.now_ms(), **self._burial)
-                self._report(worker_id, queue, requeued, buried, "it died")
+                    queue, worker_id, "died", self.config.max_deliveries, clock.now_ms(), cause=cause,
+                    **self._burial)
+                self._report(worker_id, queue, requeued, buried, _why_died(cause))
                 if self.on_requeue is not None:
                     self.on_requeue(queue, "died", requeued, buried)
             self._forget(worker_id)
             self.dead_workers.pop(0)
+            self._causes.pop(worker_id, None)
 
     def reclaim_expired(self) -> int:
         """Reclaim the jobs of every worker whose liveness key expired; returns jobs requeued."""
@@ -245,7 +256,8 @@ class Housekeeper:
 
     def _reclaim(self, queue: str, worker_id: str) -> int:
         reply = self.scripts.requeue(
-            queue, worker_id, "reclaim", self.config.max_deliveries, clock.now_ms(), **self._burial)
+            queue, worker_id, "reclaim", self.config.max_deliveries, clock.now_ms(), cause=EXPIRED_CAUSE,
+            **self._burial)
         if isinstance(reply, int):
             try:
                 check("requeue", reply)
@@ -345,3 +357,10 @@ class Housekeeper:
         if policy and policy != "noeviction":
             return f"maxmemory-policy {policy}, {evicted} keys evicted"
         return f"{newly} keys evicted" if newly > 0 else ""
+
+
+def _why_died(cause: str) -> str:
+    """'it was killed by SIGSEGV', 'it exited with code 3' (the log line of a requeue)."""
+    if not cause:
+        return "it died"
+    return f"it was {cause}" if cause.startswith("killed") else f"it {cause}"

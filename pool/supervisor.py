@@ -14,6 +14,15 @@ Handlers only put the signal number on a queue; the loop does the work.
 A frozen worker is found without Redis: each worker touches a file from its event loop, and a
 file that goes stale for `heartbeat_ttl` gets the process SIGKILLed (a frozen loop cannot run a
 SIGTERM handler) and its jobs requeued.
+
+The same file's first byte says whether the worker runs jobs ('1') or not ('0'); the worker
+writes it when it turns busy or idle. A worker that dies while running jobs was killed by one of
+them (os._exit, a segfault, a frozen loop): that death is counted per job (deliveries, and the
+cause is recorded on each job for the dead set's error) and the slot respawns at once. Only a
+worker that dies idle, or before its loop ran, is a crash loop to slow down with backoff.
+Rejected: judging by how long the worker lived (a poison job claimed at boot crashes its
+worker within a second, which looked like a crash loop and backed the slot off for up to 30 s),
+and asking Redis which jobs the worker held (the answer is late, and absent in an outage).
 """
 
 from __future__ import annotations
@@ -63,8 +72,9 @@ HANDLED_SIGNALS = (
 )
 KILL_GRACE_S = 5.0  # after the shutdown deadline, workers get this long before SIGKILL
 # A worker whose event loop ran this long is no crash loop: its slot's backoff resets. Deaths
-# after that are counted per job (max_deliveries), not punished with slower respawns.
+# while running jobs are counted per job (max_deliveries), never punished with slower respawns.
 HEALTHY_RUN_S = 1.0
+BUSY_MARK = b"1"  # the alive file's first byte while the worker runs jobs (see the docstring)
 MAX_RESPAWN_DELAY_S = 30.0
 EMBEDDED_START_S = 15.0  # the longest EmbeddedServer.start waits for a restarted server
 CRASH_LOOP_FAILURES = 3  # a slot whose worker died this often in a row, each quickly, is crash-looping
@@ -86,6 +96,8 @@ class _Child:
     created_mtime: float
     killed: bool = False
     booted: bool = False  # its event loop ran (touched the alive file); set when reaped
+    busy: bool = False  # it was running jobs when it died (the alive file's mark); set when reaped
+    frozen: bool = False  # the supervisor SIGKILLed it because its event loop stopped
     last_mtime: float = 0.0
     last_change: float = 0.0  # monotonic time the alive file was last seen to change
 
@@ -375,6 +387,7 @@ class Supervisor:
             child = self.children.pop(pid, None)
             if child is not None:
                 child.booted = self._is_booted(child)  # decided before its file goes
+                child.busy = _is_marked_busy(child.alive_file)
                 child.alive_file.unlink(missing_ok=True)
                 self._child_exited(pid, child, os.waitstatus_to_exitcode(status))
 
@@ -397,7 +410,7 @@ class Supervisor:
 
     def _child_exited(self, pid: int, child: _Child, code: int) -> None:
         assert self.housekeeper is not None
-        self.housekeeper.worker_died(child.worker_id)
+        self.housekeeper.worker_died(child.worker_id, _death_cause(code, child.frozen))
         if self.exporter is not None:
             self.exporter.worker_exited(pid, set(self.children))
         name = f"worker-{child.index + 1} pid {pid}"
@@ -414,7 +427,7 @@ class Supervisor:
             self.halt_reason = f"worker-{child.index + 1} could not boot (see its log above)"
             if not self.stopping:
                 self.handle_sigterm()
-        reason = _describe_exit(code)
+        reason = _describe_exit(code, child.frozen)
         if self.stopping:
             logger.warning("%s %s while stopping; its jobs are requeued", name, reason)
             return
@@ -422,12 +435,19 @@ class Supervisor:
         if self.metrics is not None:
             self.metrics.restarted()
         delay = self._backoff(child)
-        logger.error("%s %s; its jobs are requeued, restarting in %.1fs", name, reason, delay)
+        blame = "while running jobs (counted against them)" if child.busy else "while idle"
+        logger.error("%s %s %s; its jobs are requeued, restarting in %.1fs", name, reason, blame, delay)
 
     def _backoff(self, child: _Child) -> float:
+        """Seconds before the slot's next worker: 0 after a death a job caused; doubling for a
+        worker that keeps dying before it ran anything or while idle (a crash loop)."""
         if child.index >= len(self.slots):
             return 0.0
         slot = self.slots[child.index]
+        if child.busy:  # a job killed it: max_deliveries deals with the job, nothing to slow down
+            slot.failures = 0
+            slot.spawn_at = time.monotonic()
+            return 0.0
         if child.booted and time.monotonic() - child.started >= HEALTHY_RUN_S:
             slot.failures = 0
         delay = 0.0 if slot.failures == 0 else min(MAX_RESPAWN_DELAY_S, 0.5 * 2 ** (slot.failures - 1))
@@ -456,7 +476,7 @@ class Supervisor:
             if now - child.last_change > limit:
                 logger.error("worker-%d pid %d has not run its event loop for %.0fs (frozen? a blocking "
                              "call in an async handler?): killing it", child.index + 1, pid, now - child.last_change)
-                child.killed = True
+                child.killed = child.frozen = True
                 self._signal(pid, signal.SIGKILL)
 
     def _roll(self) -> None:
@@ -540,9 +560,25 @@ class Supervisor:
                 pass
 
 
-def _describe_exit(code: int) -> str:
+def _is_marked_busy(alive_file: Path) -> bool:
+    try:
+        with open(alive_file, "rb") as file:
+            return file.read(1) == BUSY_MARK
+    except FileNotFoundError:
+        return False
+
+
+def _death_cause(code: int, frozen: bool = False) -> str:
+    """How a worker died, as a dead job's error names it: 'killed by SIGSEGV', 'exited with code 3'."""
     if code < 0:
         name = signal.Signals(-code).name
+        if frozen and -code == signal.SIGKILL:
+            return "killed by the supervisor (SIGKILL) after its event loop froze"
         hint = " (out of memory?)" if -code == signal.SIGKILL else ""
-        return f"was killed by {name}{hint}"
+        return f"killed by {name}{hint}"
     return f"exited with code {code}"
+
+
+def _describe_exit(code: int, frozen: bool = False) -> str:
+    cause = _death_cause(code, frozen)
+    return f"was {cause}" if code < 0 else cause

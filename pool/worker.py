@@ -67,7 +67,8 @@ class Worker:
         burst: stop by itself once every queue is empty and no job is running (tests, `drain`).
         parent_pid: the supervisor's pid; the worker stops when its parent changes (orphaned).
         alive_file: a file touched from the event loop every heartbeat; its supervisor kills the
-            process when it goes stale (a frozen loop), without asking Redis.
+            process when it goes stale (a frozen loop), without asking Redis. Its first byte
+            says whether jobs run ('1') or not ('0'): a death while they run is theirs.
         scheduler: promote delayed jobs and fire schedules on time (one process per supervisor);
             the other processes do it as backups, a second late.
         metrics: what to record for Prometheus (metrics.py; nothing by default).
@@ -92,9 +93,13 @@ class Worker:
         self.boot_failed = False  # an on_startup hook raised
         self.hooks = hooks if hooks is not None else Hooks.load(config)
         self.recycle_reason: str | None = None
+        # Set when the process went over max_memory_per_process: the jobs still running when the
+        # drain cancels them fail with this (see _charge_for_stop).
+        self._over_memory: str | None = None
         self.parent_pid = parent_pid
         self._orphaned_at: float | None = None
         self.alive_file = alive_file
+        self._alive_fd: int | None = None  # the alive file, open for the busy mark
         self.done_count = 0
         self.failed_count = 0
         self.started_ms = clock.now_ms()
@@ -169,6 +174,8 @@ class Worker:
         background.append(asyncio.create_task(self.acks.run(), name="acks"))
         self.runner = JobRunner(self.config, self.registry, self.worker_id, self._executor, self.acks,
                                 self._note_due, self.recycle)
+        if self.alive_file is not None:
+            self._alive_fd = os.open(self.alive_file, os.O_WRONLY)
         logger.info("worker %s serving %s with %d job slots%s", self.worker_id, self._describe_queues(),
                     self.config.concurrency, " (runs the scheduler)" if self._runs_scheduler else "")
         try:
@@ -188,6 +195,9 @@ class Worker:
             await self._deregister()
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
+            if self._alive_fd is not None:
+                fd, self._alive_fd = self._alive_fd, None  # a late job callback must not write to a reused fd
+                os.close(fd)
             await self._redis.aclose()
             await self._blocking.aclose()
         logger.info("worker %s stopped: %d done, %d failed", self.worker_id, self.done_count, self.failed_count)
@@ -291,6 +301,8 @@ class Worker:
         return len(records)
 
     def _spawn(self, job: Job, work: Any) -> None:
+        if not self.slots.running:
+            self._mark_busy(True)
         task = asyncio.create_task(work, name=f"job:{job.id}")
         self.slots.running[job.id] = task
         self.slots.starts_left -= 1
@@ -308,6 +320,8 @@ class Worker:
     def _job_finished(self, job_id: str, queue: str, task: asyncio.Task[None]) -> None:
         self.slots.running.pop(job_id, None)
         self.slots.acking.discard(job_id)
+        if not self.slots.running:
+            self._mark_busy(False)
         self.metrics.ended(queue)
         if self.slots.solo == job_id:
             self.slots.solo = None
@@ -335,6 +349,8 @@ class Worker:
                 # The handler raised CancelledError itself (an inner task was cancelled): that is a
                 # failure of the job, not a stop of the worker.
                 result, failure = None, Failure("CancelledError", "the handler raised asyncio.CancelledError")
+            elif (charge := self._charge_for_stop()) is not None:
+                result, failure = None, charge
             else:
                 raise  # shutting down: the job stays in the active list and is requeued
         run_ms = (clock.monotonic() - started) * 1000
@@ -356,6 +372,21 @@ class Worker:
         self.runner.log(job, status, run_ms, failure, decision, acked)
         if acked:
             self.metrics.finished(job, status, run_ms)
+
+    def _charge_for_stop(self) -> Failure | None:
+        """The failure of a job the drain cancels, when the stop is the running jobs' doing.
+
+        Over max_memory_per_process the process recycles, and a job still running when the
+        drain's shutdown_timeout is over is what holds the memory (or ran beside it): its attempt
+        fails, so retries apply and then the dead set. Handed back uncounted at the head of the
+        queue instead (a clean stop), it was taken again at once and recycled the next process, for
+        ever. Any other stop (SIGTERM, a reload, max_jobs_per_process) charges nobody: None.
+        """
+        if self._over_memory is None:
+            return None
+        return Failure("MemoryLimitExceeded", (
+            f"{self._over_memory} while this job ran, and the job did not finish within "
+            f"shutdown_timeout ({self.config.shutdown_timeout_s:g}s) of the recycle"))
 
     # -- heartbeat and registry -----------------------------------------------------------------
 
@@ -400,7 +431,17 @@ class Worker:
                 os._exit(ExitCode.JOB_FAILED)
         limit = self.config.max_memory_per_process
         if limit and (rss := heartbeat.resident_memory_bytes()) > limit:
-            self.recycle(f"uses {rss / 2**20:.0f} MiB, over max_memory_per_process ({limit / 2**20:.0f} MiB)")
+            usage = f"uses {rss / 2**20:.0f} MiB, over max_memory_per_process ({limit / 2**20:.0f} MiB)"
+            if self._over_memory is None:
+                self._over_memory = f"its worker process {usage}"
+            self.recycle(usage)
+
+    def _mark_busy(self, busy: bool) -> None:
+        """Write whether jobs run into the alive file's first byte, for the supervisor to read if
+        this process dies: a death while they run is their doing, not a crash loop. One pwrite
+        when the process turns busy or idle, not per job, and no Redis (a crash leaves no time)."""
+        if self._alive_fd is not None:
+            os.pwrite(self._alive_fd, b"1" if busy else b"0", 0)
 
     async def _local_liveness_loop(self) -> None:
         """Touch the alive file from the event loop: a frozen loop stops touching it."""

@@ -187,3 +187,43 @@ def decorated_flaky(counter: str, failures: int) -> int:
 async def raise_cancelled() -> None:
     """A handler whose inner task was cancelled lets CancelledError escape."""
     raise asyncio.CancelledError
+
+
+class ForeignCancel(BaseException):
+    """A library's own BaseException, such as gevent's Timeout or trio's Cancelled."""
+
+
+def raise_base_exception() -> None:
+    raise ForeignCancel("from a library")
+
+
+async def async_raise_base_exception() -> None:
+    raise ForeignCancel("from a library")
+
+
+async def raise_generator_exit() -> None:
+    raise GeneratorExit
+
+
+def raise_keyboard_interrupt() -> None:
+    """Raised inside the handler's thread: the handler's, not a signal."""
+    raise KeyboardInterrupt
+
+
+def exit_process(code: int) -> None:
+    """A poison job: ends the worker process at once, with no clean-up (a C library's exit())."""
+    os._exit(code)
+
+
+def segfault() -> None:
+    """A poison job: crashes the worker process with SIGSEGV (a broken C extension)."""
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+async def hold_memory(mib: int, seconds: float) -> None:
+    """A job that needs more memory than its process may use, for a long time."""
+    block = b"\x01" * (mib * 2**20)  # written, so resident (a zeroed bytearray may not be)
+    await asyncio.sleep(seconds)
+    del block

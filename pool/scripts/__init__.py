@@ -251,13 +251,15 @@ class Scripts:
 
     def requeue(
         self, queue: str, worker_id: str, mode: str, max_deliveries: int, now_ms: int, *,
-        dead_ttl_ms: int = 7 * 86_400_000, events: bool = True, client: Any = None,
+        dead_ttl_ms: int = 7 * 86_400_000, events: bool = True, cause: str = "", client: Any = None,
     ) -> Any:
         """Give a worker's active list back to the queue (see requeue.lua for the modes).
 
         Args:
             mode: 'stop' (clean hand-back), 'died' (its supervisor saw it die) or 'reclaim'
                 (its liveness key expired; exactly once among concurrent callers).
+            cause: how the worker died ('killed by SIGSEGV'): kept on each job it had started,
+                and named in the error of a job buried as poison.
 
         Returns [requeued, buried], or -1 / -2 for 'reclaim' (see check).
         """
@@ -266,7 +268,7 @@ class Scripts:
             self.keys.stats(queue), self.keys.queue_workers(queue), self.keys.alive(queue, worker_id),
         ]
         args = [self.keys.queue_prefix(queue), mode, max_deliveries, now_ms, worker_id, dead_ttl_ms,
-                self.keys.events(queue) if events else ""]
+                self.keys.events(queue) if events else "", cause]
         return self._requeue(keys=keys, args=args, client=client)
 
     def revive(self, queue: str, job_id: str, now_ms: int, client: Any = None) -> Any:

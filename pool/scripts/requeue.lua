@@ -19,6 +19,13 @@
   ARGV[5]  worker id
   ARGV[6]  dead-letter TTL in ms (buried jobs are kept this long)
   ARGV[7]  channel for a 'dead' event per buried job, or '' (events off)
+  ARGV[8]  how the worker died, as its supervisor saw it ('killed by SIGSEGV', 'exited with code
+           3', ...; '' in 'stop' mode). In 'died' and 'reclaim' modes it is appended to the
+           'deaths' field (a JSON array) of each job the worker had started, keeping as many
+           entries as the job has deliveries (an ack resets those to 0), and a buried job's
+           error names them: a poison job says how it killed its workers.
+  Only started jobs (status 'active') are buried: an id a BLMOVE moved whose claim never ran
+  had no delivery counted, and is requeued whatever its count.
   Returns  {requeued, buried}; for 'reclaim' also -1 the worker is alive (liveness key exists),
            -2 another caller reclaimed it first (no longer registered)
   Invariants: each id moves with LMOVE or LPOP+ZADD in this one step, never held in memory; the
@@ -27,7 +34,7 @@
   Redis (the key's TTL), never by comparing the clocks of different hosts. ]]
 local active, queue, dead, stats, registry, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local qprefix, mode, max_deliveries, now_ms, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local dead_ttl, channel = tonumber(ARGV[6]), ARGV[7]
+local dead_ttl, channel, cause = tonumber(ARGV[6]), ARGV[7], ARGV[8] or ''
 
 if mode == 'reclaim' then
   if redis.call('EXISTS', alive) == 1 then
@@ -42,6 +49,34 @@ else
 end
 redis.call('DEL', qprefix .. 'cancel:' .. worker)  -- its jobs' cancel requests live on in their records
 
+-- Append this death to the job's record; returns the deaths it has (the last `deliveries`).
+local function record_death(job, deliveries)
+  local deaths = cjson.decode(redis.call('HGET', job, 'deaths') or '[]')
+  deaths[#deaths + 1] = cause ~= '' and cause or 'died'
+  while #deaths > math.max(deliveries, 1) do
+    table.remove(deaths, 1)
+  end
+  redis.call('HSET', job, 'deaths', cjson.encode(deaths))
+  return deaths
+end
+
+-- 'killed by SIGSEGV (3 times), exited with code 1': each cause once, in the order first seen.
+local function summary(deaths)
+  local order, counts = {}, {}
+  for _, death in ipairs(deaths) do
+    if not counts[death] then
+      order[#order + 1] = death
+      counts[death] = 0
+    end
+    counts[death] = counts[death] + 1
+  end
+  local parts = {}
+  for i, death in ipairs(order) do
+    parts[i] = counts[death] > 1 and (death .. ' (' .. counts[death] .. ' times)') or death
+  end
+  return table.concat(parts, ', ')
+end
+
 local requeued, buried = 0, 0
 while true do
   local id = redis.call('LINDEX', active, 0)
@@ -50,9 +85,12 @@ while true do
   end
   local job = qprefix .. 'job:' .. id
   local deliveries = tonumber(redis.call('HGET', job, 'deliveries') or '0')
-  if mode ~= 'stop' and deliveries >= max_deliveries and redis.call('EXISTS', job) == 1 then
+  local started = mode ~= 'stop' and redis.call('HGET', job, 'status') == 'active'
+  local deaths = started and record_death(job, deliveries)
+  if started and deliveries >= max_deliveries then
     local reason = 'PoisonJob: delivered ' .. deliveries .. ' times and its worker died each time ' ..
-      'before acknowledging it (max_deliveries is ' .. max_deliveries .. ')'
+      'before acknowledging it (max_deliveries is ' .. max_deliveries .. '); how its workers died: ' ..
+      summary(deaths)
     redis.call('LPOP', active)
     redis.call('ZADD', dead, now_ms, id)
     redis.call('HSET', job, 'status', 'dead', 'finished_ms', now_ms, 'updated_ms', now_ms, 'error', reason)

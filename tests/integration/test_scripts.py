@@ -204,10 +204,52 @@ def test_poison_job_goes_to_the_dead_set_after_max_deliveries(r, keys, scripts):
     record = r.hgetall(keys.job("q", "poison"))
     assert record[b"status"] == b"dead"
     assert record[b"error"] == (b"PoisonJob: delivered 3 times and its worker died each time before "
-                                b"acknowledging it (max_deliveries is 3)")
+                                b"acknowledging it (max_deliveries is 3); how its workers died: died (3 times)")
     assert r.lrange(keys.done("q", "poison"), 0, -1) == [b"dead"]
     assert r.hget(keys.stats("q"), "dead") == b"1"
     assert r.llen(keys.queue("q")) == 0
+
+
+def test_a_poison_job_names_how_its_workers_died(r, keys, scripts):
+    enqueue(scripts, "q", "poison")
+    causes = ["killed by SIGSEGV", "exited with code 3", "killed by SIGSEGV"]
+    for cause in causes:
+        scripts.claim("q", W, 5, 1, 0)
+        scripts.requeue("q", W, "died", 3, 7000, cause=cause)
+    assert r.hget(keys.job("q", "poison"), "error").endswith(
+        b"how its workers died: killed by SIGSEGV (2 times), exited with code 3")
+
+
+def test_a_reclaimed_worker_s_cause_is_recorded_on_its_started_jobs(r, keys, scripts):
+    enqueue(scripts, "q", "a")
+    scripts.claim("q", W, 5, 1, 0)
+    r.sadd(keys.queue_workers("q"), W)  # registered, its liveness key expired
+    assert scripts.requeue("q", W, "reclaim", 5, 1, cause="stopped heartbeating") == [1, 0]
+    assert r.hget(keys.job("q", "a"), "deaths") == b'["stopped heartbeating"]'
+
+
+def test_deaths_kept_on_a_job_are_only_those_since_its_last_ack(r, keys, scripts):
+    """An ack resets deliveries to 0: deaths before it say nothing about the next burial."""
+    enqueue(scripts, "q", "a")
+    for cause in ("killed by SIGSEGV", "killed by SIGBUS"):
+        scripts.claim("q", W, 5, 1, 0)
+        scripts.requeue("q", W, "died", 5, 1, cause=cause)
+    scripts.claim("q", W, 5, 1, 0)
+    scripts.ack("q", W, "a", "retrying", 6, 1000, ["error", "E"], due_ms=7)
+    r.zrem(keys.delayed("q"), "a")
+    r.rpush(keys.queue("q"), "a")
+    scripts.claim("q", W, 8, 1, 0)
+    scripts.requeue("q", W, "died", 5, 9, cause="exited with code 1")
+    assert r.hget(keys.job("q", "a"), "deaths") == b'["exited with code 1"]'
+
+
+def test_an_id_moved_but_never_claimed_is_requeued_not_buried(r, keys, scripts):
+    """A BLMOVE moved it, then the worker died before claim.lua started it: no delivery of it."""
+    enqueue(scripts, "q", "a")
+    r.hset(keys.job("q", "a"), "deliveries", 3)
+    r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")
+    assert scripts.requeue("q", W, "died", 3, 1, cause="killed by SIGKILL") == [1, 0]
+    assert r.hmget(keys.job("q", "a"), "status", "deaths") == [b"queued", None]
 
 
 def test_a_clean_stop_never_buries(r, keys, scripts):

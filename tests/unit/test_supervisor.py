@@ -17,8 +17,11 @@ class FakeHousekeeper:
     def __init__(self) -> None:
         self.dead_workers: list[str] = []
 
-    def worker_died(self, worker_id: str) -> None:
+        self.causes: list[str] = []
+
+    def worker_died(self, worker_id: str, cause: str = "") -> None:
         self.dead_workers.append(worker_id)
+        self.causes.append(cause)
 
 
 @pytest.fixture
@@ -36,13 +39,13 @@ def supervisor(monkeypatch, tmp_path):
     shutil.rmtree(sup.run_dir, ignore_errors=True)
 
 
-def child(sup, index=0, ran_for=1.0, booted=False):
+def child(sup, index=0, ran_for=1.0, booted=False, busy=False):
     return _Child(index=index, worker_id=f"h:{100 + index}:x", started=sup.clock["now"] - ran_for,
-                  alive_file=sup.run_dir / f"w{index}", created_mtime=1000.0, booted=booted)
+                  alive_file=sup.run_dir / f"w{index}", created_mtime=1000.0, booted=booted, busy=busy)
 
 
-def crash(sup, index=0, code=1, ran_for=1.0, booted=False):
-    sup._child_exited(100 + index, child(sup, index, ran_for, booted), code)
+def crash(sup, index=0, code=1, ran_for=1.0, booted=False, busy=False):
+    sup._child_exited(100 + index, child(sup, index, ran_for, booted, busy), code)
     return sup.slots[index].spawn_at - sup.clock["now"]
 
 
@@ -57,6 +60,40 @@ def test_a_worker_that_booted_and_ran_resets_its_backoff(supervisor):
         crash(supervisor)
     assert crash(supervisor, ran_for=60.0) == 4.0  # never booted (no loop ran): still a crash loop
     assert crash(supervisor, ran_for=2.0, booted=True) == 0.0
+
+
+def test_deaths_while_running_jobs_respawn_at_once_however_quick(supervisor):
+    """A poison job crashing each fresh worker within a second of boot is no crash loop."""
+    delays = [crash(supervisor, code=-signal.SIGSEGV, ran_for=0.2, booted=True, busy=True) for _ in range(8)]
+    assert delays == [0.0] * 8
+
+
+def test_a_job_caused_death_forgives_earlier_boot_crashes(supervisor):
+    for _ in range(4):
+        crash(supervisor)
+    assert crash(supervisor, ran_for=0.1, booted=True, busy=True) == 0.0
+    assert crash(supervisor) == 0.0  # the next idle death starts the backoff from the beginning
+
+
+def test_reaping_reads_the_busy_mark_the_worker_left(supervisor, monkeypatch):
+    busy, idle = child(supervisor, 0), child(supervisor, 1)
+    busy.alive_file.write_bytes(b"1")
+    idle.alive_file.write_bytes(b"0")
+    supervisor.children = {4242: busy, 4243: idle}
+    waits = iter([(4242, 0), (4243, 0), (0, 0)])
+    monkeypatch.setattr("pool.supervisor.os.waitpid", lambda pid, flags: next(waits))
+    supervisor._reap()
+    assert busy.busy and not idle.busy
+
+
+def test_a_worker_killed_for_a_frozen_loop_is_reported_as_such(supervisor, caplog):
+    frozen = child(supervisor, busy=True)
+    frozen.frozen = True
+    supervisor._child_exited(100, frozen, -signal.SIGKILL)
+    cause = "killed by the supervisor (SIGKILL) after its event loop froze"
+    assert supervisor.housekeeper.causes == [cause]
+    assert f"was {cause} while running jobs" in caplog.text
+    assert "out of memory" not in caplog.text
 
 
 def test_reaping_notes_whether_the_child_booted_before_removing_its_file(supervisor, monkeypatch):
@@ -76,9 +113,10 @@ def test_backoff_is_per_slot(supervisor):
     assert crash(supervisor, index=1) == 0.0
 
 
-def test_dead_worker_is_queued_for_requeue(supervisor):
+def test_dead_worker_is_queued_for_requeue_with_its_cause(supervisor):
     crash(supervisor, code=-signal.SIGKILL)
     assert supervisor.housekeeper.dead_workers == ["h:100:x"]
+    assert supervisor.housekeeper.causes == ["killed by SIGKILL (out of memory?)"]
 
 
 def test_every_exit_requeues_even_a_clean_one(supervisor):
