@@ -5,8 +5,11 @@
 Starts a private valkey-server (AOF, appendfsync always), a pool on it, enqueues N jobs that
 each sleep 0-20 ms and journal their start and end to a file (an account kept outside Redis),
 SIGKILLs a random worker process every --kill-every seconds and restarts Redis (SIGKILL, then
-start on the same port and data) once at about half way. Then it waits for every job and
-reports:
+start on the same port and data) once at about half way. With --refusal-window S it also makes
+Redis refuse commands for S seconds twice: OOM (maxmemory reached, noeviction) at about a quarter
+of the way and BUSY (another client's script that loops until SCRIPT KILL) at three quarters;
+worker kills pause meanwhile, so that any worker that exits during a window is the pool's own
+failure. Then it waits for every job and reports:
 
 - lost: jobs that never completed (must be 0), leftovers in queues or active lists (must be 0);
 - duplicates: runs beyond the first (at-least-once: only jobs in flight at a kill may repeat;
@@ -14,7 +17,9 @@ reports:
 - recovery after each worker kill: time until every job it held had started again elsewhere
   (each one, and p50/max; kills that hit an idle worker have nothing to recover);
 - recovery after the Redis restart: time until the first job was claimed (started) after it
-  came back.
+  came back;
+- for each refusal window: time from its end until a job started, and how many worker processes
+  exited during it (must be 0: a refusal is waited out, never a crash).
 
 The last line is one JSON object with every figure, for scripts.
 """
@@ -76,6 +81,7 @@ class Report:
     kill_recovery_max_s: float | None = None
     kill_recovery_s: list[float] = field(default_factory=list)
     redis_recovery_s: list[float] = field(default_factory=list)
+    refusal_windows: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,13 +90,17 @@ class _Fault:
     at: float
     pid: int = 0
     back_at: float = 0.0
+    exited_workers: int = 0
 
 
 class Chaos:
     def __init__(self, jobs: int, processes: int, concurrency: int, kill_every: float,
-                 redis_restarts: int, workdir: Path) -> None:
+                 redis_restarts: int, workdir: Path, refusal_window_s: float = 0.0) -> None:
         self.jobs, self.processes, self.concurrency = jobs, processes, concurrency
         self.kill_every, self.redis_restarts = kill_every, redis_restarts
+        self.refusal_window_s = refusal_window_s
+        # (fault, share of the jobs finished when it starts), in order
+        self.refusals_due = [("oom", 0.25), ("busy", 0.75)] if refusal_window_s > 0 else []
         self.workdir = workdir
         self.journal = workdir / "journal"
         self.faults: list[_Fault] = []
@@ -174,6 +184,9 @@ class Chaos:
                 self._restart_redis()
                 self.redis_restarts -= 1
                 continue
+            if self.refusals_due and self._finished_count() >= self.refusals_due[0][1] * self.jobs:
+                self._refuse(url, self.refusals_due.pop(0)[0])
+                continue
             pids = self._live_worker_pids(url)
             if pids:
                 victim = random.choice(pids)
@@ -189,6 +202,32 @@ class Chaos:
         time.sleep(1.0)  # Redis stays down for a second: the outage under test
         self.server.start()
         fault.back_at = time.time()
+        self.faults.append(fault)
+
+    def _refuse(self, url: str, kind: str) -> None:
+        """Make Redis refuse commands for the window: OOM (maxmemory 1 byte, noeviction) or BUSY
+        (a script from another client that loops until SCRIPT KILL; BUSY after 100 ms of it)."""
+        admin = redis.Redis.from_url(url, socket_timeout=5)
+        before = set(self._live_worker_pids(url))
+        fault = _Fault(kind, time.time())
+        busy = None
+        if kind == "oom":
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)
+        else:
+            admin.config_set("busy-reply-threshold", 100)
+            busy = threading.Thread(target=_loop_script, args=(url,), daemon=True)
+            busy.start()
+        time.sleep(self.refusal_window_s)  # the window's length is the fault under test
+        if kind == "oom":
+            admin.config_set("maxmemory", 0)
+        else:
+            admin.script_kill()
+            assert busy is not None
+            busy.join(10)
+        fault.back_at = time.time()
+        admin.close()
+        fault.exited_workers = len(before - set(self._live_worker_pids(url)))
         self.faults.append(fault)
 
     def _finished_count(self) -> int:
@@ -222,6 +261,12 @@ class Chaos:
             round(min((t for t in starts if t > f.back_at), default=f.back_at) - f.back_at, 3)
             for f in self.faults if f.kind == "redis"
         ]
+        for f in self.faults:
+            if f.kind in ("oom", "busy"):
+                resumed = min((t for t in starts if t > f.back_at), default=f.back_at) - f.back_at
+                report.refusal_windows[f.kind] = {"seconds": round(f.back_at - f.at, 2),
+                                                  "resumed_after_s": round(resumed, 3),
+                                                  "workers_exited": f.exited_workers}
         return report
 
     def _leftovers(self, url: str) -> int:
@@ -251,11 +296,23 @@ class Chaos:
         return recoveries
 
 
+def _loop_script(url: str) -> None:
+    """Another client's script that runs until SCRIPT KILL (which makes it raise here)."""
+    client = redis.Redis.from_url(url)
+    try:
+        client.eval("while true do end", 0)
+    except redis.ResponseError:
+        pass
+    finally:
+        client.close()
+
+
 def run(jobs: int = 10_000, processes: int = 4, concurrency: int = 8, kill_every: float = 0.3,
-        redis_restarts: int = 1) -> Report:
+        redis_restarts: int = 1, refusal_window_s: float = 0.0) -> Report:
     """Run the drill in a temporary folder and return its report."""
     with tempfile.TemporaryDirectory(prefix="pool-chaos-") as workdir:
-        return Chaos(jobs, processes, concurrency, kill_every, redis_restarts, Path(workdir)).run()
+        return Chaos(jobs, processes, concurrency, kill_every, redis_restarts, Path(workdir),
+                     refusal_window_s).run()
 
 
 def main() -> None:
@@ -265,8 +322,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--kill-every", type=float, default=0.3, help="seconds between worker kills")
     parser.add_argument("--redis-restarts", type=int, default=1, choices=(0, 1))
+    parser.add_argument("--refusal-window", type=float, default=3.0, metavar="S",
+                        help="seconds of OOM, then of BUSY (0: none); longer than heartbeat_ttl (2 s)")
     options = parser.parse_args()
-    report = run(options.jobs, options.processes, options.concurrency, options.kill_every, options.redis_restarts)
+    report = run(options.jobs, options.processes, options.concurrency, options.kill_every, options.redis_restarts,
+                 options.refusal_window)
     print(f"jobs {report.jobs} on {report.processes} processes x {report.concurrency} slots, {report.seconds}s")
     print(f"faults: {report.kills} worker kills, {report.redis_restarts} Redis restart(s)")
     print(f"lost {report.lost}, leftovers {report.leftovers}, dead {report.dead}, completed {report.completed}")
@@ -274,6 +334,9 @@ def main() -> None:
     print(f"recovery after a worker kill: p50 {report.kill_recovery_p50_s}s, max {report.kill_recovery_max_s}s "
           f"(each: {', '.join(f'{r:.3f}' for r in report.kill_recovery_s) or 'no kill hit a running job'})")
     print(f"recovery after the Redis restart: {report.redis_recovery_s}s")
+    for kind, window in report.refusal_windows.items():
+        print(f"{kind.upper()} for {window['seconds']}s: a job started {window['resumed_after_s']}s after it ended, "
+              f"{window['workers_exited']} worker(s) exited meanwhile")
     print(json.dumps(asdict(report)))
 
 

@@ -198,9 +198,22 @@ def redis_url(value: Any) -> str | None:
     try:
         parse_url(cluster_url(url) or url)
     except ValueError as exc:
-        raise Invalid(f"is not a valid Redis URL ({exc})") from None
+        raise Invalid(f"is not a valid Redis URL ({_safe_reason(str(exc), url)})") from None
     _check_query_parameters(cluster_url(url) or url)
     return url
+
+
+def _safe_reason(reason: str, url: str) -> str:
+    """redis-py's reason, unless it quotes a piece of the user information (a password with a '/'
+    splits the URL early, and redis-py then names a piece of it as the port)."""
+    _, _, rest = url.partition("://")
+    userinfo = rest.rpartition("@")[0]
+    query = rest.partition("?")[2]
+    hidden = [part.partition("=")[2] for part in query.split("&") if part.partition("=")[0] not in _SHOWN_QUERY_PARAMETERS]
+    pieces = [piece for piece in [*re.split(r"[:/?#@&=]", userinfo), *hidden] if len(piece) >= 2]
+    if any(piece in reason for piece in pieces):
+        return "redis-py cannot read it; percent-encode a '/', '?', '#' or '@' in the password, e.g. %2F for '/'"
+    return reason
 
 
 def _check_query_parameters(url: str) -> None:

@@ -181,16 +181,20 @@ def test_status_and_health_with_redis_unreachable_exit_3(write_config):
     assert text.stderr.startswith("pool: cannot reach Redis at redis://127.0.0.1:"), text.stderr
     probe = pool_cli("health", str(config))
     assert probe.returncode == 3 and probe.stderr.startswith("unhealthy: cannot reach Redis")
-    # --watch keeps watching through the outage, one line per refresh, until Ctrl-C
+    # --watch keeps watching through the outage, one line per refresh on stderr (stdout is for
+    # the JSON snapshots only), until Ctrl-C
     watch = subprocess.Popen([sys.executable, "-m", "pool", "status", str(config), "--watch", "--json",
-                              "--interval", "0.1"], stdout=subprocess.PIPE, text=True, env=cli_env())
+                              "--interval", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=cli_env())
     try:
-        lines = [watch.stdout.readline() for _ in range(2)]
+        lines = [watch.stderr.readline() for _ in range(2)]
         assert all("cannot reach Redis" in line and "retrying every 0.1s" in line for line in lines), lines
     finally:
         watch.send_signal(signal.SIGINT)
         assert watch.wait(10) == 0
+        assert watch.stdout.read() == ""
         watch.stdout.close()
+        watch.stderr.close()
 
 
 def test_a_metrics_port_in_use_fails_at_start_with_exit_2(write_config):

@@ -210,6 +210,14 @@ def test_a_url_refused_by_the_config_hides_its_query_password():
     assert "s3cret" not in message and "password=***" in message
 
 
+@pytest.mark.parametrize("url", ["redis://:s3cret/pw@127.0.0.1:6379/0", "redis://u:ab/cd@h:6379/0"])
+def test_a_password_with_a_slash_is_not_quoted_by_redis_pys_reason(url):
+    """A '/' ends the host part early, and redis-py named a piece of the password as the port."""
+    message = error_of({"redis": {"url": url}})
+    assert "s3cret" not in message and "ab" not in message.split("got")[0] and "pw" not in message
+    assert "percent-encode a '/', '?', '#' or '@' in the password" in message
+
+
 def test_a_url_query_parameter_redis_py_does_not_take_is_refused_at_load():
     """It used to pass, then fail with a TypeError traceback at the first command."""
     assert error_of({"redis": {"url": "redis://h:1/0?token=abc"}}) == (
