@@ -6,9 +6,8 @@ Starts a private valkey-server (AOF, appendfsync always), a pool on it, enqueues
 each sleep 0-20 ms and journal their start and end to a file (an account kept outside Redis),
 SIGKILLs a random worker process every --kill-every seconds and restarts Redis (SIGKILL, then
 start on the same port and data) once at about half way. With --refusal-window S it also makes
-Redis refuse commands for S seconds twice: OOM (maxmemory reached, noeviction) at about a quarter
-of the way and BUSY (another client's script that loops until SCRIPT KILL) at three quarters;
-worker kills pause meanwhile, so that any worker that exits during a window is the pool's own
+Redis refuse commands for S seconds twice, after the restart: BUSY (another client's script that
+loops until SCRIPT KILL), then OOM (maxmemory reached, noeviction); worker kills pause meanwhile, so that any worker that exits during a window is the pool's own
 failure. Then it waits for every job and reports:
 
 - lost: jobs that never completed (must be 0), leftovers in queues or active lists (must be 0);
@@ -99,8 +98,10 @@ class Chaos:
         self.jobs, self.processes, self.concurrency = jobs, processes, concurrency
         self.kill_every, self.redis_restarts = kill_every, redis_restarts
         self.refusal_window_s = refusal_window_s
-        # (fault, share of the jobs finished when it starts), in order
-        self.refusals_due = [("oom", 0.25), ("busy", 0.75)] if refusal_window_s > 0 else []
+        # (fault, share of the jobs finished when it starts), in order: after the Redis restart,
+        # BUSY (nothing runs meanwhile), then OOM at once (claims and acks go on meanwhile, so the
+        # jobs left may all finish in it)
+        self.refusals_due = [("busy", 0.6), ("oom", 0.6)] if refusal_window_s > 0 else []
         self.workdir = workdir
         self.journal = workdir / "journal"
         self.faults: list[_Fault] = []
@@ -227,7 +228,7 @@ class Chaos:
             busy.join(10)
         fault.back_at = time.time()
         admin.close()
-        fault.exited_workers = len(before - set(self._live_worker_pids(url)))
+        fault.exited_workers = sum(1 for pid in before if not _alive(pid))
         self.faults.append(fault)
 
     def _finished_count(self) -> int:
@@ -294,6 +295,15 @@ class Chaos:
             if held and all(a is not None for a in again):
                 recoveries.append(max(again) - fault.at)
         return recoveries
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (asked of the OS: under a refusal its heartbeat key may lapse)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _loop_script(url: str) -> None:

@@ -29,10 +29,13 @@ from pool.connection import (
     BLOCK_TIMEOUT_S,
     CLIENT_ATTEMPTS,
     OUTAGE_ERRORS,
+    REDIS_ERRORS,
     async_client,
     backoff_s,
     blocking_client,
+    describe_error,
     describe_unreachable,
+    is_transient,
     redact,
     replication,
     resolve_url,
@@ -500,17 +503,24 @@ class AsyncClient:
                 yield event
 
     async def _retrying(self, send: Callable[[], Awaitable[T]]) -> T:
-        """Run ``send``, resending it after a dropped connection (every client call is idempotent).
+        """Run ``send``, resending it after a dropped connection or a refusal (OOM, BUSY, LOADING
+        ...: a refused command did nothing, and every client call is idempotent).
 
         Raises:
-            RedisUnavailable: still unreachable after CLIENT_ATTEMPTS tries.
+            RedisUnavailable: still unreachable, or still refusing, after CLIENT_ATTEMPTS tries
+                (a waiter goes on until its own deadline).
         """
         for attempt in range(CLIENT_ATTEMPTS):
             try:
                 return await send()
-            except OUTAGE_ERRORS as exc:
+            except REDIS_ERRORS as exc:
+                if not is_transient(exc):
+                    raise
                 if attempt == CLIENT_ATTEMPTS - 1:
-                    raise describe_unreachable(self.url, exc) from None
+                    if isinstance(exc, OUTAGE_ERRORS):
+                        raise describe_unreachable(self.url, exc) from None
+                    raise RedisUnavailable(f"Redis at {redact(self.url)} refuses commands: {describe_error(exc)}") \
+                        from None
                 await asyncio.sleep(backoff_s(attempt + 1, base_s=0.05, cap_s=0.5))
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -18,6 +18,7 @@ import redis
 
 from pool import Client, JobSpec
 from pool.embedded import EmbeddedServer, free_port
+from pool.errors import RedisUnavailable
 from pool.testing import wait_until
 from tests.conftest import pool_cli
 from tests.process.conftest import live_workers
@@ -108,6 +109,10 @@ def test_workers_wait_out_a_busy_script_of_another_client(write_config, start_po
         busy = threading.Thread(target=_busy_script, args=(own_server.url, errors))
         busy.start()
         wait_until(lambda: "BUSY" in _ping(admin), timeout=5, message="the server to answer BUSY")
+        # a client's call refused for longer than its retries says so (not "cannot reach"); a
+        # waiter rides it out until its own deadline (the chaos drill waits through BUSY)
+        with pytest.raises(RedisUnavailable, match=r"refuses commands: BUSY"):
+            client.enqueue("tests.sample_handlers.add", 1, 2)
         time.sleep(FAULT_S)  # the fault's length is the scenario
         admin.script_kill()
         busy.join(10)
