@@ -182,3 +182,32 @@ def test_an_eviction_policy_set_at_run_time_is_noticed_and_named(write_config, s
     assert any("Redis is evicting (maxmemory-policy allkeys-lru" in w for w in warnings), warnings
     assert any("LOST ITS DATA" in w and "evicting" in w for w in warnings), warnings
     assert pool.stop() == 0
+
+
+def test_a_storm_of_connection_resets_logs_a_few_lines_not_hundreds(write_config, start_pool, own_server, tmp_path):
+    """Each reset is an outage of a few milliseconds; logging each one buried the log (838 WARNING
+    lines in 15 s): short outages are counted and summed up, and no job is lost."""
+    config, pool = start(write_config, start_pool, own_server)
+    journal = tmp_path / "journal"
+    admin = redis.Redis.from_url(own_server.url)
+    stop = threading.Event()
+    resets = [0]
+
+    def storm() -> None:
+        while not stop.wait(0.02):
+            resets[0] += admin.client_kill_filter(_type="normal", skipme=True)
+
+    with Client.from_config(config) as client:
+        jobs = client.enqueue_many(JobSpec("tests.sample_handlers.journal", (str(journal), f"k{i}", 5))
+                                   for i in range(300))
+        thread = threading.Thread(target=storm)
+        thread.start()
+        try:
+            wait_until(lambda: resets[0] >= 100, timeout=30, message="100 connection resets")
+        finally:
+            stop.set()
+            thread.join(10)
+        assert sorted({client.result(j.id, timeout=60) for j in jobs}) == sorted(f"k{i}" for i in range(300))
+    warnings = [line for line in pool.output().splitlines() if "WARNING" in line or "ERROR" in line]
+    assert len(warnings) <= 12, f"{len(warnings)} lines for {resets[0]} resets:\n" + "\n".join(warnings[:40])
+    assert pool.stop() == 0
