@@ -31,14 +31,17 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import redis
 
-from pool import forking, health, metrics, status
+from pool import health, metrics, status
 from pool.config import Config
 from pool.connection import OUTAGE_ERRORS, describe_unreachable, sync_client
+
+if TYPE_CHECKING:
+    from pool.auxiliary import Host
 
 logger = logging.getLogger(__name__)
 
@@ -131,32 +134,18 @@ class ExporterProcess:
                               "metrics.port, or 0 for any free port") from None
         return sock
 
-    def start_if_due(self, url: str, handled_signals: tuple[int, ...], before_fork: Any) -> None:
+    def start_if_due(self, host: Host) -> None:
         """Fork the metrics process unless it runs (or waits out its respawn delay)."""
         if self.pid is not None or time.monotonic() < self.spawn_at:
             return
-        before_fork()
-        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, handled_signals)
-        supervisor_pid = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                forking.reset_signals(handled_signals)
-                forking.set_title("metrics", self.config.path)
-                from pool import logs
+        config, url, supervisor_pid = self.config, host.url, os.getpid()
 
-                logs.setup(self.config.logging, "metrics")
-                serve(self.config, url, self.sock, self.supervisor_id, supervisor_pid, self.tick_file)
-                code = 0
-            except BaseException:
-                logger.exception("the metrics process failed")
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        self.pid = pid
-        logger.info("metrics on http://%s/metrics and /healthz (pid %d)", self.address, pid)
+        def run() -> int:
+            serve(config, url, self.sock, self.supervisor_id, supervisor_pid, self.tick_file)
+            return 0
+
+        self.pid = host.fork("metrics", run)
+        logger.info("metrics on http://%s/metrics and /healthz (pid %d)", self.address, self.pid)
 
     def reload(self, config: Config) -> None:
         """Serve a reloaded config: replace the process. It answers the requests it accepted
@@ -167,6 +156,10 @@ class ExporterProcess:
             self.reloading = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
+
+    def close_in_worker(self) -> None:
+        """In a forked worker: the port belongs to the metrics process."""
+        self.sock.close()
 
     def exited(self, code: int, stopping: bool) -> None:
         self.pid = None
@@ -185,6 +178,59 @@ class ExporterProcess:
                 os.waitpid(self.pid, 0)
             self.pid = None
         self.sock.close()
+
+
+class NoSupervisorMetrics:
+    """What the supervisor records when metrics are off: nothing (like metrics.NoMetrics for workers)."""
+
+    def workers(self, alive: int, configured: int) -> None:
+        pass
+
+    def restarted(self) -> None:
+        pass
+
+    def requeued(self, queue: str, reason: str, requeued: int, buried: int) -> None:
+        pass
+
+    def reconnected(self) -> None:
+        pass
+
+
+class NoExporter:
+    """Metrics off: the supervisor talks to this as it would to an :class:`ExporterProcess`."""
+
+    pid: int | None = None
+    address = ""
+
+    def __init__(self) -> None:
+        self.recorder: metrics.SupervisorMetrics | NoSupervisorMetrics = NoSupervisorMetrics()
+
+    def tick(self, busy_s: float = 0.0) -> None:
+        """No /livez to keep up."""
+
+    def start_if_due(self, host: Host) -> None:
+        """No process to start."""
+
+    def worker_exited(self, pid: int, live_pids: set[int]) -> None:
+        """No metrics files to fold."""
+
+    def close_in_worker(self) -> None:
+        """No port to close."""
+
+    def reload(self, config: Config) -> None:
+        """Nothing serves the config."""
+
+    def exited(self, code: int, stopping: bool) -> None:
+        """Never started, so never reaped."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+
+def for_config(config: Config, supervisor_id: str, run_dir: Path) -> ExporterProcess | NoExporter:
+    """The metrics side of a supervisor: an :class:`ExporterProcess` when metrics are on (it
+    binds the port now: one in use raises ConfigError), else a :class:`NoExporter`."""
+    return ExporterProcess(config, supervisor_id, run_dir) if config.metrics.enabled else NoExporter()
 
 
 class PoolCollector:

@@ -11,18 +11,7 @@ Signals (gunicorn's conventions): TERM/INT graceful stop, a second one fast; HUP
 config and handler code by replacing workers one at a time; TTIN/TTOU add or remove a worker.
 Handlers only put the signal number on a queue; the loop does the work.
 
-A frozen worker is found without Redis: each worker touches a file from its event loop, and a
-file that goes stale for `heartbeat_ttl` gets the process SIGKILLed (a frozen loop cannot run a
-SIGTERM handler) and its jobs requeued.
-
-The same file's first byte says whether the worker runs jobs ('1') or not ('0'); the worker
-writes it when it turns busy or idle. A worker that dies while running jobs was killed by one of
-them (os._exit, a segfault, a frozen loop): that death is counted per job (deliveries, and the
-cause is recorded on each job for the dead set's error) and the slot respawns at once. Only a
-worker that dies idle, or before its loop ran, is a crash loop to slow down with backoff.
-Rejected: judging by how long the worker lived (a poison job claimed at boot crashes its
-worker within a second, which looked like a crash loop and backed the slot off for up to 30 s),
-and asking Redis which jobs the worker held (the answer is late, and absent in an outage).
+Each worker is watched through a file it touches from its event loop (children.py).
 """
 
 from __future__ import annotations
@@ -37,14 +26,15 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import redis
 
-from pool import clock, forking, hooks
+from pool import clock, exporter, forking, hooks
 from pool import config as config_module
+from pool.auxiliary import Auxiliary, EmbeddedRedis
+from pool.children import HEALTHY_RUN_S, ProcessSlot, WorkerChild
 from pool.config import Config
 from pool.connection import (
     OUTAGE_ERRORS,
@@ -56,29 +46,17 @@ from pool.connection import (
     resolve_url,
 )
 from pool.embedded import EmbeddedServer
-from pool.errors import ExitCode, PoolError, RedisUnavailable
+from pool.errors import ExitCode, PoolError
+from pool.forking import death_cause, describe_exit
 from pool.handlers import IMPORT_CHECK_TIMEOUT_S, check_importable
 from pool.housekeeping import Housekeeper
 from pool.keys import make_worker_id
 
-if TYPE_CHECKING:
-    from pool.exporter import ExporterProcess
-    from pool.metrics import SupervisorMetrics
-
 logger = logging.getLogger(__name__)
 
-HANDLED_SIGNALS = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
-)
+HANDLED_SIGNALS = forking.HANDLED_BY_SUPERVISOR
 KILL_GRACE_S = 5.0  # after the shutdown deadline, workers get this long before SIGKILL
-# A worker whose event loop ran this long is no crash loop: its slot's backoff resets. Deaths
-# while running jobs are counted per job (max_deliveries), never punished with slower respawns.
-HEALTHY_RUN_S = 1.0
-BUSY_MARK = b"1"  # the alive file's first byte while the worker runs jobs (see the docstring)
-MAX_RESPAWN_DELAY_S = 30.0
-EMBEDDED_START_S = 15.0  # the longest EmbeddedServer.start waits for a restarted server
 CRASH_LOOP_FAILURES = 3  # a slot whose worker died this often in a row, each quickly, is crash-looping
-BOOT_ALLOWANCE_S = 60.0  # time to import handlers before the first touch of the alive file
 # Settings a reload (SIGHUP) cannot change in a running pool.
 FIXED_ON_RELOAD = ("redis", "key_prefix", "state_dir", "metrics")
 
@@ -87,31 +65,12 @@ FIXED_ON_RELOAD = ("redis", "key_prefix", "state_dir", "metrics")
 WorkerMain = Callable[[Config, str, str, str, bool], int]
 
 
-@dataclass
-class _Child:
-    index: int
-    worker_id: str
-    started: float
-    alive_file: Path
-    created_mtime: float
-    killed: bool = False
-    booted: bool = False  # its event loop ran (touched the alive file); set when reaped
-    busy: bool = False  # it was running jobs when it died (the alive file's mark); set when reaped
-    frozen: bool = False  # the supervisor SIGKILLed it because its event loop stopped
-    last_mtime: float = 0.0
-    last_change: float = 0.0  # monotonic time the alive file was last seen to change
-
-
-@dataclass
-class _Slot:
-    """Crash-loop state of one worker slot (index 0..processes-1)."""
-
-    failures: int = 0
-    spawn_at: float = 0.0
-
-
 class Supervisor:
     """Runs `processes` worker processes for one config until told to stop.
+
+    Besides its workers it keeps its auxiliary children running (auxiliary.py): the metrics
+    process, and the embedded Redis when the config names no server. It is their
+    :class:`pool.auxiliary.Host`.
 
     Args:
         config: validated settings (handlers already checked with :func:`check_importable`).
@@ -124,23 +83,22 @@ class Supervisor:
         self.config = config
         self.worker_main = worker_main
         self.overrides = overrides  # `pool run --processes ...`: applied to every reloaded config too
-        self.children: dict[int, _Child] = {}
-        self.slots = [_Slot() for _ in range(config.processes)]
+        self.children: dict[int, WorkerChild] = {}
+        self.slots = [ProcessSlot() for _ in range(config.processes)]
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.stopping = False
         self.stop_deadline = 0.0
         self.halt_reason: str | None = None
         self.retiring: set[int] = set()  # pids to replace, one at a time, after a reload
-        self.embedded: EmbeddedServer | None = None
         self.url = ""
-        self.housekeeper: Housekeeper | None = None
+        self.housekeeper: Housekeeper  # built by run() once the Redis URL is known; used only after
         self.run_dir = Path(tempfile.mkdtemp(prefix="pool-run-"))
         self.supervisor_id = make_worker_id(secrets.token_hex(3))
         self.started_ms = clock.now_ms()
         self.restarts = 0  # workers that died unexpectedly and were replaced
         self.recycles = 0  # workers that asked to be replaced (max jobs, memory, stuck thread)
-        self.exporter: ExporterProcess | None = None
-        self.metrics: SupervisorMetrics | None = None
+        self.exporter: exporter.ExporterProcess | exporter.NoExporter = exporter.NoExporter()
+        self.auxiliaries: list[Auxiliary] = []
 
     # -- main loop --------------------------------------------------------------------------------
 
@@ -149,64 +107,57 @@ class Supervisor:
         forking.set_title("supervisor", self.config.path)
         self._install_signal_handlers()
         try:
-            if self.config.metrics.enabled:
-                from pool.exporter import ExporterProcess
-
-                self.exporter = ExporterProcess(self.config, self.supervisor_id, self.run_dir)
-                self.metrics = self.exporter.recorder
-            self.url = self._start_redis()
-            self.housekeeper = Housekeeper(
-                self.config, self.url, self.supervisor_id,
-                on_reconnect=self.metrics.reconnected if self.metrics else None,
-                on_requeue=self.metrics.requeued if self.metrics else None)
+            self._start_services()
             if not self._wait_for_redis():
                 return ExitCode.OK
-            assert self.housekeeper is not None
             check_server(self.housekeeper.redis, self.url)
             logger.info("supervisor pid %d starting %d worker(s) x %d slots on %s, queues: %s",
                         os.getpid(), self.config.processes, self.config.concurrency,
                         redact(self.url), ", ".join(self.config.queues))
-            try:
-                while self.children or not self.stopping:
-                    self._tick()
-            except BaseException:
-                logger.exception("supervisor failed; stopping its workers first")
-                self._stop_children_now()
-                raise
+            self._supervise()
             self._finish_housekeeping()
             logger.info("supervisor stopped")
         finally:
-            if self.exporter is not None:
-                self.exporter.stop()
+            for auxiliary in self.auxiliaries:
+                auxiliary.stop()
             shutil.rmtree(self.run_dir, ignore_errors=True)
-            if self.embedded is not None:
-                self.embedded.stop()
         if self.halt_reason:
             logger.error("pool halted: %s", self.halt_reason)
             return ExitCode.JOB_FAILED
         return ExitCode.OK
 
+    def _start_services(self) -> None:
+        """Metrics first (a port in use fails at once), then Redis, then the housekeeper."""
+        self.exporter = exporter.for_config(self.config, self.supervisor_id, self.run_dir)
+        self.auxiliaries.append(self.exporter)
+        self.url = self._start_redis()
+        recorder = self.exporter.recorder
+        self.housekeeper = Housekeeper(self.config, self.url, self.supervisor_id,
+                                       on_reconnect=recorder.reconnected, on_requeue=recorder.requeued)
+
+    def _supervise(self) -> None:
+        try:
+            while self.children or not self.stopping:
+                self._tick()
+        except BaseException:
+            logger.exception("supervisor failed; stopping its workers first")
+            self._stop_children_now()
+            raise
+
     def _tick(self) -> None:
-        assert self.housekeeper is not None
-        if self.exporter is not None:
-            self.exporter.tick()  # /livez: the supervisor's loop runs
-        if self.embedded is not None and not self.stopping and self.embedded.should_start():
-            self._restart_embedded()  # it died, or its owner (another pool run) stopped: ours now
+        self.exporter.tick()  # /livez: the supervisor's loop runs
+        if not self.stopping:
+            for auxiliary in self.auxiliaries:
+                auxiliary.start_if_due(self)
         self.housekeeper.tick(reclaim=not self.stopping, presence=self._presence())
         if self.stopping:
             self._kill_overdue()
         else:
             self._roll()
             self._spawn_missing()
-            if self.exporter is not None:
-                self.exporter.start_if_due(self.url, HANDLED_SIGNALS, self.housekeeper.disconnect)
-        if self.metrics is not None:
-            booted = sum(1 for child in self.children.values() if self._is_booted(child) and not child.killed)
-            self.metrics.workers(booted, len(self.slots))
-        try:
-            signum = self.signals.get(timeout=self._wait_s())
-        except queue.Empty:
-            signum = None
+        booted = sum(1 for child in self.children.values() if child.is_booted() and not child.is_leaving)
+        self.exporter.recorder.workers(booted, len(self.slots))
+        signum = self._next_signal(self._wait_s())
         if signum is not None:
             self._dispatch(signum)
         self._reap()
@@ -231,17 +182,27 @@ class Supervisor:
             "host": self.supervisor_id.rsplit(":", 2)[0], "pid": os.getpid(), "started_ms": self.started_ms,
             "state": state, "processes": len(self.slots), "workers": ",".join(c.worker_id for c in by_index),
             "restarts": self.restarts, "recycles": self.recycles, "config": str(self.config.path or ""),
-            "metrics": self.exporter.address if self.exporter is not None else "",
+            "metrics": self.exporter.address,
         }
 
     def _finish_housekeeping(self) -> None:
-        assert self.housekeeper is not None
         self.housekeeper.tick(reclaim=False)
         with contextlib.suppress(*OUTAGE_ERRORS, redis.exceptions.RedisError):
             self.housekeeper.withdraw()
         if self.housekeeper.dead_workers:
             logger.error("Redis is unreachable: the unfinished jobs of %s stay in their active lists "
                          "until a supervisor reclaims them", ", ".join(self.housekeeper.dead_workers))
+
+    # -- what auxiliary children ask of their host ----------------------------------------------------
+
+    def fork(self, role: str, run: Callable[[], int]) -> int:
+        """Fork a child (a worker or an auxiliary one) that runs ``run``; returns its pid."""
+        self.housekeeper.disconnect()  # no Redis connection crosses a fork
+        return forking.fork_child(role, self.config, run)
+
+    def busy_for(self, seconds: float) -> None:
+        """The loop is about to block for up to ``seconds`` on purpose: /livez stays up meanwhile."""
+        self.exporter.tick(busy_s=seconds)
 
     # -- signals ----------------------------------------------------------------------------------
 
@@ -252,6 +213,12 @@ class Supervisor:
     def _enqueue_signal(self, signum: int, frame: object) -> None:
         # Async-signal context: no logging, no Redis, no os.kill here; the loop does the work.
         self.signals.put_nowait(signum)
+
+    def _next_signal(self, timeout_s: float) -> int | None:
+        try:
+            return self.signals.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
 
     def _dispatch(self, signum: int) -> None:
         handler = getattr(self, f"handle_{signal.Signals(signum).name.lower()}", None)
@@ -279,8 +246,7 @@ class Supervisor:
         """Reload the config and handler code, then replace the workers one at a time."""
         if self.stopping:
             return
-        if self.exporter is not None:
-            self.exporter.tick(busy_s=IMPORT_CHECK_TIMEOUT_S)  # importing handlers may take a while
+        self.busy_for(IMPORT_CHECK_TIMEOUT_S)  # importing handlers may take a while
         try:
             fresh = self.overrides(config_module.load(self.config.path))
             check_importable(fresh)
@@ -293,8 +259,7 @@ class Supervisor:
                 logger.warning("reload: %s changed; it takes effect only after a restart", name)
                 fresh = replace(fresh, **{name: getattr(self.config, name)})
         self.config = fresh
-        if self.exporter is not None:
-            self.exporter.reload(fresh)  # new queues and schedules in /metrics and /healthz
+        self.exporter.reload(fresh)  # new queues and schedules in /metrics and /healthz
         self._resize(fresh.processes)
         self.retiring = set(self.children)
         logger.info("reloading %s: replacing %d worker(s) one at a time", fresh.path.name, len(self.retiring))
@@ -311,7 +276,7 @@ class Supervisor:
         logger.info("SIGTTOU: now %d worker process(es)", len(self.slots))
 
     def _resize(self, processes: int) -> None:
-        self.slots = self.slots[:processes] + [_Slot() for _ in range(processes - len(self.slots))]
+        self.slots = self.slots[:processes] + [ProcessSlot() for _ in range(processes - len(self.slots))]
         for pid, child in list(self.children.items()):
             if child.index >= processes:
                 self._signal(pid, signal.SIGTERM)
@@ -338,37 +303,19 @@ class Supervisor:
         nonce = secrets.token_hex(3)
         alive_file = self.run_dir / f"worker-{nonce}.alive"
         alive_file.touch()
-        assert self.housekeeper is not None
-        self.housekeeper.disconnect()  # no Redis connection crosses a fork
-        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-        pid = os.fork()
-        if pid == 0:
-            self._become_worker(index, nonce, alive_file)  # never returns
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        config, url = self.config, self.url
+
+        def run() -> int:
+            self.exporter.close_in_worker()
+            return self.worker_main(config, make_worker_id(nonce), url, str(alive_file), index == 0)
+
+        pid = self.fork(f"worker {index + 1}", run)
         worker_id = make_worker_id(nonce, pid)
         mtime = alive_file.stat().st_mtime
-        self.children[pid] = _Child(index, worker_id, time.monotonic(), alive_file, mtime,
+        self.children[pid] = WorkerChild(index, worker_id, time.monotonic(), alive_file, mtime,
                                     last_mtime=mtime, last_change=time.monotonic())
         self.housekeeper.announce_soon()
         logger.info("started worker-%d pid %d (%s)", index + 1, pid, worker_id)
-
-    def _become_worker(self, index: int, nonce: str, alive_file: Path) -> None:
-        code: int = ExitCode.BOOT
-        try:
-            forking.reset_signals(HANDLED_SIGNALS)
-            forking.set_title(f"worker {index + 1}", self.config.path)
-            if self.exporter is not None:
-                self.exporter.sock.close()  # the port belongs to the metrics process
-            from pool import logs
-
-            logs.setup(self.config.logging, f"worker-{index + 1}")
-            code = ExitCode.JOB_FAILED
-            code = self.worker_main(self.config, make_worker_id(nonce), self.url, str(alive_file), index == 0)
-        except BaseException:  # the child must never return into the supervisor's loop
-            logger.exception("worker-%d crashed", index + 1)
-        finally:
-            logging.shutdown()
-            os._exit(int(code))
 
     def _reap(self) -> None:
         while True:
@@ -378,41 +325,21 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            if self.embedded is not None and pid == self.embedded.pid:
-                self._embedded_exited(os.waitstatus_to_exitcode(status))
-                continue
-            if self.exporter is not None and pid == self.exporter.pid:
-                self.exporter.exited(os.waitstatus_to_exitcode(status), self.stopping)
-                continue
-            child = self.children.pop(pid, None)
-            if child is not None:
-                child.booted = self._is_booted(child)  # decided before its file goes
-                child.busy = _is_marked_busy(child.alive_file)
-                child.alive_file.unlink(missing_ok=True)
-                self._child_exited(pid, child, os.waitstatus_to_exitcode(status))
+            self._exited(pid, os.waitstatus_to_exitcode(status))
 
-    def _embedded_exited(self, code: int) -> None:
-        assert self.embedded is not None
-        self.embedded.forget_process()
-        if self.stopping:
+    def _exited(self, pid: int, code: int) -> None:
+        auxiliary = next((a for a in self.auxiliaries if a.pid == pid), None)
+        if auxiliary is not None:
+            auxiliary.exited(code, self.stopping)
             return
-        logger.error("the embedded Redis %s; restarting it (its AOF keeps the jobs)", _describe_exit(code))
-        self._restart_embedded()
+        child = self.children.pop(pid, None)
+        if child is not None:
+            child.reaped()
+            self._child_exited(pid, child, code)
 
-    def _restart_embedded(self) -> None:
-        assert self.embedded is not None
-        if self.exporter is not None:
-            self.exporter.tick(busy_s=EMBEDDED_START_S)
-        try:
-            self.embedded.start(EMBEDDED_START_S)
-        except RedisUnavailable as exc:
-            logger.error("%s; retrying in a second", exc)
-
-    def _child_exited(self, pid: int, child: _Child, code: int) -> None:
-        assert self.housekeeper is not None
-        self.housekeeper.worker_died(child.worker_id, _death_cause(code, child.frozen))
-        if self.exporter is not None:
-            self.exporter.worker_exited(pid, set(self.children))
+    def _child_exited(self, pid: int, child: WorkerChild, code: int) -> None:
+        self.housekeeper.worker_died(child.worker_id, death_cause(code, child.frozen))
+        self.exporter.worker_exited(pid, set(self.children))
         name = f"worker-{child.index + 1} pid {pid}"
         retired = pid in self.retiring or child.index >= len(self.slots)
         self.retiring.discard(pid)
@@ -427,56 +354,38 @@ class Supervisor:
             self.halt_reason = f"worker-{child.index + 1} could not boot (see its log above)"
             if not self.stopping:
                 self.handle_sigterm()
-        reason = _describe_exit(code, child.frozen)
+        reason = describe_exit(code, child.frozen)
         if self.stopping:
             logger.warning("%s %s while stopping; its jobs are requeued", name, reason)
             return
         self.restarts += 1
-        if self.metrics is not None:
-            self.metrics.restarted()
+        self.exporter.recorder.restarted()
         delay = self._backoff(child)
         blame = "while running jobs (counted against them)" if child.busy else "while idle"
         logger.error("%s %s %s; its jobs are requeued, restarting in %.1fs", name, reason, blame, delay)
 
-    def _backoff(self, child: _Child) -> float:
-        """Seconds before the slot's next worker: 0 after a death a job caused; doubling for a
-        worker that keeps dying before it ran anything or while idle (a crash loop)."""
+    def _backoff(self, child: WorkerChild) -> float:
+        """Seconds before the slot's next worker: 0 after a death a job caused (see ProcessSlot)."""
         if child.index >= len(self.slots):
             return 0.0
-        slot = self.slots[child.index]
-        if child.busy:  # a job killed it: max_deliveries deals with the job, nothing to slow down
-            slot.failures = 0
-            slot.spawn_at = time.monotonic()
+        slot, now = self.slots[child.index], time.monotonic()
+        if child.busy:
+            slot.forgive(now)
             return 0.0
-        if child.booted and time.monotonic() - child.started >= HEALTHY_RUN_S:
-            slot.failures = 0
-        delay = 0.0 if slot.failures == 0 else min(MAX_RESPAWN_DELAY_S, 0.5 * 2 ** (slot.failures - 1))
-        slot.failures += 1
-        slot.spawn_at = time.monotonic() + delay
-        return delay
+        return slot.crashed(now, ran_healthy=child.booted and now - child.started >= HEALTHY_RUN_S)
 
     def _kill_frozen(self) -> None:
-        """SIGKILL workers whose event loop stopped touching their alive file.
-
-        Staleness is judged on this process's monotonic clock (when the file was last seen to
-        change), so a wall-clock step never makes every worker look frozen.
-        """
+        """SIGKILL workers whose event loop stopped touching their alive file, those a reload or
+        a stop already SIGTERMed included: a frozen loop cannot run its SIGTERM handler."""
         now = time.monotonic()
         for pid, child in self.children.items():
-            if child.killed:
-                continue
-            try:
-                mtime = child.alive_file.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if mtime != child.last_mtime:
-                child.last_mtime, child.last_change = mtime, now
-            booted = mtime != child.created_mtime
-            limit = self.config.heartbeat_ttl_s if booted else max(self.config.heartbeat_ttl_s, BOOT_ALLOWANCE_S)
-            if now - child.last_change > limit:
+            if child.frozen:
+                continue  # SIGKILLed already: the reaper will see it
+            stalled_s = child.stalled_s(now, self.config.heartbeat_ttl_s)
+            if stalled_s is not None:
                 logger.error("worker-%d pid %d has not run its event loop for %.0fs (frozen? a blocking "
-                             "call in an async handler?): killing it", child.index + 1, pid, now - child.last_change)
-                child.killed = child.frozen = True
+                             "call in an async handler?): killing it", child.index + 1, pid, stalled_s)
+                child.mark_frozen()
                 self._signal(pid, signal.SIGKILL)
 
     def _roll(self) -> None:
@@ -484,20 +393,13 @@ class Supervisor:
         self.retiring &= set(self.children)
         if not self.retiring or len(self.children) < len(self.slots):
             return
-        if any(not self._is_booted(child) for child in self.children.values()):
+        if any(not child.is_booted() for child in self.children.values()):
             return
-        if any(self.children[pid].killed for pid in self.retiring):
+        if any(self.children[pid].is_leaving for pid in self.retiring):
             return
         pid = min(self.retiring, key=lambda p: self.children[p].index)
-        self.children[pid].killed = True  # marks "being replaced": not picked twice
+        self.children[pid].mark_retired()  # not picked twice
         self._signal(pid, signal.SIGTERM)
-
-    @staticmethod
-    def _is_booted(child: _Child) -> bool:
-        try:
-            return child.alive_file.stat().st_mtime != child.created_mtime
-        except FileNotFoundError:
-            return False
 
     def _stop_children_now(self) -> None:
         """Last resort before the supervisor exits on an error: never leave workers behind."""
@@ -519,12 +421,12 @@ class Supervisor:
     def _start_redis(self) -> str:
         if not self.config.redis.is_embedded:
             return resolve_url(self.config)
-        self.embedded = EmbeddedServer(self.config.state_dir)
-        return self.embedded.start()
+        server = EmbeddedServer(self.config.state_dir)
+        self.auxiliaries.append(EmbeddedRedis(server))
+        return server.start()
 
     def _ping(self) -> None:
         """PING Redis. A refusal is an answer: MISCONF refuses even PING, and workers wait it out."""
-        assert self.housekeeper is not None
         try:
             self.housekeeper.redis.ping()
         except redis.exceptions.ResponseError as exc:
@@ -533,12 +435,10 @@ class Supervisor:
 
     def _wait_for_redis(self) -> bool:
         """Block until Redis answers PING; False if told to stop meanwhile."""
-        assert self.housekeeper is not None
         attempt = 0
         while True:
-            if self.exporter is not None:  # /livez answers, and /healthz says Redis is not there
-                self.exporter.tick()
-                self.exporter.start_if_due(self.url, HANDLED_SIGNALS, self.housekeeper.disconnect)
+            self.exporter.tick()  # /livez answers, and /healthz says Redis is not there
+            self.exporter.start_if_due(self)
             try:
                 self._ping()
                 if attempt:
@@ -551,34 +451,6 @@ class Supervisor:
                     logger.warning("waiting for Redis at %s (%s); the pool starts once it answers",
                                    redact(self.url), describe_unreachable(self.url, exc))
                 attempt += 1
-            try:
-                signum = self.signals.get(timeout=backoff_s(attempt, base_s=0.1, cap_s=1.0) + 0.05)
-                if signum in (signal.SIGTERM, signal.SIGINT):
-                    logger.info("stopped while waiting for Redis")
-                    return False
-            except queue.Empty:
-                pass
-
-
-def _is_marked_busy(alive_file: Path) -> bool:
-    try:
-        with open(alive_file, "rb") as file:
-            return file.read(1) == BUSY_MARK
-    except FileNotFoundError:
-        return False
-
-
-def _death_cause(code: int, frozen: bool = False) -> str:
-    """How a worker died, as a dead job's error names it: 'killed by SIGSEGV', 'exited with code 3'."""
-    if code < 0:
-        name = signal.Signals(-code).name
-        if frozen and -code == signal.SIGKILL:
-            return "killed by the supervisor (SIGKILL) after its event loop froze"
-        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
-        return f"killed by {name}{hint}"
-    return f"exited with code {code}"
-
-
-def _describe_exit(code: int, frozen: bool = False) -> str:
-    cause = _death_cause(code, frozen)
-    return f"was {cause}" if code < 0 else cause
+            if self._next_signal(backoff_s(attempt, base_s=0.1, cap_s=1.0) + 0.05) in (signal.SIGTERM, signal.SIGINT):
+                logger.info("stopped while waiting for Redis")
+                return False

@@ -133,6 +133,18 @@ async def freeze_event_loop(seconds: float) -> None:
     time.sleep(seconds)
 
 
+async def freeze_when_cancelled(started: str) -> None:
+    """Create `started`, wait; once cancelled (a stopping worker past its shutdown_timeout),
+    block the event loop: a loop that freezes while its worker stops."""
+    with open(started, "w") as fh:
+        fh.write(str(os.getpid()))
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        time.sleep(3600)
+        raise
+
+
 def _count_attempt(counter: str) -> int:
     """Count this attempt in a file (attempts may run in different processes)."""
     attempt = 1

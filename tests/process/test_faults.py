@@ -295,6 +295,29 @@ def test_frozen_event_loop_is_killed_and_replaced(write_config, start_pool):
     assert pool.stop() == 0
 
 
+def test_a_worker_that_freezes_while_a_reload_stops_it_is_killed_and_replaced(write_config, start_pool, tmp_path):
+    # Given one worker running a job that freezes the event loop once the job is cancelled
+    config = write_config(processes=1, max_deliveries=1, shutdown_timeout="1s", heartbeat_ttl="1500ms")
+    pool = start_pool(config)
+    wait_until(live_workers(config, 1), timeout=30, message="1 worker")
+    started = tmp_path / "started"
+    with Client.from_config(config) as client:
+        frozen = client.enqueue("tests.sample_handlers.freeze_when_cancelled", str(started))
+        wait_until(started.exists, timeout=15, message="the job started")
+        # When a reload SIGTERMs that worker: its drain cancels the job after shutdown_timeout,
+        # and the cancelled job blocks the loop
+        pool.proc.send_signal(signal.SIGHUP)
+        pool.wait_for_log("reloading pool.yaml")
+        # Then the supervisor SIGKILLs it once its alive file is stale for heartbeat_ttl
+        pool.wait_for_log("has not run its event loop for", timeout=1.0 + 1.5 + 10)
+        pool.wait_for_log("was killed by the supervisor (SIGKILL) after its event loop froze while running jobs")
+        # its job counts that death (max_deliveries 1: quarantined), and a fresh worker serves
+        assert client.wait(frozen.id, timeout=15).status is Status.DEAD
+        job = client.enqueue("tests.sample_handlers.add", 1, 1)
+        assert client.result(job.id, timeout=15) == 2
+    assert pool.stop() == 0
+
+
 def test_workers_stop_when_their_supervisor_is_killed(write_config, start_pool):
     # Given a supervisor with two workers
     config = write_config(processes=2)

@@ -8,9 +8,11 @@ import signal
 
 import pytest
 
+from pool.children import WorkerChild as _Child
 from pool.config import load
 from pool.errors import ExitCode
-from pool.supervisor import Supervisor, _Child, _describe_exit
+from pool.forking import describe_exit as _describe_exit
+from pool.supervisor import Supervisor
 
 
 class FakeHousekeeper:
