@@ -2,16 +2,20 @@
 
 It never runs jobs, never imports handler code and holds no event loop. Shape (gunicorn's arbiter):
 
-    start embedded Redis if the config names none → wait until Redis answers → check it
-    loop every ≤ 1 s: dispatch signals (handle_<signame>) → reap children → kill frozen ones →
-    housekeeping (requeue the jobs of the dead, reclaim expired workers, watch for data loss)
-    → roll one worker if reloading → spawn up to `processes` (with backoff against crash loops)
+    bind the metrics port → start embedded Redis if the config names none → wait until Redis
+    answers → check it
+    loop every ≤ 1 s: start auxiliary children that are due (auxiliary.py) → housekeeping
+    (requeue the jobs of the dead, reclaim expired workers, watch for data loss) → roll one
+    worker if reloading → spawn up to `processes` (with backoff against crash loops) → dispatch
+    signals (handle_<signame>) → reap children → kill frozen ones
 
 Signals (gunicorn's conventions): TERM/INT graceful stop, a second one fast; HUP reloads the
 config and handler code by replacing workers one at a time; TTIN/TTOU add or remove a worker.
 Handlers only put the signal number on a queue; the loop does the work.
 
-Each worker is watched through a file it touches from its event loop (children.py).
+Each worker is watched through a file it touches from its event loop (children.py); a worker
+that stops touching it is SIGKILLed, even one already told to stop (a frozen loop cannot run
+its SIGTERM handler). Every child is forked by forking.fork_child.
 """
 
 from __future__ import annotations

@@ -109,6 +109,44 @@ def test_reaping_notes_whether_the_child_booted_before_removing_its_file(supervi
     assert booted.booted and not booted.alive_file.exists()
 
 
+def test_a_worker_retired_by_a_reload_is_still_killed_when_its_loop_freezes(supervisor):
+    """A reload's SIGTERM must not exempt the worker from the frozen-loop check."""
+    retired, other = child(supervisor, 0), child(supervisor, 1)
+    for worker in (retired, other):
+        worker.alive_file.write_text("")
+        os.utime(worker.alive_file, (1005.0, 1005.0))  # it booted
+    supervisor.children = {100: retired, 101: other}
+    supervisor.retiring = {100, 101}
+    supervisor._roll()
+    assert supervisor.sent == [(100, signal.SIGTERM)]  # one at a time
+    supervisor._kill_frozen()  # both loops are seen; then only the other one goes on
+    supervisor.clock["now"] += supervisor.config.heartbeat_ttl_s + 1
+    os.utime(other.alive_file, (1010.0, 1010.0))
+    supervisor._kill_frozen()
+    assert supervisor.sent == [(100, signal.SIGTERM), (100, signal.SIGKILL)]
+    assert retired.frozen
+
+
+def test_an_auxiliary_child_is_reaped_by_its_own_object(supervisor, monkeypatch):
+    """The metrics process or the embedded Redis exiting is never taken for a worker."""
+    class Auxiliary:
+        pid = 4242
+
+        def __init__(self) -> None:
+            self.exits: list[tuple[int, bool]] = []
+
+        def exited(self, code, stopping):
+            self.exits.append((code, stopping))
+
+    auxiliary = Auxiliary()
+    supervisor.auxiliaries = [auxiliary]
+    waits = iter([(4242, 9), (0, 0)])  # killed by SIGKILL
+    monkeypatch.setattr("pool.supervisor.os.waitpid", lambda pid, flags: next(waits))
+    supervisor._reap()
+    assert auxiliary.exits == [(-signal.SIGKILL, False)]
+    assert supervisor.housekeeper.dead_workers == []
+
+
 def test_backoff_is_per_slot(supervisor):
     crash(supervisor, index=0)
     crash(supervisor, index=0)
