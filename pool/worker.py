@@ -19,6 +19,7 @@ import functools
 import io
 import logging
 import os
+import signal
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 
 import redis.asyncio
 
-from pool import clock
+from pool import clock, metrics
 from pool.acks import AckBatcher
 from pool.claim_reply import Claimed
 from pool.config import Config
@@ -52,7 +53,7 @@ BACKGROUND_STOP_S = 5.0  # how long a cancelled background task may take to end
 class _Parts:
     """What a running worker builds after the fork, inside its event loop (see Worker.run)."""
 
-    redis: redis.asyncio.Redis
+    client: redis.asyncio.Redis
     blocking: redis.asyncio.Redis
     scripts: Scripts
     scheduler: Scheduler
@@ -185,7 +186,7 @@ class Worker:
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
             parts.presence.close()
-            await parts.redis.aclose()
+            await parts.client.aclose()
             await parts.blocking.aclose()
         logger.info("worker %s stopped: %d done, %d failed", self.worker_id, self.done_count, self.failed_count)
 
@@ -331,9 +332,7 @@ def main(config: Config, worker_id: str, url: str, alive_file: str | None = None
     fork, so a rolling restart (SIGHUP) runs new code. SIGTERM stops gracefully, a second SIGTERM
     stops fast; SIGINT is ignored because the supervisor relays it.
     """
-    import signal
-
-    import uvloop
+    import uvloop  # here, not at the top: only a worker process needs it, `import pool` stays light
 
     try:
         registry = load_registry(config.handlers, config.base_dir, config.scripts, config.import_paths)
@@ -341,8 +340,6 @@ def main(config: Config, worker_id: str, url: str, alive_file: str | None = None
     except HandlerError as exc:
         logger.error("cannot start: %s", exc)
         return ExitCode.BOOT
-    from pool import metrics
-
     recorder = metrics.WorkerMetrics() if config.metrics.enabled and metrics.is_enabled() else None
     worker = Worker(config, registry, worker_id, url=url, parent_pid=os.getppid(), alive_file=alive_file,
                     scheduler=scheduler, metrics=recorder, hooks=hooks)
