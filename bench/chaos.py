@@ -249,7 +249,7 @@ class Chaos:
         report.dead = sum(1 for r in records if r.status is Status.DEAD)
         report.lost = self.jobs - len(keys_done & {f"k{i}" for i in range(self.jobs)})
         report.duplicates = len(ends) - len(keys_done)
-        held = 2 * self.concurrency  # per process: running jobs + outcomes being written (fetcher.Slots)
+        held = 2 * self.concurrency  # per process: running jobs + outcomes being written (slots.JobSlots)
         report.duplicate_bound = report.kills * held + report.redis_restarts * self.processes * held
         report.leftovers = self._leftovers(url)
         recoveries = self._kill_recoveries(rows)

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio
 
-from pool.connection import is_refusal, is_transient
+from pool.connection import Outage, is_refusal, is_transient
 from pool.scripts import Ack, Scripts
 
 logger = logging.getLogger(__name__)
@@ -39,19 +38,18 @@ class AckBatcher:
         scripts: the worker's scripts (ack.lua).
         worker_id: whose active lists the acked ids leave.
         dead_max: the most dead jobs a queue keeps.
-        with_retry: the worker's outage-aware retry of an idempotent step.
+        outage: the worker's Outage: a batch is sent again, whole, until Redis takes it.
         replicas: WAIT's (replicas, timeout ms) after each batch; None: no wait.
     """
 
     def __init__(self, client: redis.asyncio.Redis, scripts: Scripts, worker_id: str, dead_max: int,
-                 with_retry: Callable[..., Awaitable[Any]], replicas: tuple[int, int] | None = None) -> None:
+                 outage: Outage, replicas: tuple[int, int] | None = None) -> None:
         self.client = client
         self.replicas = replicas
-        self.unreplicated = 0  # batches no replica confirmed in time
         self.scripts = scripts
         self.worker_id = worker_id
         self.dead_max = dead_max
-        self.with_retry = with_retry
+        self.outage = outage
         self._pending: list[Pending] = []
         self._wake = asyncio.Event()
         self.batches = 0  # round trips sent (what the tests and benchmarks compare with acks)
@@ -76,7 +74,7 @@ class AckBatcher:
                 by_queue: dict[str, list[Pending]] = {}
                 for pending in batch:
                     by_queue.setdefault(pending[0], []).append(pending)
-                replies = await self.with_retry("ack", self._send, by_queue)
+                replies = await self.outage.retry("ack", self._send, by_queue)
                 self.batches += 1
                 self.acks += len(batch)
                 for group, reply in zip(by_queue.values(), replies, strict=True):
@@ -108,7 +106,6 @@ class AckBatcher:
         if self.replicas is not None:
             confirmed = replies.pop()
             if isinstance(confirmed, Exception) or confirmed < self.replicas[0]:
-                self.unreplicated += 1
                 logger.warning("%d job outcome(s) written to the master, but no replica confirmed them within "
                                "%dms (durability: replicated): a failover now would run those jobs again",
                                sum(len(g) for g in by_queue.values()), self.replicas[1])

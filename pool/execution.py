@@ -1,10 +1,12 @@
 """Running one job: its handler under its timeout, then recording the outcome (ack.lua).
 
-The worker claims jobs and owns their tasks; a :class:`JobRunner` does what happens inside one:
-call the handler (a coroutine, or a plain function in the thread pool), turn what happened into
-a result or a :class:`~pool.outcomes.Failure`, ask :mod:`pool.outcomes` where the job goes
-next, write that with one ack, and log one line. A plain function cannot be cancelled: if its
-thread outlives its timeout by ``timeout_grace`` the runner reports it so the process recycles.
+The worker claims jobs and owns their tasks; a :class:`JobRunner` does what happens inside one
+(:meth:`JobRunner.run`, the whole story of a job from start to ack): call the handler (a
+coroutine, or a plain function in the thread pool), turn what happened into a result or a
+:class:`~pool.outcomes.Failure` (a cancellation too: requested, the handler's own, or a stop),
+free the job's slot, ask :mod:`pool.outcomes` where the job goes next, write that with one ack,
+log one line and count it. A plain function cannot be cancelled: if its thread outlives its
+timeout by ``timeout_grace`` the runner reports it so the process recycles.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from pool.config import Config
 from pool.handlers import Registry
 from pool.jobs import Job, Status, dumps
 from pool.logs import Completed, CompletedLines
+from pool.metrics import NoMetrics
 from pool.outcomes import Decision, Failure
 from pool.scripts import Ack, JobNotActive, check
+from pool.slots import JobSlots
 
 logger = logging.getLogger("pool.worker")
 ACKED_AS_CANCELLED = 2  # ack.lua's answer when a retry became a cancellation
@@ -57,23 +61,98 @@ class JobRunner:
         worker_id: the worker's id (written into acks and history).
         executor: the thread pool for plain-function handlers.
         acks: the worker's ack batcher (ack.lua, retried through outages).
+        slots: the process's job slots (a job frees its slot as its outcome is being written).
         on_due: called with (queue, due_ms) when a retry is scheduled.
         on_stuck: called with a reason when a handler thread outlives its timeout and grace.
+        charge_for_stop: the failure of a job a stop cancels, or None when the stop charges
+            nobody (heartbeat.Presence.charge_for_stop).
+        metrics: what to record for Prometheus.
     """
 
     def __init__(
         self, config: Config, registry: Registry, worker_id: str, executor: ThreadPoolExecutor,
-        acks: AckBatcher, on_due: Callable[[str, int], None], on_stuck: Callable[[str], None],
+        acks: AckBatcher, slots: JobSlots, on_due: Callable[[str, int], None], on_stuck: Callable[[str], None],
+        charge_for_stop: Callable[[], Failure | None], metrics: NoMetrics,
     ) -> None:
         self.config = config
         self.registry = registry
         self.worker_id = worker_id
         self.executor = executor
         self.acks = acks
+        self.slots = slots
         self.on_due = on_due
         self.on_stuck = on_stuck
+        self.charge_for_stop = charge_for_stop
+        self.metrics = metrics
         self._watchers: set[asyncio.Task[None]] = set()
         self.completed_lines = CompletedLines(job_logger)
+        self.done_count = 0
+        self.failed_count = 0
+
+    # -- one job, start to ack ------------------------------------------------------------------
+
+    async def run(self, job: Job) -> None:
+        """Run the job's handler, free its slot, record its outcome with one ack, log and count it.
+
+        Raises:
+            asyncio.CancelledError: the worker stops and charges nobody: the job stays in the
+                active list and is requeued.
+        """
+        started = clock.monotonic()
+        try:
+            if job.id in self.slots.cancel_requested:
+                raise asyncio.CancelledError  # cancelled before it started
+            result, failure = await self.execute(job)
+        except asyncio.CancelledError:
+            result, failure = None, self._cancellation(job)
+        run_ms = (clock.monotonic() - started) * 1000
+        self.slots.finishing(job.id)  # its slot takes the next job while the outcome is written
+        if failure is None:
+            assert result is not None
+            status, decision = Status.COMPLETED, None
+            acked = await self.record_success(job, result, run_ms)
+        else:
+            status, decision = await self.record_failure(job, failure, run_ms)
+            acked = decision is not None
+        self._count(status)
+        self.log(job, status, run_ms, failure, decision, acked)
+        if acked:
+            self.metrics.finished(job, status, run_ms)
+
+    def _cancellation(self, job: Job) -> Failure:
+        """What a cancellation of the job's task means; re-raises it when it is the worker's stop."""
+        task = asyncio.current_task()
+        if job.id in self.slots.cancel_requested:
+            return Failure("Cancelled", "cancelled while running")
+        if task is not None and task.cancelling() == 0:
+            # The handler raised CancelledError itself (an inner task was cancelled): that is a
+            # failure of the job, not a stop of the worker.
+            return Failure("CancelledError", "the handler raised asyncio.CancelledError")
+        charge = self.charge_for_stop()
+        if charge is None:
+            raise asyncio.CancelledError  # shutting down: the job stays in the active list and is requeued
+        return charge
+
+    async def reject(self, job: Job, error: str) -> None:
+        """Fail a job whose record this version cannot read (``CorruptJob: ...``) without running it.
+
+        A record that cannot be read must fail, not crash the process: a crash would requeue it
+        and crash the next worker the same way.
+        """
+        status, decision = await self.record_failure(job, Failure("CorruptJob", error.removeprefix("CorruptJob: ")),
+                                                     0.0)
+        if decision is not None:
+            self.metrics.finished(job, status, 0.0)
+        self.failed_count += 1
+        logger.error("job %s failed: %s", job.id, error, extra={"job_id": job.id, "queue": job.queue})
+
+    def _count(self, status: Status) -> None:
+        if status is Status.COMPLETED:
+            self.done_count += 1
+        else:
+            self.failed_count += 1
+
+    # -- the handler ----------------------------------------------------------------------------
 
     async def execute(self, job: Job) -> tuple[bytes | None, Failure | None]:
         """Run the handler: (result JSON, None) or (None, failure). Raises only CancelledError.
@@ -186,7 +265,8 @@ class JobRunner:
 
         async def watch() -> None:
             try:
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(thread)), grace)
+                async with asyncio.timeout(grace):  # (not wait_for: see connection.wait_event)
+                    await asyncio.shield(asyncio.wrap_future(thread))
             except TimeoutError:
                 self.on_stuck(f"the thread of job {job.id} ({job.handler}) is still running "
                              f"{timeout_s + grace:g}s after it started (timeout {timeout_s:g}s + "

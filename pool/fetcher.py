@@ -18,9 +18,7 @@ A queue over its rate limit is skipped until claim.lua says the window has room 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -28,80 +26,16 @@ import redis.asyncio
 import redis.asyncio.cluster
 
 from pool import clock
+from pool.claim_reply import Claimed, ClaimReply, decode_claim
 from pool.config import Config
-from pool.connection import BLOCK_TIMEOUT_S, REDIS_ERRORS, Outage, is_refusal, is_transient
+from pool.connection import BLOCK_TIMEOUT_S, REDIS_ERRORS, Outage, is_refusal, is_transient, wait_event
 from pool.keys import Keys
 from pool.scripts import Scripts, solo_threshold
+from pool.slots import JobSlots
 
 logger = logging.getLogger(__name__)
 
 RECONCILE_INTERVAL_S = 5.0
-
-
-class Slots:
-    """The job slots of one process: running jobs, slots reserved for a claim in flight, and the
-    rule that a redelivered (suspect) job runs alone.
-
-    A job whose handler has returned gives its slot to the next job at once, while its outcome
-    is written (``acking``): the next claim overlaps the ack instead of waiting behind it. Its
-    task stays in ``running`` until the ack is written (a stop waits for it, reconcile leaves it).
-    A process holds at most 2 x concurrency jobs (handlers running, at most ``concurrency``, and
-    outcomes being written): when acks stall (an outage, a replica slow to confirm), claiming
-    stops instead of piling up finished jobs that a kill would all run again.
-    """
-
-    def __init__(self, concurrency: int, max_starts: int = 0) -> None:
-        self.concurrency = concurrency
-        # max_jobs_per_process: the process starts no more than that, then recycles
-        self.starts_left: float = max_starts or math.inf
-        self.running: dict[str, asyncio.Task[None]] = {}
-        self.acking: set[str] = set()  # in running, handler done, outcome being written
-        self.reserved = 0
-        self.solo: str | None = None  # a suspect job running alone: nothing else is claimed
-        self.idle_wanted = False  # a suspect job waits until this process is idle
-        self.freed = asyncio.Event()
-
-    def busy(self) -> int:
-        """Jobs whose handlers run now."""
-        return len(self.running) - len(self.acking)
-
-    def free(self) -> int:
-        room = min(self.concurrency - self.busy(), 2 * self.concurrency - len(self.running), self.starts_left)
-        return int(room) - self.reserved
-
-    def may_claim(self) -> bool:
-        if self.solo is not None or (self.idle_wanted and (self.busy() or self.reserved)):
-            return False
-        return self.free() > 0
-
-    def finishing(self, job_id: str) -> None:
-        """The job's handler returned: its slot is free (and a suspect job no longer runs alone)."""
-        self.acking.add(job_id)
-        if self.solo == job_id:
-            self.solo = None
-        self.freed.set()
-
-    async def reserve(self, most: int, stopping: asyncio.Event) -> int:
-        """Wait for at least one claimable slot and reserve up to ``most``; 0 when stopping."""
-        while not self.may_claim() and not stopping.is_set():
-            self.freed.clear()
-            await self.freed.wait()
-        if stopping.is_set():
-            return 0
-        count = min(most, self.free())
-        self.reserved += count
-        return count
-
-    def try_reserve(self) -> bool:
-        """Reserve one slot if one is claimable right now."""
-        if not self.may_claim():
-            return False
-        self.reserved += 1
-        return True
-
-    def release(self, count: int) -> None:
-        self.reserved -= count
-        self.freed.set()
 
 
 class WeightedShares:
@@ -127,8 +61,10 @@ class WeightedShares:
         return sorted(((q, n) for q, n in counts.items() if n), key=lambda item: -item[1])
 
 
-# Starts a task per claimed record of a claim.lua reply; returns how many records there were.
-StartJobs = Callable[[str, list[Any]], int]
+# Starts the task of one claimed job (the worker's; a corrupt record's task fails it).
+StartJob = Callable[[Claimed], None]
+# Told when a queue's earliest delayed job falls due (queue, due_ms): the scheduler's timer.
+OnDue = Callable[[str, int], None]
 
 
 class Fetcher:
@@ -141,7 +77,8 @@ class Fetcher:
         client: the client for everything that does not block.
         blocking: the client for BLMOVE (its own pool: one connection per watched queue).
         slots: the process's job slots.
-        start: starts the jobs of a claim reply.
+        start: starts the task of one claimed job.
+        on_due: told each queue's next due time that a claim reply names.
         outage: logs and paces Redis outages.
         stopping: set when the worker stops; no claim starts after it.
         burst: return once nothing is claimable and nothing runs (no blocking).
@@ -149,7 +86,8 @@ class Fetcher:
 
     def __init__(
         self, config: Config, worker_id: str, scripts: Scripts, client: redis.asyncio.Redis,
-        blocking: redis.asyncio.Redis, slots: Slots, start: StartJobs, outage: Outage, stopping: asyncio.Event, burst: bool = False,
+        blocking: redis.asyncio.Redis, slots: JobSlots, start: StartJob, on_due: OnDue, outage: Outage,
+        stopping: asyncio.Event, burst: bool = False,
     ) -> None:
         self.config = config
         self.worker_id = worker_id
@@ -161,6 +99,7 @@ class Fetcher:
         self._pipelined_claim = not isinstance(blocking, redis.asyncio.cluster.RedisCluster)
         self.slots = slots
         self.start = start
+        self.on_due = on_due
         self.outage = outage
         self.stopping = stopping
         self.burst = burst
@@ -199,8 +138,7 @@ class Fetcher:
                     if not found and not self.slots.running:
                         return
                     if not found:
-                        self.slots.freed.clear()
-                        await self.slots.freed.wait()
+                        await self.slots.wait_freed()
                     continue
                 self._watch(exhausted)
                 if not found:
@@ -227,12 +165,9 @@ class Fetcher:
         split again between the others.
         """
         exhausted: set[str] = set()
-        free = await self.slots.reserve(self.slots.concurrency, self.stopping)
-        if not free:
+        if not await self.slots.wait_for_room(self.stopping):
             return 0, exhausted
-        self.slots.release(free)
         queues = self._claimable()  # after the wait: a watcher may have ended meanwhile
-        self.slots.idle_wanted = False
         found = 0
         while queues and self.slots.may_claim():
             free = self.slots.free()
@@ -251,24 +186,33 @@ class Fetcher:
         return found, exhausted
 
     async def _claim(self, queue: str, count: int) -> int:
-        self.slots.reserved += count
-        try:
+        with self.slots.reserving(count):
             reply = await self._claim_script(queue, count)
-        finally:
-            self.slots.release(count)
         return self._started(queue, reply)
 
-    def _claim_script(self, queue: str, count: int, moved_id: str | None = None) -> Any:
+    async def _claim_script(self, queue: str, count: int, moved_id: str | None = None) -> ClaimReply:
         """claim.lua for this worker: up to ``count`` ids, or start ``moved_id``, within the rate limit."""
-        return self.scripts.claim(
+        return decode_claim(await self.scripts.claim(
             queue, self.worker_id, clock.now_ms(), count, self.slots.busy(), moved_id=moved_id,
-            rate=self.config.rate_limits.get(queue, (0, 0)), **self._claim_options)
+            rate=self.config.rate_limits.get(queue, (0, 0)), **self._claim_options), queue)
 
-    def _started(self, queue: str, reply: list[Any]) -> int:
-        wait_ms = int(reply[2]) if len(reply) > 2 else 0
-        if wait_ms > 0:
-            self._throttled_until[queue] = clock.monotonic() + wait_ms / 1000
-        return self.start(queue, reply)
+    def _started(self, queue: str, reply: ClaimReply) -> int:
+        """Start the jobs of a claim reply; returns how many records it held."""
+        if reply.wait_ms > 0:
+            self._throttled_until[queue] = clock.monotonic() + reply.wait_ms / 1000
+        if reply.next_due_ms >= 0:
+            self.on_due(queue, reply.next_due_ms)
+        if reply.solo_wait:
+            self.slots.want_idle()
+        for claimed in reply.jobs:
+            if claimed.missing:
+                logger.error("job %s was claimed but its record is gone; dropped", claimed.job_id)
+            elif claimed.job_id not in self.slots.running:
+                if claimed.solo and claimed.corrupt is None:
+                    logger.warning("job %s: workers died holding it %s times; running it alone", claimed.job_id,
+                                   claimed.deliveries)
+                self.start(claimed)
+        return reply.records
 
     # -- blocking -------------------------------------------------------------------------------
 
@@ -282,8 +226,7 @@ class Fetcher:
         """Until a watcher ends, a throttle expires, a stop, or the next reconcile."""
         now = clock.monotonic()
         until = [t for t in self._throttled_until.values() if t > now] + [self._reconcile_at]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(0.0, min(until) - now))
+        await wait_event(self._wake, max(0.0, min(until) - now))
 
     async def _watch_queue(self, queue: str) -> None:
         """Block on an empty queue; start what arrives, or hand it back if no slot is free.
@@ -344,33 +287,27 @@ class Fetcher:
         if isinstance(reply, Exception):  # e.g. NOSCRIPT after a server restart (now loaded): claim it alone
             await self._start_moved(queue, moved.decode())
             return True
-        if not self.slots.try_reserve():  # slots filled up while blocked (other queues' claims)
-            await self._undo_starts(queue, reply)
+        claim = decode_claim(reply, queue)
+        if not self.slots.may_claim():  # slots filled up while blocked (other queues' claims)
+            await self._undo_starts(queue, claim)
             return True
-        try:
-            self._started(queue, reply)
-        finally:
-            self.slots.release(1)
+        self._started(queue, claim)
         return True
 
-    async def _undo_starts(self, queue: str, reply: list[Any]) -> None:
+    async def _undo_starts(self, queue: str, reply: ClaimReply) -> None:
         """Hand back the jobs a claim reply started that this process has no slot for."""
-        for pairs in reply[1]:
-            fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
-            if b"started_ms" in fields and b"missing" not in fields:
-                await self.scripts.handback(queue, self.worker_id, fields[b"id"].decode(),
-                                            started_ms=int(fields[b"started_ms"]))
+        for claimed in reply.jobs:
+            if claimed.started_ms is not None and not claimed.missing:
+                await self.scripts.handback(queue, self.worker_id, claimed.job_id, started_ms=claimed.started_ms)
 
     async def _start_moved(self, queue: str, job_id: str) -> None:
         if self.stopping.is_set():
             return  # the id stays in the active list and is requeued with the rest
-        if not self.slots.try_reserve():
+        if not self.slots.may_claim():
             await self.scripts.handback(queue, self.worker_id, job_id)
             return
-        try:
+        with self.slots.reserving(1):
             reply = await self._claim_script(queue, 0, moved_id=job_id)
-        finally:
-            self.slots.release(1)
         self._started(queue, reply)
 
     # -- reconcile ------------------------------------------------------------------------------

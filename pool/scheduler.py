@@ -19,16 +19,16 @@ it: missed ticks are caught up (``catch_up: true``) or skipped beyond ``grace``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio
 
 from pool import clock
+from pool.claim_reply import decode_claim
 from pool.config import Config
-from pool.connection import subscription
+from pool.connection import Outage, subscription, wait_event
 from pool.jobs import Job, encode_arguments, enqueue_fields
 from pool.schedules import Schedule
 from pool.scripts import Scripts
@@ -52,22 +52,22 @@ class Scheduler:
         worker_id: the worker this runs in (claim.lua needs one; it claims nothing here).
         client: a non-blocking Redis client (its pool also serves the wake subscription).
         scripts: claim and fire.
-        with_retry: the worker's outage-aware retry of an idempotent step (it waits until Redis
-            answers; the worker stopping cancels this task).
+        outage: the worker's Outage: each step is retried through it until Redis answers (the
+            worker stopping cancels this task).
         stopping: set when the worker stops.
         backup: act BACKUP_LAG_S late, and at most that often (see BACKUP_LAG_S).
     """
 
     def __init__(
         self, config: Config, worker_id: str, client: redis.asyncio.Redis, scripts: Scripts,
-        with_retry: Callable[..., Awaitable[Any]], stopping: asyncio.Event, backup: bool = False,
+        outage: Outage, stopping: asyncio.Event, backup: bool = False,
     ) -> None:
         self.config = config
         self.worker_id = worker_id
         self.redis = client
         self.scripts = scripts
         self.keys = scripts.keys
-        self.with_retry = with_retry
+        self.outage = outage
         self.stopping = stopping
         self.next_due: dict[str, int] = dict.fromkeys(config.queues, -1)  # -1: nothing delayed
         self.lag_ms = int(BACKUP_LAG_S * 1000) if backup else 0
@@ -128,12 +128,12 @@ class Scheduler:
             for queue, due in list(self.next_due.items()):
                 if 0 <= due <= now - self.lag_ms:
                     self._learned.pop(queue, None)
-                    reply = await self.with_retry("promote", self._promote, queue)
-                    self._settle(queue, int(reply[0]))
+                    reply = await self.outage.retry("promote", self._promote, queue)
+                    self._settle(queue, decode_claim(reply, queue).next_due_ms)
                     promoted = True
             if clock.monotonic() >= refresh_at:
                 refresh_at = clock.monotonic() + REFRESH_S
-                await self.with_retry("refresh", self._refresh)
+                await self.outage.retry("refresh", self._refresh)
                 continue
             if promoted and self.lag_ms:
                 await asyncio.sleep(self.lag_ms / 1000)  # a backup steps in at most this often
@@ -141,11 +141,7 @@ class Scheduler:
             pending = [due + self.lag_ms for due in self.next_due.values() if due >= 0]
             wait_s = min([REFRESH_S, refresh_at - clock.monotonic(), *((d - clock.now_ms()) / 1000 for d in pending)])
             if wait_s > 0:
-                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
-                # that lands as the event is set, and the worker's stop would then wait forever.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait_s):
-                        await self._changed.wait()
+                await wait_event(self._changed, wait_s)
 
     def _promote(self, queue: str) -> Awaitable[Any]:
         """claim.lua with nothing to claim: moves the queue's due jobs, returns the next due time."""
@@ -156,12 +152,12 @@ class Scheduler:
     async def _run_schedule(self, schedule: Schedule) -> None:
         assert schedule.queue is not None
         state = self.keys.schedule(schedule.queue, schedule.name)
-        last = await self.with_retry("read schedule", self.redis.hget, state, "last_ms")
+        last = await self.outage.retry("read schedule", self.redis.hget, state, "last_ms")
         tick = schedule.first_due_ms(int(last) if last else None, clock.now_ms())
         while True:
             while (delay_s := (tick + self.lag_ms - clock.now_ms()) / 1000) > 0:
                 await asyncio.sleep(min(delay_s, LONGEST_SLEEP_S))
-            fired = await self.with_retry("fire", self._fire, schedule, tick)
+            fired = await self.outage.retry("fire", self._fire, schedule, tick)
             if fired:
                 late = " by a backup scheduler" if self.lag_ms else ""
                 logger.info("schedule %s: enqueued %s (tick %s)%s", schedule.name, schedule.job_id(tick),

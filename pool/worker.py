@@ -1,9 +1,10 @@
-"""One worker process: claim jobs, run them in job slots under their timeouts, acknowledge them.
+"""One worker process: its lifecycle, and the tasks it owns (job slots, fetcher, background loops).
 
 Claiming (which queue fills which free slot, blocking when all are empty) is the Fetcher's
-(fetcher.py). Each started job task hands the job to a :class:`~pool.execution.JobRunner` (execution.py), which runs
-the handler under its timeout and records the outcome with one ack. A heartbeat
-task keeps the worker's registry entry alive. On stop: no more claims, running jobs get
+(fetcher.py); the admission rule is the job slots' (slots.py). Each started job task is
+:meth:`JobRunner.run <pool.execution.JobRunner.run>` (execution.py): the handler under its
+timeout, then the outcome with one ack. The heartbeat, the alive file and the registry are the
+:class:`~pool.heartbeat.Presence`'s. On stop: no more claims, running jobs get
 ``shutdown_timeout`` to finish, the rest are cancelled and requeue.lua puts them back.
 
 One process per supervisor also runs the Scheduler (scheduler.py): delayed jobs and schedules.
@@ -14,46 +15,52 @@ Redis errors are handled at the edge of each loop (connection.Outage: backoff, l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import io
 import logging
 import os
+import signal
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
 
-from pool import clock, heartbeat
+from pool import clock, metrics
 from pool.acks import AckBatcher
+from pool.claim_reply import Claimed
 from pool.config import Config
-from pool.connection import (
-    REDIS_ERRORS,
-    Outage,
-    async_client,
-    blocking_client,
-    is_refusal,
-    is_transient,
-    replication,
-    resolve_url,
-)
-from pool.errors import CorruptJob, ExitCode, HandlerError
+from pool.connection import Outage, async_client, blocking_client, replication, resolve_url
+from pool.errors import ExitCode, HandlerError
 from pool.execution import JobRunner
-from pool.fetcher import Fetcher, Slots
+from pool.fetcher import Fetcher
 from pool.handlers import Registry, load_registry
+from pool.heartbeat import Presence
 from pool.hooks import Hooks
-from pool.jobs import Job, Status
 from pool.keys import Keys
 from pool.metrics import NoMetrics
-from pool.outcomes import Failure
 from pool.scheduler import Scheduler
 from pool.scripts import Scripts
+from pool.slots import JobSlots
 
 logger = logging.getLogger(__name__)
 
 BACKGROUND_STOP_S = 5.0  # how long a cancelled background task may take to end
-KILL_GRACE_S = 5.0  # an orphan gets this long past shutdown_timeout + heartbeat_ttl before exiting
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """What a running worker builds after the fork, inside its event loop (see Worker.run)."""
+
+    client: redis.asyncio.Redis
+    blocking: redis.asyncio.Redis
+    scripts: Scripts
+    scheduler: Scheduler
+    acks: AckBatcher
+    presence: Presence
+    runner: JobRunner
+    fetcher: Fetcher
 
 
 class Worker:
@@ -93,27 +100,13 @@ class Worker:
         self.boot_failed = False  # an on_startup hook raised
         self.hooks = hooks if hooks is not None else Hooks.load(config)
         self.recycle_reason: str | None = None
-        # Set when the process went over max_memory_per_process: the jobs still running when the
-        # drain cancels them fail with this (see _charge_for_stop).
-        self._over_memory: str | None = None
         self.parent_pid = parent_pid
-        self._orphaned_at: float | None = None
         self.alive_file = alive_file
-        self._alive_fd: int | None = None  # the alive file, open for the busy mark
-        self.done_count = 0
-        self.failed_count = 0
-        self.started_ms = clock.now_ms()
-        self.slots = Slots(config.concurrency, config.max_jobs_per_process)
+        self.slots = JobSlots(config.concurrency, config.max_jobs_per_process)
         self._runs_scheduler = scheduler
-        self.scheduler: Scheduler | None = None
-        self._cancel_requested: set[str] = set()  # running jobs cancelled by `pool cancel`
         self.metrics = metrics or NoMetrics()
         self._outage = Outage(f"worker {worker_id}", self.url, self.metrics.reconnected)
-        self._redis: redis.asyncio.Redis
-        self._blocking: redis.asyncio.Redis
-        self._scripts: Scripts
-        self.fetcher: Fetcher
-        self.runner: JobRunner
+        self._parts: _Parts | None = None  # built by run(), inside the event loop
         # Twice the job slots: a thread stuck past its timeout keeps its thread until the process
         # is recycled (timeout_grace), and new jobs must not wait for a thread meanwhile.
         self._executor = ThreadPoolExecutor(2 * config.concurrency, thread_name_prefix="pool-job")
@@ -126,20 +119,46 @@ class Worker:
             return ExitCode.JOB_FAILED
         return ExitCode.RECYCLE if self.recycle_reason else ExitCode.OK
 
+    @property
+    def done_count(self) -> int:
+        """Jobs this process completed."""
+        return self._parts.runner.done_count if self._parts is not None else 0
+
+    @property
+    def failed_count(self) -> int:
+        """Attempts this process ended otherwise (failed, retrying, dead, cancelled, rejected)."""
+        return self._parts.runner.failed_count if self._parts is not None else 0
+
+    @property
+    def fetcher(self) -> Fetcher:
+        return self._running().fetcher
+
+    @property
+    def acks(self) -> AckBatcher:
+        return self._running().acks
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        return self._parts.scheduler if self._parts is not None else None
+
+    def _running(self) -> _Parts:
+        assert self._parts is not None, "the worker is not running"
+        return self._parts
+
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def stop(self) -> None:
+    def stop(self, fast: bool = False) -> None:
         """Graceful stop: no more claims; running jobs get ``shutdown_timeout`` to finish.
 
-        A second call stops fast: running jobs are cancelled at once (and requeued).
+        A second call, or ``fast``, stops fast: running jobs are cancelled at once (and requeued).
         """
-        if self.stopping.is_set():
+        if fast or self.stopping.is_set():
             self.fast_stop = True
             self._fast.set()
         self.stopping.set()
-        self.slots.freed.set()
-        with contextlib.suppress(AttributeError):  # not running yet
-            self.fetcher.wake()
+        self.slots.wake()
+        if self._parts is not None:
+            self._parts.fetcher.wake()
 
     def recycle(self, reason: str) -> None:
         """Stop gracefully and exit with ExitCode.RECYCLE so the supervisor starts a fresh process."""
@@ -158,49 +177,57 @@ class Worker:
             self.boot_failed = True
             self._executor.shutdown(wait=False)
             return
-        # Job acks, a claim or handback per watched queue, the scheduler's subscription, promotion
-        # and one fire per schedule can all be in flight at once.
-        connections = self.config.concurrency + 2 * len(self.config.queues) + len(self.config.schedules) + 8
-        self._redis = async_client(self.config, self.url, max_connections=connections)
-        self._blocking = blocking_client(self.config, self.url, max_connections=len(self.config.queues) + 1)
-        self._scripts = Scripts(self._redis, self.keys)
-        self.fetcher = Fetcher(self.config, self.worker_id, self._scripts, self._redis, self._blocking, self.slots,
-                               self._start_all, self._outage, self.stopping, self.burst)
-        self.scheduler = Scheduler(self.config, self.worker_id, self._redis, self._scripts, self._with_retry,
-                                   self.stopping, backup=not self._runs_scheduler)
-        background = [asyncio.create_task(self.scheduler.run(), name="scheduler")]
-        self.acks = AckBatcher(self._redis, self._scripts, self.worker_id, self.config.dead_letter.max_jobs,
-                               self._with_retry, replication(self.config))
-        background.append(asyncio.create_task(self.acks.run(), name="acks"))
-        self.runner = JobRunner(self.config, self.registry, self.worker_id, self._executor, self.acks,
-                                self._note_due, self.recycle)
-        if self.alive_file is not None:
-            self._alive_fd = os.open(self.alive_file, os.O_WRONLY)
+        parts = self._parts = self._build()
         logger.info("worker %s serving %s with %d job slots%s", self.worker_id, self._describe_queues(),
                     self.config.concurrency, " (runs the scheduler)" if self._runs_scheduler else "")
         try:
-            background += [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-                           asyncio.create_task(self._local_liveness_loop(), name="liveness")]
-            fetcher = asyncio.create_task(self.fetcher.run(), name="fetcher")
-            for task in (*background, fetcher):
-                task.add_done_callback(self._background_done)
-            await self._wait_until_done(fetcher)
-            try:
-                await self._drain()
-            finally:
-                self.runner.completed_lines.flush()
-                # Before the background tasks end: the liveness loop keeps the supervisor patient.
-                await self.hooks.shutdown(self.worker_id)
-            await self._cancel_background(background)
-            await self._deregister()
+            parts.presence.open()
+            await self._serve(parts)
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
-            if self._alive_fd is not None:
-                fd, self._alive_fd = self._alive_fd, None  # a late job callback must not write to a reused fd
-                os.close(fd)
-            await self._redis.aclose()
-            await self._blocking.aclose()
+            parts.presence.close()
+            await parts.client.aclose()
+            await parts.blocking.aclose()
         logger.info("worker %s stopped: %d done, %d failed", self.worker_id, self.done_count, self.failed_count)
+
+    def _build(self) -> _Parts:
+        """The clients and components, built inside the event loop that uses them."""
+        # Job acks, a claim or handback per watched queue, the scheduler's subscription, promotion
+        # and one fire per schedule can all be in flight at once.
+        connections = self.config.concurrency + 2 * len(self.config.queues) + len(self.config.schedules) + 8
+        client = async_client(self.config, self.url, max_connections=connections)
+        blocking = blocking_client(self.config, self.url, max_connections=len(self.config.queues) + 1)
+        scripts = Scripts(client, self.keys)
+        scheduler = Scheduler(self.config, self.worker_id, client, scripts, self._outage, self.stopping,
+                              backup=not self._runs_scheduler)
+        acks = AckBatcher(client, scripts, self.worker_id, self.config.dead_letter.max_jobs, self._outage,
+                          replication(self.config))
+        presence = Presence(self.config, self.worker_id, client, self.keys, self._outage, self.slots, self,
+                            self.slots.cancel, parent_pid=self.parent_pid, alive_file=self.alive_file)
+        runner = JobRunner(self.config, self.registry, self.worker_id, self._executor, acks, self.slots,
+                           scheduler.learn, self.recycle, presence.charge_for_stop, self.metrics)
+        fetcher = Fetcher(self.config, self.worker_id, scripts, client, blocking, self.slots, self._start,
+                          scheduler.learn, self._outage, self.stopping, self.burst)
+        return _Parts(client, blocking, scripts, scheduler, acks, presence, runner, fetcher)
+
+    async def _serve(self, parts: _Parts) -> None:
+        """Run the background loops and the fetcher until stopped, drain, and leave."""
+        background = [asyncio.create_task(parts.scheduler.run(), name="scheduler"),
+                      asyncio.create_task(parts.acks.run(), name="acks"),
+                      asyncio.create_task(parts.presence.heartbeat_loop(self._heartbeat), name="heartbeat"),
+                      asyncio.create_task(parts.presence.liveness_loop(), name="liveness")]
+        fetcher = asyncio.create_task(parts.fetcher.run(), name="fetcher")
+        for task in (*background, fetcher):
+            task.add_done_callback(self._background_done)
+        await self._wait_until_done(fetcher)
+        try:
+            await self._drain(parts)
+        finally:
+            parts.runner.completed_lines.flush()
+            # Before the background tasks end: the liveness loop keeps the supervisor patient.
+            await self.hooks.shutdown(self.worker_id)
+        await self._cancel_background(background)
+        await parts.presence.deregister()
 
     async def _cancel_background(self, tasks: list[asyncio.Task[None]]) -> None:
         """Cancel the heartbeat, scheduler and ack tasks; one that ignores its cancellation (a
@@ -224,8 +251,7 @@ class Worker:
         logger.error("worker %s: %s failed; stopping this process", self.worker_id, task.get_name(),
                      exc_info=task.exception())
         self.crashed = True
-        self.stop()
-        self.stop()
+        self.stop(fast=True)
 
     def _describe_queues(self) -> str:
         weights = self.config.queue_weights
@@ -240,7 +266,7 @@ class Worker:
         # sees the stop flag within one block timeout. Its failure is reported by _background_done.
         await asyncio.gather(fetcher, return_exceptions=True)
 
-    async def _drain(self) -> None:
+    async def _drain(self, parts: _Parts) -> None:
         """Let running jobs finish within shutdown_timeout (or until a second stop), cancel the
         rest, and requeue them. Jobs already writing their outcome are let finish."""
         running = list(self.slots.running.values())
@@ -250,13 +276,12 @@ class Worker:
             waits: list[asyncio.Future[Any]] = [asyncio.gather(*running, return_exceptions=True), fast]
             await asyncio.wait(waits, timeout=self.config.shutdown_timeout_s, return_when=asyncio.FIRST_COMPLETED)
             fast.cancel()
-        pending = [task for job_id, task in self.slots.running.items() if job_id not in self.slots.acking]
-        for task in pending:
+        for task in self.slots.handlers_running():
             task.cancel()
         await asyncio.gather(*self.slots.running.values(), return_exceptions=True)
         for queue in self.config.queues:
-            moved, _ = await self._with_retry(
-                "requeue", self._scripts.requeue, queue, self.worker_id, "stop",
+            moved, _ = await self._outage.retry(
+                "requeue", parts.scripts.requeue, queue, self.worker_id, "stop",
                 self.config.max_deliveries, clock.now_ms(), events=self.config.events,
             )
             if moved:
@@ -264,251 +289,40 @@ class Worker:
 
     # -- claimed jobs ---------------------------------------------------------------------------
 
-    def _note_due(self, queue: str, due_ms: int) -> None:
-        """A retry falls due at ``due_ms``: this process's scheduler (if it runs one) re-arms."""
-        if self.scheduler is not None:
-            self.scheduler.learn(queue, due_ms)
-
-    def _start_all(self, queue: str, reply: list[Any]) -> int:
-        """Start a task per claimed record of a claim.lua reply; returns how many there were."""
-        next_due, records = int(reply[0]), reply[1]
-        if next_due >= 0:
-            self._note_due(queue, next_due)
-        for pairs in records:
-            fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
-            if b"solo_wait" in fields:
-                self.slots.idle_wanted = True
-                continue
-            job_id = fields.get(b"id", b"").decode()
-            if b"missing" in fields:
-                logger.error("job %s was claimed but its record is gone; dropped", job_id)
-                continue
-            if job_id in self.slots.running:
-                continue
-            try:
-                job = Job.from_hash(fields)
-            except CorruptJob as exc:
-                # A record this version cannot read must fail, not crash the process: a crash would
-                # requeue it and crash the next worker the same way.
-                job = Job(id=job_id, handler=fields.get(b"handler", b"?").decode(errors="replace"), queue=queue)
-                self._spawn(job, self._reject(job, f"CorruptJob: {exc}"))
-                continue
-            if b"solo" in fields:
-                self.slots.solo = job_id
-                logger.warning("job %s: workers died holding it %s times; running it alone", job_id,
-                               fields.get(b"deliveries", b"?").decode())
-            self._spawn(job, self._run_job(job))
-        return len(records)
-
-    def _spawn(self, job: Job, work: Any) -> None:
+    def _start(self, claimed: Claimed) -> None:
+        """Start the task of a claimed job (the fetcher's callback): run it, or fail its corrupt record."""
+        job = claimed.job
+        assert job is not None  # the fetcher drops missing records
+        runner = self._running().runner
+        work = runner.run(job) if claimed.corrupt is None else runner.reject(job, claimed.corrupt)
         if not self.slots.running:
-            self._mark_busy(True)
+            self._running().presence.mark_busy(True)
         task = asyncio.create_task(work, name=f"job:{job.id}")
-        self.slots.running[job.id] = task
-        self.slots.starts_left -= 1
+        self.slots.started(job.id, task, solo=claimed.solo and claimed.corrupt is None)
         self.metrics.started(job)
         task.add_done_callback(functools.partial(self._job_finished, job.id, job.queue))
 
-    async def _reject(self, job: Job, error: str) -> None:
-        status, decision = await self.runner.record_failure(
-            job, Failure("CorruptJob", error.removeprefix("CorruptJob: ")), 0.0)
-        if decision is not None:
-            self.metrics.finished(job, status, 0.0)
-        self.failed_count += 1
-        logger.error("job %s failed: %s", job.id, error, extra={"job_id": job.id, "queue": job.queue})
-
     def _job_finished(self, job_id: str, queue: str, task: asyncio.Task[None]) -> None:
-        self.slots.running.pop(job_id, None)
-        self.slots.acking.discard(job_id)
-        if not self.slots.running:
-            self._mark_busy(False)
+        self.slots.ended(job_id)
+        if not self.slots.running and self._parts is not None:
+            self._parts.presence.mark_busy(False)
         self.metrics.ended(queue)
-        if self.slots.solo == job_id:
-            self.slots.solo = None
-        self.slots.freed.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("job %s: internal error", job_id, exc_info=task.exception())
         # Judged here, where every started job ends (a rejected record, an internal error too):
         # a process that may start no more must not wait for claims forever.
-        if self.slots.starts_left <= 0 and not self.slots.running and not self.stopping.is_set():
+        if self.slots.is_spent() and not self.stopping.is_set():
             self.recycle(f"ran {self.config.max_jobs_per_process} jobs (max_jobs_per_process)")
 
-    # -- running --------------------------------------------------------------------------------
-
-    async def _run_job(self, job: Job) -> None:
-        started = clock.monotonic()
-        try:
-            if job.id in self._cancel_requested:
-                raise asyncio.CancelledError  # cancelled before it started
-            result, failure = await self.runner.execute(job)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if job.id in self._cancel_requested:
-                result, failure = None, Failure("Cancelled", "cancelled while running")
-            elif task is not None and task.cancelling() == 0:
-                # The handler raised CancelledError itself (an inner task was cancelled): that is a
-                # failure of the job, not a stop of the worker.
-                result, failure = None, Failure("CancelledError", "the handler raised asyncio.CancelledError")
-            elif (charge := self._charge_for_stop()) is not None:
-                result, failure = None, charge
-            else:
-                raise  # shutting down: the job stays in the active list and is requeued
-        run_ms = (clock.monotonic() - started) * 1000
-        self.slots.finishing(job.id)  # its slot takes the next job while the outcome is written
-        try:
-            if failure is None:
-                assert result is not None
-                status, decision = Status.COMPLETED, None
-                acked = await self.runner.record_success(job, result, run_ms)
-            else:
-                status, decision = await self.runner.record_failure(job, failure, run_ms)
-                acked = decision is not None
-        finally:
-            self._cancel_requested.discard(job.id)
-        if status is Status.COMPLETED:
-            self.done_count += 1
-        else:
-            self.failed_count += 1
-        self.runner.log(job, status, run_ms, failure, decision, acked)
-        if acked:
-            self.metrics.finished(job, status, run_ms)
-
-    def _charge_for_stop(self) -> Failure | None:
-        """The failure of a job the drain cancels, when the stop is the running jobs' doing.
-
-        Over max_memory_per_process the process recycles, and a job still running when the
-        drain's shutdown_timeout is over is what holds the memory (or ran beside it): its attempt
-        fails, so retries apply and then the dead set. Handed back uncounted at the head of the
-        queue instead (a clean stop), it was taken again at once and recycled the next process, for
-        ever. Any other stop (SIGTERM, a reload, max_jobs_per_process) charges nobody: None.
-        """
-        if self._over_memory is None:
-            return None
-        return Failure("MemoryLimitExceeded", (
-            f"{self._over_memory} while this job ran, and the job did not finish within "
-            f"shutdown_timeout ({self.config.shutdown_timeout_s:g}s) of the recycle"))
-
-    # -- heartbeat and registry -----------------------------------------------------------------
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            self._check_process()
-            try:
-                await self._heartbeat()
-                self._outage.recovered("heartbeat")
-                await asyncio.sleep(self.config.heartbeat_interval_s)
-            except REDIS_ERRORS as exc:
-                if not is_transient(exc):
-                    raise
-                if is_refusal(exc):
-                    await self._renew()
-                await self._outage.retry_after(exc, "heartbeat")
-
-    async def _renew(self) -> None:
-        """A refused heartbeat: keep the liveness keys alive with what Redis still takes, if anything."""
-        with contextlib.suppress(*REDIS_ERRORS):
-            await heartbeat.renew(self._redis, self.keys, self.worker_id, self.config.queues,
-                                  int(self.config.heartbeat_ttl_s * 1000))
-
-    def _check_process(self) -> None:
-        """Stop when orphaned (the supervisor died); recycle when over max_memory_per_process.
-
-        An orphan that cannot finish stopping (Redis unreachable, so acks and the requeue retry
-        forever) exits after shutdown_timeout + heartbeat_ttl: nobody would ever stop it, and its
-        unfinished jobs are safe in its active list, reclaimed once its heartbeat has expired.
-        """
-        if self.parent_pid is not None and os.getppid() != self.parent_pid:
-            now = clock.monotonic()
-            if self._orphaned_at is None:
-                self._orphaned_at = now
-                logger.error("worker %s: its supervisor (pid %d) is gone; stopping", self.worker_id, self.parent_pid)
-                self.stop()
-            elif now - self._orphaned_at > self.config.shutdown_timeout_s + self.config.heartbeat_ttl_s + KILL_GRACE_S:
-                logger.error("worker %s: orphaned and still unable to stop (Redis unreachable?); exiting. Its "
-                             "unfinished jobs are reclaimed from its active list once its heartbeat expires",
-                             self.worker_id)
-                logging.shutdown()
-                os._exit(ExitCode.JOB_FAILED)
-        limit = self.config.max_memory_per_process
-        if limit and (rss := heartbeat.resident_memory_bytes()) > limit:
-            usage = f"uses {rss / 2**20:.0f} MiB, over max_memory_per_process ({limit / 2**20:.0f} MiB)"
-            if self._over_memory is None:
-                self._over_memory = f"its worker process {usage}"
-            self.recycle(usage)
-
-    def _mark_busy(self, busy: bool) -> None:
-        """Write whether jobs run into the alive file's first byte, for the supervisor to read if
-        this process dies: a death while they run is their doing, not a crash loop. One pwrite
-        when the process turns busy or idle, not per job, and no Redis (a crash leaves no time)."""
-        if self._alive_fd is not None:
-            os.pwrite(self._alive_fd, b"1" if busy else b"0", 0)
-
-    async def _local_liveness_loop(self) -> None:
-        """Touch the alive file from the event loop: a frozen loop stops touching it."""
-        if self.alive_file is None:
-            return
-        while True:
-            os.utime(self.alive_file)
-            await asyncio.sleep(self.config.heartbeat_interval_s)
-
-    def _state(self) -> str:
-        if self.stopping.is_set():
-            return "stopping"
-        return "busy" if self.slots.running else "idle"
+    # -- seams the tests use --------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        to_cancel = await heartbeat.beat(
-            self._redis, self.keys, self.worker_id, self.config.queues, self._state(),
-            int(self.config.heartbeat_ttl_s * 1000), {
-                "started_ms": self.started_ms, "in_flight": len(self.slots.running), "done": self.done_count,
-                "failed": self.failed_count, "concurrency": self.config.concurrency,
-                "rss_bytes": heartbeat.resident_memory_bytes(),
-            })
-        self._cancel_running(to_cancel)
+        """One heartbeat (tests replace it with a failing one)."""
+        await self._running().presence.beat()
 
     def _cancel_running(self, job_ids: Iterable[str]) -> None:
-        """Cancel the jobs that `pool cancel` asked this worker to stop; they finish as cancelled.
-
-        A job claimed but not started yet is remembered and cancelled as it starts.
-        """
-        for job_id in job_ids:
-            if job_id in self.slots.acking:
-                continue  # finishing anyway
-            self._cancel_requested.add(job_id)
-            task = self.slots.running.get(job_id)
-            if task is not None:
-                logger.info("job %s: cancelling it as requested", job_id)
-                task.cancel()
-
-    async def _deregister(self) -> None:
-        """Leave the registry, trying for one heartbeat TTL at most: the entry expires by itself
-        then, and an orphan must never wait forever on a Redis that is gone."""
-        deadline = clock.monotonic() + self.config.heartbeat_ttl_s
-        while True:
-            try:
-                await heartbeat.deregister(self._redis, self.keys, self.worker_id)
-                return
-            except REDIS_ERRORS as exc:
-                if not is_transient(exc):
-                    raise
-                if clock.monotonic() >= deadline:
-                    logger.warning("worker %s: could not leave the registry (Redis unreachable or refusing "
-                                   "writes); its entry expires by itself", self.worker_id)
-                    return
-                await self._outage.retry_after(exc, "deregister")
-
-    async def _with_retry(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """Retry an idempotent step through an outage or a refusal (OOM, MISCONF, BUSY, READONLY)
-        until it succeeds (acks are never dropped). ``what`` names the path for the Outage."""
-        while True:
-            try:
-                result = await func(*args, **kwargs)
-                self._outage.recovered(what)
-                return result
-            except REDIS_ERRORS as exc:
-                if not is_transient(exc):
-                    raise
-                await self._outage.retry_after(exc, what)
+        """Cancel running jobs as `pool cancel` asked (see JobSlots.cancel)."""
+        self.slots.cancel(job_ids)
 
 
 def main(config: Config, worker_id: str, url: str, alive_file: str | None = None, scheduler: bool = True) -> int:
@@ -518,9 +332,7 @@ def main(config: Config, worker_id: str, url: str, alive_file: str | None = None
     fork, so a rolling restart (SIGHUP) runs new code. SIGTERM stops gracefully, a second SIGTERM
     stops fast; SIGINT is ignored because the supervisor relays it.
     """
-    import signal
-
-    import uvloop
+    import uvloop  # here, not at the top: only a worker process needs it, `import pool` stays light
 
     try:
         registry = load_registry(config.handlers, config.base_dir, config.scripts, config.import_paths)
@@ -528,8 +340,6 @@ def main(config: Config, worker_id: str, url: str, alive_file: str | None = None
     except HandlerError as exc:
         logger.error("cannot start: %s", exc)
         return ExitCode.BOOT
-    from pool import metrics
-
     recorder = metrics.WorkerMetrics() if config.metrics.enabled and metrics.is_enabled() else None
     worker = Worker(config, registry, worker_id, url=url, parent_pid=os.getppid(), alive_file=alive_file,
                     scheduler=scheduler, metrics=recorder, hooks=hooks)

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import uuid
 
+from pool.client import AsyncClient
 from pool.connection import async_client, subscription
+from pool.keys import Keys
 from pool.testing import async_wait_until
 
 
@@ -51,3 +53,30 @@ async def test_a_subscription_resumes_after_client_kill_and_reads_state_again(ma
 
 async def _ready(count: int, at_least: int) -> bool:
     return count >= at_least
+
+
+async def test_events_ends_promptly_when_its_task_is_cancelled_while_blocked(make_config, url, r):
+    """A task blocked in client.events() ends with CancelledError and leaves no subscriber behind."""
+    config = make_config()
+    channel = Keys(config.key_prefix).events(config.queues[0])
+    async with AsyncClient(config, url) as client:
+        blocked = asyncio.Event()
+
+        async def follow() -> None:
+            blocked.set()
+            async for _ in client.events([config.queues[0]]):
+                pass
+
+        async def subscribed() -> bool:
+            return r.pubsub_numsub(channel)[0][1] == 1
+
+        task = asyncio.create_task(follow())
+        await blocked.wait()
+        await async_wait_until(subscribed, timeout=5, message="events() to subscribe")
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=1.0)  # well within one get_message block (2 s)
+        assert done and task.cancelled()
+
+        async def unsubscribed() -> bool:
+            return r.pubsub_numsub(channel)[0][1] == 0
+        await async_wait_until(unsubscribed, timeout=5, message="the subscriber to leave")
