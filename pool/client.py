@@ -14,7 +14,6 @@ import math
 import threading
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -24,7 +23,6 @@ import redis.asyncio
 
 from pool import clock, listing
 from pool.config import Config, load
-from pool.config_values import MAX_DURATION_S, MAX_DURATION_TEXT, is_valid_seconds
 from pool.connection import (
     BLOCK_TIMEOUT_S,
     CLIENT_ATTEMPTS,
@@ -42,7 +40,7 @@ from pool.connection import (
     subscription,
 )
 from pool.errors import JobNotFound, NotReplicated, RedisUnavailable, ResultTimeout, UsageError
-from pool.jobs import Job, Status, dumps, encode_arguments, enqueue_fields, new_job_id
+from pool.jobs import Job, JobSpec, Status, dumps, new_job
 from pool.keys import QUEUE_NAME_RULE, Keys, is_valid_queue_name
 from pool.listing import JobPage
 from pool.scripts import Scripts
@@ -50,44 +48,12 @@ from pool.scripts import Scripts
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_HANDLER_NAME_RULE = "a dotted path such as 'examples.tasks.add'"
-MAX_RETRIES = 1000  # as the config's `retries.max_retries`
 # Jobs per enqueue.lua call. A script blocks the server while it runs; 300,000 jobs in one call
 # ran over 5 s, past the client's socket timeout (the resend then met BUSY) and past
 # busy-reply-threshold (every other client got BUSY). 2,000 jobs take a few milliseconds, and a
 # larger chunk gains nothing: the calls go in one pipeline all the same.
 ENQUEUE_CHUNK = 2000
 CHUNKS_PER_ROUND_TRIP = 8  # 16,000 jobs: well under a second per round trip
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """One job to enqueue with :meth:`AsyncClient.enqueue_many`.
-
-    Args:
-        handler: dotted path of a registered handler.
-        args: positional arguments (JSON values).
-        kwargs: keyword arguments (JSON values).
-        queue: target queue; default: the first queue of the config.
-        timeout: seconds the job may run; default: the config's ``timeout``.
-        result_ttl: seconds its result is kept; default: the config's ``result_ttl``.
-        job_id: a chosen id; enqueueing an id that exists on the same queue returns the existing
-            job (ids are unique per queue: see :meth:`AsyncClient.get_job`).
-        max_retries: retries after a failed attempt (overrides the handler's settings).
-        delay: run no earlier than this many seconds from now (a number or a timedelta).
-        at: run no earlier than this time (a timezone-aware datetime).
-    """
-
-    handler: str
-    args: Sequence[Any] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    queue: str | None = None
-    timeout: float | None = None
-    result_ttl: float | None = None
-    job_id: str | None = None
-    max_retries: int | None = None
-    delay: float | timedelta | None = None
-    at: datetime | None = None
 
 
 class AsyncClient:
@@ -188,7 +154,8 @@ class AsyncClient:
         """
         now_ms = clock.now_ms()
         checked: set[tuple[str, str]] = set()  # (queue, handler) pairs already validated
-        prepared = [self._prepare(spec, now_ms, checked) for spec in specs]
+        prepared = [new_job(spec, now_ms, default_queue=self.config.queues[0],
+                            max_payload_bytes=self.config.max_payload_bytes, checked=checked) for spec in specs]
         chunks = _chunks_by_queue(job.queue for job, _ in prepared)
         batches = [(queue, [(prepared[i][0].id, prepared[i][0].due_ms or 0, prepared[i][1]) for i in indexes])
                    for queue, indexes in chunks]
@@ -216,42 +183,6 @@ class AsyncClient:
 
             found += [Job.from_hash(fields) if fields else None for fields in await self._retrying(send)]
         return found
-
-    def _prepare(self, spec: JobSpec, now_ms: int, checked: set[tuple[str, str]]) -> tuple[Job, list[Any]]:
-        """The job as it will be stored once created, and its hash fields; validates the spec.
-
-        Args:
-            checked: (queue, handler) pairs of this batch already validated (a bulk enqueue of
-                one handler checks its names once).
-        """
-        queue = spec.queue or self.config.queues[0]
-        names = (queue, spec.handler) if isinstance(queue, str) and isinstance(spec.handler, str) else None
-        if names is None or names not in checked:
-            if not is_valid_queue_name(queue):
-                raise UsageError(f"queue {queue!r} is not a valid queue name: {QUEUE_NAME_RULE}")
-            if not _is_dotted_path(spec.handler):
-                raise UsageError(f"handler {spec.handler!r} must be {_HANDLER_NAME_RULE}")
-            if names is not None:
-                checked.add(names)
-        timeout_ms = _positive_ms(spec.timeout, "timeout")
-        result_ttl_ms = _positive_ms(spec.result_ttl, "result_ttl")
-        if spec.max_retries is not None and (isinstance(spec.max_retries, bool) or not isinstance(
-                spec.max_retries, int) or not 0 <= spec.max_retries <= MAX_RETRIES):
-            raise UsageError(f"max_retries must be an integer from 0 to {MAX_RETRIES} (got {spec.max_retries!r})")
-        due_ms = _due_ms(spec.delay, spec.at, now_ms)
-        job_id = spec.job_id
-        if job_id is None:
-            job_id = new_job_id()
-        elif not job_id or len(job_id) > 128 or any(c.isspace() for c in job_id):
-            raise UsageError(f"job_id {job_id!r} must be 1-128 characters without spaces")
-        args_json, kwargs_json = encode_arguments(spec.handler, spec.args, spec.kwargs)
-        job = Job(
-            id=job_id, handler=spec.handler, queue=queue, args=tuple(spec.args),
-            kwargs=dict(spec.kwargs), timeout_ms=timeout_ms, result_ttl_ms=result_ttl_ms,
-            created_ms=now_ms, max_retries=spec.max_retries, due_ms=due_ms, enqueued_ms=now_ms,
-            status=Status.DELAYED if due_ms else Status.QUEUED,
-        )
-        return job, enqueue_fields(job, args_json, kwargs_json, self.config.max_payload_bytes)
 
     async def _send_batches(self, chunks: list[tuple[str, list[tuple[str, int, list[Any]]]]], now_ms: int) -> list[Any]:
         """The chunks in pipelines of CHUNKS_PER_ROUND_TRIP, one after the other; replies in order.
@@ -629,42 +560,6 @@ def _chunks_by_queue(queues: Iterable[str]) -> list[tuple[str, list[int]]]:
         by_queue[queue].append(index)
     return [(queue, indexes[first:first + ENQUEUE_CHUNK])
             for queue, indexes in by_queue.items() for first in range(0, len(indexes), ENQUEUE_CHUNK)]
-
-
-def _due_ms(delay: float | timedelta | None, at: datetime | None, now_ms: int) -> int | None:
-    """When a delayed job falls due (epoch ms), or None to run it now; at most MAX_DURATION_S ahead."""
-    if delay is not None and at is not None:
-        raise UsageError("give either delay or at, not both")
-    if delay is not None:
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-        if not is_valid_seconds(seconds, 0, allow_zero=True):
-            raise UsageError(f"delay must be a number of seconds from 0 to {MAX_DURATION_S:.0f} ({MAX_DURATION_TEXT}) "
-                             f"or a timedelta (got {delay!r})")
-        due = now_ms + int(seconds * 1000)
-    elif at is not None:
-        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
-            raise UsageError(f"at must be a timezone-aware datetime, e.g. datetime.now(UTC) + ... (got {at!r})")
-        due = int(at.timestamp() * 1000)
-        if due - now_ms > MAX_DURATION_S * 1000:
-            raise UsageError(f"at must be at most {MAX_DURATION_TEXT} from now (got {at.isoformat()})")
-    else:
-        return None
-    return due if due > now_ms else None
-
-
-def _positive_ms(seconds: float | None, name: str) -> int | None:
-    """A job's timeout or result_ttl in ms, checked as the config's own durations are."""
-    if seconds is None:
-        return None
-    if not is_valid_seconds(seconds, 0.001):
-        raise UsageError(f"{name} must be a number of seconds from 0.001 to {MAX_DURATION_S:.0f} "
-                         f"({MAX_DURATION_TEXT}) (got {seconds!r})")
-    return max(1, int(seconds * 1000))
-
-
-def _is_dotted_path(name: str) -> bool:
-    parts = name.split(".") if isinstance(name, str) else []
-    return len(parts) >= 2 and all(part.isidentifier() for part in parts)
 
 
 def _event(message: dict[str, Any]) -> dict[str, Any] | None:
