@@ -23,6 +23,7 @@ import redis.asyncio
 
 from pool import clock, dead_letter, listing
 from pool.config import Config, load
+from pool.config_values import redact_url
 from pool.connection import (
     BLOCK_TIMEOUT_S,
     CLIENT_ATTEMPTS,
@@ -34,7 +35,6 @@ from pool.connection import (
     describe_error,
     describe_unreachable,
     is_transient,
-    redact,
     replication,
     resolve_url,
     subscription,
@@ -216,7 +216,7 @@ class AsyncClient:
             confirmed = replies.pop()
             if confirmed < replicas[0]:
                 raise NotReplicated(
-                    f"Redis at {redact(self.url)} took the enqueue but no replica confirmed it within "
+                    f"Redis at {redact_url(self.url)} took the enqueue but no replica confirmed it within "
                     f"{self.config.replication_timeout_s:g}s (durability: replicated); a failover now could lose "
                     f"it. Enqueue again with the same job_id (safe: it is created once), or check the replicas")
         return replies
@@ -401,7 +401,7 @@ class AsyncClient:
                 if attempt == CLIENT_ATTEMPTS - 1:
                     if isinstance(exc, OUTAGE_ERRORS):
                         raise describe_unreachable(self.url, exc) from None
-                    raise RedisUnavailable(f"Redis at {redact(self.url)} refuses commands: {describe_error(exc)}") \
+                    raise RedisUnavailable(f"Redis at {redact_url(self.url)} refuses commands: {describe_error(exc)}") \
                         from None
                 await asyncio.sleep(backoff_s(attempt + 1, base_s=0.05, cap_s=0.5))
         raise AssertionError("unreachable")  # pragma: no cover
