@@ -5,6 +5,11 @@ Errors name the file, the key path, the value and what is allowed, e.g.
 ``pool.yaml: concurency: unknown key (did you mean 'concurrency'?)``. Nothing else in the
 package validates configuration (schedules.py checks cron expressions and time zones for it).
 
+The pieces around it: settings.py holds the frozen dataclasses (import them from here, their
+public path), config_yaml.py reads the file (UTF-8, safe loader, no duplicate keys or alias
+bombs), config_env.py expands ``${VAR}``. This module owns the key tables, the reader that
+walks the document with them, and the checks that span keys.
+
 Design: a small table of field specs per section (name → parser, default) rather than a schema
 library. The messages we want (key path, "did you mean", units) are the whole point, and a
 generic validator's messages would need rewriting anyway.
@@ -15,187 +20,40 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pool import config_values as parsers
-from pool.config_values import parse_duration, redact_url  # noqa: F401 - part of this module's API
+from pool.config_env import ENV_REF, expand_env, origin, substitute, yaml_scalar
+from pool.config_values import parse_duration, redact_url
+from pool.config_yaml import read_document
 from pool.errors import ConfigError
 from pool.keys import QUEUE_NAME_RULE, is_valid_queue_name
 from pool.metrics import check_namespace
 from pool.schedules import Schedule, check_cron, check_timezone
+from pool.settings import (
+    INHERIT,
+    Config,
+    DeadLetterSettings,
+    LoggingSettings,
+    MetricsSettings,
+    RedisSettings,
+    RetrySettings,
+    ScriptSettings,
+    TLSSettings,
+)
+
+# The import path of the settings and the loader: `from pool.config import Config, load`.
+__all__ = [
+    "INHERIT", "REDIS_URL_ENV", "Config", "DeadLetterSettings", "LoggingSettings", "MetricsSettings",
+    "RedisSettings", "RetrySettings", "ScriptSettings", "TLSSettings", "expand_env", "from_mapping", "load",
+    "parse_duration", "redact_url",
+]
 
 REDIS_URL_ENV = "POOL_REDIS_URL"
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
-
-@dataclass(frozen=True)
-class TLSSettings:
-    """Client TLS for ``rediss://`` URLs; all paths optional (system CAs by default)."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    verify: bool = True
-
-
-@dataclass(frozen=True)
-class RedisSettings:
-    """Where Redis is. ``url=None`` means: run (or find) the embedded valkey-server."""
-
-    url: str | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    socket_timeout_s: float = 5.0
-    connect_timeout_s: float = 5.0
-    tls: TLSSettings = TLSSettings()
-    cluster: bool = False  # url is one seed node of a Redis Cluster
-    sentinels: tuple[str, ...] = ()  # host:port of each Sentinel; the master is asked of them
-    service_name: str | None = None  # the master's name in the Sentinels' config
-    sentinel_password: str | None = field(default=None, repr=False)
-
-    @property
-    def is_embedded(self) -> bool:
-        return self.url is None and not self.sentinels
-
-
-@dataclass(frozen=True)
-class RetrySettings:
-    """How failed jobs are retried. In a handler entry, None means "inherit the pool's `retries`".
-
-    Attributes:
-        max_retries: retries after the first attempt (0: none).
-        backoff_s: delay before the first retry; each next one doubles (with ±20% jitter).
-        backoff_max_s: the longest delay between two attempts.
-        retry_on: exception class names that retry; empty means every exception.
-        fail_on: exception class names that never retry (checked first).
-        dead_letter: exhausted jobs go to the dead set (True) or end as `failed` with a TTL.
-    """
-
-    max_retries: int | None = 0
-    backoff_s: float | None = 1.0
-    backoff_max_s: float | None = 600.0
-    retry_on: tuple[str, ...] | None = ()
-    fail_on: tuple[str, ...] | None = ()
-    dead_letter: bool | None = True
-
-    def merged_over(self, base: RetrySettings) -> RetrySettings:
-        """These settings, with every None taken from ``base``."""
-        return RetrySettings(**{
-            f.name: getattr(base, f.name) if getattr(self, f.name) is None else getattr(self, f.name)
-            for f in dataclasses.fields(self)
-        })
-
-
-INHERIT = RetrySettings(None, None, None, None, None, None)
-
-
-@dataclass(frozen=True)
-class DeadLetterSettings:
-    """How long and how many dead jobs are kept per queue (the oldest go first)."""
-
-    ttl_s: float = 7 * 86400.0
-    max_jobs: int = 10_000
-
-
-@dataclass(frozen=True)
-class ScriptSettings:
-    """Script jobs (the built-in `pool.script` handler): where executables may live."""
-
-    allowed_dirs: tuple[str, ...] = ()
-    max_output_bytes: int = 64 * 1024
-    env: tuple[str, ...] = ()  # variables of the pool's environment a script gets beside the base set
-
-
-@dataclass(frozen=True)
-class LoggingSettings:
-    """Log level and format; ``levels`` sets single loggers (``pool.jobs: warning`` keeps only
-    the lines of failed jobs)."""
-
-    level: str = "info"
-    format: str = "text"
-    levels: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    """The supervisor's HTTP server for Prometheus (``/metrics``) and probes (``/healthz``).
-
-    Off unless ``port`` is set; port 0 picks a free one (shown by `pool status`)."""
-
-    port: int | None = None
-    host: str = "0.0.0.0"
-    namespace: str = ""  # prefix of every metric name ("pool": pool_job_success_total); none by default
-
-    @property
-    def enabled(self) -> bool:
-        return self.port is not None
-
-
-@dataclass(frozen=True)
-class Config:
-    """Validated settings of one pool.yaml. Build with :func:`load` or :func:`from_mapping`."""
-
-    path: Path
-    redis: RedisSettings = RedisSettings()
-    processes: int = 2
-    concurrency: int = 16
-    queues: tuple[str, ...] = ("default",)
-    # Empty: strict priority in the order of `queues`; else each queue's weight (missing ones 1).
-    queue_weights: Mapping[str, int] = field(default_factory=dict)
-    rate_limits: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # queue → (jobs, window ms)
-    schedules: tuple[Schedule, ...] = ()
-    handlers: tuple[str, ...] = ()
-    handler_retries: Mapping[str, RetrySettings] = field(default_factory=dict)
-    on_startup: tuple[str, ...] = ()  # functions each worker process calls before its first job
-    on_shutdown: tuple[str, ...] = ()  # ... and after its last job ended
-    retries: RetrySettings = RetrySettings()
-    dead_letter: DeadLetterSettings = DeadLetterSettings()
-    scripts: ScriptSettings = ScriptSettings()
-    max_result_bytes: int = 1024 * 1024
-    events: bool = True
-    timeout_s: float = 30.0
-    result_ttl_s: float = 3600.0
-    key_prefix: str = "pool"
-    shutdown_timeout_s: float = 30.0
-    max_payload_bytes: int = 1024 * 1024
-    heartbeat_interval_s: float = 1.0
-    heartbeat_ttl_s: float = 10.0
-    reclaim_interval_s: float = 2.0
-    max_deliveries: int = 5
-    max_jobs_per_process: int = 0
-    max_memory_per_process: int = 0
-    timeout_grace_s: float = 10.0
-    # "replicated": enqueue and ack return only once a replica has the write (WAIT), so a
-    # failover loses no acknowledged enqueue or result; "fast": Redis's asynchronous replication.
-    durability: str = "fast"
-    replication_timeout_s: float = 2.0
-    state_dir: Path = Path(".pool")
-    # Folders put on the workers' import path before the config's own (relative to it), like
-    # gunicorn's --pythonpath: `pythonpath: [".."]` lets examples/scheduling.yaml import `examples`.
-    pythonpath: tuple[str, ...] = ()
-    logging: LoggingSettings = LoggingSettings()
-    metrics: MetricsSettings = MetricsSettings()
-
-    @property
-    def base_dir(self) -> Path:
-        """Folder of the config file: relative paths and handler imports start here."""
-        return self.path.parent
-
-    @property
-    def import_paths(self) -> tuple[Path, ...]:
-        """Where workers import handlers from, first first: ``pythonpath`` entries, then the
-        config's folder (before the interpreter's own path)."""
-        return (*(self.base_dir / p for p in self.pythonpath), self.base_dir)
-
-    def replace(self, **changes: Any) -> Config:
-        return dataclasses.replace(self, **changes)
 # ---------------------------------------------------------------------------------------------
 # Sections: yaml key → (dataclass field, parser). A nested section is a (class, table) pair.
 
@@ -336,7 +194,7 @@ class _Reader:
         if isinstance(parser, tuple):
             cls, table = parser
             return cls(**self.section(raw, table, path))
-        if isinstance(raw, str) and _ENV_REF.search(raw):
+        if isinstance(raw, str) and ENV_REF.search(raw):
             return self.expanded(raw, parser, path)
         raw = expand_env(raw, self.source, self.environ, path)  # strings inside a list or mapping value
         try:
@@ -352,18 +210,18 @@ class _Reader:
         ``123456`` stays a string. An empty or null-looking text stays text too, so that
         ``${URL:-}`` never turns into "no URL" (the embedded server) by itself.
         """
-        text = _substitute(template, self.source, self.environ, path)
+        text = substitute(template, self.source, self.environ, path)
         try:
             return parser(text)
         except parsers.Invalid as exc:
             error = exc
-        typed = _yaml_scalar(text) if _ENV_REF.fullmatch(template) else None
+        typed = yaml_scalar(text) if ENV_REF.fullmatch(template) else None
         if typed is not None:
             try:
                 return parser(typed)
             except parsers.Invalid as exc:
                 error = exc
-        raise self.invalid(path, error, text, _origin(template, self.environ, path)) from None
+        raise self.invalid(path, error, text, origin(template, self.environ, path)) from None
 
     def invalid(self, path: str, exc: parsers.Invalid, raw: Any, origin: str = "") -> ConfigError:
         """The message for a refused value; a secret's value never shows, only where it came from."""
@@ -460,64 +318,6 @@ def _unknown_key_message(key: str, table: _Table) -> str:
     return f"unknown key ({hint})"
 
 
-def expand_env(data: Any, source: str, environ: Mapping[str, str], where: str = "") -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of the parsed YAML, as text.
-
-    The reader uses it for the strings inside list and mapping values (a schedule's `args`);
-    a value that is itself a string goes through ``_Reader.expanded``, which may type it.
-
-    Raises:
-        ConfigError: a referenced variable is not set and has no default.
-    """
-    if isinstance(data, dict):
-        return {
-            k: expand_env(v, source, environ, f"{where}.{k}" if where else str(k))
-            for k, v in data.items()
-        }
-    if isinstance(data, list):
-        return [expand_env(v, source, environ, f"{where}[{i}]") for i, v in enumerate(data)]
-    if not isinstance(data, str) or "${" not in data:
-        return data
-    return _substitute(data, source, environ, where)
-
-
-def _substitute(template: str, source: str, environ: Mapping[str, str], where: str) -> str:
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in environ:
-            return environ[name]
-        if default is not None:
-            return default
-        raise ConfigError(
-            f"{source}: {where}: environment variable {name} is not set "
-            f"(export it, or write ${{{name}:-default}})"
-        )
-
-    return _ENV_REF.sub(substitute, template)
-
-
-def _yaml_scalar(text: str) -> bool | int | float | None:
-    """The boolean or number YAML reads in ``text`` ('4', '0.5', 'true'); None for anything else.
-
-    Only these: a string is the text itself, and null, dates, lists and mappings are not what a
-    ``${VAR}`` in a scalar key means.
-    """
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
-    return value if isinstance(value, (bool, int, float)) else None
-
-
-def _origin(template: str, environ: Mapping[str, str], path: str) -> str:
-    """Where an expanded value came from, for messages: the text in the file, less the defaults of
-    variables that are set (they played no part). For a secret only the variables' names, since
-    a default written in the file or the text around a reference may be part of the secret."""
-    if path in parsers.SECRET_PATHS:
-        return ", ".join(f"${{{match.group(1)}}}" for match in _ENV_REF.finditer(template))
-    return _ENV_REF.sub(lambda m: f"${{{m.group(1)}}}" if m.group(1) in environ else m.group(0), template)
-
-
 def from_mapping(
     data: Any, path: Path | str = "pool.yaml", environ: Mapping[str, str] | None = None
 ) -> Config:
@@ -591,7 +391,7 @@ def _check_script_env(config: Config, redis_section: Any, reader: _Reader) -> No
     secrets = {REDIS_URL_ENV: "it overrides redis.url"}
     for key in ("url", "username", "password", "sentinel_password"):
         value = redis_section.get(key) if isinstance(redis_section, dict) else None
-        for match in _ENV_REF.finditer(value if isinstance(value, str) else ""):
+        for match in ENV_REF.finditer(value if isinstance(value, str) else ""):
             secrets[match.group(1)] = f"redis.{key} is ${{{match.group(1)}}}"
     for name in config.scripts.env:
         if name in secrets:
@@ -632,96 +432,6 @@ def _check_durability(config: Config, reader: _Reader) -> None:
                                                       f"look like a dead connection")
 
 
-MAX_YAML_DEPTH = 64  # a pool.yaml is a few levels deep; a schedule's args a few more
-MAX_YAML_VALUES = 100_000  # values of the document with every alias expanded
-
-
-def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
-    """How many values ``node`` stands for with every alias written out; memoised by node, so
-    each distinct node is counted once however many aliases point at it. A node that contains
-    itself (``a: &a [*a]``) counts as too many: it expands without end."""
-    known = sizes.get(id(node))
-    if known is not None:
-        return known
-    sizes[id(node)] = MAX_YAML_VALUES + 1  # while it is being counted: met again means a cycle
-    if isinstance(node, yaml.MappingNode):
-        children = [child for pair in node.value for child in pair]
-    elif isinstance(node, yaml.SequenceNode):
-        children = node.value
-    else:
-        children = []
-    total = 1
-    for child in children:
-        total += _expanded_size(child, sizes)
-        if total > MAX_YAML_VALUES:
-            break
-    sizes[id(node)] = total
-    return total
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping.
-
-    PyYAML keeps the last of two equal keys without a word, so `processes: 7` further down a
-    file would silently win over `processes: 2`. Keys a `<<:` merge brings in may still be
-    overridden: that is what a merge is for. The check sits in ``flatten_mapping`` because its
-    first call on a mapping sees it as written; the merge then rewrites the node's pairs, and a
-    check in ``construct_mapping`` would see those (a mapping merged elsewhere can be flattened
-    before it is constructed).
-    """
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._checked: set[int] = set()
-        self._depth = 0
-
-    # Two shapes of a small file that would otherwise crash or hang every command: nesting
-    # deeper than the composer's recursion can go (a RecursionError traceback), and aliases
-    # that multiply ("billion laughs": 332 bytes naming 9**9 values). PyYAML builds an alias as
-    # the same object, so the document itself stays small, but whatever walks it as a tree
-    # (${VAR} expansion, JSON encoding of a schedule's args) visits every copy. Both are
-    # measured on the composed nodes, before any value is built: the depth as it is composed,
-    # the expanded size once, memoised per node, so the check costs the file's size.
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                raise yaml.composer.ComposerError(
-                    None, None, f"values nested more than {MAX_YAML_DEPTH} deep", self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def get_single_node(self) -> Any:
-        node = super().get_single_node()
-        if node is not None and _expanded_size(node, {}) > MAX_YAML_VALUES:
-            raise yaml.composer.ComposerError(
-                None, None, f"aliases expand to more than {MAX_YAML_VALUES:,} values (an alias bomb?); "
-                "write the values out, or use fewer nested aliases", node.start_mark)
-        return node
-
-    def flatten_mapping(self, node: yaml.MappingNode) -> None:
-        if id(node) not in self._checked:
-            self._checked.add(id(node))
-            self._refuse_duplicates(node)
-        super().flatten_mapping(node)
-
-    def _refuse_duplicates(self, node: yaml.MappingNode) -> None:
-        first_lines: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = first_lines.get(key)
-            except TypeError:  # an unhashable key: construct_mapping says so
-                continue
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark)
-            first_lines[key] = key_node.start_mark.line + 1
-
-
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate a pool.yaml.
 
@@ -729,23 +439,5 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         ConfigError: the file is missing, is not valid YAML, or a setting is wrong.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file (pass the path of your pool.yaml)") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"{path.name}: line {line}: byte {exc.start} ({raw[exc.start]:#04x}) is not UTF-8; "
-                          "save the file as UTF-8") from None
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path.name}: {where}{problem}") from None
+    data = read_document(path)
     return from_mapping(data, path, environ)

@@ -322,7 +322,7 @@ def rate_limit(value: Any) -> tuple[int, int]:
 
 def function_path(value: Any) -> str:
     path = handler_path(value)
-    if "." not in path:
+    if not is_dotted_path(path, min_parts=2):
         raise Invalid("must be the dotted path of a function such as 'examples.tasks.add'")
     return path
 
@@ -349,13 +349,22 @@ def json_mapping(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+_DOTTED_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+def is_dotted_path(value: Any, min_parts: int = 1) -> bool:
+    """Whether ``value`` is a Python dotted name of at least ``min_parts`` parts: the one check
+    of handler paths, hook functions and exception names, in pool.yaml and in a client call."""
+    return isinstance(value, str) and bool(_DOTTED_PATH.fullmatch(value)) and value.count(".") + 1 >= min_parts
+
+
 def handler_path(value: Any) -> str:
-    if not isinstance(value, str) or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", value):
+    if not is_dotted_path(value):
         raise Invalid("must be a dotted path such as 'examples.tasks' or 'examples.tasks.add'")
     return value
 
 
 def exception_name(value: Any) -> str:
-    if not isinstance(value, str) or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", value):
+    if not is_dotted_path(value):
         raise Invalid("must be an exception class name such as 'ConnectionError' or 'httpx.TimeoutException'")
     return value

@@ -104,10 +104,6 @@ class JobFailed(PoolError):
         return text
 
 
-class JobTimeout(PoolError, TimeoutError):
-    """Raised inside the worker when a job runs past its timeout."""
-
-
 class JobCancelled(PoolError):
     """The job was cancelled (`pool cancel`, :meth:`pool.Client.cancel`) before it finished."""
 

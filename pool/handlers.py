@@ -87,11 +87,6 @@ class Registry:
         return name in self._handlers
 
 
-def handler_name(func: Callable[..., Any]) -> str:
-    """The dotted path a job uses to name ``func``."""
-    return f"{func.__module__}.{func.__qualname__}"
-
-
 def _make_handler(name: str, func: Callable[..., Any]) -> Handler:
     retries = getattr(func, "__pool_retries__", INHERIT)
     return Handler(name=name, func=func, is_async=inspect.iscoroutinefunction(func), retries=retries)

@@ -2,6 +2,8 @@
 
 A job hash holds flat string fields so that Lua scripts can update single fields (status,
 attempts, timestamps) without decoding JSON. Only ``args``, ``kwargs`` and ``result`` are JSON.
+:func:`new_job` is the one way a new record is built, checked and encoded, for the client's
+enqueue and the scheduler's fired ticks alike; the scripts that store it are left to others.
 """
 
 from __future__ import annotations
@@ -9,12 +11,18 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
-from pool.errors import CorruptJob, JobCancelled, JobFailed, PayloadTooLarge, SerializationError
+from pool.config_values import MAX_DURATION_S, MAX_DURATION_TEXT, is_dotted_path, is_valid_seconds
+from pool.errors import CorruptJob, JobCancelled, JobFailed, PayloadTooLarge, SerializationError, UsageError
+from pool.keys import QUEUE_NAME_RULE, is_valid_queue_name
+
+MAX_RETRIES = 1000  # as the config's `retries.max_retries`
+_HANDLER_NAME_RULE = "a dotted path such as 'examples.tasks.add'"
 
 
 class Status(enum.StrEnum):
@@ -222,6 +230,130 @@ def enqueue_fields(job: Job, args_json: bytes, kwargs_json: bytes, max_payload_b
     if job.max_retries is not None:
         fields += ["max_retries", job.max_retries]
     return fields
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job to enqueue with :meth:`AsyncClient.enqueue_many`.
+
+    Args:
+        handler: dotted path of a registered handler.
+        args: positional arguments (JSON values).
+        kwargs: keyword arguments (JSON values).
+        queue: target queue; default: the first queue of the config.
+        timeout: seconds the job may run; default: the config's ``timeout``.
+        result_ttl: seconds its result is kept; default: the config's ``result_ttl``.
+        job_id: a chosen id; enqueueing an id that exists on the same queue returns the existing
+            job (ids are unique per queue: see :meth:`AsyncClient.get_job`).
+        max_retries: retries after a failed attempt (overrides the handler's settings).
+        delay: run no earlier than this many seconds from now (a number or a timedelta).
+        at: run no earlier than this time (a timezone-aware datetime).
+    """
+
+    handler: str
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    timeout: float | None = None
+    result_ttl: float | None = None
+    job_id: str | None = None
+    max_retries: int | None = None
+    delay: float | timedelta | None = None
+    at: datetime | None = None
+
+
+def new_job(
+    spec: JobSpec, now_ms: int, *, default_queue: str, max_payload_bytes: int,
+    checked: set[tuple[str, str]] | None = None,
+) -> tuple[Job, list[Any]]:
+    """A new job as it will be stored once created, and the fields of its hash.
+
+    Args:
+        spec: what to run, where and how (checked here: names, durations, id, payload).
+        now_ms: the moment of the enqueue (epoch ms): ``created_ms``, and the base of ``delay``.
+        default_queue: the queue of a spec that names none (the config's first).
+        max_payload_bytes: the config's ``max_payload_size``.
+        checked: (queue, handler) pairs of one batch already validated (a bulk enqueue of one
+            handler checks its names once); updated.
+
+    Returns:
+        The `Job` (status ``queued``, or ``delayed`` with its ``due_ms``) and its hash fields.
+
+    Raises:
+        UsageError: a bad queue name, handler name, duration, ``max_retries`` or ``job_id``.
+        SerializationError: an argument is not JSON-serialisable.
+        PayloadTooLarge: the encoded arguments exceed ``max_payload_bytes``.
+    """
+    queue = spec.queue or default_queue
+    _check_names(queue, spec.handler, set() if checked is None else checked)
+    timeout_ms = _positive_ms(spec.timeout, "timeout")
+    result_ttl_ms = _positive_ms(spec.result_ttl, "result_ttl")
+    _check_max_retries(spec.max_retries)
+    due_ms = _due_ms(spec.delay, spec.at, now_ms)
+    job_id = new_job_id() if spec.job_id is None else _checked_job_id(spec.job_id)
+    args_json, kwargs_json = encode_arguments(spec.handler, spec.args, spec.kwargs)
+    job = Job(
+        id=job_id, handler=spec.handler, queue=queue, args=tuple(spec.args),
+        kwargs=dict(spec.kwargs), timeout_ms=timeout_ms, result_ttl_ms=result_ttl_ms,
+        created_ms=now_ms, max_retries=spec.max_retries, due_ms=due_ms, enqueued_ms=now_ms,
+        status=Status.DELAYED if due_ms else Status.QUEUED,
+    )
+    return job, enqueue_fields(job, args_json, kwargs_json, max_payload_bytes)
+
+
+def _check_names(queue: str, handler: str, checked: set[tuple[str, str]]) -> None:
+    names = (queue, handler) if isinstance(queue, str) and isinstance(handler, str) else None
+    if names is not None and names in checked:
+        return
+    if not is_valid_queue_name(queue):
+        raise UsageError(f"queue {queue!r} is not a valid queue name: {QUEUE_NAME_RULE}")
+    if not is_dotted_path(handler, min_parts=2):
+        raise UsageError(f"handler {handler!r} must be {_HANDLER_NAME_RULE}")
+    if names is not None:
+        checked.add(names)
+
+
+def _check_max_retries(max_retries: int | None) -> None:
+    if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(
+            max_retries, int) or not 0 <= max_retries <= MAX_RETRIES):
+        raise UsageError(f"max_retries must be an integer from 0 to {MAX_RETRIES} (got {max_retries!r})")
+
+
+def _checked_job_id(job_id: str) -> str:
+    if not job_id or len(job_id) > 128 or any(c.isspace() for c in job_id):
+        raise UsageError(f"job_id {job_id!r} must be 1-128 characters without spaces")
+    return job_id
+
+
+def _due_ms(delay: float | timedelta | None, at: datetime | None, now_ms: int) -> int | None:
+    """When a delayed job falls due (epoch ms), or None to run it now; at most MAX_DURATION_S ahead."""
+    if delay is not None and at is not None:
+        raise UsageError("give either delay or at, not both")
+    if delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if not is_valid_seconds(seconds, 0, allow_zero=True):
+            raise UsageError(f"delay must be a number of seconds from 0 to {MAX_DURATION_S:.0f} ({MAX_DURATION_TEXT}) "
+                             f"or a timedelta (got {delay!r})")
+        due = now_ms + int(seconds * 1000)
+    elif at is not None:
+        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+            raise UsageError(f"at must be a timezone-aware datetime, e.g. datetime.now(UTC) + ... (got {at!r})")
+        due = int(at.timestamp() * 1000)
+        if due - now_ms > MAX_DURATION_S * 1000:
+            raise UsageError(f"at must be at most {MAX_DURATION_TEXT} from now (got {at.isoformat()})")
+    else:
+        return None
+    return due if due > now_ms else None
+
+
+def _positive_ms(seconds: float | None, name: str) -> int | None:
+    """A job's timeout or result_ttl in ms, checked as the config's own durations are."""
+    if seconds is None:
+        return None
+    if not is_valid_seconds(seconds, 0.001):
+        raise UsageError(f"{name} must be a number of seconds from 0.001 to {MAX_DURATION_S:.0f} "
+                         f"({MAX_DURATION_TEXT}) (got {seconds!r})")
+    return max(1, int(seconds * 1000))
 
 
 def _int_or_none(raw: bytes | None) -> int | None:

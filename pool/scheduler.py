@@ -29,7 +29,7 @@ from pool import clock
 from pool.claim_reply import decode_claim
 from pool.config import Config
 from pool.connection import Outage, subscription, wait_event
-from pool.jobs import Job, encode_arguments, enqueue_fields
+from pool.jobs import JobSpec, new_job
 from pool.schedules import Schedule
 from pool.scripts import Scripts
 
@@ -167,12 +167,15 @@ class Scheduler:
     def _fire(self, schedule: Schedule, tick_ms: int) -> Awaitable[Any]:
         assert schedule.queue is not None
         now_ms = clock.now_ms()
-        job = Job(id=schedule.job_id(tick_ms), handler=schedule.handler, queue=schedule.queue,
-                  args=schedule.args, kwargs=dict(schedule.kwargs), created_ms=now_ms,
-                  timeout_ms=None if schedule.timeout_s is None else int(schedule.timeout_s * 1000))
-        args_json, kwargs_json = encode_arguments(job.handler, job.args, job.kwargs or {})
-        fields = enqueue_fields(job, args_json, kwargs_json, self.config.max_payload_bytes)
+        job, fields = new_job(schedule_spec(schedule, tick_ms), now_ms, default_queue=schedule.queue,
+                              max_payload_bytes=self.config.max_payload_bytes)
         return self.scripts.fire(schedule.queue, schedule.name, tick_ms, now_ms, job.id, fields)
+
+
+def schedule_spec(schedule: Schedule, tick_ms: int) -> JobSpec:
+    """The job one tick of ``schedule`` enqueues (its id names the tick, so it is made once)."""
+    return JobSpec(schedule.handler, schedule.args, dict(schedule.kwargs), queue=schedule.queue,
+                   timeout=schedule.timeout_s, job_id=schedule.job_id(tick_ms))
 
 
 def _earliest(a: int, b: int) -> int:

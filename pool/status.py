@@ -44,7 +44,8 @@ import redis.cluster
 
 from pool import clock
 from pool.config import Config
-from pool.connection import redact, server_info
+from pool.config_values import redact_url
+from pool.connection import server_info
 from pool.keys import Keys
 from pool.schedules import Schedule
 
@@ -90,7 +91,7 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
               for queue in config.queues}
     schedules = {s.name: _schedule(s, next(replies), now_ms) for s in config.schedules}
     return {
-        "time_ms": server_ms, "redis": {"url": redact(url), "version": _server_version(client)},
+        "time_ms": server_ms, "redis": {"url": redact_url(url), "version": _server_version(client)},
         "pool": _pool(supervisors, workers), "queues": queues, "supervisors": supervisors,
         "workers": workers, "schedules": schedules, "warnings": _warnings(marker, now_ms) + _eviction_warnings(client, keys),
     }
@@ -226,7 +227,7 @@ def _worker(worker_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str
 
 
 def _name_workers(workers: list[dict[str, Any]], supervisors: list[dict[str, Any]]) -> None:
-    """Tie each worker to the supervisor that lists it, and name it by its slot (worker-1...)."""
+    """Tie each worker to the supervisor that lists it, and name it by its place in that list (worker-1...)."""
     by_id = {w["id"]: w for w in workers}
     for supervisor in supervisors:
         for index, worker_id in enumerate(supervisor["workers"]):

@@ -6,8 +6,8 @@ import datetime
 
 import pytest
 
-from pool.errors import JobFailed, PayloadTooLarge, SerializationError
-from pool.jobs import Job, Status, encode_arguments, enqueue_fields
+from pool.errors import JobFailed, PayloadTooLarge, SerializationError, UsageError
+from pool.jobs import Job, JobSpec, Status, encode_arguments, enqueue_fields, new_job
 
 
 def test_arguments_encode_as_json():
@@ -72,3 +72,61 @@ def test_dead_job_outcome_raises_its_reason():
     assert job.status.is_finished
     with pytest.raises(JobFailed, match="PoisonJob: delivered 5 times"):
         job.outcome()
+
+
+class _FireRecorder:
+    """Scripts stand-in for the scheduler: records the fields fire.lua would store."""
+
+    def __init__(self, keys):
+        self.keys = keys
+        self.fields = None
+
+    async def fire(self, queue, name, tick_ms, now_ms, job_id, fields):
+        self.fields = fields
+        return 1
+
+
+async def test_the_client_and_the_scheduler_build_the_same_job_record(monkeypatch):
+    """A schedule's tick and a client enqueue of the same job write the same hash fields."""
+    import asyncio
+
+    from pool import clock
+    from pool.client import AsyncClient
+    from pool.config import from_mapping
+    from pool.keys import Keys
+    from pool.scheduler import Scheduler
+
+    monkeypatch.setattr(clock, "now_ms", lambda: 1_000_000)
+    config = from_mapping({"queues": ["default", "reports"], "schedules": {"nightly": {
+        "handler": "examples.tasks.add", "every": "1m", "args": [1, 2], "kwargs": {"x": "y"},
+        "queue": "reports", "timeout": "2s"}}})
+    [schedule] = config.schedules
+    scripts = _FireRecorder(Keys(config.key_prefix))
+    scheduler = Scheduler(config, "w", None, scripts, None, asyncio.Event())  # type: ignore[arg-type]
+    await scheduler._fire(schedule, 960_000)
+
+    client = AsyncClient(config, url="redis://unused")
+    sent = []
+
+    async def send_batches(batches, now_ms):
+        sent.extend(batches)
+        return [[1] * len(batch) for _, batch in batches]
+
+    monkeypatch.setattr(client, "_send_batches", send_batches)
+    [job] = await client.enqueue_many([JobSpec("examples.tasks.add", (1, 2), {"x": "y"}, queue="reports",
+                                               timeout=2, job_id=schedule.job_id(960_000))])
+    [(queue, [(job_id, due_ms, fields)])] = sent
+    assert (queue, job_id, due_ms) == ("reports", "nightly@960000", 0) and job.timeout_ms == 2000
+    assert fields == scripts.fields
+    assert fields[::2] == ["id", "handler", "queue", "args", "kwargs", "status", "attempts", "created_ms",
+                           "updated_ms", "timeout_ms"]
+
+
+def test_new_job_checks_the_spec_and_fills_the_record():
+    """new_job refuses a bad handler name and sets the queue, status and times of a delayed job."""
+    with pytest.raises(UsageError, match="handler 'add' must be a dotted path"):
+        new_job(JobSpec("add"), 0, default_queue="default", max_payload_bytes=1024)
+    job, fields = new_job(JobSpec("m.f", delay=5), 1000, default_queue="default", max_payload_bytes=1024)
+    assert (job.queue, job.status, job.due_ms, job.created_ms, job.enqueued_ms) == \
+        ("default", Status.DELAYED, 6000, 1000, 1000)
+    assert fields[fields.index("status") + 1] == "queued"  # enqueue.lua sets "delayed" as it files it
