@@ -10,6 +10,7 @@ is clients.py's; its names are re-exported here, where callers have always found
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import logging
@@ -104,7 +105,8 @@ _REFUSAL_CLASSES: tuple[type[BaseException], ...] = tuple(
         "OutOfMemoryError", "ReadOnlyError", "BusyLoadingError", "TryAgainError", "ClusterDownError",
         "MasterDownError")
     if hasattr(redis.exceptions, name))
-_REFUSAL_TEXT = re.compile(r"(?:^|caused error: |: -)(" + "|".join(REFUSAL_CODES) + r")\b")
+# redis-py 5.x quotes a pipeline's error as a tuple: "caused error: ('BUSY ...',)".
+_REFUSAL_TEXT = re.compile(r"(?:^|caused error: (?:\(['\"])?|: -)(" + "|".join(REFUSAL_CODES) + r")\b")
 _SCRIPT_SUFFIX = re.compile(r"\s*script: [0-9a-f]{40}, on @user_script:\d+\.?\s*$")
 _PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
 
@@ -128,11 +130,23 @@ def is_transient(exc: BaseException) -> bool:
 def describe_error(exc: BaseException) -> str:
     """An error reply as people should read it: with its code, without redis-py's pipeline
     preamble (which quotes the command, timestamps included) or the script's sha and line."""
-    text = _SCRIPT_SUFFIX.sub("", _PIPELINE_PREFIX.sub("", str(exc).strip()))
+    text = _SCRIPT_SUFFIX.sub("", _unquoted(_PIPELINE_PREFIX.sub("", str(exc).strip())))
     code = getattr(exc, "status_code", None) or _stripped_code(exc)
     if code and not text.startswith(code):
         text = f"{code} {text}"
     return text or type(exc).__name__
+
+
+def _unquoted(text: str) -> str:
+    """The message inside redis-py 5.x's tuple quoting of a pipeline error ("('BUSY ...',)")."""
+    if text.startswith("(") and text.endswith(",)"):
+        try:
+            inner = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+        if isinstance(inner, tuple) and inner and isinstance(inner[0], str):
+            return inner[0].strip()
+    return text
 
 
 def _stripped_code(exc: BaseException) -> str | None:

@@ -304,13 +304,28 @@ def _parse_arg(text: str, index: int) -> Any:
     JSON nested past the decoder's depth limit is refused rather than passed on as its text:
     the text was meant as JSON, and the handler would get a string it never expected.
     """
+    too_deep = UsageError(f"argument {index + 1} is JSON nested deeper than {_JSON_DEPTH} levels; "
+                          "pass a flatter value (or a reference to the data)")
     try:
-        return orjson.loads(text)
+        value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         if exc.msg.startswith("depth limit"):
-            raise UsageError(f"argument {index + 1} is JSON nested deeper than {_JSON_DEPTH} levels; "
-                             "pass a flatter value (or a reference to the data)") from None
+            raise too_deep from None
         return text
+    if _depth(value) > _JSON_DEPTH:  # orjson before 3.10 reads any depth
+        raise too_deep
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, list | dict):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 _JSON_DEPTH = 1024  # orjson's limit on reading; writing stops at 254, which encode_arguments reports
