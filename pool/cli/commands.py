@@ -140,7 +140,6 @@ def _status(options: argparse.Namespace) -> int:
 
 
 def _job(options: argparse.Namespace) -> int:
-    from pool import clock, jobs_text
     from pool.client import Client
 
     config = config_module.load(options.config)
@@ -151,11 +150,7 @@ def _job(options: argparse.Namespace) -> int:
             job = client.get_job(job_id, queue=queue)
     if job is None:
         raise JobNotFound(f"no job {options.job_id} (never enqueued, or its result expired)")
-    if options.json:
-        print(orjson.dumps(job.to_dict(), option=orjson.OPT_INDENT_2).decode())
-    else:
-        print(jobs_text.render_job(job, clock.now_ms()))
-    return ExitCode.OK
+    return _print_record(job, options.json)
 
 
 def _jobs(options: argparse.Namespace) -> int:
@@ -214,7 +209,6 @@ def _dead(options: argparse.Namespace) -> int:
 
 
 def _show_dead(client: Any, config: Config, options: argparse.Namespace) -> int:
-    from pool import clock, jobs_text
     from pool.jobs import Status
 
     job = client.get_job(options.job_id, queue=options.queue)
@@ -223,7 +217,14 @@ def _show_dead(client: Any, config: Config, options: argparse.Namespace) -> int:
         job = client.get_job(job_id, queue=queue)
     if job is None or job.status is not Status.DEAD:
         raise JobNotFound(f"no dead job {options.job_id}")
-    if options.json:
+    return _print_record(job, options.json)
+
+
+def _print_record(job: Any, as_json: bool) -> int:
+    """One job's record: the text view of `pool job`, or one JSON object."""
+    from pool import clock, jobs_text
+
+    if as_json:
         print(orjson.dumps(job.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
         print(jobs_text.render_job(job, clock.now_ms()))

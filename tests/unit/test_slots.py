@@ -93,7 +93,7 @@ async def test_wait_for_room_returns_false_when_stopping():
     _start(slots, "a")
     stopping = asyncio.Event()
     waiter = asyncio.create_task(slots.wait_for_room(stopping))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one yield, no time: the waiter is inside its wait before the stop comes
     stopping.set()
     slots.wake()
     assert await asyncio.wait_for(waiter, 1) is False
