@@ -3,7 +3,7 @@ the cron and interval schedules of pool.yaml. The first worker process of each s
 it on time; the others run it as backups, a second late (see BACKUP_LAG_S).
 
 Delayed jobs: the scheduler keeps, per queue, the earliest due time it knows of and sleeps until
-then; claim.lua (with k=0) promotes every due job, exactly once however many schedulers race,
+then; promote.lua promotes every due job, exactly once however many schedulers race,
 and its reply names the next due time. A producer that enqueues a new earliest job (or a
 worker scheduling a retry) publishes its due time on the queue's wake channel, so the timer is
 re-armed at once: a due job starts within milliseconds, not at the next poll. The earliest
@@ -49,9 +49,9 @@ class Scheduler:
 
     Args:
         config: the queues to promote and the schedules to fire.
-        worker_id: the worker this runs in (claim.lua needs one; it claims nothing here).
+        worker_id: the worker this runs in.
         client: a non-blocking Redis client (its pool also serves the wake subscription).
-        scripts: claim and fire.
+        scripts: promote and fire.
         with_retry: the worker's outage-aware retry of an idempotent step (it waits until Redis
             answers; the worker stopping cancels this task).
         stopping: set when the worker stops.
@@ -73,7 +73,6 @@ class Scheduler:
         self.lag_ms = int(BACKUP_LAG_S * 1000) if backup else 0
         self._learned: dict[str, int] = {}  # due times learned while a read was in flight
         self._changed = asyncio.Event()
-        self._ttl_ms = int(config.result_ttl_s * 1000)
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(self._listen(), name="scheduler:wake"),
@@ -129,7 +128,7 @@ class Scheduler:
                 if 0 <= due <= now - self.lag_ms:
                     self._learned.pop(queue, None)
                     reply = await self.with_retry("promote", self._promote, queue)
-                    self._settle(queue, int(reply[0]))
+                    self._settle(queue, int(reply))
                     promoted = True
             if clock.monotonic() >= refresh_at:
                 refresh_at = clock.monotonic() + REFRESH_S
@@ -148,8 +147,8 @@ class Scheduler:
                         await self._changed.wait()
 
     def _promote(self, queue: str) -> Awaitable[Any]:
-        """claim.lua with nothing to claim: moves the queue's due jobs, returns the next due time."""
-        return self.scripts.claim(queue, self.worker_id, clock.now_ms(), 0, 0, result_ttl_ms=self._ttl_ms)
+        """Move the queue's due jobs into it; returns the next due time."""
+        return self.scripts.promote(queue, clock.now_ms())
 
     # -- schedules ------------------------------------------------------------------------------
 
