@@ -21,13 +21,13 @@ from typing import Any
 import redis.asyncio
 
 from pool.connection import Outage, is_refusal, is_transient
-from pool.scripts import Ack, Scripts
+from pool.scripts import Ack, AckCode, Scripts
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 256  # acks per round trip at most: a bounded call, replies in bounded memory
 
-Pending = tuple[str, Ack, "asyncio.Future[int]"]
+Pending = tuple[str, Ack, "asyncio.Future[AckCode]"]
 
 
 class AckBatcher:
@@ -55,9 +55,9 @@ class AckBatcher:
         self.batches = 0  # round trips sent (what the tests and benchmarks compare with acks)
         self.acks = 0
 
-    async def ack(self, queue: str, ack: Ack) -> int:
+    async def ack(self, queue: str, ack: Ack) -> AckCode:
         """Queue one ack; returns ack.lua's code for it."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[AckCode] = asyncio.get_running_loop().create_future()
         self._pending.append((queue, ack, future))
         self._wake.set()
         # (a job task cancelled meanwhile cancels only its own future: its ack is still sent,
@@ -84,7 +84,7 @@ class AckBatcher:
                         if isinstance(reply, Exception):
                             future.set_exception(reply)
                         else:
-                            future.set_result(int(reply[index]))
+                            future.set_result(AckCode(reply[index]))
 
     async def _send(self, by_queue: dict[str, list[Pending]]) -> list[Any]:
         if len(by_queue) == 1 and self.replicas is None:  # the common case: no pipeline needed

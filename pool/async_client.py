@@ -43,7 +43,7 @@ from pool.errors import JobNotFound, NotReplicated, RedisUnavailable, ResultTime
 from pool.jobs import Job, JobSpec, dumps, new_job
 from pool.keys import QUEUE_NAME_RULE, Keys, is_valid_queue_name
 from pool.listing import JobPage
-from pool.scripts import Scripts
+from pool.scripts import CancelCode, Scripts
 
 logger = logging.getLogger(__name__)
 
@@ -330,11 +330,11 @@ class AsyncClient:
         if self.config.events:
             event = dumps({"id": job.id, "queue": job.queue, "handler": job.handler,
                            "status": "cancelled", "ts_ms": clock.now_ms()})
-        code = await self._retrying(lambda: self.scripts.cancel(
-            job.queue, job.id, clock.now_ms(), int(self.config.result_ttl_s * 1000), event))
-        if code == -1:
+        code = CancelCode(await self._retrying(lambda: self.scripts.cancel(
+            job.queue, job.id, clock.now_ms(), int(self.config.result_ttl_s * 1000), event)))
+        if code is CancelCode.NOT_FOUND:
             raise JobNotFound(f"no job {job_id} (its result expired meanwhile)")
-        return {1: "cancelled", 2: "requested", 0: "finished"}[code]
+        return code.name.lower()
 
     async def dead_jobs(self, queue: str | None = None, limit: int = 100) -> list[Job]:
         """The most recent dead jobs, newest first, across the config's queues (or one)."""

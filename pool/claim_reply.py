@@ -2,8 +2,8 @@
 
 claim.lua answers ``{next_due_ms, claimed, wait_ms}``, where each entry of ``claimed`` is a job
 hash as HGETALL pairs (plus ``solo``), ``{id, <id>, missing, 1}`` for an id whose record is gone,
-or the ``{solo_wait, 1}`` marker (see the script's header). Everything that reads a claim (the
-fetcher, the scheduler's promotion) reads a :class:`ClaimReply`; nothing else knows the pairs.
+or the ``{solo_wait, 1}`` marker (see the script's header). The fetcher, which alone reads
+claims, reads a :class:`ClaimReply`; nothing else knows the pairs (promotion has promote.lua).
 The script and its wrapper stay in pool/scripts/.
 """
 

@@ -30,11 +30,10 @@ from pool.jobs import Job, Status, dumps
 from pool.logs import Completed, CompletedLines
 from pool.metrics import NoMetrics
 from pool.outcomes import Decision, Failure
-from pool.scripts import Ack, JobNotActive, check
+from pool.scripts import Ack, AckCode
 from pool.slots import JobSlots
 
 logger = logging.getLogger("pool.worker")
-ACKED_AS_CANCELLED = 2  # ack.lua's answer when a retry became a cancellation
 job_logger = logging.getLogger("pool.jobs")  # one line per finished job: its level is set apart
 
 
@@ -221,7 +220,7 @@ class JobRunner:
         code = await self.acks.ack(job.queue, Ack(
             job.id, Status.COMPLETED.value, now_ms, self._result_ttl_ms(job), ("result", result),
             clear=job.error is not None or job.traceback is not None, event=event))
-        return self._acked(code)
+        return code is not AckCode.NOT_ACTIVE
 
     async def record_failure(self, job: Job, failure: Failure, run_ms: float) -> tuple[Status, Decision | None]:
         """Record a failed attempt: retry later, or finish as dead, failed or cancelled."""
@@ -241,23 +240,15 @@ class JobRunner:
         code = await self.acks.ack(job.queue, Ack(
             job.id, decision.status.value, now_ms, ttl_ms, fields, due_ms=decision.due_ms,
             history=outcomes.history_entry(job, failure, decision, now_ms, self.worker_id), event=event))
-        if code == ACKED_AS_CANCELLED:  # cancelled while it ran: ack.lua finished it instead of retrying
+        if code is AckCode.CANCELLED:  # cancelled while it ran: ack.lua finished it instead of retrying
             decision = Decision(Status.CANCELLED)
         elif decision.due_ms is not None:
             self.on_due(job.queue, decision.due_ms)
-        return decision.status, decision if self._acked(code) else None
+        return decision.status, decision if code is not AckCode.NOT_ACTIVE else None
 
     def _result_ttl_ms(self, job: Job) -> int:
         """How long the finished job's record and result stay: its own result_ttl, or the pool's."""
         return job.result_ttl_ms or int(self.config.result_ttl_s * 1000)
-
-    @staticmethod
-    def _acked(code: int) -> bool:
-        try:
-            check("ack", code)
-        except JobNotActive:
-            return False
-        return True
 
     def _watch_stuck_thread(self, thread: Future[Any], job: Job, timeout_s: float) -> None:
         """A thread cannot be cancelled: if it still runs `timeout_grace` later, recycle the process."""

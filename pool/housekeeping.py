@@ -34,7 +34,7 @@ from pool.connection import (
     sync_client,
 )
 from pool.keys import Keys
-from pool.scripts import AlreadyReclaimed, Scripts, WorkerAlive, check
+from pool.scripts import RequeueCode, Scripts
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ class Housekeeper:
     @property
     def _burial(self) -> dict[str, Any]:
         """How requeue.lua keeps the poison jobs it buries."""
-        return {"dead_ttl_ms": int(self.config.dead_letter.ttl_s * 1000), "events": self.config.events}
+        return {"dead_ttl_ms": int(self.config.dead_letter.ttl_s * 1000),
+                "dead_max": self.config.dead_letter.max_jobs, "events": self.config.events}
 
     def worker_died(self, worker_id: str, cause: str = "") -> None:
         """Queue the requeue of a worker the supervisor saw exit (done on this or a later tick).
@@ -258,11 +259,9 @@ class Housekeeper:
         reply = self.scripts.requeue(
             queue, worker_id, "reclaim", self.config.max_deliveries, clock.now_ms(), cause=EXPIRED_CAUSE,
             **self._burial)
-        if isinstance(reply, int):
-            try:
-                check("requeue", reply)
-            except (WorkerAlive, AlreadyReclaimed):
-                return 0  # it heartbeated meanwhile, or another supervisor was first
+        if isinstance(reply, int):  # it heartbeated meanwhile, or another supervisor was first
+            logger.debug("reclaim of %s on %s: %s", worker_id, queue, RequeueCode(reply).name)
+            return 0
         requeued, buried = reply
         self._report(worker_id, queue, requeued, buried, "its heartbeat expired")
         if self.on_requeue is not None:

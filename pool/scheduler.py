@@ -3,7 +3,7 @@ the cron and interval schedules of pool.yaml. The first worker process of each s
 it on time; the others run it as backups, a second late (see BACKUP_LAG_S).
 
 Delayed jobs: the scheduler keeps, per queue, the earliest due time it knows of and sleeps until
-then; claim.lua (with k=0) promotes every due job, exactly once however many schedulers race,
+then; promote.lua promotes every due job, exactly once however many schedulers race,
 and its reply names the next due time. A producer that enqueues a new earliest job (or a
 worker scheduling a retry) publishes its due time on the queue's wake channel, so the timer is
 re-armed at once: a due job starts within milliseconds, not at the next poll. The earliest
@@ -26,7 +26,6 @@ from typing import Any
 import redis.asyncio
 
 from pool import clock
-from pool.claim_reply import decode_claim
 from pool.config import Config
 from pool.connection import Outage, subscription, wait_event
 from pool.jobs import JobSpec, new_job
@@ -49,9 +48,8 @@ class Scheduler:
 
     Args:
         config: the queues to promote and the schedules to fire.
-        worker_id: the worker this runs in (claim.lua needs one; it claims nothing here).
         client: a non-blocking Redis client (its pool also serves the wake subscription).
-        scripts: claim and fire.
+        scripts: promote and fire.
         outage: the worker's Outage: each step is retried through it until Redis answers (the
             worker stopping cancels this task).
         stopping: set when the worker stops.
@@ -59,11 +57,10 @@ class Scheduler:
     """
 
     def __init__(
-        self, config: Config, worker_id: str, client: redis.asyncio.Redis, scripts: Scripts,
+        self, config: Config, client: redis.asyncio.Redis, scripts: Scripts,
         outage: Outage, stopping: asyncio.Event, backup: bool = False,
     ) -> None:
         self.config = config
-        self.worker_id = worker_id
         self.redis = client
         self.scripts = scripts
         self.keys = scripts.keys
@@ -73,7 +70,6 @@ class Scheduler:
         self.lag_ms = int(BACKUP_LAG_S * 1000) if backup else 0
         self._learned: dict[str, int] = {}  # due times learned while a read was in flight
         self._changed = asyncio.Event()
-        self._ttl_ms = int(config.result_ttl_s * 1000)
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(self._listen(), name="scheduler:wake"),
@@ -129,7 +125,7 @@ class Scheduler:
                 if 0 <= due <= now - self.lag_ms:
                     self._learned.pop(queue, None)
                     reply = await self.outage.retry("promote", self._promote, queue)
-                    self._settle(queue, decode_claim(reply, queue).next_due_ms)
+                    self._settle(queue, int(reply))
                     promoted = True
             if clock.monotonic() >= refresh_at:
                 refresh_at = clock.monotonic() + REFRESH_S
@@ -144,8 +140,8 @@ class Scheduler:
                 await wait_event(self._changed, wait_s)
 
     def _promote(self, queue: str) -> Awaitable[Any]:
-        """claim.lua with nothing to claim: moves the queue's due jobs, returns the next due time."""
-        return self.scripts.claim(queue, self.worker_id, clock.now_ms(), 0, 0, result_ttl_ms=self._ttl_ms)
+        """Move the queue's due jobs into it; returns the next due time."""
+        return self.scripts.promote(queue, clock.now_ms())
 
     # -- schedules ------------------------------------------------------------------------------
 

@@ -198,7 +198,7 @@ class Worker:
         client = async_client(self.config, self.url, max_connections=connections)
         blocking = blocking_client(self.config, self.url, max_connections=len(self.config.queues) + 1)
         scripts = Scripts(client, self.keys)
-        scheduler = Scheduler(self.config, self.worker_id, client, scripts, self._outage, self.stopping,
+        scheduler = Scheduler(self.config, client, scripts, self._outage, self.stopping,
                               backup=not self._runs_scheduler)
         acks = AckBatcher(client, scripts, self.worker_id, self.config.dead_letter.max_jobs, self._outage,
                           replication(self.config))

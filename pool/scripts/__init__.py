@@ -5,6 +5,13 @@ never assemble keys by hand, and turns the scripts' negative return codes into e
 (one table, :data:`_FAILURES`). Scripts are loaded with ``register_script``, which falls back
 to EVAL and reloads after NOSCRIPT (a restarted server), so no explicit SCRIPT LOAD is needed.
 
+Blocks that several scripts share (finishing a job, burying it, promoting due jobs, the return
+codes) live once in ``includes/``; a line ``--@include <name>`` in a script is replaced by
+``includes/<name>.lua`` when the source is read (``codes`` is rendered from
+:mod:`pool.scripts.codes`). Each script is still one self-contained source sent with EVALSHA,
+so this works the same on Redis 6.2, Valkey and Cluster. Rejected: ``FUNCTION LOAD`` libraries
+(Redis 7+ only, and a second loading path to keep for 6.2).
+
 Works with both the asyncio and the sync redis client: wrappers return what the client returns
 (a coroutine for the asyncio client). Pass ``client=pipeline`` to batch calls in one round trip;
 on the hot path use :meth:`Scripts.pipelined`, which skips the SCRIPT EXISTS round trip that
@@ -14,6 +21,7 @@ redis-py sends before every pipeline holding a script.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, NamedTuple
@@ -23,6 +31,21 @@ from redis.exceptions import NoScriptError
 
 from pool.errors import PoolError
 from pool.keys import RECENT_JOBS, Keys
+from pool.scripts.codes import AckCode, CancelCode, RequeueCode, lua_tables
+
+__all__ = [
+    "SOURCES",
+    "Ack",
+    "AckCode",
+    "AlreadyReclaimed",
+    "CancelCode",
+    "JobNotActive",
+    "RequeueCode",
+    "Scripts",
+    "WorkerAlive",
+    "check",
+    "solo_threshold",
+]
 
 
 class Ack(NamedTuple):
@@ -51,10 +74,11 @@ class AlreadyReclaimed(PoolError):
     """requeue (reclaim): another caller reclaimed this worker first; nothing was moved."""
 
 
+# Keyed by script as well: the codes of different scripts share values (IntEnums compare as ints).
 _FAILURES: dict[tuple[str, int], type[PoolError]] = {
-    ("ack", -1): JobNotActive,
-    ("requeue", -1): WorkerAlive,
-    ("requeue", -2): AlreadyReclaimed,
+    ("ack", AckCode.NOT_ACTIVE): JobNotActive,
+    ("requeue", RequeueCode.WORKER_ALIVE): WorkerAlive,
+    ("requeue", RequeueCode.ALREADY_RECLAIMED): AlreadyReclaimed,
 }
 
 
@@ -66,13 +90,29 @@ def check(script: str, code: int) -> int:
     return code
 
 
+_INCLUDE = re.compile(r"^--@include (\w+)$", re.MULTILINE)
+
+
+def _read(path: str) -> str:
+    return resources.files(__package__).joinpath(path).read_text(encoding="utf-8")
+
+
+def _include(match: re.Match[str]) -> str:
+    # One level only: an include names no other include, so the order of the blocks is the
+    # order of the lines in the script (finish.lua holds everything finishing needs).
+    name = match.group(1)
+    return lua_tables() if name == "codes" else _read(f"includes/{name}.lua")
+
+
 def _source(name: str) -> str:
-    return resources.files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    """The script's source with its ``--@include`` lines replaced by the includes."""
+    return _INCLUDE.sub(_include, _read(f"{name}.lua"))
 
 
 SOURCES = {
     name: _source(name)
-    for name in ("enqueue", "claim", "ack", "requeue", "revive", "purge", "cancel", "handback", "fire")
+    for name in ("enqueue", "claim", "promote", "ack", "requeue", "revive", "purge", "cancel", "handback",
+                 "fire")
 }
 
 
@@ -111,6 +151,7 @@ class Scripts:
         self.keys = keys
         self._enqueue = client.register_script(SOURCES["enqueue"])
         self._claim = client.register_script(SOURCES["claim"])
+        self._promote = client.register_script(SOURCES["promote"])
         self._ack = client.register_script(SOURCES["ack"])
         self._requeue = client.register_script(SOURCES["requeue"])
         self._revive = client.register_script(SOURCES["revive"])
@@ -118,7 +159,7 @@ class Scripts:
         self._cancel = client.register_script(SOURCES["cancel"])
         self._handback = client.register_script(SOURCES["handback"])
         self._fire = client.register_script(SOURCES["fire"])
-        self._all = [self._enqueue, self._claim, self._ack, self._requeue, self._revive, self._purge,
+        self._all = [self._enqueue, self._claim, self._promote, self._ack, self._requeue, self._revive, self._purge,
                      self._cancel, self._handback, self._fire]
 
     async def load(self, client: Any) -> None:
@@ -222,14 +263,22 @@ class Scripts:
             args += [moved_id or "", "head" if head else ""]
         return self._claim(keys=keys, args=args, client=client)
 
+    def promote(self, queue: str, now_ms: int, client: Any = None) -> Any:
+        """Move the queue's due delayed jobs into it (see promote.lua).
+
+        Returns (awaitable with the async client) when the earliest job still delayed falls due
+        (bytes, or -1: none).
+        """
+        keys = [self.keys.queue(queue), self.keys.delayed(queue)]
+        return self._promote(keys=keys, args=[self.keys.queue_prefix(queue), now_ms], client=client)
+
     def ack_many(
         self, queue: str, worker_id: str, acks: Sequence[Ack], *, dead_max: int = 10_000, client: Any = None,
     ) -> Any:
         """Write the outcomes of a worker's attempts on one queue and drop their ids from its
         active list, in one call (see ack.lua).
 
-        Returns one code per ack: 1; 2 (acked as cancelled instead of retrying: cancellation was
-        requested while it ran); 0 (a retried ack); or -1 (no longer active: see :func:`check`).
+        Returns one :class:`AckCode` value per ack, as ints (decode with ``AckCode(code)``).
         """
         keys = [self.keys.active(queue, worker_id), self.keys.stats(queue), self.keys.delayed(queue),
                 self.keys.dead(queue)]
@@ -244,14 +293,15 @@ class Scripts:
         self, queue: str, worker_id: str, job_id: str, outcome: str, now_ms: int, ttl_ms: int,
         fields: Sequence[Any], *, due_ms: int | None = None, dead_max: int = 10_000, history: bytes = b"",
         event: bytes | None = None, clear: bool = False,
-    ) -> int:
+    ) -> AckCode:
         """One ack with the sync client (tests and tools): :meth:`ack_many`'s code for it."""
         ack = Ack(job_id, outcome, now_ms, ttl_ms, fields, due_ms, clear, history, event)
-        return int(self.ack_many(queue, worker_id, [ack], dead_max=dead_max)[0])
+        return AckCode(self.ack_many(queue, worker_id, [ack], dead_max=dead_max)[0])
 
     def requeue(
         self, queue: str, worker_id: str, mode: str, max_deliveries: int, now_ms: int, *,
-        dead_ttl_ms: int = 7 * 86_400_000, events: bool = True, cause: str = "", client: Any = None,
+        dead_ttl_ms: int = 7 * 86_400_000, dead_max: int = 10_000, events: bool = True, cause: str = "",
+        client: Any = None,
     ) -> Any:
         """Give a worker's active list back to the queue (see requeue.lua for the modes).
 
@@ -260,15 +310,16 @@ class Scripts:
                 (its liveness key expired; exactly once among concurrent callers).
             cause: how the worker died ('killed by SIGSEGV'): kept on each job it had started,
                 and named in the error of a job buried as poison.
+            dead_ttl_ms, dead_max: how long and how many dead jobs the queue keeps (as for ack).
 
-        Returns [requeued, buried], or -1 / -2 for 'reclaim' (see check).
+        Returns [requeued, buried], or for 'reclaim' a :class:`RequeueCode` value (see check).
         """
         keys = [
             self.keys.active(queue, worker_id), self.keys.queue(queue), self.keys.dead(queue),
             self.keys.stats(queue), self.keys.queue_workers(queue), self.keys.alive(queue, worker_id),
         ]
         args = [self.keys.queue_prefix(queue), mode, max_deliveries, now_ms, worker_id, dead_ttl_ms,
-                self.keys.events(queue) if events else "", cause]
+                self.keys.events(queue) if events else "", cause, dead_max]
         return self._requeue(keys=keys, args=args, client=client)
 
     def revive(self, queue: str, job_id: str, now_ms: int, client: Any = None) -> Any:
@@ -285,7 +336,7 @@ class Scripts:
     def cancel(
         self, queue: str, job_id: str, now_ms: int, ttl_ms: int, event: bytes | None, client: Any = None
     ) -> Any:
-        """Cancel a job: 1 cancelled, 2 requested (running), 0 already finished, -1 no such job."""
+        """Cancel a job. Returns a :class:`CancelCode` value (decode with ``CancelCode(code)``)."""
         keys = [self.keys.queue(queue), self.keys.delayed(queue), self.keys.job(queue, job_id),
                 self.keys.done(queue, job_id), self.keys.stats(queue)]
         args = [job_id, now_ms, ttl_ms, self.keys.queue_prefix(queue),

@@ -29,15 +29,18 @@
   second: 'c<s>' for completed, 'f<s>' for a failed attempt (retrying, failed or dead), so
   `pool status` sums exactly the last 60 s and the last hour. The tally key lives 62 minutes.
   Totals, tallies and recent lists are written once per call, not once per ack.
-  Returns  one code per ack, in order: 1 acked; 2 acked as 'cancelled' instead of 'retrying'
-           (cancellation was requested while it ran; also the answer to a retry of that ack);
-           0 already acked by this worker (a retry after a lost reply: nothing changes);
-           -1 the id is not in this worker's active list (requeued, reclaimed or cancelled
-           meanwhile: nothing is written, the job will run again or already has)
+  Returns  one AckCode per ack, in order (pool/scripts/codes.py): ACKED; CANCELLED, acked as
+           'cancelled' instead of 'retrying' (cancellation was requested while it ran; also the
+           answer to a retry of that ack); ALREADY_ACKED by this worker (a retry after a lost
+           reply: nothing changes); NOT_ACTIVE, the id is not in this worker's active list
+           (requeued, reclaimed or cancelled meanwhile: nothing is written, the job will run
+           again or already has)
   Invariant: each id leaves the active list exactly when its outcome is written, and lands in
   exactly one place: finished (hash with TTL), the delayed set or the dead set. A call that
   fails halfway (an error reply) leaves the acks before the failure written and the rest
-  untouched; sent again, the written ones answer 0. ]]
+  untouched; sent again, the written ones answer ALREADY_ACKED. ]]
+--@include codes
+--@include finish
 local active, stats, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local qprefix, worker, recent_max, dead_max, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 
@@ -60,27 +63,12 @@ end
 local function retried(job, id, outcome, now_ms)
   local current = redis.call('HMGET', job, 'status', 'worker', 'finished_ms')
   if current[2] == worker and current[1] == 'cancelled' and outcome == 'retrying' and current[3] == now_ms then
-    return 2  -- a retried ack (same now_ms) of an attempt this script finished as cancelled (below)
+    return AckCode.CANCELLED  -- a retried ack (same now_ms) of an attempt this script finished as cancelled (below)
   end
   if current[1] == outcome and current[2] == worker then
-    return 0
+    return AckCode.ALREADY_ACKED
   end
-  return -1
-end
-
-local function bury(job, id, now_ms, ttl_ms)
-  redis.call('ZADD', dead, now_ms, id)
-  redis.call('ZREMRANGEBYSCORE', dead, '-inf', tonumber(now_ms) - ttl_ms)
-  local excess = redis.call('ZCARD', dead) - dead_max
-  if excess > 0 then
-    for _, old in ipairs(redis.call('ZRANGE', dead, 0, excess - 1)) do
-      -- only a job that is still dead: the id may have been enqueued again since
-      if redis.call('HGET', qprefix .. 'job:' .. old, 'status') == 'dead' then
-        redis.call('DEL', qprefix .. 'job:' .. old, qprefix .. 'done:' .. old)
-      end
-    end
-    redis.call('ZREMRANGEBYRANK', dead, 0, excess - 1)
-  end
+  return AckCode.NOT_ACTIVE
 end
 
 local function ack(at)
@@ -91,20 +79,15 @@ local function ack(at)
   if redis.call('LREM', active, 1, id) == 0 then
     return retried(job, id, outcome, now_ms)
   end
-  local code = 1
+  local code = AckCode.ACKED
   if outcome == 'retrying' and redis.call('HEXISTS', job, 'cancel_requested_ms') == 1 then
-    outcome, code = 'cancelled', 2  -- cancelled while this attempt ran: no further attempt
+    outcome, code = 'cancelled', AckCode.CANCELLED  -- cancelled while this attempt ran: no further attempt
     event = string.gsub(event, '"status":"retrying"', '"status":"cancelled"', 1)
   end
   local failed = outcome == 'retrying' or outcome == 'dead' or outcome == 'failed'
   if clear == '1' or failed then
     redis.call('HDEL', job, 'error', 'traceback', 'result')  -- no earlier attempt's outcome outlives this one
   end
-  -- deliveries counts hand-overs nobody acknowledged: this one was, whatever its outcome.
-  local timing = outcome == 'retrying' and 'due_ms' or 'finished_ms'
-  local stamp = outcome == 'retrying' and due_ms or now_ms
-  redis.call('HSET', job, 'status', outcome, 'updated_ms', now_ms, 'deliveries', 0, timing, stamp,
-    unpack(ARGV, at + 9, at + 8 + n))
   if failed then
     redis.call('HINCRBY', job, 'failures', 1)  -- failed attempts: what retries are counted against
   end
@@ -117,20 +100,19 @@ local function ack(at)
     end
     redis.call('HSET', job, 'history', history)
   end
+  -- deliveries counts hand-overs nobody acknowledged: this one was, whatever its outcome.
   if outcome == 'retrying' then
+    redis.call('HSET', job, 'status', outcome, 'updated_ms', now_ms, 'deliveries', 0, 'due_ms', due_ms,
+      unpack(ARGV, at + 9, at + 8 + n))
     local earliest = tonumber(redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2])
     redis.call('ZADD', delayed, due_ms, id)
     if not earliest or tonumber(due_ms) < earliest then
       redis.call('PUBLISH', qprefix .. 'wake', due_ms)  -- the scheduler re-arms its timer
     end
+  elseif outcome == 'dead' then
+    bury(qprefix, dead, id, now_ms, ttl_ms, dead_max, 'deliveries', 0, unpack(ARGV, at + 9, at + 8 + n))
   else
-    if outcome == 'dead' then
-      bury(job, id, now_ms, ttl_ms)
-    end
-    redis.call('PEXPIRE', job, ttl_ms)
-    local done = qprefix .. 'done:' .. id
-    redis.call('RPUSH', done, outcome)  -- wakes callers blocked waiting for the result
-    redis.call('PEXPIRE', done, ttl_ms)
+    finish(qprefix, id, outcome, now_ms, ttl_ms, 'deliveries', 0, unpack(ARGV, at + 9, at + 8 + n))
   end
   count(outcome, id)
   if channel ~= '' and event ~= '' then
@@ -158,9 +140,6 @@ if counted.c + counted.f > 0 then
   end
 end
 for outcome, ids in pairs(recent) do
-  local list = qprefix .. 'recent:' .. outcome
-  if redis.call('LPUSH', list, unpack(ids)) > recent_max + 100 then
-    redis.call('LTRIM', list, 0, recent_max - 1)  -- trimmed in batches of 100: cheaper per job
-  end
+  push_recent(qprefix, outcome, ids, recent_max)
 end
 return codes

@@ -5,24 +5,26 @@
   ARGV[4]  key prefix of the queue ('<prefix>:{q}:'; the worker's cancel set is built from it)
   ARGV[5]  channel to publish ARGV[6] on, or ''   ARGV[6]  event payload (JSON)
   ARGV[7]  recent_max: how many ids the queue's 'recent:cancelled' list keeps
-  Returns  1 cancelled (it was queued or waiting to retry: it is finished as 'cancelled');
-           2 requested (it is running: its worker cancels it at its next heartbeat; or it was
-           claimed and not started: claim.lua finishes it as cancelled when it would start it);
-           0 already finished (nothing to cancel); -1 no such job
+  Returns  a CancelCode (pool/scripts/codes.py): CANCELLED (it was queued or waiting to retry:
+           it is finished as 'cancelled'); REQUESTED (it is running: its worker cancels it at its
+           next heartbeat; or it was claimed and not started: claim.lua finishes it as cancelled
+           when it would start it); FINISHED already (nothing to cancel); NOT_FOUND (no such job)
   Invariant: a waiting job leaves its list or set exactly when it is marked cancelled, so it
   can never be claimed afterwards. ]]
+--@include codes
+--@include finish
 local queue, delayed, job, done, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, now_ms, ttl_ms, qprefix, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 
 local state = redis.call('HMGET', job, 'status', 'worker')
 local status = state[1]
 if not status then
-  return -1
+  return CancelCode.NOT_FOUND
 end
 if status == 'active' then
   redis.call('HSET', job, 'cancel_requested_ms', now_ms)
   redis.call('SADD', qprefix .. 'cancel:' .. state[2], id)
-  return 2
+  return CancelCode.REQUESTED
 end
 local removed = 0
 if status == 'queued' then
@@ -30,25 +32,17 @@ if status == 'queued' then
   if removed == 0 then
     -- moved into a worker's active list but not started yet: claim.lua cancels it at its start
     redis.call('HSET', job, 'cancel_requested_ms', now_ms)
-    return 2
+    return CancelCode.REQUESTED
   end
 elseif status == 'retrying' or status == 'delayed' then
   removed = redis.call('ZREM', delayed, id)
 end
 if removed == 0 then
-  return 0
+  return CancelCode.FINISHED
 end
 ttl_ms = tonumber(redis.call('HGET', job, 'result_ttl_ms')) or ttl_ms
-redis.call('HSET', job, 'status', 'cancelled', 'finished_ms', now_ms, 'updated_ms', now_ms,
-  'error', 'Cancelled: cancelled before it ran')
-redis.call('PEXPIRE', job, ttl_ms)
-redis.call('RPUSH', done, 'cancelled')
-redis.call('PEXPIRE', done, ttl_ms)
-redis.call('HINCRBY', stats, 'cancelled', 1)
-if redis.call('LPUSH', qprefix .. 'recent:cancelled', id) > tonumber(ARGV[7]) + 100 then
-  redis.call('LTRIM', qprefix .. 'recent:cancelled', 0, tonumber(ARGV[7]) - 1)
-end
+finish_cancelled(qprefix, stats, id, now_ms, ttl_ms, tonumber(ARGV[7]))
 if channel ~= '' then
   redis.call('PUBLISH', channel, ARGV[6])
 end
-return 1
+return CancelCode.CANCELLED

@@ -42,6 +42,8 @@
   Invariant: each id leaves the queue in the same atomic step that puts it in the active list
   (the script's effects are applied and persisted as one), so each id is in exactly one list. Job hashes are built as
   ARGV[1] .. 'job:' .. id: they carry the queue's hash tag, in the same slot as KEYS. ]]
+--@include finish
+--@include promote
 local queue, active, delayed, rate = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local qprefix, worker, now_ms = ARGV[1], ARGV[2], ARGV[3]
 local k, running, solo_at, ttl_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -59,13 +61,7 @@ if ARGV[12] == 'head' then
   moved = moved or nil
 end
 
--- Promote: due jobs join the tail of the queue (in due order), each exactly once.
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms, 'LIMIT', 0, 1000)) do
-  redis.call('ZREM', delayed, id)
-  redis.call('LPUSH', queue, id)
-  redis.call('HSET', qprefix .. 'job:' .. id, 'status', 'queued', 'updated_ms', now_ms)
-end
-local next_due = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2] or -1
+local next_due = promote(queue, delayed, qprefix, now_ms)
 
 if moved and not redis.call('LPOS', active, moved) then
   -- A claim that arrives late (held up by a partition after its client gave up) names an id
@@ -128,15 +124,7 @@ local function start(id, solo, record, fields)
   if fields['cancel_requested_ms'] then
     redis.call('LREM', active, 1, id)
     local ttl = tonumber(field(record, fields, 'result_ttl_ms')) or ttl_ms
-    redis.call('HSET', job, 'status', 'cancelled', 'finished_ms', now_ms, 'updated_ms', now_ms,
-      'error', 'Cancelled: cancelled before it started')
-    redis.call('PEXPIRE', job, ttl)
-    redis.call('RPUSH', qprefix .. 'done:' .. id, 'cancelled')
-    redis.call('PEXPIRE', qprefix .. 'done:' .. id, ttl)
-    redis.call('HINCRBY', qprefix .. 'stats', 'cancelled', 1)
-    if redis.call('LPUSH', qprefix .. 'recent:cancelled', id) > recent_max + 100 then
-      redis.call('LTRIM', qprefix .. 'recent:cancelled', 0, recent_max - 1)
-    end
+    finish_cancelled(qprefix, qprefix .. 'stats', id, now_ms, ttl, recent_max)
     return
   end
   if not (field(record, fields, 'status') == 'active' and field(record, fields, 'worker') == worker) then

@@ -17,31 +17,37 @@
   ARGV[3]  max_deliveries
   ARGV[4]  now_ms
   ARGV[5]  worker id
-  ARGV[6]  dead-letter TTL in ms (buried jobs are kept this long)
+  ARGV[6]  dead-letter TTL in ms (buried jobs are kept this long; older dead ids are dropped)
   ARGV[7]  channel for a 'dead' event per buried job, or '' (events off)
   ARGV[8]  how the worker died, as its supervisor saw it ('killed by SIGSEGV', 'exited with code
            3', ...; '' in 'stop' mode). In 'died' and 'reclaim' modes it is appended to the
            'deaths' field (a JSON array) of each job the worker had started, keeping as many
            entries as the job has deliveries (an ack resets those to 0), and a buried job's
            error names them: a poison job says how it killed its workers.
+  ARGV[9]  dead_max: the most dead jobs kept in this queue (the oldest are deleted)
   Only started jobs (status 'active') are buried: an id a BLMOVE moved whose claim never ran
   had no delivery counted, and is requeued whatever its count.
-  Returns  {requeued, buried}; for 'reclaim' also -1 the worker is alive (liveness key exists),
-           -2 another caller reclaimed it first (no longer registered)
+  Returns  {requeued, buried}; for 'reclaim' also a RequeueCode (pool/scripts/codes.py):
+           WORKER_ALIVE (its liveness key exists), ALREADY_RECLAIMED (another caller reclaimed it
+           first: it is no longer registered)
+  A poison job is buried as ack.lua buries a dead one (includes/finish.lua bury): the dead-letter
+  TTL and dead_max hold for both.
   Invariants: each id moves with LMOVE or LPOP+ZADD in this one step, never held in memory; the
   oldest claim ends up next in line; in 'reclaim' only the caller whose SREM removes the worker
   moves its list, so concurrent reclaimers requeue each job exactly once. Expiry is judged by
   Redis (the key's TTL), never by comparing the clocks of different hosts. ]]
+--@include codes
+--@include finish
 local active, queue, dead, stats, registry, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local qprefix, mode, max_deliveries, now_ms, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local dead_ttl, channel, cause = tonumber(ARGV[6]), ARGV[7], ARGV[8] or ''
+local dead_ttl, channel, cause, dead_max = tonumber(ARGV[6]), ARGV[7], ARGV[8] or '', tonumber(ARGV[9])
 
 if mode == 'reclaim' then
   if redis.call('EXISTS', alive) == 1 then
-    return -1
+    return RequeueCode.WORKER_ALIVE
   end
   if redis.call('SREM', registry, worker) == 0 then
-    return -2
+    return RequeueCode.ALREADY_RECLAIMED
   end
 else
   redis.call('SREM', registry, worker)
@@ -92,11 +98,7 @@ while true do
       'before acknowledging it (max_deliveries is ' .. max_deliveries .. '); how its workers died: ' ..
       summary(deaths)
     redis.call('LPOP', active)
-    redis.call('ZADD', dead, now_ms, id)
-    redis.call('HSET', job, 'status', 'dead', 'finished_ms', now_ms, 'updated_ms', now_ms, 'error', reason)
-    redis.call('PEXPIRE', job, dead_ttl)
-    redis.call('RPUSH', qprefix .. 'done:' .. id, 'dead')
-    redis.call('PEXPIRE', qprefix .. 'done:' .. id, dead_ttl)
+    bury(qprefix, dead, id, now_ms, dead_ttl, dead_max, 'error', reason)
     if channel ~= '' then
       redis.call('PUBLISH', channel, cjson.encode({id = id, status = 'dead', error = reason,
         handler = redis.call('HGET', job, 'handler'), ts_ms = tonumber(now_ms)}))

@@ -307,8 +307,8 @@ async def test_a_wake_message_arriving_during_a_promotion_is_not_lost(make_confi
             def __getattr__(self, name):
                 return getattr(self.scripts, name)
 
-            async def claim(self, *args, **kwargs):
-                reply = await self.scripts.claim(*args, **kwargs)
+            async def promote(self, *args, **kwargs):
+                reply = await self.scripts.promote(*args, **kwargs)
                 if not late:  # the first promotion: a job is enqueued while its reply is on the way
                     late.append(await client.enqueue("tests.sample_handlers.add", 5, 5, delay=0.3))
                     await async_wait_until(lambda: _async("default" in scheduler._learned), message="wake message")

@@ -210,6 +210,22 @@ def test_poison_job_goes_to_the_dead_set_after_max_deliveries(r, keys, scripts):
     assert r.llen(keys.queue("q")) == 0
 
 
+def test_a_poison_job_buried_by_requeue_gets_the_dead_letter_ttl_and_counts_against_dead_max(r, keys, scripts):
+    """requeue.lua buries as ack.lua does: old dead ids age out, and the set keeps dead_max."""
+    active_job(scripts, "old")
+    scripts.ack("q", W, "old", "dead", 1000, 5000, ["error", "E"])  # buried longer ago than the TTL
+    for i in (1, 2):
+        active_job(scripts, f"d{i}")
+        scripts.ack("q", W, f"d{i}", "dead", 4000 + i, 5000, ["error", "E"])  # 'old' is still young
+    enqueue(scripts, "q", "poison")
+    assert ids_of(scripts.claim("q", W, 5, 1, 0)) == [b"poison"]
+    assert scripts.requeue("q", W, "died", 1, 7000, dead_ttl_ms=5000, dead_max=2) == [0, 1]
+    assert r.zrange(keys.dead("q"), 0, -1) == [b"d2", b"poison"]  # 'old' aged out, 'd1' trimmed
+    assert not r.exists(keys.job("q", "d1")) and not r.exists(keys.done("q", "d1"))
+    assert 4000 < r.pttl(keys.job("q", "poison")) <= 5000
+    assert 4000 < r.pttl(keys.done("q", "poison")) <= 5000
+
+
 def test_a_poison_job_names_how_its_workers_died(r, keys, scripts):
     enqueue(scripts, "q", "poison")
     causes = ["killed by SIGSEGV", "exited with code 3", "killed by SIGSEGV"]
@@ -525,6 +541,30 @@ def test_cancel_requested_for_a_job_whose_worker_died_is_honoured(r, keys, scrip
     assert records(scripts.claim("q", "other:9:x", 9002, 5, 0)) == []
     assert r.hget(keys.job("q", "a"), "status") == b"cancelled"
     assert r.lrange(keys.done("q", "a"), 0, -1) == [b"cancelled"]
+
+
+def test_a_job_cancelled_before_it_started_says_so_in_one_wording(r, keys, scripts):
+    """cancel.lua (a waiting job) and claim.lua (a claimed one) finish it with the same error."""
+    enqueue(scripts, "q", "waiting", "claimed")
+    r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")  # 'waiting' (the older one)
+    assert scripts.cancel("q", "claimed", 9000, 60_000, None) == 1
+    assert scripts.cancel("q", "waiting", 9000, 60_000, None) == 2
+    assert records(scripts.claim("q", W, 9001, 0, 0, moved_id="waiting")) == []
+    errors = {r.hget(keys.job("q", job_id), "error") for job_id in ("waiting", "claimed")}
+    assert errors == {b"Cancelled: cancelled before it started"}
+
+
+def test_promote_moves_due_jobs_and_reports_the_next_due_time(r, keys, scripts):
+    """promote.lua is claim.lua's promotion alone: the scheduler's timer calls it."""
+    enqueue(scripts, "q", "due", "later")
+    for job_id, due in (("due", 500), ("later", 9000)):
+        r.lrem(keys.queue("q"), 1, job_id)
+        r.zadd(keys.delayed("q"), {job_id: due})
+    assert int(scripts.promote("q", 1000)) == 9000
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"due"]
+    assert r.hget(keys.job("q", "due"), "status") == b"queued"
+    assert r.zrange(keys.delayed("q"), 0, -1) == [b"later"]
+    assert scripts.promote("q", 9000) == -1  # nothing delayed any more
 
 
 def test_cancel_of_a_job_moved_but_not_started_is_honoured_at_its_start(r, keys, scripts):

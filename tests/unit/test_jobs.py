@@ -102,7 +102,7 @@ async def test_the_client_and_the_scheduler_build_the_same_job_record(monkeypatc
         "queue": "reports", "timeout": "2s"}}})
     [schedule] = config.schedules
     scripts = _FireRecorder(Keys(config.key_prefix))
-    scheduler = Scheduler(config, "w", None, scripts, None, asyncio.Event())  # type: ignore[arg-type]
+    scheduler = Scheduler(config, None, scripts, None, asyncio.Event())  # type: ignore[arg-type]
     await scheduler._fire(schedule, 960_000)
 
     client = AsyncClient(config, url="redis://unused")
