@@ -71,7 +71,6 @@ class Housekeeper:
         self.outage = Outage("supervisor", url, on_reconnect)
         self.dead_workers: list[str] = []
         self._causes: dict[str, str] = {}  # how each of dead_workers died
-        self.reclaimed_total = 0
         self._next_reclaim = 0.0
         self._reclaim_after = 0.0
         self._marker_seen = False
@@ -267,7 +266,6 @@ class Housekeeper:
         if self.on_requeue is not None:
             self.on_requeue(queue, "expired", requeued, buried)
         self._forget(worker_id)
-        self.reclaimed_total += requeued
         return int(requeued)
 
     def _forget(self, worker_id: str) -> None:

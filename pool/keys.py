@@ -42,8 +42,9 @@ import socket
 # How many ids each ``recent:<status>`` list keeps (completed, failed, cancelled), newest first.
 RECENT_JOBS = 1000
 
-# Queue names become part of keys and hash tags: no braces, colons or spaces.
-QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Queue names become part of keys and hash tags: no braces, colons or spaces (whole-string
+# match: a '$' anchor would let a trailing newline through).
+QUEUE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 QUEUE_NAME_RULE = "1-64 characters: letters, digits, '_', '.', '-', starting with a letter or digit"
 
 
@@ -54,7 +55,7 @@ def make_worker_id(nonce: str, pid: int | None = None) -> str:
 
 def is_valid_queue_name(name: str) -> bool:
     """Whether ``name`` may be used as a queue name (and so inside a hash tag)."""
-    return bool(QUEUE_NAME_PATTERN.match(name))
+    return bool(QUEUE_NAME_PATTERN.fullmatch(name))
 
 
 class Keys:

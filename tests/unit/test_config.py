@@ -248,6 +248,7 @@ def test_queue_entries_take_weights_and_rate_limits():
     ({"name": "a", "rate_limit": "fast"}, "queues[0].rate_limit: must be jobs per window such as '100/s'"),
     ({"name": "a", "rate_limit": "0/s"}, "queues[0].rate_limit: must be jobs per window"),
     ({"name": "a", "priority": 1}, "queues[0].priority: unknown key"),
+    ({"name": "mail\n"}, "queues[0].name: queue names must be 1-64 characters"),  # a trailing newline is no part of a name
 ])
 def test_bad_queue_entries_name_the_key(entry, message):
     with pytest.raises(ConfigError) as info:
