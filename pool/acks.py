@@ -23,7 +23,7 @@ import redis.asyncio
 from pool.connection import Outage, is_refusal, is_transient
 from pool.scripts import Ack, AckCode, Scripts
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pool.acks")  # the name JSON logs show, kept stable
 
 MAX_BATCH = 256  # acks per round trip at most: a bounded call, replies in bounded memory
 

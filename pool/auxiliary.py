@@ -18,7 +18,7 @@ from pool.embedded import EmbeddedServer
 from pool.errors import RedisUnavailable
 from pool.forking import describe_exit
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pool.auxiliary")  # the name JSON logs show, kept stable
 
 EMBEDDED_START_S = 15.0  # the longest EmbeddedServer.start waits for a restarted server
 

@@ -28,7 +28,8 @@ if HIREDIS_AVAILABLE:
     import hiredis
 
 from pool import embedded
-from pool.config import Config, redact_url
+from pool.config import Config
+from pool.config_values import redact_url
 from pool.errors import RedisUnavailable
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ BLOCKING_SOCKET_MARGIN_S = 3.0
 
 MIN_REDIS_VERSION = (6, 2)  # BLMOVE
 
-redact = redact_url  # the one place that knows how a URL hides its password (config_values.py)
 
 
 def resolve_url(config: Config) -> str:
@@ -233,7 +233,7 @@ def check_server(client: redis.Redis, url: str) -> None:
     version = str(info.get("valkey_version") or info.get("redis_version") or "0")
     parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     if parts and parts < MIN_REDIS_VERSION:
-        raise RedisUnavailable(f"Redis {version} at {redact(url)} is too old: pool needs 6.2 or newer (BLMOVE)")
+        raise RedisUnavailable(f"Redis {version} at {redact_url(url)} is too old: pool needs 6.2 or newer (BLMOVE)")
     if info.get("aof_enabled"):
         logger.info("Redis %s, persistence: AOF", version)
     else:

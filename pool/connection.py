@@ -30,19 +30,19 @@ from pool.clients import (
     async_client,
     blocking_client,
     check_server,
-    redact,
     replication,
     resolve_url,
     sentinel_url,
     server_info,
     sync_client,
 )
+from pool.config_values import redact_url
 from pool.errors import RedisUnavailable
 
 __all__ = [
     "BLOCKING_SOCKET_MARGIN_S", "BLOCK_TIMEOUT_S", "CLIENT_ATTEMPTS", "MIN_REDIS_VERSION", "OUTAGE_ERRORS",
     "REDIS_ERRORS", "REFUSAL_CODES", "Outage", "async_client", "backoff_s", "blocking_client", "check_server",
-    "describe_error", "describe_unreachable", "is_refusal", "is_transient", "redact", "replication",
+    "describe_error", "describe_unreachable", "is_refusal", "is_transient", "replication",
     "resolve_url", "sentinel_url", "server_info", "subscription", "sync_client", "wait_event",
 ]
 
@@ -67,7 +67,7 @@ CLIENT_ATTEMPTS = 4
 def describe_unreachable(url: str, exc: BaseException) -> RedisUnavailable:
     """A one-line error for a Redis that cannot be reached, without the password."""
     reason = str(exc).strip() or type(exc).__name__
-    return RedisUnavailable(f"cannot reach Redis at {redact(url)}: {reason}")
+    return RedisUnavailable(f"cannot reach Redis at {redact_url(url)}: {reason}")
 
 
 def backoff_s(attempt: int, base_s: float = 0.05, cap_s: float = 1.0) -> float:
@@ -191,7 +191,7 @@ class Outage:
 
     def __init__(self, what: str, url: str, on_recovered: Callable[[], None] | None = None) -> None:
         self.what = what
-        self.url = redact(url)
+        self.url = redact_url(url)
         self.attempt = 0
         self.started: float | None = None
         self.on_recovered = on_recovered

@@ -43,7 +43,7 @@ from pool.connection import OUTAGE_ERRORS, describe_unreachable, sync_client
 if TYPE_CHECKING:
     from pool.auxiliary import Host
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pool.exporter")  # the name JSON logs show, kept stable
 
 SCRAPE_SOCKET_TIMEOUT_S = 5.0
 LIVE_AFTER_S = 10.0  # /livez fails once the supervisor's loop has not run for this long

@@ -33,7 +33,7 @@ from pool.keys import Keys
 from pool.scripts import Scripts, solo_threshold
 from pool.slots import JobSlots
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pool.fetcher")  # the name JSON logs show, kept stable
 
 RECONCILE_INTERVAL_S = 5.0
 

@@ -27,7 +27,7 @@ from pool import logs
 from pool.config import Config
 from pool.errors import ExitCode
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pool.forking")  # the name JSON logs show, kept stable
 
 HANDLED_BY_SUPERVISOR = (
     signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,

@@ -23,20 +23,20 @@ from redis.exceptions import ResponseError
 
 from pool import clock
 from pool.config import Config
+from pool.config_values import redact_url
 from pool.connection import (
     CONNECTION,
     OUTAGE_ERRORS,
     Outage,
     describe_error,
     is_refusal,
-    redact,
     server_info,
     sync_client,
 )
 from pool.keys import Keys
 from pool.scripts import RequeueCode, Scripts
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pool.housekeeping")  # the name JSON logs show, kept stable
 
 PRESENCE_SLACK_S = 2.0
 EVICTION_REPORT_S = 60.0
@@ -94,6 +94,14 @@ class Housekeeper:
         if self._scripts is None:
             self._scripts = Scripts(self.redis, self.keys)
         return self._scripts
+
+    def ping(self) -> None:
+        """PING Redis. A refusal is an answer: MISCONF refuses even PING, and workers wait it out."""
+        try:
+            self.redis.ping()
+        except redis.exceptions.ResponseError as exc:
+            if not is_refusal(exc):
+                raise
 
     def disconnect(self) -> None:
         """Drop pooled connections: called before every fork, so no socket is shared with a child."""
@@ -180,7 +188,7 @@ class Housekeeper:
         the reply's own, without redis-py's quote of the command (it holds a timestamp)."""
         text = describe_error(exc)
         if text != self._last_error:
-            logger.error("housekeeping failed on Redis at %s: %s; retrying", redact(self.url), text)
+            logger.error("housekeeping failed on Redis at %s: %s; retrying", redact_url(self.url), text)
             self._last_error = text
 
     # -- presence ---------------------------------------------------------------------------------
@@ -298,7 +306,7 @@ class Housekeeper:
         if self.redis.exists(marker):
             if restarted:
                 logger.warning("Redis at %s restarted or failed over (run_id changed) and kept its data",
-                               redact(self.url))
+                               redact_url(self.url))
         elif self._marker_seen:
             self._data_lost(run_id, restarted, evicting)
         else:
@@ -315,7 +323,7 @@ class Housekeeper:
                                 "Check its persistence settings (appendonly yes).")
         else:
             what, cause, fix = ("lost the pool's keys (FLUSHALL?)", "flushed", "Check who deletes them.")
-        logger.critical("Redis at %s %s: every job queued before now may be gone. %s", redact(self.url), what, fix)
+        logger.critical("Redis at %s %s: every job queued before now may be gone. %s", redact_url(self.url), what, fix)
         self.redis.hset(self.keys.marker(), mapping={"data_lost_ms": clock.now_ms(), "run_id": run_id,
                                                      "cause": cause, "policy": self._policy or ""})
 

@@ -32,7 +32,7 @@ from pool.jobs import JobSpec, new_job
 from pool.schedules import Schedule
 from pool.scripts import Scripts
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pool.scheduler")  # the name JSON logs show, kept stable
 
 
 REFRESH_S = 5.0  # re-read the earliest due times this often, whatever the wake channel said

@@ -30,39 +30,34 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import redis
 
-from pool import clock, exporter, forking, hooks
-from pool import config as config_module
+from pool import clock, exporter, forking, reload
 from pool.auxiliary import Auxiliary, EmbeddedRedis
 from pool.children import HEALTHY_RUN_S, ProcessSlot, WorkerChild
 from pool.config import Config
+from pool.config_values import redact_url
 from pool.connection import (
     OUTAGE_ERRORS,
     backoff_s,
     check_server,
     describe_unreachable,
-    is_refusal,
-    redact,
     resolve_url,
 )
 from pool.embedded import EmbeddedServer
 from pool.errors import ExitCode, PoolError
 from pool.forking import death_cause, describe_exit
-from pool.handlers import IMPORT_CHECK_TIMEOUT_S, check_importable
+from pool.handlers import IMPORT_CHECK_TIMEOUT_S
 from pool.housekeeping import Housekeeper
 from pool.keys import make_worker_id
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pool.supervisor")  # the name JSON logs show, kept stable
 
 HANDLED_SIGNALS = forking.HANDLED_BY_SUPERVISOR
 KILL_GRACE_S = 5.0  # after the shutdown deadline, workers get this long before SIGKILL
 CRASH_LOOP_FAILURES = 3  # a slot whose worker died this often in a row, each quickly, is crash-looping
-# Settings a reload (SIGHUP) cannot change in a running pool.
-FIXED_ON_RELOAD = ("redis", "key_prefix", "state_dir", "metrics")
 
 # What a forked child runs: (config, worker_id, url, alive_file, runs_scheduler) -> exit code.
 # The first worker slot also runs the scheduler (delayed jobs, schedules): one per supervisor.
@@ -117,7 +112,7 @@ class Supervisor:
             check_server(self.housekeeper.redis, self.url)
             logger.info("supervisor pid %d starting %d worker(s) x %d slots on %s, queues: %s",
                         os.getpid(), self.config.processes, self.config.concurrency,
-                        redact(self.url), ", ".join(self.config.queues))
+                        redact_url(self.url), ", ".join(self.config.queues))
             self._supervise()
             self._finish_housekeeping()
             logger.info("supervisor stopped")
@@ -252,16 +247,10 @@ class Supervisor:
             return
         self.busy_for(IMPORT_CHECK_TIMEOUT_S)  # importing handlers may take a while
         try:
-            fresh = self.overrides(config_module.load(self.config.path))
-            check_importable(fresh)
-            hooks.check_importable(fresh)
+            fresh = reload.reloaded(self.config, self.overrides)
         except PoolError as exc:
             logger.error("reload refused, the running workers stay: %s", exc)
             return
-        for name in FIXED_ON_RELOAD:
-            if getattr(fresh, name) != getattr(self.config, name):
-                logger.warning("reload: %s changed; it takes effect only after a restart", name)
-                fresh = replace(fresh, **{name: getattr(self.config, name)})
         self.config = fresh
         self.exporter.reload(fresh)  # new queues and schedules in /metrics and /healthz
         self._resize(fresh.processes)
@@ -429,14 +418,6 @@ class Supervisor:
         self.auxiliaries.append(EmbeddedRedis(server))
         return server.start()
 
-    def _ping(self) -> None:
-        """PING Redis. A refusal is an answer: MISCONF refuses even PING, and workers wait it out."""
-        try:
-            self.housekeeper.redis.ping()
-        except redis.exceptions.ResponseError as exc:
-            if not is_refusal(exc):
-                raise
-
     def _wait_for_redis(self) -> bool:
         """Block until Redis answers PING; False if told to stop meanwhile."""
         attempt = 0
@@ -444,16 +425,16 @@ class Supervisor:
             self.exporter.tick()  # /livez answers, and /healthz says Redis is not there
             self.exporter.start_if_due(self)
             try:
-                self._ping()
+                self.housekeeper.ping()
                 if attempt:
-                    logger.info("Redis at %s answers; starting", redact(self.url))
+                    logger.info("Redis at %s answers; starting", redact_url(self.url))
                 return True
             except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
                 raise describe_unreachable(self.url, exc) from None  # waiting would not fix it
             except OUTAGE_ERRORS as exc:
                 if attempt == 0:
                     logger.warning("waiting for Redis at %s (%s); the pool starts once it answers",
-                                   redact(self.url), describe_unreachable(self.url, exc))
+                                   redact_url(self.url), describe_unreachable(self.url, exc))
                 attempt += 1
             if self._next_signal(backoff_s(attempt, base_s=0.1, cap_s=1.0) + 0.05) in (signal.SIGTERM, signal.SIGINT):
                 logger.info("stopped while waiting for Redis")

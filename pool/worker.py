@@ -44,7 +44,7 @@ from pool.scheduler import Scheduler
 from pool.scripts import Scripts
 from pool.slots import JobSlots
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pool.worker")  # the name JSON logs show, kept stable
 
 BACKGROUND_STOP_S = 5.0  # how long a cancelled background task may take to end
 

@@ -13,7 +13,7 @@ import redis
 import trustme
 
 from pool import AsyncClient, Client
-from pool.connection import redact
+from pool.config_values import redact_url
 from pool.embedded import free_port
 from pool.errors import RedisUnavailable
 from pool.testing import drain
@@ -35,9 +35,9 @@ def tcp_url(server):
 
 
 def test_redact_hides_passwords():
-    assert redact("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
-    assert redact("rediss://:s3cret@host:6380") == "rediss://:***@host:6380"
-    assert redact("unix:///run/redis.sock") == "unix:///run/redis.sock"
+    assert redact_url("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redact_url("rediss://:s3cret@host:6380") == "rediss://:***@host:6380"
+    assert redact_url("unix:///run/redis.sock") == "unix:///run/redis.sock"
 
 
 async def test_acl_user_and_password_from_config(make_config, tcp_url, acl_user):
