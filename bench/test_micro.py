@@ -21,7 +21,7 @@ from pool.config import from_mapping
 from pool.embedded import EmbeddedServer
 from pool.jobs import Job, dumps, encode_arguments, enqueue_fields, new_job_id
 from pool.keys import Keys
-from pool.scripts import Ack, Scripts
+from pool.lua import Ack, Scripts
 
 WORKER = "bench-host:1:abc"
 ARGS = ({"user_id": 12345, "email": "someone@example.com", "sizes": [64, 128, 256]},)

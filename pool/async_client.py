@@ -43,7 +43,7 @@ from pool.errors import JobNotFound, NotReplicated, RedisUnavailable, ResultTime
 from pool.jobs import Job, JobSpec, dumps, new_job
 from pool.keys import QUEUE_NAME_RULE, Keys, is_valid_queue_name
 from pool.listing import JobPage
-from pool.scripts import CancelCode, Scripts
+from pool.lua import CancelCode, Scripts
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ respawning into the same error; the ``on_shutdown`` hooks do not run then (nothi
 process's work ran). An ``on_shutdown`` hook that raises or overruns is logged and the next one
 runs: the process still exits cleanly.
 
-The worker (worker.py) decides when the hooks run; this module imports and calls them.
+The worker (worker/process.py) decides when the hooks run; this module imports and calls them.
 """
 
 from __future__ import annotations

@@ -106,7 +106,8 @@ def _parse_when(delay: float | None, at: str | None) -> tuple[float | None, date
 
 
 def _status(options: argparse.Namespace) -> int:
-    from pool import status, status_text
+    from pool import status
+    from pool.cli import status_text
     from pool.connection import OUTAGE_ERRORS, describe_unreachable, resolve_url, sync_client
 
     config = config_module.load(options.config)
@@ -154,7 +155,8 @@ def _job(options: argparse.Namespace) -> int:
 
 
 def _jobs(options: argparse.Namespace) -> int:
-    from pool import clock, jobs_text
+    from pool import clock
+    from pool.cli import jobs_text
     from pool.client import Client
 
     with Client(config_module.load(options.config)) as client:
@@ -222,7 +224,8 @@ def _show_dead(client: Any, config: Config, options: argparse.Namespace) -> int:
 
 def _print_record(job: Any, as_json: bool) -> int:
     """One job's record: the text view of `pool job`, or one JSON object."""
-    from pool import clock, jobs_text
+    from pool import clock
+    from pool.cli import jobs_text
 
     if as_json:
         print(orjson.dumps(job.to_dict(), option=orjson.OPT_INDENT_2).decode())

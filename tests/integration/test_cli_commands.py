@@ -128,7 +128,7 @@ async def test_a_handlers_traceback_starts_at_the_handlers_frame(make_config, ur
     lines = failed.traceback.splitlines()
     assert lines[0] == "Traceback (most recent call last):"
     assert "tests/sample_handlers.py" in lines[1], failed.traceback
-    assert "pool/execution.py" not in failed.traceback and "concurrent/futures" not in failed.traceback
+    assert "pool/worker/execution.py" not in failed.traceback and "concurrent/futures" not in failed.traceback
 
 
 @pytest.fixture

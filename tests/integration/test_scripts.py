@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from pool.keys import Keys
-from pool.scripts import Ack, AlreadyReclaimed, JobNotActive, Scripts, WorkerAlive, check, solo_threshold
+from pool.lua import Ack, AlreadyReclaimed, JobNotActive, Scripts, WorkerAlive, check, solo_threshold
 
 W = "host:1:abc"
 

@@ -310,7 +310,7 @@ async def test_lost_claim_reply_is_reconciled(config, url, client, r):
 
 async def test_stale_claim_landing_later_is_found_by_periodic_reconcile(config, url, client, r, monkeypatch):
     """A claim that reaches the server after its client gave up moves an id nobody waits for."""
-    monkeypatch.setattr("pool.fetcher.RECONCILE_INTERVAL_S", 0.3)
+    monkeypatch.setattr("pool.worker.fetcher.RECONCILE_INTERVAL_S", 0.3)
     worker = new_worker(config, url)
     keys = Keys(config.key_prefix)
     async with running(worker, r):

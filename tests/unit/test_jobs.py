@@ -94,7 +94,7 @@ async def test_the_client_and_the_scheduler_build_the_same_job_record(monkeypatc
     from pool.client import AsyncClient
     from pool.config import from_mapping
     from pool.keys import Keys
-    from pool.scheduler import Scheduler
+    from pool.worker.scheduler import Scheduler
 
     monkeypatch.setattr(clock, "now_ms", lambda: 1_000_000)
     config = from_mapping({"queues": ["default", "reports"], "schedules": {"nightly": {

@@ -12,7 +12,7 @@ import yaml
 from pool import metrics
 from pool.config import from_mapping
 from pool.errors import ConfigError
-from pool.exporter import accepts_gzip
+from pool.supervisor.exporter import accepts_gzip
 
 RULES = Path(__file__).parents[2] / "examples" / "pool-rules.yml"
 

@@ -140,7 +140,7 @@ def test_a_refusal_is_an_answer_so_the_connection_is_back(monkeypatch):
 def test_housekeeping_reports_a_repeated_error_once_whatever_the_timestamp_it_quotes(caplog, tmp_path):
     """redis-py's pipeline error quotes the command, heartbeat_ms included: not part of what is compared."""
     from pool.config import from_mapping
-    from pool.housekeeping import Housekeeper
+    from pool.supervisor.housekeeping import Housekeeper
 
     config = from_mapping({"redis": {"url": "redis://127.0.0.1:1/0"}, "handlers": ["tests.sample_handlers"]},
                           tmp_path / "pool.yaml",

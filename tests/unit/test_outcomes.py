@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pool.config import RetrySettings
 from pool.jobs import Job, Status
-from pool.outcomes import Failure, backoff_s, decide
+from pool.worker.outcomes import Failure, backoff_s, decide
 
 
 def test_retries_are_counted_in_failures_not_in_runs():

@@ -72,7 +72,7 @@ def test_schedules_default_to_the_first_queue():
 
 @pytest.mark.parametrize("free", [1, 2, 3, 7, 16])
 def test_weighted_shares_follow_the_weights_whatever_the_free_slots(free):
-    from pool.fetcher import WeightedShares
+    from pool.worker.fetcher import WeightedShares
 
     shares = WeightedShares({"a": 3, "b": 1})
     totals = {"a": 0, "b": 0}
@@ -83,7 +83,7 @@ def test_weighted_shares_follow_the_weights_whatever_the_free_slots(free):
 
 
 def test_weighted_shares_interleave_one_slot_at_a_time():
-    from pool.fetcher import WeightedShares
+    from pool.worker.fetcher import WeightedShares
 
     shares = WeightedShares({"a": 5, "b": 3, "c": 1})
     picks = "".join(shares.split(["a", "b", "c"], 1)[0][0] for _ in range(9))

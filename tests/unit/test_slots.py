@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from pool.claim_reply import decode_claim
-from pool.slots import JobSlots
+from pool.worker.claim_reply import decode_claim
+from pool.worker.slots import JobSlots
 
 
 class _Task:

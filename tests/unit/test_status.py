@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from pool.cli.status_text import render
 from pool.status import window_counts
-from pool.status_text import render
 
 
 def tally(**fields: int) -> dict[bytes, bytes]:

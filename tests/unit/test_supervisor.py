@@ -8,11 +8,11 @@ import signal
 
 import pytest
 
-from pool.children import WorkerChild as _Child
 from pool.config import load
 from pool.errors import ExitCode
-from pool.forking import describe_exit as _describe_exit
 from pool.supervisor import Supervisor
+from pool.supervisor.children import WorkerChild as _Child
+from pool.supervisor.forking import describe_exit as _describe_exit
 
 
 class FakeHousekeeper:
@@ -33,7 +33,7 @@ def supervisor(monkeypatch, tmp_path):
     sup = Supervisor(load(path, environ={}), worker_main=lambda *a: 0)
     sup.housekeeper = FakeHousekeeper()
     clock = {"now": 1000.0}
-    monkeypatch.setattr("pool.supervisor.time.monotonic", lambda: clock["now"])
+    monkeypatch.setattr("pool.supervisor.arbiter.time.monotonic", lambda: clock["now"])
     monkeypatch.setattr(sup, "_signal", lambda pid, signum: sup.sent.append((pid, signum)))
     sup.sent = []
     sup.clock = clock
@@ -83,7 +83,7 @@ def test_reaping_reads_the_busy_mark_the_worker_left(supervisor, monkeypatch):
     idle.alive_file.write_bytes(b"0")
     supervisor.children = {4242: busy, 4243: idle}
     waits = iter([(4242, 0), (4243, 0), (0, 0)])
-    monkeypatch.setattr("pool.supervisor.os.waitpid", lambda pid, flags: next(waits))
+    monkeypatch.setattr("pool.supervisor.arbiter.os.waitpid", lambda pid, flags: next(waits))
     supervisor._reap()
     assert busy.busy and not idle.busy
 
@@ -104,7 +104,7 @@ def test_reaping_notes_whether_the_child_booted_before_removing_its_file(supervi
     os.utime(booted.alive_file, (booted.created_mtime + 5, booted.created_mtime + 5))
     supervisor.children = {4242: booted}
     waits = iter([(4242, 0), (0, 0)])
-    monkeypatch.setattr("pool.supervisor.os.waitpid", lambda pid, flags: next(waits))
+    monkeypatch.setattr("pool.supervisor.arbiter.os.waitpid", lambda pid, flags: next(waits))
     supervisor._reap()
     assert booted.booted and not booted.alive_file.exists()
 
@@ -141,7 +141,7 @@ def test_an_auxiliary_child_is_reaped_by_its_own_object(supervisor, monkeypatch)
     auxiliary = Auxiliary()
     supervisor.auxiliaries = [auxiliary]
     waits = iter([(4242, 9), (0, 0)])  # killed by SIGKILL
-    monkeypatch.setattr("pool.supervisor.os.waitpid", lambda pid, flags: next(waits))
+    monkeypatch.setattr("pool.supervisor.arbiter.os.waitpid", lambda pid, flags: next(waits))
     supervisor._reap()
     assert auxiliary.exits == [(-signal.SIGKILL, False)]
     assert supervisor.housekeeper.dead_workers == []

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from pool.embedded import EmbeddedServer
 from pool.errors import RedisUnavailable
-from pool.forking import describe_exit
+from pool.supervisor.forking import describe_exit
 
 logger = logging.getLogger("pool.auxiliary")  # the name JSON logs show, kept stable
 

@@ -6,7 +6,7 @@ reclaim reads), plus the host-wide registry hash that `pool status` shows; and i
 running jobs that `pool cancel` asked this worker to stop. :class:`Presence` runs the loops: the
 beat (with the process checks: orphaned, over max_memory_per_process), the alive file touched
 from the event loop, and leaving the registry at the end. What a stop or a recycle does is the
-worker's (worker.py); cancelling a job is the runner's (execution.py).
+worker's (process.py); cancelling a job is the runner's (execution.py).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pool.config import Config
 from pool.connection import REDIS_ERRORS, Outage, is_refusal, is_transient
 from pool.errors import ExitCode
 from pool.keys import Keys
-from pool.outcomes import Failure
-from pool.slots import JobSlots
+from pool.worker.outcomes import Failure
+from pool.worker.slots import JobSlots
 
 logger = logging.getLogger("pool.worker")  # (its lines have always come from the worker's logger)
 

@@ -5,7 +5,7 @@
   ARGV[4]  key prefix of the queue ('<prefix>:{q}:'; the worker's cancel set is built from it)
   ARGV[5]  channel to publish ARGV[6] on, or ''   ARGV[6]  event payload (JSON)
   ARGV[7]  recent_max: how many ids the queue's 'recent:cancelled' list keeps
-  Returns  a CancelCode (pool/scripts/codes.py): CANCELLED (it was queued or waiting to retry:
+  Returns  a CancelCode (pool/lua/codes.py): CANCELLED (it was queued or waiting to retry:
            it is finished as 'cancelled'); REQUESTED (it is running: its worker cancels it at its
            next heartbeat; or it was claimed and not started: claim.lua finishes it as cancelled
            when it would start it); FINISHED already (nothing to cancel); NOT_FOUND (no such job)

@@ -27,7 +27,7 @@
   ARGV[9]  dead_max: the most dead jobs kept in this queue (the oldest are deleted)
   Only started jobs (status 'active') are buried: an id a BLMOVE moved whose claim never ran
   had no delivery counted, and is requeued whatever its count.
-  Returns  {requeued, buried}; for 'reclaim' also a RequeueCode (pool/scripts/codes.py):
+  Returns  {requeued, buried}; for 'reclaim' also a RequeueCode (pool/lua/codes.py):
            WORKER_ALIVE (its liveness key exists), ALREADY_RECLAIMED (another caller reclaimed it
            first: it is no longer registered)
   A poison job is buried as ack.lua buries a dead one (includes/finish.lua bury): the dead-letter

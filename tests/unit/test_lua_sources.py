@@ -7,10 +7,10 @@ from importlib import resources
 
 import pytest
 
-from pool.scripts import SOURCES, AckCode, CancelCode, RequeueCode, codes
+from pool.lua import SOURCES, AckCode, CancelCode, RequeueCode, codes
 
-_LUA_FILES = [f for f in resources.files("pool.scripts").iterdir() if f.name.endswith(".lua")]
-_LUA_FILES += [f for f in resources.files("pool.scripts").joinpath("includes").iterdir() if f.name.endswith(".lua")]
+_LUA_FILES = [f for f in resources.files("pool.lua").iterdir() if f.name.endswith(".lua")]
+_LUA_FILES += [f for f in resources.files("pool.lua").joinpath("includes").iterdir() if f.name.endswith(".lua")]
 
 
 def test_every_include_line_is_expanded():

@@ -41,7 +41,7 @@ from pool.config import Config
 from pool.connection import OUTAGE_ERRORS, describe_unreachable, sync_client
 
 if TYPE_CHECKING:
-    from pool.auxiliary import Host
+    from pool.supervisor.auxiliary import Host
 
 logger = logging.getLogger("pool.exporter")  # the name JSON logs show, kept stable
 

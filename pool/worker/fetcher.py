@@ -26,12 +26,12 @@ import redis.asyncio
 import redis.asyncio.cluster
 
 from pool import clock
-from pool.claim_reply import Claimed, ClaimReply, decode_claim
 from pool.config import Config
 from pool.connection import BLOCK_TIMEOUT_S, REDIS_ERRORS, Outage, is_refusal, is_transient, wait_event
 from pool.keys import Keys
-from pool.scripts import Scripts, solo_threshold
-from pool.slots import JobSlots
+from pool.lua import Scripts, solo_threshold
+from pool.worker.claim_reply import Claimed, ClaimReply, decode_claim
+from pool.worker.slots import JobSlots
 
 logger = logging.getLogger("pool.fetcher")  # the name JSON logs show, kept stable
 

@@ -4,7 +4,7 @@ claim.lua answers ``{next_due_ms, claimed, wait_ms}``, where each entry of ``cla
 hash as HGETALL pairs (plus ``solo``), ``{id, <id>, missing, 1}`` for an id whose record is gone,
 or the ``{solo_wait, 1}`` marker (see the script's header). The fetcher, which alone reads
 claims, reads a :class:`ClaimReply`; nothing else knows the pairs (promotion has promote.lua).
-The script and its wrapper stay in pool/scripts/.
+The script and its wrapper live in pool/lua/.
 """
 
 from __future__ import annotations

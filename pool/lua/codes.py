@@ -5,7 +5,7 @@ The scripts see the same names: the loader renders these enums into the ``codes`
 (:func:`lua_tables`), so ``return AckCode.NOT_ACTIVE`` in ack.lua and ``AckCode.NOT_ACTIVE`` in
 Python are one definition, and neither side can drift from the other. A caller decodes a reply
 once, where it receives it (``AckCode(reply)``), and from then on compares members, not numbers.
-The negative codes that callers treat as errors also map to exceptions (``pool.scripts.check``).
+The negative codes that callers treat as errors also map to exceptions (``pool.lua.check``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ CODES: tuple[type[IntEnum], ...] = (AckCode, CancelCode, RequeueCode)
 
 def lua_tables() -> str:
     """The enums as Lua tables (``local AckCode = {ACKED = 1, ...}``): the ``codes`` include."""
-    lines = ["-- codes: generated from pool/scripts/codes.py (the one table of return codes)"]
+    lines = ["-- codes: generated from pool/lua/codes.py (the one table of return codes)"]
     for enum in CODES:
         members = ", ".join(f"{member.name} = {member.value}" for member in enum)
         lines.append(f"local {enum.__name__} = {{{members}}}")

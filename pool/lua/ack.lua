@@ -29,7 +29,7 @@
   second: 'c<s>' for completed, 'f<s>' for a failed attempt (retrying, failed or dead), so
   `pool status` sums exactly the last 60 s and the last hour. The tally key lives 62 minutes.
   Totals, tallies and recent lists are written once per call, not once per ack.
-  Returns  one AckCode per ack, in order (pool/scripts/codes.py): ACKED; CANCELLED, acked as
+  Returns  one AckCode per ack, in order (pool/lua/codes.py): ACKED; CANCELLED, acked as
            'cancelled' instead of 'retrying' (cancellation was requested while it ran; also the
            answer to a retry of that ack); ALREADY_ACKED by this worker (a retry after a lost
            reply: nothing changes); NOT_ACTIVE, the id is not in this worker's active list

@@ -8,7 +8,7 @@ to EVAL and reloads after NOSCRIPT (a restarted server), so no explicit SCRIPT L
 Blocks that several scripts share (finishing a job, burying it, promoting due jobs, the return
 codes) live once in ``includes/``; a line ``--@include <name>`` in a script is replaced by
 ``includes/<name>.lua`` when the source is read (``codes`` is rendered from
-:mod:`pool.scripts.codes`). Each script is still one self-contained source sent with EVALSHA,
+:mod:`pool.lua.codes`). Each script is still one self-contained source sent with EVALSHA,
 so this works the same on Redis 6.2, Valkey and Cluster. Rejected: ``FUNCTION LOAD`` libraries
 (Redis 7+ only, and a second loading path to keep for 6.2).
 
@@ -31,7 +31,7 @@ from redis.exceptions import NoScriptError
 
 from pool.errors import PoolError
 from pool.keys import RECENT_JOBS, Keys
-from pool.scripts.codes import AckCode, CancelCode, RequeueCode, lua_tables
+from pool.lua.codes import AckCode, CancelCode, RequeueCode, lua_tables
 
 __all__ = [
     "SOURCES",

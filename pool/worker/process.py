@@ -2,9 +2,9 @@
 
 Claiming (which queue fills which free slot, blocking when all are empty) is the Fetcher's
 (fetcher.py); the admission rule is the job slots' (slots.py). Each started job task is
-:meth:`JobRunner.run <pool.execution.JobRunner.run>` (execution.py): the handler under its
+:meth:`JobRunner.run <pool.worker.execution.JobRunner.run>` (execution.py): the handler under its
 timeout, then the outcome with one ack. The heartbeat, the alive file and the registry are the
-:class:`~pool.heartbeat.Presence`'s. On stop: no more claims, running jobs get
+:class:`~pool.worker.heartbeat.Presence`'s. On stop: no more claims, running jobs get
 ``shutdown_timeout`` to finish, the rest are cancelled and requeue.lua puts them back.
 
 One process per supervisor also runs the Scheduler (scheduler.py): delayed jobs and schedules.
@@ -28,21 +28,21 @@ from typing import Any
 import redis.asyncio
 
 from pool import clock, metrics
-from pool.acks import AckBatcher
-from pool.claim_reply import Claimed
 from pool.config import Config
 from pool.connection import Outage, async_client, blocking_client, replication, resolve_url
 from pool.errors import ExitCode, HandlerError
-from pool.execution import JobRunner
-from pool.fetcher import Fetcher
 from pool.handlers import Registry, load_registry
-from pool.heartbeat import Presence
 from pool.hooks import Hooks
 from pool.keys import Keys
+from pool.lua import Scripts
 from pool.metrics import NoMetrics
-from pool.scheduler import Scheduler
-from pool.scripts import Scripts
-from pool.slots import JobSlots
+from pool.worker.acks import AckBatcher
+from pool.worker.claim_reply import Claimed
+from pool.worker.execution import JobRunner
+from pool.worker.fetcher import Fetcher
+from pool.worker.heartbeat import Presence
+from pool.worker.scheduler import Scheduler
+from pool.worker.slots import JobSlots
 
 logger = logging.getLogger("pool.worker")  # the name JSON logs show, kept stable
 

@@ -29,8 +29,8 @@ from pool import clock
 from pool.config import Config
 from pool.connection import Outage, subscription, wait_event
 from pool.jobs import JobSpec, new_job
+from pool.lua import Scripts
 from pool.schedules import Schedule
-from pool.scripts import Scripts
 
 logger = logging.getLogger("pool.scheduler")  # the name JSON logs show, kept stable
 

@@ -3,7 +3,7 @@
 The worker claims jobs and owns their tasks; a :class:`JobRunner` does what happens inside one
 (:meth:`JobRunner.run`, the whole story of a job from start to ack): call the handler (a
 coroutine, or a plain function in the thread pool), turn what happened into a result or a
-:class:`~pool.outcomes.Failure` (a cancellation too: requested, the handler's own, or a stop),
+:class:`~pool.worker.outcomes.Failure` (a cancellation too: requested, the handler's own, or a stop),
 free the job's slot, ask :mod:`pool.outcomes` where the job goes next, write that with one ack,
 log one line and count it. A plain function cannot be cancelled: if its thread outlives its
 timeout by ``timeout_grace`` the runner reports it so the process recycles.
@@ -22,16 +22,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pool
-from pool import clock, context, outcomes
-from pool.acks import AckBatcher
+from pool import clock, context
 from pool.config import Config
 from pool.handlers import Registry
 from pool.jobs import Job, Status, dumps
 from pool.logs import Completed, CompletedLines
+from pool.lua import Ack, AckCode
 from pool.metrics import NoMetrics
-from pool.outcomes import Decision, Failure
-from pool.scripts import Ack, AckCode
-from pool.slots import JobSlots
+from pool.worker import outcomes
+from pool.worker.acks import AckBatcher
+from pool.worker.outcomes import Decision, Failure
+from pool.worker.slots import JobSlots
 
 logger = logging.getLogger("pool.worker")
 job_logger = logging.getLogger("pool.jobs")  # one line per finished job: its level is set apart

@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio
 
 from pool.connection import Outage, is_refusal, is_transient
-from pool.scripts import Ack, AckCode, Scripts
+from pool.lua import Ack, AckCode, Scripts
 
 logger = logging.getLogger("pool.acks")  # the name JSON logs show, kept stable
 

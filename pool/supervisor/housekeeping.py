@@ -34,7 +34,7 @@ from pool.connection import (
     sync_client,
 )
 from pool.keys import Keys
-from pool.scripts import RequeueCode, Scripts
+from pool.lua import RequeueCode, Scripts
 
 logger = logging.getLogger("pool.housekeeping")  # the name JSON logs show, kept stable
 

@@ -34,9 +34,7 @@ from pathlib import Path
 
 import redis
 
-from pool import clock, exporter, forking, reload
-from pool.auxiliary import Auxiliary, EmbeddedRedis
-from pool.children import HEALTHY_RUN_S, ProcessSlot, WorkerChild
+from pool import clock
 from pool.config import Config
 from pool.config_values import redact_url
 from pool.connection import (
@@ -48,10 +46,13 @@ from pool.connection import (
 )
 from pool.embedded import EmbeddedServer
 from pool.errors import ExitCode, PoolError
-from pool.forking import death_cause, describe_exit
 from pool.handlers import IMPORT_CHECK_TIMEOUT_S
-from pool.housekeeping import Housekeeper
 from pool.keys import make_worker_id
+from pool.supervisor import exporter, forking, reload
+from pool.supervisor.auxiliary import Auxiliary, EmbeddedRedis
+from pool.supervisor.children import HEALTHY_RUN_S, ProcessSlot, WorkerChild
+from pool.supervisor.forking import death_cause, describe_exit
+from pool.supervisor.housekeeping import Housekeeper
 
 logger = logging.getLogger("pool.supervisor")  # the name JSON logs show, kept stable
 
@@ -69,7 +70,7 @@ class Supervisor:
 
     Besides its workers it keeps its auxiliary children running (auxiliary.py): the metrics
     process, and the embedded Redis when the config names no server. It is their
-    :class:`pool.auxiliary.Host`.
+    :class:`pool.supervisor.auxiliary.Host`.
 
     Args:
         config: validated settings (handlers already checked with :func:`check_importable`).
