@@ -1,6 +1,10 @@
-"""The only clock of `pool`: wall time in milliseconds for records, monotonic time for intervals.
+"""The clock of job records and of the worker's and clients' intervals: wall time in
+milliseconds for records, monotonic time for intervals. Tests replace these two functions to
+control time.
 
-Tests replace these two functions to control time.
+The sync processes' own loops (the supervisor's arbiter and exporter, connection.Outage, the
+embedded server's start) read ``time.monotonic`` directly: they write no record, and their tests
+patch it where it is read.
 """
 
 from __future__ import annotations
