@@ -360,11 +360,11 @@ class AsyncClient:
             job_ids: the jobs to retry; or ``all=True`` for every dead job (of ``queue``, or of
                 every queue of the config).
         """
-        return await dead_letter.revive_or_purge(self, "revive", job_ids, queue, all)
+        return await dead_letter.retry_or_purge(self, "retry", job_ids, queue, all)
 
     async def purge_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False) -> int:
         """Delete dead jobs for good. Returns how many were deleted. Arguments as in :meth:`retry_dead`."""
-        return await dead_letter.revive_or_purge(self, "purge", job_ids, queue, all)
+        return await dead_letter.retry_or_purge(self, "purge", job_ids, queue, all)
 
     async def events(self, queues: Iterable[str] | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """Yield each finished attempt's event (completed, failed, retrying, dead, cancelled) as a dict.

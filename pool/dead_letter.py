@@ -1,4 +1,4 @@
-"""The dead set, as the client sees it: list dead jobs, send them back (revive.lua), delete them
+"""The dead set, as the client sees it: list dead jobs, send them back (retry_dead.lua), delete them
 (purge.lua), and find which queue's dead set holds an id.
 
 `AsyncClient.dead_jobs`, `retry_dead` and `purge_dead` are the public face and hold the
@@ -40,9 +40,9 @@ async def dead_jobs(client: AsyncClient, queue: str | None, limit: int) -> list[
     return alive[:limit]
 
 
-async def revive_or_purge(client: AsyncClient, op: str, job_ids: Iterable[str], queue: str | None,
+async def retry_or_purge(client: AsyncClient, op: str, job_ids: Iterable[str], queue: str | None,
                           every: bool) -> int:
-    """Run revive.lua (``op="revive"``) or purge.lua on each target; how many it moved or deleted."""
+    """Run retry_dead.lua (``op="retry"``) or purge.lua on each target; how many it moved or deleted."""
     targets = await _every_dead(client, queue) if every else [
         (await _dead_queue(client, job_id, queue), job_id) for job_id in job_ids]
     now_ms = clock.now_ms()
@@ -50,8 +50,8 @@ async def revive_or_purge(client: AsyncClient, op: str, job_ids: Iterable[str], 
     async def send() -> list[Any]:
         async with client.redis.pipeline(transaction=False) as pipe:
             for name, job_id in targets:
-                if op == "revive":
-                    await client.scripts.revive(name, job_id, now_ms, client=pipe)
+                if op == "retry":
+                    await client.scripts.retry_dead(name, job_id, now_ms, client=pipe)
                 else:
                     await client.scripts.purge(name, job_id, client=pipe)
             return await pipe.execute()

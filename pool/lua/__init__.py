@@ -111,7 +111,7 @@ def _source(name: str) -> str:
 
 SOURCES = {
     name: _source(name)
-    for name in ("enqueue", "claim", "promote", "ack", "requeue", "revive", "purge", "cancel", "handback",
+    for name in ("enqueue", "claim", "promote", "ack", "requeue", "retry_dead", "purge", "cancel", "handback",
                  "fire")
 }
 
@@ -154,12 +154,12 @@ class Scripts:
         self._promote = client.register_script(SOURCES["promote"])
         self._ack = client.register_script(SOURCES["ack"])
         self._requeue = client.register_script(SOURCES["requeue"])
-        self._revive = client.register_script(SOURCES["revive"])
+        self._retry_dead = client.register_script(SOURCES["retry_dead"])
         self._purge = client.register_script(SOURCES["purge"])
         self._cancel = client.register_script(SOURCES["cancel"])
         self._handback = client.register_script(SOURCES["handback"])
         self._fire = client.register_script(SOURCES["fire"])
-        self._all = [self._enqueue, self._claim, self._promote, self._ack, self._requeue, self._revive, self._purge,
+        self._all = [self._enqueue, self._claim, self._promote, self._ack, self._requeue, self._retry_dead, self._purge,
                      self._cancel, self._handback, self._fire]
 
     async def load(self, client: Any) -> None:
@@ -322,11 +322,11 @@ class Scripts:
                 self.keys.events(queue) if events else "", cause, dead_max]
         return self._requeue(keys=keys, args=args, client=client)
 
-    def revive(self, queue: str, job_id: str, now_ms: int, client: Any = None) -> Any:
+    def retry_dead(self, queue: str, job_id: str, now_ms: int, client: Any = None) -> Any:
         """Send a dead job back to its queue with its attempts reset. Returns 1, or 0 if not dead."""
         keys = [self.keys.dead(queue), self.keys.queue(queue), self.keys.job(queue, job_id),
                 self.keys.done(queue, job_id)]
-        return self._revive(keys=keys, args=[job_id, now_ms], client=client)
+        return self._retry_dead(keys=keys, args=[job_id, now_ms], client=client)
 
     def purge(self, queue: str, job_id: str, client: Any = None) -> Any:
         """Delete a dead job. Returns 1, or 0 if it is not in the dead set."""

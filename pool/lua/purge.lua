@@ -2,7 +2,7 @@
   KEYS[1]  dead set (ZSET)   KEYS[2]  job hash (HASH)   KEYS[3]  done list of the job (LIST)
   ARGV[1]  job id
   Returns  1 purged; 0 not in the dead set, or not dead any more (a stale id: only the id goes)
-  Invariant: only dead jobs are deleted; a job revived or enqueued again under that id is left alone. ]]
+  Invariant: only dead jobs are deleted; a job sent back or enqueued again under that id is left alone. ]]
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   return 0
 end

@@ -472,16 +472,16 @@ def test_ack_publishes_the_event(r, keys, scripts):
     pubsub.close()
 
 
-def test_revive_sends_a_dead_job_back_with_a_fresh_count(r, keys, scripts):
+def test_retry_dead_sends_a_dead_job_back_with_a_fresh_count(r, keys, scripts):
     active_job(scripts)
     scripts.ack("q", W, "a", "dead", 9000, 50_000, ["error", "E"])
-    assert scripts.revive("q", "a", 10_000) == 1
+    assert scripts.retry_dead("q", "a", 10_000) == 1
     record = r.hgetall(keys.job("q", "a"))
     assert (record[b"status"], record[b"attempts"], record[b"deliveries"]) == (b"queued", b"0", b"0")
     assert r.pttl(keys.job("q", "a")) == -1
     assert r.lrange(keys.queue("q"), 0, -1) == [b"a"]
     assert not r.exists(keys.done("q", "a"))
-    assert scripts.revive("q", "a", 10_001) == 0  # not dead any more
+    assert scripts.retry_dead("q", "a", 10_001) == 0  # not dead any more
 
 
 def test_purge_deletes_only_dead_jobs(r, keys, scripts):
@@ -527,7 +527,7 @@ def test_a_stale_dead_id_never_touches_a_job_enqueued_again_under_it(r, keys, sc
     scripts.ack("q", W, "invoice-1", "dead", 9000, 50_000, ["error", "E"])
     r.delete(keys.job("q", "invoice-1"))  # as the dead-letter TTL does
     enqueue(scripts, "q", "invoice-1")
-    assert scripts.revive("q", "invoice-1", 10_000) == 0
+    assert scripts.retry_dead("q", "invoice-1", 10_000) == 0
     assert scripts.purge("q", "invoice-1") == 0
     assert r.lrange(keys.queue("q"), 0, -1) == [b"invoice-1"]  # once, and its record intact
     assert r.hget(keys.job("q", "invoice-1"), "status") == b"queued"

@@ -1,8 +1,8 @@
---[[ revive: send a dead job back to its queue for a fresh run, keeping its id and history.
+--[[ retry_dead: send a dead job back to its queue for a fresh run, keeping its id and history.
   KEYS[1]  dead set (ZSET)   KEYS[2]  queue list (LIST)   KEYS[3]  job hash (HASH)
   KEYS[4]  done list of the job (LIST)
   ARGV[1]  job id   ARGV[2]  now_ms
-  Returns  1 revived; 0 not in the dead set, or its record is gone or no longer dead (a stale id
+  Returns  1 sent back; 0 not in the dead set, or its record is gone or no longer dead (a stale id
            left after the dead-letter TTL, whose id may since have been enqueued again)
   Invariant: the id leaves the dead set exactly when it joins the queue; attempts and
   deliveries restart from 0, the last error and the attempt history stay for the record. ]]
