@@ -223,7 +223,7 @@ class NoMetrics:
     def started(self, job: Job) -> None:
         pass
 
-    def finished(self, job: Job, status: Status, run_ms: float) -> None:
+    def acked(self, job: Job, status: Status, run_ms: float) -> None:
         pass
 
     def ended(self, queue: str) -> None:
@@ -234,7 +234,8 @@ class NoMetrics:
 
 
 class WorkerMetrics(NoMetrics):
-    """What a worker process records: one call when a job starts, one when it finishes.
+    """What a worker process records: when a job starts (started), when its outcome is written
+    (acked) and when its task ends (ended).
 
     Args:
         namespace: prefix of every name; None: the one :func:`enable` set.
@@ -293,7 +294,7 @@ class WorkerMetrics(NoMetrics):
         """The job's task ended, whatever happened (also when requeued at a stop)."""
         self._per_queue(queue)[1].dec()
 
-    def finished(self, job: Job, status: Status, run_ms: float) -> None:
+    def acked(self, job: Job, status: Status, run_ms: float) -> None:
         """An attempt's outcome was written (not called when its ack was refused)."""
         success, failure, retries, dead, cancelled, duration = self._per_handler(job.queue, job.handler)
         duration.observe(run_ms / 1000)

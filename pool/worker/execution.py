@@ -106,7 +106,7 @@ class JobRunner:
         except asyncio.CancelledError:
             result, failure = None, self._cancellation(job)
         run_ms = (clock.monotonic() - started) * 1000
-        self.slots.finishing(job.id)  # its slot takes the next job while the outcome is written
+        self.slots.returned(job.id)  # its slot takes the next job while the outcome is written
         if failure is None:
             assert result is not None
             status, decision = Status.COMPLETED, None
@@ -117,7 +117,7 @@ class JobRunner:
         self._count(status)
         self.log(job, status, run_ms, failure, decision, acked)
         if acked:
-            self.metrics.finished(job, status, run_ms)
+            self.metrics.acked(job, status, run_ms)
 
     def _cancellation(self, job: Job) -> Failure:
         """What a cancellation of the job's task means; re-raises it when it is the worker's stop."""
@@ -142,7 +142,7 @@ class JobRunner:
         status, decision = await self.record_failure(job, Failure("CorruptJob", error.removeprefix("CorruptJob: ")),
                                                      0.0)
         if decision is not None:
-            self.metrics.finished(job, status, 0.0)
+            self.metrics.acked(job, status, 0.0)
         self.failed_count += 1
         logger.error("job %s failed: %s", job.id, error, extra={"job_id": job.id, "queue": job.queue})
 

@@ -300,9 +300,9 @@ class Worker:
         task = asyncio.create_task(work, name=f"job:{job.id}")
         self.slots.started(job.id, task, solo=claimed.solo and claimed.corrupt is None)
         self.metrics.started(job)
-        task.add_done_callback(functools.partial(self._job_finished, job.id, job.queue))
+        task.add_done_callback(functools.partial(self._job_ended, job.id, job.queue))
 
-    def _job_finished(self, job_id: str, queue: str, task: asyncio.Task[None]) -> None:
+    def _job_ended(self, job_id: str, queue: str, task: asyncio.Task[None]) -> None:
         self.slots.ended(job_id)
         if not self.slots.running and self._parts is not None:
             self._parts.presence.mark_busy(False)

@@ -76,7 +76,7 @@ class JobSlots:
         if solo:
             self.solo = job_id
 
-    def finishing(self, job_id: str) -> None:
+    def returned(self, job_id: str) -> None:
         """The job's handler returned: its slot is free (and a suspect job no longer runs alone)."""
         self.acking.add(job_id)
         if self.solo == job_id:

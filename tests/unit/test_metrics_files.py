@@ -23,7 +23,7 @@ for i in range(n):
     job = Job(id=str(i), handler="h.ok" if i % 3 else "h.bad", queue="q" if i % 2 else "r",
               enqueued_ms=1000, started_ms=1000 + i * 7)
     recorder.started(job)
-    recorder.finished(job, Status.COMPLETED if i % 3 else Status.DEAD, run_ms=i * 13.0)
+    recorder.acked(job, Status.COMPLETED if i % 3 else Status.DEAD, run_ms=i * 13.0)
     recorder.ended(job.queue)
 """
 

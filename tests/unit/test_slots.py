@@ -31,7 +31,7 @@ def test_at_most_concurrency_handlers_run():
     assert (slots.free(), slots.may_claim()) == (1, True)
     _start(slots, "b")
     assert (slots.free(), slots.may_claim()) == (0, False)
-    slots.finishing("a")
+    slots.returned("a")
     assert (slots.busy(), slots.free()) == (1, 1)
 
 
@@ -40,7 +40,7 @@ def test_at_most_twice_concurrency_jobs_are_held_while_outcomes_are_written():
     slots = JobSlots(2)
     for job_id in "abcd":
         _start(slots, job_id)
-        slots.finishing(job_id)
+        slots.returned(job_id)
     assert (slots.busy(), slots.free(), slots.may_claim()) == (0, 0, False)
     slots.ended("a")
     assert slots.free() == 1
@@ -59,7 +59,7 @@ def test_a_suspect_job_runs_alone_until_its_handler_returns():
     slots = JobSlots(4)
     _start(slots, "suspect", solo=True)
     assert not slots.may_claim()
-    slots.finishing("suspect")
+    slots.returned("suspect")
     assert slots.may_claim()
 
 
@@ -69,7 +69,7 @@ def test_a_suspect_job_waiting_for_idle_blocks_claims_while_jobs_run():
     _start(slots, "a")
     slots.want_idle()
     assert not slots.may_claim()
-    slots.finishing("a")
+    slots.returned("a")
     slots.ended("a")
     assert slots.may_claim()
 
@@ -114,7 +114,7 @@ def test_cancel_cancels_a_running_job_and_remembers_one_not_started():
     """A cancel request cancels the named task, is kept for a job not started, and skips one acking."""
     slots = JobSlots(4)
     running, acking = _start(slots, "running"), _start(slots, "acking")
-    slots.finishing("acking")
+    slots.returned("acking")
     slots.cancel(["running", "later", "acking"])
     assert (running.cancelled, acking.cancelled) == (True, False)
     assert slots.cancel_requested == {"running", "later"}
@@ -126,7 +126,7 @@ def test_handlers_running_leaves_out_jobs_writing_their_outcome():
     """The drain cancels handlers, never a job whose outcome is being written."""
     slots = JobSlots(4)
     a, _ = _start(slots, "a"), _start(slots, "b")
-    slots.finishing("b")
+    slots.returned("b")
     assert slots.handlers_running() == [a]
 
 
