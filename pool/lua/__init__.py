@@ -149,22 +149,11 @@ class Scripts:
 
     def __init__(self, client: Any, keys: Keys) -> None:
         self.keys = keys
-        self._enqueue = client.register_script(SOURCES["enqueue"])
-        self._claim = client.register_script(SOURCES["claim"])
-        self._promote = client.register_script(SOURCES["promote"])
-        self._ack = client.register_script(SOURCES["ack"])
-        self._requeue = client.register_script(SOURCES["requeue"])
-        self._retry_dead = client.register_script(SOURCES["retry_dead"])
-        self._purge = client.register_script(SOURCES["purge"])
-        self._cancel = client.register_script(SOURCES["cancel"])
-        self._handback = client.register_script(SOURCES["handback"])
-        self._fire = client.register_script(SOURCES["fire"])
-        self._all = [self._enqueue, self._claim, self._promote, self._ack, self._requeue, self._retry_dead, self._purge,
-                     self._cancel, self._handback, self._fire]
+        self._registered = {name: client.register_script(source) for name, source in SOURCES.items()}
 
     async def load(self, client: Any) -> None:
         """SCRIPT LOAD every script (after a NOSCRIPT reply: a restarted or flushed server)."""
-        for script in self._all:
+        for script in self._registered.values():
             await client.script_load(script.script)
 
     async def pipelined(self, client: Any, build: Callable[[Any], Awaitable[None]], resend: bool = True,
@@ -215,7 +204,7 @@ class Scripts:
         args: list[Any] = [now_ms, self.keys.wake(queue)]
         for job_id, due_ms, fields in jobs:
             args += [job_id, due_ms, len(fields) // 2, *fields]
-        return self._enqueue(keys=keys, args=args, client=client)
+        return self._registered["enqueue"](keys=keys, args=args, client=client)
 
     def fire(
         self, queue: str, schedule: str, tick_ms: int, now_ms: int, job_id: str, fields: Sequence[Any],
@@ -223,7 +212,7 @@ class Scripts:
     ) -> Any:
         """Enqueue one schedule tick's job unless that tick was fired already. Returns 1 or 0."""
         keys = [self.keys.schedule(queue, schedule), self.keys.queue(queue), self.keys.job(queue, job_id)]
-        return self._fire(keys=keys, args=[tick_ms, now_ms, job_id, *fields], client=client)
+        return self._registered["fire"](keys=keys, args=[tick_ms, now_ms, job_id, *fields], client=client)
 
     def handback(self, queue: str, worker_id: str, job_id: str, started_ms: int | None = None,
                  client: Any = None) -> Any:
@@ -232,7 +221,7 @@ class Scripts:
         (not in the active list, or started otherwise)."""
         keys = [self.keys.active(queue, worker_id), self.keys.queue(queue), self.keys.job(queue, job_id)]
         args: list[Any] = [job_id] if started_ms is None else [job_id, started_ms, worker_id]
-        return self._handback(keys=keys, args=args, client=client)
+        return self._registered["handback"](keys=keys, args=args, client=client)
 
     def claim(
         self, queue: str, worker_id: str, now_ms: int, count: int, running: int,
@@ -261,7 +250,7 @@ class Scripts:
                            result_ttl_ms, rate[0], rate[1], RECENT_JOBS]
         if moved_id is not None or head:
             args += [moved_id or "", "head" if head else ""]
-        return self._claim(keys=keys, args=args, client=client)
+        return self._registered["claim"](keys=keys, args=args, client=client)
 
     def promote(self, queue: str, now_ms: int, client: Any = None) -> Any:
         """Move the queue's due delayed jobs into it (see promote.lua).
@@ -270,7 +259,7 @@ class Scripts:
         (bytes, or -1: none).
         """
         keys = [self.keys.queue(queue), self.keys.delayed(queue)]
-        return self._promote(keys=keys, args=[self.keys.queue_prefix(queue), now_ms], client=client)
+        return self._registered["promote"](keys=keys, args=[self.keys.queue_prefix(queue), now_ms], client=client)
 
     def ack_many(
         self, queue: str, worker_id: str, acks: Sequence[Ack], *, dead_max: int = 10_000, client: Any = None,
@@ -287,7 +276,7 @@ class Scripts:
         for a in acks:
             args += [a.job_id, a.outcome, a.now_ms, a.ttl_ms, "" if a.due_ms is None else a.due_ms,
                      "1" if a.clear else "", a.history, a.event or b"", len(a.fields), *a.fields]
-        return self._ack(keys=keys, args=args, client=client)
+        return self._registered["ack"](keys=keys, args=args, client=client)
 
     def ack(
         self, queue: str, worker_id: str, job_id: str, outcome: str, now_ms: int, ttl_ms: int,
@@ -320,18 +309,18 @@ class Scripts:
         ]
         args = [self.keys.queue_prefix(queue), mode, max_deliveries, now_ms, worker_id, dead_ttl_ms,
                 self.keys.events(queue) if events else "", cause, dead_max]
-        return self._requeue(keys=keys, args=args, client=client)
+        return self._registered["requeue"](keys=keys, args=args, client=client)
 
     def retry_dead(self, queue: str, job_id: str, now_ms: int, client: Any = None) -> Any:
         """Send a dead job back to its queue with its attempts reset. Returns 1, or 0 if not dead."""
         keys = [self.keys.dead(queue), self.keys.queue(queue), self.keys.job(queue, job_id),
                 self.keys.done(queue, job_id)]
-        return self._retry_dead(keys=keys, args=[job_id, now_ms], client=client)
+        return self._registered["retry_dead"](keys=keys, args=[job_id, now_ms], client=client)
 
     def purge(self, queue: str, job_id: str, client: Any = None) -> Any:
         """Delete a dead job. Returns 1, or 0 if it is not in the dead set."""
         keys = [self.keys.dead(queue), self.keys.job(queue, job_id), self.keys.done(queue, job_id)]
-        return self._purge(keys=keys, args=[job_id], client=client)
+        return self._registered["purge"](keys=keys, args=[job_id], client=client)
 
     def cancel(
         self, queue: str, job_id: str, now_ms: int, ttl_ms: int, event: bytes | None, client: Any = None
@@ -341,4 +330,4 @@ class Scripts:
                 self.keys.done(queue, job_id), self.keys.stats(queue)]
         args = [job_id, now_ms, ttl_ms, self.keys.queue_prefix(queue),
                 self.keys.events(queue) if event is not None else "", event or b"", RECENT_JOBS]
-        return self._cancel(keys=keys, args=args, client=client)
+        return self._registered["cancel"](keys=keys, args=args, client=client)

@@ -39,6 +39,7 @@ import redis
 from pool import health, metrics, status
 from pool.config import Config
 from pool.connection import OUTAGE_ERRORS, describe_unreachable, sync_client
+from pool.errors import ConfigError
 
 if TYPE_CHECKING:
     from pool.supervisor.auxiliary import Host
@@ -120,8 +121,6 @@ class ExporterProcess:
 
     def _bind(self) -> socket.socket:
         """Listen on metrics.host:metrics.port (in the supervisor, before any fork)."""
-        from pool.errors import ConfigError
-
         host, port = self.config.metrics.host, self.config.metrics.port or 0
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -242,7 +241,7 @@ class PoolCollector:
         self.client = sync_client(config, url)
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import GaugeMetricFamily  # (prometheus_client loads only where metrics run)
 
         namespace = self.config.metrics.namespace
         up = GaugeMetricFamily(metrics.redis_up_name(namespace), "Whether Redis answered this scrape.")
@@ -264,7 +263,7 @@ class PoolCollector:
 def serve(config: Config, url: str, sock: socket.socket, supervisor_id: str, supervisor_pid: int,
           tick_file: Path) -> None:
     """Run the HTTP server until the supervisor goes away (runs in the forked metrics process)."""
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry  # only the metrics process loads it
 
     registry = CollectorRegistry()
     registry.register(metrics.folder_collector(os.environ[metrics.DIR_ENV]))
@@ -370,7 +369,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = SCRAPE_SOCKET_TIMEOUT_S
 
     def do_GET(self) -> None:
-        from prometheus_client.exposition import choose_encoder
+        from prometheus_client.exposition import choose_encoder  # as above: metrics process only
 
         path = urlsplit(self.path).path
         if path == "/metrics":
