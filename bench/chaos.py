@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from pool import Client, JobSpec, Status  # noqa: E402
 from pool.embedded import EmbeddedServer, free_port  # noqa: E402
 from pool.keys import Keys  # noqa: E402
+from pool.testing import process_alive  # noqa: E402
 
 
 async def job(journal: str, key: str, sleep_ms: float) -> str:
@@ -228,7 +229,7 @@ class Chaos:
             busy.join(10)
         fault.back_at = time.time()
         admin.close()
-        fault.exited_workers = sum(1 for pid in before if not _alive(pid))
+        fault.exited_workers = sum(1 for pid in before if not process_alive(pid))
         self.faults.append(fault)
 
     def _finished_count(self) -> int:
@@ -295,15 +296,6 @@ class Chaos:
             if held and all(a is not None for a in again):
                 recoveries.append(max(again) - fault.at)
         return recoveries
-
-
-def _alive(pid: int) -> bool:
-    """Whether the process runs (asked of the OS: under a refusal its heartbeat key may lapse)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _loop_script(url: str) -> None:

@@ -6,6 +6,7 @@ Never synchronise a test on a fixed sleep: wait for the state you need, with a d
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,16 @@ async def async_wait_until(predicate: Callable[[], Awaitable[T]], timeout: float
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process runs, asked of the OS (its heartbeat key may lapse while it lives, e.g.
+    while Redis refuses commands). A zombie not yet reaped counts as running."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 async def drain(config: Config, url: str, registry: Registry | None = None) -> Worker:

@@ -19,7 +19,7 @@ import yaml
 from pool import Client, JobSpec, Status
 from pool.embedded import EmbeddedServer, free_port
 from pool.keys import Keys
-from pool.testing import wait_until
+from pool.testing import process_alive, wait_until
 from tests.conftest import pool_cli
 from tests.faults import FaultProxy
 from tests.process.conftest import live_workers
@@ -327,7 +327,7 @@ def test_workers_stop_when_their_supervisor_is_killed(write_config, start_pool):
     # When the supervisor alone is SIGKILLed
     pool.kill()
     # Then its orphaned workers notice and exit by themselves
-    wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=15, message="orphans to exit")
+    wait_until(lambda: not any(process_alive(pid) for pid in pids), timeout=15, message="orphans to exit")
     assert "is gone; stopping" in pool.output()
 
 
@@ -340,16 +340,8 @@ def test_orphans_exit_even_when_redis_is_gone_too(write_config, start_pool, own_
     # When the supervisor is SIGKILLed: the worker can neither requeue nor deregister
     pool.kill()
     # Then it still exits (after shutdown_timeout + heartbeat_ttl + 5 s), leaving its jobs to reclaim
-    wait_until(lambda: not _alive(pid), timeout=30, message="the orphan to exit")
+    wait_until(lambda: not process_alive(pid), timeout=30, message="the orphan to exit")
     assert "orphaned and still unable to stop" in pool.output()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_redis_that_comes_back_empty_is_reported_loudly(write_config, start_pool, tmp_path):
