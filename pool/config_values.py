@@ -25,7 +25,7 @@ _SIZE_UNITS = {
     "gb": 1000**3, "gib": 1024**3,
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
-_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # whole-string: fullmatch, no "$" that lets "\n" through
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -289,7 +289,7 @@ def host_port(value: Any) -> str:
 
 
 def key_prefix(value: Any) -> str:
-    if not isinstance(value, str) or not _PREFIX.match(value):
+    if not isinstance(value, str) or not _PREFIX.fullmatch(value):
         raise Invalid("must be 1-64 characters of letters, digits, '_', '.', '-'")
     return value
 

@@ -42,7 +42,7 @@ TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
                 600.0, 1800.0, 3600.0)
 
 
-_NAMESPACE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # matched whole (fullmatch)
 
 
 def check_namespace(value: str) -> str:
@@ -52,7 +52,7 @@ def check_namespace(value: str) -> str:
     Raises:
         ValueError: the value cannot start a metric name.
     """
-    if not _NAMESPACE.match(value):
+    if not _NAMESPACE.fullmatch(value):
         raise ValueError(f"must be 1-64 letters, digits or '_', not starting with a digit, e.g. 'pool' (got {value!r})")
     return value
 

@@ -20,6 +20,7 @@ from pool import config as config_module
 from pool.cli import ids
 from pool.config import Config
 from pool.errors import ExitCode, JobNotFound, UsageError
+from pool.keys import is_valid_queue_name
 
 
 def _run(options: argparse.Namespace) -> int:
@@ -60,7 +61,8 @@ def _enqueue(options: argparse.Namespace) -> int:
 
     wait_timeout = _wait_timeout(options)
     config = config_module.load(options.config)
-    if options.queue is not None and options.queue not in config.queues:
+    valid = options.queue is not None and is_valid_queue_name(options.queue)  # else the client refuses it
+    if valid and options.queue not in config.queues:
         print(f"pool: warning: {options.config} serves no queue {options.queue!r} (it serves "
               f"{', '.join(config.queues)}): the job waits until a pool that serves it runs", file=sys.stderr)
     args = [_parse_arg(arg, index) for index, arg in enumerate(options.args)]

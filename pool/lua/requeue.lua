@@ -98,6 +98,7 @@ while true do
       'before acknowledging it (max_deliveries is ' .. max_deliveries .. '); how its workers died: ' ..
       summary(deaths)
     redis.call('LPOP', active)
+    redis.call('HDEL', job, 'traceback', 'result')  -- an earlier attempt's traceback is not this death's
     bury(qprefix, dead, id, now_ms, dead_ttl, dead_max, 'error', reason)
     if channel ~= '' then
       redis.call('PUBLISH', channel, cjson.encode({id = id, status = 'dead', error = reason,

@@ -253,6 +253,7 @@ class Supervisor:
             logger.error("reload refused, the running workers stay: %s", exc)
             return
         self.config = fresh
+        self.housekeeper.reload(fresh)  # requeue and reclaim on the new queues, bury by the new rules
         self.exporter.reload(fresh)  # new queues and schedules in /metrics and /healthz
         self._resize(fresh.processes)
         self.retiring = set(self.children)

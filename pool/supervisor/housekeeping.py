@@ -63,6 +63,9 @@ class Housekeeper:
                 were requeued ('died') or reclaimed ('expired') (metrics).
         """
         self.config = config
+        # every queue a worker of this run may hold jobs on: a reload adds queues, and one it
+        # removes is still held by the workers it has not replaced yet
+        self.queues: dict[str, None] = dict.fromkeys(config.queues)
         self.url = url
         self.supervisor_id = supervisor_id
         self.on_requeue = on_requeue
@@ -94,6 +97,12 @@ class Housekeeper:
         if self._scripts is None:
             self._scripts = Scripts(self.redis, self.keys)
         return self._scripts
+
+    def reload(self, config: Config) -> None:
+        """Use a reloaded config: its dead-letter and delivery settings for every burial and
+        requeue from now on, and its queues besides every queue served before."""
+        self.config = config
+        self.queues.update(dict.fromkeys(config.queues))
 
     def ping(self) -> None:
         """PING Redis. A refusal is an answer: MISCONF refuses even PING, and workers wait it out."""
@@ -235,7 +244,7 @@ class Housekeeper:
         while self.dead_workers:
             worker_id = self.dead_workers[0]
             cause = self._causes.get(worker_id, "")
-            for queue in self.config.queues:
+            for queue in self.queues:
                 requeued, buried = self.scripts.requeue(
                     queue, worker_id, "died", self.config.max_deliveries, clock.now_ms(), cause=cause,
                     **self._burial)
@@ -249,7 +258,7 @@ class Housekeeper:
     def reclaim_expired(self) -> int:
         """Reclaim the jobs of every worker whose liveness key expired; returns jobs requeued."""
         total = 0
-        for queue in self.config.queues:
+        for queue in self.queues:
             members = [cast(bytes, m).decode() for m in self.redis.smembers(self.keys.queue_workers(queue))]
             if not members:
                 continue

@@ -58,6 +58,13 @@ def test_enqueue_to_a_queue_the_config_does_not_serve_warns_and_enqueues(write_c
     assert served.stderr == ""
 
 
+def test_enqueue_to_an_invalid_queue_name_is_refused_without_a_warning_first(write_config):
+    path = write_config()
+    result = pool_cli("enqueue", str(path), "tests.sample_handlers.add", "1", "--queue", "bad queue")
+    assert result.returncode == 2
+    assert one_line(result.stderr).startswith("pool: queue 'bad queue' is not a valid queue name"), result.stderr
+
+
 async def test_job_and_cancel_take_a_unique_prefix(write_config, url):
     path = write_config()
     async with AsyncClient(load(path), url) as client:

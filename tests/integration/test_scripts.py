@@ -226,6 +226,17 @@ def test_a_poison_job_buried_by_requeue_gets_the_dead_letter_ttl_and_counts_agai
     assert 4000 < r.pttl(keys.done("q", "poison")) <= 5000
 
 
+def test_a_poison_job_keeps_no_traceback_of_an_earlier_attempt(r, keys, scripts):
+    """Its error is the death's; an earlier failed attempt's traceback would be shown as the last one's."""
+    enqueue(scripts, "q", "poison")
+    r.hset(keys.job("q", "poison"), mapping={"traceback": "Traceback of attempt 1", "deliveries": 1})
+    assert ids_of(scripts.claim("q", W, 5, 1, 0)) == [b"poison"]
+    assert scripts.requeue("q", W, "died", 2, 7000) == [0, 1]
+    record = r.hgetall(keys.job("q", "poison"))
+    assert record[b"status"] == b"dead" and record[b"error"].startswith(b"PoisonJob: ")
+    assert b"traceback" not in record
+
+
 def test_a_poison_job_names_how_its_workers_died(r, keys, scripts):
     enqueue(scripts, "q", "poison")
     causes = ["killed by SIGSEGV", "exited with code 3", "killed by SIGSEGV"]

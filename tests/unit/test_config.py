@@ -87,6 +87,7 @@ def test_unknown_key_without_close_match_lists_allowed_keys():
     ({"metrics": {"prot": 9100}}, "pool.yaml: metrics.prot: unknown key (did you mean 'port'?)"),
     ({"max_payload_size": "lots"}, "pool.yaml: max_payload_size: must be a size >= 64 bytes such as 65536, '512KiB', '1MB' (got 'lots')"),
     ({"key_prefix": "a:b"}, "pool.yaml: key_prefix: must be 1-64 characters of letters, digits, '_', '.', '-' (got 'a:b')"),
+    ({"key_prefix": "pool\n"}, "pool.yaml: key_prefix: must be 1-64 characters of letters, digits, '_', '.', '-' (got 'pool\\n')"),
 ])
 def test_bad_values_name_key_value_and_rule(data, expected):
     assert error_of(data) == expected

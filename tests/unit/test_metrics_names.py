@@ -36,7 +36,7 @@ def test_a_namespace_prefixes_every_name():
         == metrics.sample_names("") - {"pool_redis_up"}
 
 
-@pytest.mark.parametrize("value", ["9lives", "my-app", "a:b", "", "x" * 65, 7])
+@pytest.mark.parametrize("value", ["9lives", "my-app", "a:b", "", "x" * 65, 7, "pool\n"])
 def test_a_namespace_that_cannot_start_a_metric_name_is_refused(value):
     """A namespace Prometheus could not take is a one-line config error naming the key."""
     with pytest.raises(ConfigError) as info:

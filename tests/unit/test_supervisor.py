@@ -20,6 +20,10 @@ class FakeHousekeeper:
         self.dead_workers: list[str] = []
 
         self.causes: list[str] = []
+        self.configs: list[object] = []
+
+    def reload(self, config: object) -> None:
+        self.configs.append(config)
 
     def worker_died(self, worker_id: str, cause: str = "") -> None:
         self.dead_workers.append(worker_id)
@@ -202,6 +206,13 @@ def test_reload_marks_every_worker_for_replacement(supervisor):
     supervisor._dispatch(signal.SIGHUP)
     assert supervisor.retiring == {100, 101}
     assert (len(supervisor.slots), supervisor.config.concurrency) == (3, 4)
+
+
+def test_reload_hands_the_new_config_to_the_housekeeper(supervisor):
+    """Requeue and reclaim must cover the reloaded queues, and bury by its dead-letter rules."""
+    supervisor.config.path.write_text("processes: 2\nqueues: [default, other]\nhandlers: [examples.tasks]\n")
+    supervisor._dispatch(signal.SIGHUP)
+    assert [config.queues for config in supervisor.housekeeper.configs] == [("default", "other")]
 
 
 def test_boot_failure_halts_instead_of_respawning(supervisor):
