@@ -20,8 +20,9 @@ from typing import Any
 
 import redis.asyncio
 
-from pool.connection import Outage, is_refusal, is_transient
-from pool.lua import Ack, AckCode, Scripts
+from pool.connection import is_refusal, is_transient
+from pool.lua import Ack, AckCode
+from pool.worker.shared import WorkerContext
 
 logger = logging.getLogger("pool.acks")  # the name JSON logs show, kept stable
 
@@ -34,22 +35,19 @@ class AckBatcher:
     """Collects acks and sends them in batches, one round trip each.
 
     Args:
-        client: the worker's Redis client.
-        scripts: the worker's scripts (ack.lua).
-        worker_id: whose active lists the acked ids leave.
-        dead_max: the most dead jobs a queue keeps.
-        outage: the worker's Outage: a batch is sent again, whole, until Redis takes it.
+        context: the worker's client and scripts (ack.lua), its id (whose active lists the acked
+            ids leave), dead_letter.max, and its outage (a batch is sent again, whole, until Redis
+            takes it).
         replicas: WAIT's (replicas, timeout ms) after each batch; None: no wait.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, scripts: Scripts, worker_id: str, dead_max: int,
-                 outage: Outage, replicas: tuple[int, int] | None = None) -> None:
-        self.client = client
+    def __init__(self, context: WorkerContext, replicas: tuple[int, int] | None = None) -> None:
+        self.client = context.client
         self.replicas = replicas
-        self.scripts = scripts
-        self.worker_id = worker_id
-        self.dead_max = dead_max
-        self.outage = outage
+        self.scripts = context.scripts
+        self.worker_id = context.worker_id
+        self.dead_max = context.config.dead_letter.max_jobs
+        self.outage = context.outage
         self._pending: list[Pending] = []
         self._wake = asyncio.Event()
         self.batches = 0  # round trips sent (what the tests and benchmarks compare with acks)

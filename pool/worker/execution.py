@@ -23,7 +23,6 @@ from typing import Any
 
 import pool
 from pool import clock, context
-from pool.config import Config
 from pool.handlers import Registry
 from pool.jobs import Job, Status, dumps
 from pool.logs import Completed, CompletedLines
@@ -32,7 +31,7 @@ from pool.metrics import NoMetrics
 from pool.worker import outcomes
 from pool.worker.acks import AckBatcher
 from pool.worker.outcomes import Decision, Failure
-from pool.worker.slots import JobSlots
+from pool.worker.shared import WorkerContext
 
 logger = logging.getLogger("pool.worker")
 job_logger = logging.getLogger("pool.jobs")  # one line per finished job: its level is set apart
@@ -56,12 +55,11 @@ class JobRunner:
     """Runs handlers and records outcomes for one worker.
 
     Args:
-        config: the pool's settings.
+        context: the worker's config, id (written into acks and history) and job slots (a job
+            frees its slot as its outcome is being written).
         registry: the handlers this worker may run.
-        worker_id: the worker's id (written into acks and history).
         executor: the thread pool for plain-function handlers.
         acks: the worker's ack batcher (ack.lua, retried through outages).
-        slots: the process's job slots (a job frees its slot as its outcome is being written).
         on_due: called with (queue, due_ms) when a retry is scheduled.
         on_stuck: called with a reason when a handler thread outlives its timeout and grace.
         charge_for_stop: the failure of a job a stop cancels, or None when the stop charges
@@ -70,16 +68,16 @@ class JobRunner:
     """
 
     def __init__(
-        self, config: Config, registry: Registry, worker_id: str, executor: ThreadPoolExecutor,
-        acks: AckBatcher, slots: JobSlots, on_due: Callable[[str, int], None], on_stuck: Callable[[str], None],
+        self, context: WorkerContext, registry: Registry, executor: ThreadPoolExecutor, acks: AckBatcher,
+        on_due: Callable[[str, int], None], on_stuck: Callable[[str], None],
         charge_for_stop: Callable[[], Failure | None], metrics: NoMetrics,
     ) -> None:
-        self.config = config
+        self.config = context.config
         self.registry = registry
-        self.worker_id = worker_id
+        self.worker_id = context.worker_id
         self.executor = executor
         self.acks = acks
-        self.slots = slots
+        self.slots = context.slots
         self.on_due = on_due
         self.on_stuck = on_stuck
         self.charge_for_stop = charge_for_stop

@@ -26,12 +26,11 @@ import redis.asyncio
 import redis.asyncio.cluster
 
 from pool import clock
-from pool.config import Config
-from pool.connection import BLOCK_TIMEOUT_S, REDIS_ERRORS, Outage, is_refusal, is_transient, wait_event
+from pool.connection import BLOCK_TIMEOUT_S, REDIS_ERRORS, is_refusal, is_transient, wait_event
 from pool.keys import Keys
-from pool.lua import Scripts, solo_threshold
+from pool.lua import solo_threshold
 from pool.worker.claim_reply import Claimed, ClaimReply, decode_claim
-from pool.worker.slots import JobSlots
+from pool.worker.shared import WorkerContext
 
 logger = logging.getLogger("pool.fetcher")  # the name JSON logs show, kept stable
 
@@ -71,37 +70,31 @@ class Fetcher:
     """Fills a worker's free job slots from its queues until ``stopping`` is set.
 
     Args:
-        config: queues, their weights (empty: strict order) and rate limits.
-        worker_id: whose active lists the claimed ids move into.
-        scripts: claim and handback.
-        client: the client for everything that does not block.
+        context: the worker's config (queues, their weights, empty: strict order, and rate
+            limits), id (whose active lists the claimed ids move into), scripts (claim,
+            handback) on the client for everything that does not block, outage, job slots, and
+            stopping (no claim starts after it).
         blocking: the client for BLMOVE (its own pool: one connection per watched queue).
-        slots: the process's job slots.
         start: starts the task of one claimed job.
         on_due: told each queue's next due time that a claim reply names.
-        outage: logs and paces Redis outages.
-        stopping: set when the worker stops; no claim starts after it.
         burst: return once nothing is claimable and nothing runs (no blocking).
     """
 
-    def __init__(
-        self, config: Config, worker_id: str, scripts: Scripts, client: redis.asyncio.Redis,
-        blocking: redis.asyncio.Redis, slots: JobSlots, start: StartJob, on_due: OnDue, outage: Outage,
-        stopping: asyncio.Event, burst: bool = False,
-    ) -> None:
-        self.config = config
-        self.worker_id = worker_id
-        self.keys: Keys = scripts.keys
-        self.scripts = scripts
-        self.redis = client
+    def __init__(self, context: WorkerContext, blocking: redis.asyncio.Redis, start: StartJob, on_due: OnDue,
+                 burst: bool = False) -> None:
+        config = self.config = context.config
+        self.worker_id = context.worker_id
+        self.keys: Keys = context.keys
+        self.scripts = context.scripts
+        self.redis = context.client
         self.blocking = blocking
         # BLMOVE and the claim in one pipeline; redis-py allows no scripts in Cluster pipelines
         self._pipelined_claim = not isinstance(blocking, redis.asyncio.cluster.RedisCluster)
-        self.slots = slots
+        self.slots = context.slots
         self.start = start
         self.on_due = on_due
-        self.outage = outage
-        self.stopping = stopping
+        self.outage = context.outage
+        self.stopping = context.stopping
         self.burst = burst
         self._shares = WeightedShares(config.queue_weights) if config.queue_weights else None
         self._watchers: dict[str, asyncio.Task[None]] = {}

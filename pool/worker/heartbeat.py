@@ -22,12 +22,11 @@ from typing import Any, Protocol
 import redis.asyncio
 
 from pool import clock
-from pool.config import Config
-from pool.connection import REDIS_ERRORS, Outage, is_refusal, is_transient
+from pool.connection import REDIS_ERRORS, is_refusal, is_transient
 from pool.errors import ExitCode
 from pool.keys import Keys
 from pool.worker.outcomes import Failure
-from pool.worker.slots import JobSlots
+from pool.worker.shared import WorkerContext
 
 logger = logging.getLogger("pool.worker")  # (its lines have always come from the worker's logger)
 
@@ -113,12 +112,9 @@ class Presence:
     """The heartbeat, liveness and registry loops of one worker process.
 
     Args:
-        config: heartbeat interval and TTL, queues, limits (memory, shutdown_timeout).
-        worker_id: whose keys these are.
-        client: the worker's non-blocking client.
-        keys: the pool's key layout.
-        outage: the process's Outage (a failed beat is retried through it).
-        slots: the job slots (read: state and jobs in flight).
+        context: the worker's config (heartbeat interval and TTL, queues, memory and shutdown
+            limits), id (whose keys these are), client, outage (a failed beat is retried through
+            it) and job slots (read: state and jobs in flight).
         process: the worker, told to stop or recycle.
         on_cancel: given the ids of running jobs that `pool cancel` asked this worker to stop.
         parent_pid: the supervisor's pid; the worker stops when its parent changes (orphaned).
@@ -127,16 +123,15 @@ class Presence:
     """
 
     def __init__(
-        self, config: Config, worker_id: str, client: redis.asyncio.Redis, keys: Keys, outage: Outage,
-        slots: JobSlots, process: Process, on_cancel: Callable[[list[str]], None], *,
+        self, context: WorkerContext, process: Process, on_cancel: Callable[[list[str]], None], *,
         parent_pid: int | None = None, alive_file: str | None = None,
     ) -> None:
-        self.config = config
-        self.worker_id = worker_id
-        self.redis = client
-        self.keys = keys
-        self.outage = outage
-        self.slots = slots
+        config = self.config = context.config
+        self.worker_id = context.worker_id
+        self.redis = context.client
+        self.keys = context.keys
+        self.outage = context.outage
+        self.slots = context.slots
         self.process = process
         self.on_cancel = on_cancel
         self.parent_pid = parent_pid

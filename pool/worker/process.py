@@ -42,6 +42,7 @@ from pool.worker.execution import JobRunner
 from pool.worker.fetcher import Fetcher
 from pool.worker.heartbeat import Presence
 from pool.worker.scheduler import Scheduler
+from pool.worker.shared import WorkerContext
 from pool.worker.slots import JobSlots
 
 logger = logging.getLogger("pool.worker")  # the name JSON logs show, kept stable
@@ -198,16 +199,13 @@ class Worker:
         client = async_client(self.config, self.url, max_connections=connections)
         blocking = blocking_client(self.config, self.url, max_connections=len(self.config.queues) + 1)
         scripts = Scripts(client, self.keys)
-        scheduler = Scheduler(self.config, client, scripts, self._outage, self.stopping,
-                              backup=not self._runs_scheduler)
-        acks = AckBatcher(client, scripts, self.worker_id, self.config.dead_letter.max_jobs, self._outage,
-                          replication(self.config))
-        presence = Presence(self.config, self.worker_id, client, self.keys, self._outage, self.slots, self,
-                            self.slots.cancel, parent_pid=self.parent_pid, alive_file=self.alive_file)
-        runner = JobRunner(self.config, self.registry, self.worker_id, self._executor, acks, self.slots,
-                           scheduler.learn, self.recycle, presence.charge_for_stop, self.metrics)
-        fetcher = Fetcher(self.config, self.worker_id, scripts, client, blocking, self.slots, self._start,
-                          scheduler.learn, self._outage, self.stopping, self.burst)
+        context = WorkerContext(self.config, self.worker_id, client, scripts, self._outage, self.slots, self.stopping)
+        scheduler = Scheduler(context, backup=not self._runs_scheduler)
+        acks = AckBatcher(context, replication(self.config))
+        presence = Presence(context, self, self.slots.cancel, parent_pid=self.parent_pid, alive_file=self.alive_file)
+        runner = JobRunner(context, self.registry, self._executor, acks, scheduler.learn, self.recycle,
+                           presence.charge_for_stop, self.metrics)
+        fetcher = Fetcher(context, blocking, self._start, scheduler.learn, self.burst)
         return _Parts(client, blocking, scripts, scheduler, acks, presence, runner, fetcher)
 
     async def _serve(self, parts: _Parts) -> None:

@@ -23,14 +23,11 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-import redis.asyncio
-
 from pool import clock
-from pool.config import Config
-from pool.connection import Outage, subscription, wait_event
+from pool.connection import subscription, wait_event
 from pool.jobs import JobSpec, new_job
-from pool.lua import Scripts
 from pool.schedules import Schedule
+from pool.worker.shared import WorkerContext
 
 logger = logging.getLogger("pool.scheduler")  # the name JSON logs show, kept stable
 
@@ -47,25 +44,19 @@ class Scheduler:
     """Promotes delayed jobs and fires schedules until ``stopping`` is set.
 
     Args:
-        config: the queues to promote and the schedules to fire.
-        client: a non-blocking Redis client (its pool also serves the wake subscription).
-        scripts: promote and fire.
-        outage: the worker's Outage: each step is retried through it until Redis answers (the
-            worker stopping cancels this task).
-        stopping: set when the worker stops.
+        context: the worker's config (queues to promote, schedules to fire), client (its pool
+            also serves the wake subscription), scripts (promote, fire), outage (each step is
+            retried through it until Redis answers; the worker stopping cancels this task).
         backup: act BACKUP_LAG_S late, and at most that often (see BACKUP_LAG_S).
     """
 
-    def __init__(
-        self, config: Config, client: redis.asyncio.Redis, scripts: Scripts,
-        outage: Outage, stopping: asyncio.Event, backup: bool = False,
-    ) -> None:
-        self.config = config
-        self.redis = client
-        self.scripts = scripts
-        self.keys = scripts.keys
-        self.outage = outage
-        self.stopping = stopping
+    def __init__(self, context: WorkerContext, backup: bool = False) -> None:
+        config = self.config = context.config
+        self.redis = context.client
+        self.scripts = context.scripts
+        self.keys = context.keys
+        self.outage = context.outage
+        self.stopping = context.stopping
         self.next_due: dict[str, int] = dict.fromkeys(config.queues, -1)  # -1: nothing delayed
         self.lag_ms = int(BACKUP_LAG_S * 1000) if backup else 0
         self._learned: dict[str, int] = {}  # due times learned while a read was in flight

@@ -95,6 +95,7 @@ async def test_the_client_and_the_scheduler_build_the_same_job_record(monkeypatc
     from pool.config import from_mapping
     from pool.keys import Keys
     from pool.worker.scheduler import Scheduler
+    from pool.worker.shared import WorkerContext
 
     monkeypatch.setattr(clock, "now_ms", lambda: 1_000_000)
     config = from_mapping({"queues": ["default", "reports"], "schedules": {"nightly": {
@@ -102,7 +103,8 @@ async def test_the_client_and_the_scheduler_build_the_same_job_record(monkeypatc
         "queue": "reports", "timeout": "2s"}}})
     [schedule] = config.schedules
     scripts = _FireRecorder(Keys(config.key_prefix))
-    scheduler = Scheduler(config, None, scripts, None, asyncio.Event())  # type: ignore[arg-type]
+    context = WorkerContext(config, "w", None, scripts, None, None, asyncio.Event())  # type: ignore[arg-type]
+    scheduler = Scheduler(context)
     await scheduler._fire(schedule, 960_000)
 
     client = AsyncClient(config, url="redis://unused")
