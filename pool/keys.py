@@ -18,6 +18,7 @@ slot, and each Lua script touches a single slot.
 | ``<p>:{q}:schedule:<name>``           | hash | fire (the latest tick)      | scheduler, status         |
 | ``<p>:{q}:dead``                      | zset | ack (dead), requeue poison  | status, `pool dead`       |
 | ``<p>:{q}:cancel:<worker_id>``        | set  | cancel (running jobs)       | the worker's heartbeat    |
+| ``<p>:{q}:stale``                     | set  | cancel (queued jobs)        | claim, status, listing    |
 | ``<p>:{q}:events`` (channel)          | pub  | ack, cancel, requeue        | `pool events`, clients    |
 | ``<p>:{q}:workers``                   | set  | worker heartbeat            | reclaim (supervisors)     |
 | ``<p>:{q}:alive:<worker_id>``         | str  | worker heartbeat (PX ttl)   | reclaim: expired = dead   |
@@ -109,6 +110,10 @@ class Keys:
 
     def cancel(self, queue: str, worker_id: str) -> str:
         return f"{self.prefix}:{{{queue}}}:cancel:{worker_id}"
+
+    def stale(self, queue: str) -> str:
+        """Ids of queue entries left behind by a cancel, to drop when met (lua/includes/stale.lua)."""
+        return f"{self.prefix}:{{{queue}}}:stale"
 
     def events(self, queue: str) -> str:
         """Pub/sub channel of a queue's finished jobs (a channel, not a key)."""

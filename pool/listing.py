@@ -7,7 +7,9 @@ in the delayed set) and ``retrying`` (only those) by earliest due first, ``dead`
 (older finished jobs are still found by id with `pool job`, until their result TTL ends).
 
 Records read for a page are checked against the state asked for: an id whose record expired or
-moved on since it was listed is left out, so a page can hold fewer jobs than ``limit``.
+moved on since it was listed is left out, so a page can hold fewer jobs than ``limit``. So is the
+entry of a job cancelled while it waited, which stays in the queue list until a claim drops it
+(lua/includes/stale.lua); ``total`` for ``queued`` leaves those entries out.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import redis.asyncio
 from pool.errors import CorruptJob, UsageError
 from pool.jobs import Job, Status
 from pool.keys import Keys
+from pool.status import waiting
 
 STATUSES = ("queued", "active", "delayed", "retrying", "dead", "completed", "failed", "cancelled")
 _SCAN_CHUNK = 500  # retrying jobs are picked out of the delayed set this many ids at a time
@@ -59,6 +62,8 @@ async def list_jobs(
         raise UsageError("--offset must be >= 0 and --limit >= 1")
     if status == "retrying":
         ids, total, more = await _retrying(client, keys, queue, offset, limit, read)
+    elif status == "queued":
+        ids, total, more = await read(lambda: _queued(client, keys, queue, offset, limit))
     else:
         ids, total = await read(lambda: _ids(client, keys, queue, status, offset, limit))
         more = offset + limit < total
@@ -71,12 +76,6 @@ async def list_jobs(
 async def _ids(client: redis.asyncio.Redis, keys: Keys, queue: str, status: str, offset: int,
                limit: int) -> tuple[list[bytes], int]:
     last = offset + limit - 1
-    if status == "queued":
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.llen(keys.queue(queue))
-            pipe.lrange(keys.queue(queue), -(last + 1), -(offset + 1))  # the far end starts first
-            total, ids = await pipe.execute()
-        return list(reversed(ids)), total
     if status == "active":
         workers = sorted(await client.smembers(keys.queue_workers(queue)))
         async with client.pipeline(transaction=False) as pipe:
@@ -96,6 +95,19 @@ async def _ids(client: redis.asyncio.Redis, keys: Keys, queue: str, status: str,
             pipe.lrange(keys.recent(queue, status), offset, last)
         total, ids = await pipe.execute()
     return ids, total
+
+
+async def _queued(client: redis.asyncio.Redis, keys: Keys, queue: str, offset: int,
+                  limit: int) -> tuple[list[bytes], int, bool]:
+    """Offsets count entries of the queue list, stale ones included (they are dropped from the
+    page by their record's status), so whether a next page exists is judged on the list's length,
+    and the total leaves them out."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.llen(keys.queue(queue))
+        pipe.scard(keys.stale(queue))
+        pipe.lrange(keys.queue(queue), -(offset + limit), -(offset + 1))  # the far end starts first
+        listed, stale, ids = await pipe.execute()
+    return list(reversed(ids)), waiting(listed, stale), offset + limit < listed
 
 
 async def _retrying(client: redis.asyncio.Redis, keys: Keys, queue: str, offset: int, limit: int,

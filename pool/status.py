@@ -102,6 +102,7 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
 def _read_queue(pipe: Any, keys: Keys, queue: str, worker_ids: list[str], head: bytes | None, now_s: int) -> None:
     """Queue the reads of one queue; :func:`_queue` takes the replies in the same order."""
     pipe.llen(keys.queue(queue))
+    pipe.scard(keys.stale(queue))  # entries of cancelled jobs still in the list: not waiting
     pipe.hgetall(keys.stats(queue))
     pipe.zcard(keys.dead(queue))
     pipe.zcard(keys.delayed(queue))
@@ -118,7 +119,8 @@ def _read_queue(pipe: Any, keys: Keys, queue: str, worker_ids: list[str], head: 
 
 
 def _queue(replies: Any, worker_ids: list[str], has_head: bool, now_s: int, server_ms: int) -> dict[str, Any]:
-    queued, stats, dead, delayed = next(replies), next(replies), next(replies), next(replies)
+    queued = waiting(next(replies), next(replies))
+    stats, dead, delayed = next(replies), next(replies), next(replies)
     active = sum(next(replies) for _ in worker_ids)
     current, previous, hour_ago = next(replies), next(replies), next(replies)
     full_minutes = [next(replies) for _ in range(HOUR_MINUTES - 2)]
@@ -132,6 +134,13 @@ def _queue(replies: Any, worker_ids: list[str], has_head: bool, now_s: int, serv
         "jobs_per_s": round((minute["completed"] + minute["failed"]) / 60, 2),
         "oldest_wait_s": oldest,
     }
+
+
+def waiting(listed: int, stale: int) -> int:
+    """Jobs waiting in a queue: its list's length less the entries that cancel.lua left there
+    (lua/includes/stale.lua). Exact, except for a stale entry a BLMOVE has just moved into an
+    active list, whose claim drops it a moment later: the figure is then one short, never over."""
+    return max(0, listed - stale)
 
 
 def _oldest_wait_s(fields: list[bytes | None], server_ms: int) -> float | None:

@@ -199,7 +199,7 @@ class Scripts:
 
         Returns (awaitable with the async client) one int per job: 1 created, 0 existed.
         """
-        keys = [self.keys.queue(queue), self.keys.delayed(queue)]
+        keys = [self.keys.queue(queue), self.keys.delayed(queue), self.keys.stale(queue)]
         keys += [self.keys.job(queue, job_id) for job_id, _, _ in jobs]
         args: list[Any] = [now_ms, self.keys.wake(queue)]
         for job_id, due_ms, fields in jobs:
@@ -211,7 +211,8 @@ class Scripts:
         client: Any = None,
     ) -> Any:
         """Enqueue one schedule tick's job unless that tick was fired already. Returns 1 or 0."""
-        keys = [self.keys.schedule(queue, schedule), self.keys.queue(queue), self.keys.job(queue, job_id)]
+        keys = [self.keys.schedule(queue, schedule), self.keys.queue(queue), self.keys.job(queue, job_id),
+                self.keys.stale(queue)]
         return self._registered["fire"](keys=keys, args=[tick_ms, now_ms, job_id, *fields], client=client)
 
     def handback(self, queue: str, worker_id: str, job_id: str, started_ms: int | None = None,
@@ -219,7 +220,8 @@ class Scripts:
         """Give a claimed, not started id back to the head of its queue; with ``started_ms``, one
         that claim.lua started at that time for this worker and that never ran. Returns 1, or 0
         (not in the active list, or started otherwise)."""
-        keys = [self.keys.active(queue, worker_id), self.keys.queue(queue), self.keys.job(queue, job_id)]
+        keys = [self.keys.active(queue, worker_id), self.keys.queue(queue), self.keys.job(queue, job_id),
+                self.keys.stale(queue)]
         args: list[Any] = [job_id] if started_ms is None else [job_id, started_ms, worker_id]
         return self._registered["handback"](keys=keys, args=args, client=client)
 
@@ -314,7 +316,7 @@ class Scripts:
     def retry_dead(self, queue: str, job_id: str, now_ms: int, client: Any = None) -> Any:
         """Send a dead job back to its queue with its attempts reset. Returns 1, or 0 if not dead."""
         keys = [self.keys.dead(queue), self.keys.queue(queue), self.keys.job(queue, job_id),
-                self.keys.done(queue, job_id)]
+                self.keys.done(queue, job_id), self.keys.stale(queue)]
         return self._registered["retry_dead"](keys=keys, args=[job_id, now_ms], client=client)
 
     def purge(self, queue: str, job_id: str, client: Any = None) -> Any:
@@ -325,7 +327,11 @@ class Scripts:
     def cancel(
         self, queue: str, job_id: str, now_ms: int, ttl_ms: int, event: bytes | None, client: Any = None
     ) -> Any:
-        """Cancel a job. Returns a :class:`CancelCode` value (decode with ``CancelCode(code)``)."""
+        """Cancel a job. Returns a :class:`CancelCode` value (decode with ``CancelCode(code)``).
+
+        Its cost does not grow with the queue: a queued job's id may stay in the queue list, marked
+        stale, until a claim meets it and drops it (see includes/stale.lua).
+        """
         keys = [self.keys.queue(queue), self.keys.delayed(queue), self.keys.job(queue, job_id),
                 self.keys.done(queue, job_id), self.keys.stats(queue)]
         args = [job_id, now_ms, ttl_ms, self.keys.queue_prefix(queue),

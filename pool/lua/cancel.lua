@@ -2,15 +2,19 @@
   KEYS[1]  queue list (LIST)   KEYS[2]  delayed set (ZSET)   KEYS[3]  job hash (HASH)
   KEYS[4]  done list of the job (LIST)   KEYS[5]  stats hash (HASH)
   ARGV[1]  job id   ARGV[2]  now_ms   ARGV[3]  result TTL in ms (the job's own wins)
-  ARGV[4]  key prefix of the queue ('<prefix>:{q}:'; the worker's cancel set is built from it)
+  ARGV[4]  key prefix of the queue ('<prefix>:{q}:'; the worker's cancel set and the queue's
+           stale set are built from it)
   ARGV[5]  channel to publish ARGV[6] on, or ''   ARGV[6]  event payload (JSON)
   ARGV[7]  recent_max: how many ids the queue's 'recent:cancelled' list keeps
-  Returns  a CancelCode (pool/lua/codes.py): CANCELLED (it was queued or waiting to retry:
-           it is finished as 'cancelled'); REQUESTED (it is running: its worker cancels it at its
-           next heartbeat; or it was claimed and not started: claim.lua finishes it as cancelled
-           when it would start it); FINISHED already (nothing to cancel); NOT_FOUND (no such job)
-  Invariant: a waiting job leaves its list or set exactly when it is marked cancelled, so it
-  can never be claimed afterwards. ]]
+  Returns  a CancelCode (pool/lua/codes.py): CANCELLED (it was queued, also moved by a BLMOVE
+           and not started yet, or waiting to retry: it is finished as 'cancelled'); REQUESTED (it
+           is running: its worker cancels it at its next heartbeat); FINISHED already (nothing to
+           cancel); NOT_FOUND (no such job)
+  Cost: constant in the depth of the queue. A queued id at either end of the queue is taken out;
+  anywhere else it stays in place, marked in the queue's stale set (<qprefix>stale, see
+  includes/stale.lua), and the claim that reaches it drops it without starting it.
+  Invariant: a waiting job is marked cancelled in the same step that takes its id out of the
+  delayed set, or out of the queue, or marks its entry stale, so it can never start afterwards. ]]
 --@include codes
 --@include finish
 local queue, delayed, job, done, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -26,14 +30,23 @@ if status == 'active' then
   redis.call('SADD', qprefix .. 'cancel:' .. state[2], id)
   return CancelCode.REQUESTED
 end
+-- A queued id is in the queue list or, moved by a BLMOVE whose claim has not run yet, in an active
+-- list; which one is not known without a scan. At an end of the queue it is taken out; anywhere
+-- else its entry is marked stale: the claim (or handback, or requeue) that meets it drops it.
+local function leave_queue()
+  if redis.call('LINDEX', queue, -1) == id then
+    redis.call('RPOP', queue)
+  elseif redis.call('LINDEX', queue, 0) == id then
+    redis.call('LPOP', queue)
+  else
+    redis.call('SADD', qprefix .. 'stale', id)
+  end
+  return 1
+end
+
 local removed = 0
 if status == 'queued' then
-  removed = redis.call('LREM', queue, 1, id)
-  if removed == 0 then
-    -- moved into a worker's active list but not started yet: claim.lua cancels it at its start
-    redis.call('HSET', job, 'cancel_requested_ms', now_ms)
-    return CancelCode.REQUESTED
-  end
+  removed = leave_queue()
 elseif status == 'retrying' or status == 'delayed' then
   removed = redis.call('ZREM', delayed, id)
 end

@@ -2,7 +2,10 @@
   skipping ids that exist.
   KEYS[1]        queue list of the jobs' queue (LIST)
   KEYS[2]        delayed set of the queue (ZSET, score = due_ms)
-  KEYS[3..n+2]   job hash of each job (HASH), in the same order as the jobs in ARGV
+  KEYS[3]        stale set of the queue (SET, includes/stale.lua): a ready id that still has a
+                 stale entry (its cancelled job's record expired, the entry not reached yet)
+                 takes that entry over instead of getting a second one
+  KEYS[4..n+3]   job hash of each job (HASH), in the same order as the jobs in ARGV
   ARGV[1]        now_ms (enqueued time)
   ARGV[2]        wake channel of the queue: told the due time when a delayed job becomes the
                  earliest, so that the scheduler promoting this queue re-arms its timer
@@ -11,13 +14,14 @@
   Invariant: an id is pushed onto the queue (or added to the delayed set) exactly when its hash
   is created, so enqueue is idempotent by id: a client retrying after a lost reply, or a second
   enqueue of a chosen job_id, never creates a second job. ]]
-local queue, delayed = KEYS[1], KEYS[2]
+--@include stale
+local queue, delayed, stale = KEYS[1], KEYS[2], KEYS[3]
 local now_ms, wake = ARGV[1], ARGV[2]
 local earliest = tonumber(redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2])
 local woken = nil
 local created, ready = {}, {}
 local at = 3
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   local job = KEYS[i]
   local id, due_ms = ARGV[at], tonumber(ARGV[at + 1])
   local field_count = tonumber(ARGV[at + 2])
@@ -38,6 +42,15 @@ for i = 3, #KEYS do
     end
     created[#created + 1] = 1
   end
+end
+if #ready > 0 and redis.call('EXISTS', stale) == 1 then
+  local fresh = {}
+  for _, id in ipairs(ready) do
+    if not drop_stale(stale, id) then
+      fresh[#fresh + 1] = id
+    end
+  end
+  ready = fresh
 end
 -- one LPUSH per 1000 ready ids (as many single LPUSHes would leave them; unpack's limit is ~8000)
 for first = 1, #ready, 1000 do

@@ -6,6 +6,7 @@
   ARGV[2]  now_ms
   Returns  when the earliest job still delayed falls due, or -1: none
   Invariant: each due id leaves the delayed set exactly when it joins the queue (includes/promote.lua). ]]
+--@include stale
 --@include promote
 local queue, delayed = KEYS[1], KEYS[2]
 local qprefix, now_ms = ARGV[1], ARGV[2]

@@ -25,6 +25,8 @@
            entries as the job has deliveries (an ack resets those to 0), and a buried job's
            error names them: a poison job says how it killed its workers.
   ARGV[9]  dead_max: the most dead jobs kept in this queue (the oldest are deleted)
+  A stale entry (a job cancel.lua finished while it waited, moved by a BLMOVE whose claim never
+  ran: includes/stale.lua) is dropped, not requeued: it is finished already.
   Only started jobs (status 'active') are buried: an id a BLMOVE moved whose claim never ran
   had no delivery counted, and is requeued whatever its count.
   Returns  {requeued, buried}; for 'reclaim' also a RequeueCode (pool/lua/codes.py):
@@ -38,6 +40,7 @@
   Redis (the key's TTL), never by comparing the clocks of different hosts. ]]
 --@include codes
 --@include finish
+--@include stale
 local active, queue, dead, stats, registry, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local qprefix, mode, max_deliveries, now_ms, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local dead_ttl, channel, cause, dead_max = tonumber(ARGV[6]), ARGV[7], ARGV[8] or '', tonumber(ARGV[9])
@@ -93,7 +96,9 @@ while true do
   local deliveries = tonumber(redis.call('HGET', job, 'deliveries') or '0')
   local started = mode ~= 'stop' and redis.call('HGET', job, 'status') == 'active'
   local deaths = started and record_death(job, deliveries)
-  if started and deliveries >= max_deliveries then
+  if not started and drop_stale(qprefix .. 'stale', id) then
+    redis.call('LPOP', active)
+  elseif started and deliveries >= max_deliveries then
     local reason = 'PoisonJob: delivered ' .. deliveries .. ' times and its worker died each time ' ..
       'before acknowledging it (max_deliveries is ' .. max_deliveries .. '); how its workers died: ' ..
       summary(deaths)

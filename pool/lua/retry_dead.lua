@@ -1,12 +1,13 @@
 --[[ retry_dead: send a dead job back to its queue for a fresh run, keeping its id and history.
   KEYS[1]  dead set (ZSET)   KEYS[2]  queue list (LIST)   KEYS[3]  job hash (HASH)
-  KEYS[4]  done list of the job (LIST)
+  KEYS[4]  done list of the job (LIST)   KEYS[5]  stale set of the queue (SET, includes/stale.lua)
   ARGV[1]  job id   ARGV[2]  now_ms
   Returns  1 sent back; 0 not in the dead set, or its record is gone or no longer dead (a stale id
            left after the dead-letter TTL, whose id may since have been enqueued again)
   Invariant: the id leaves the dead set exactly when it joins the queue; attempts and
   deliveries restart from 0, the last error and the attempt history stay for the record. ]]
-local dead, queue, job, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+--@include stale
+local dead, queue, job, done, stale = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, now_ms = ARGV[1], ARGV[2]
 if redis.call('ZREM', dead, id) == 0 then
   return 0
@@ -19,5 +20,5 @@ redis.call('HSET', job, 'status', 'queued', 'attempts', 0, 'deliveries', 0, 'fai
 redis.call('HDEL', job, 'finished_ms', 'due_ms', 'result')
 redis.call('PERSIST', job)
 redis.call('DEL', done)
-redis.call('LPUSH', queue, id)
+push_ready(queue, stale, id)
 return 1

@@ -559,7 +559,7 @@ def test_a_job_cancelled_before_it_started_says_so_in_one_wording(r, keys, scrip
     enqueue(scripts, "q", "waiting", "claimed")
     r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")  # 'waiting' (the older one)
     assert scripts.cancel("q", "claimed", 9000, 60_000, None) == 1
-    assert scripts.cancel("q", "waiting", 9000, 60_000, None) == 2
+    assert scripts.cancel("q", "waiting", 9000, 60_000, None) == 1  # moved, not started: cancelled at once
     assert records(scripts.claim("q", W, 9001, 0, 0, moved_id="waiting")) == []
     errors = {r.hget(keys.job("q", job_id), "error") for job_id in ("waiting", "claimed")}
     assert errors == {b"Cancelled: cancelled before it started"}
@@ -581,7 +581,7 @@ def test_promote_moves_due_jobs_and_reports_the_next_due_time(r, keys, scripts):
 def test_cancel_of_a_job_moved_but_not_started_is_honoured_at_its_start(r, keys, scripts):
     enqueue(scripts, "q", "a")
     r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")  # BLMOVE, before claim.lua
-    assert scripts.cancel("q", "a", 9000, 60_000, None) == 2
+    assert scripts.cancel("q", "a", 9000, 60_000, None) == 1  # finished as cancelled at once
     assert records(scripts.claim("q", W, 9001, 0, 0, moved_id="a")) == []
     assert r.hget(keys.job("q", "a"), "status") == b"cancelled"
     assert r.llen(keys.active("q", W)) == 0
