@@ -52,11 +52,8 @@ class Scheduler:
 
     def __init__(self, context: WorkerContext, backup: bool = False) -> None:
         config = self.config = context.config
-        self.redis = context.client
-        self.scripts = context.scripts
-        self.keys = context.keys
-        self.outage = context.outage
-        self.stopping = context.stopping
+        self.context = context  # its client, keys, outage and stop event
+        self.scripts = context.scripts  # promote and fire
         self.next_due: dict[str, int] = dict.fromkeys(config.queues, -1)  # -1: nothing delayed
         self.lag_ms = int(BACKUP_LAG_S * 1000) if backup else 0
         self._learned: dict[str, int] = {}  # due times learned while a read was in flight
@@ -67,9 +64,10 @@ class Scheduler:
                  asyncio.create_task(self._promote_loop(), name="scheduler:promote")]
         tasks += [asyncio.create_task(self._run_schedule(s), name=f"schedule:{s.name}") for s in self.config.schedules]
         if self.config.schedules:
-            logger.info("scheduler: %s", "; ".join(f"{s.name} {s.describe()} -> {s.handler}" for s in self.config.schedules))
+            logger.info("scheduler: %s",
+                        "; ".join(f"{s.name} {s.describe()} -> {s.handler}" for s in self.config.schedules))
         try:
-            await self.stopping.wait()
+            await self.context.stopping.wait()
         finally:
             for task in tasks:
                 task.cancel()
@@ -92,15 +90,15 @@ class Scheduler:
 
     async def _listen(self) -> None:
         """Follow the wake channels; after each (re)subscription, read the earliest times again."""
-        channels = {self.keys.wake(q): q for q in self.config.queues}
-        async for message in subscription(self.redis, list(channels), on_subscribed=self._refresh):
+        channels = {self.context.keys.wake(q): q for q in self.config.queues}
+        async for message in subscription(self.context.client, list(channels), on_subscribed=self._refresh):
             self.learn(channels[message["channel"].decode()], int(message["data"]))
 
     async def _refresh(self) -> None:
         self._learned.clear()
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.context.client.pipeline(transaction=False) as pipe:
             for queue in self.config.queues:
-                pipe.zrange(self.keys.delayed(queue), 0, 0, withscores=True)
+                pipe.zrange(self.context.keys.delayed(queue), 0, 0, withscores=True)
             replies = await pipe.execute()
         for queue, first in zip(self.config.queues, replies, strict=True):
             self._settle(queue, int(first[0][1]) if first else -1)
@@ -115,12 +113,12 @@ class Scheduler:
             for queue, due in list(self.next_due.items()):
                 if 0 <= due <= now - self.lag_ms:
                     self._learned.pop(queue, None)
-                    reply = await self.outage.retry("promote", self._promote, queue)
+                    reply = await self.context.outage.retry("promote", self._promote, queue)
                     self._settle(queue, int(reply))
                     promoted = True
             if clock.monotonic() >= refresh_at:
                 refresh_at = clock.monotonic() + REFRESH_S
-                await self.outage.retry("refresh", self._refresh)
+                await self.context.outage.retry("refresh", self._refresh)
                 continue
             if promoted and self.lag_ms:
                 await asyncio.sleep(self.lag_ms / 1000)  # a backup steps in at most this often
@@ -138,13 +136,13 @@ class Scheduler:
 
     async def _run_schedule(self, schedule: Schedule) -> None:
         assert schedule.queue is not None
-        state = self.keys.schedule(schedule.queue, schedule.name)
-        last = await self.outage.retry("read schedule", self.redis.hget, state, "last_ms")
+        state = self.context.keys.schedule(schedule.queue, schedule.name)
+        last = await self.context.outage.retry("read schedule", self.context.client.hget, state, "last_ms")
         tick = schedule.first_due_ms(int(last) if last else None, clock.now_ms())
         while True:
             while (delay_s := (tick + self.lag_ms - clock.now_ms()) / 1000) > 0:
                 await asyncio.sleep(min(delay_s, LONGEST_SLEEP_S))
-            fired = await self.outage.retry("fire", self._fire, schedule, tick)
+            fired = await self.context.outage.retry("fire", self._fire, schedule, tick)
             if fired:
                 late = " by a backup scheduler" if self.lag_ms else ""
                 logger.info("schedule %s: enqueued %s (tick %s)%s", schedule.name, schedule.job_id(tick),
