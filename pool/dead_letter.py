@@ -79,8 +79,9 @@ class _Tally:
 async def retry_or_purge(client: AsyncClient, op: str, job_ids: Iterable[str], queue: str | None,
                          every: bool, on_progress: Progress | None = None) -> int:
     """Run retry_dead.lua (``op="retry"``) or purge.lua on each target, a page per round trip;
-    how many it moved or deleted. With ``every``, ids buried after the walk reached their part
-    of the dead set are left for the next run (see the block comment above)."""
+    how many it moved or deleted. With ``every``, jobs that die while it runs are left for the
+    next run, as is one buried meanwhile with a time of death before the page the walk has
+    reached (a host whose clock is behind); see the block comment above."""
     if every:
         return await _walk_every_dead(client, op, _queues(client, queue), on_progress)
     targets = [(await _dead_queue(client, job_id, queue), job_id) for job_id in job_ids]
