@@ -353,18 +353,30 @@ class AsyncClient:
             raise UsageError(f"queue {name!r} is not a valid queue name: {QUEUE_NAME_RULE}")
         return await listing.list_jobs(self.redis, self.keys, name, status, offset, limit, self._retrying)
 
-    async def retry_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False) -> int:
+    async def retry_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False,
+                         on_progress: Callable[[int, int], None] | None = None) -> int:
         """Send dead jobs back to their queues (attempts reset, ids kept). Returns how many went.
+
+        The work goes in pages of ``dead_letter.DEAD_PAGE`` ids, one round trip each (resent
+        alone after an outage), so no call holds Redis for long and the client's memory stays
+        bounded at any size of the dead set.
 
         Args:
             job_ids: the jobs to retry; or ``all=True`` for every dead job (of ``queue``, or of
-                every queue of the config).
+                every queue of the config) that had died when the run started: jobs that die
+                while it runs (a retried job that fails again at once, say) are left for the next
+                run. So is a job buried meanwhile by a host whose clock is behind, with a time of
+                death earlier than the page the run has reached.
+            on_progress: called after each page with the ids handled so far and the dead ids
+                counted at the start (``len(job_ids)``, or the dead sets' size with ``all``).
         """
-        return await dead_letter.retry_or_purge(self, "retry", job_ids, queue, all)
+        return await dead_letter.retry_or_purge(self, "retry", job_ids, queue, all, on_progress)
 
-    async def purge_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False) -> int:
-        """Delete dead jobs for good. Returns how many were deleted. Arguments as in :meth:`retry_dead`."""
-        return await dead_letter.retry_or_purge(self, "purge", job_ids, queue, all)
+    async def purge_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False,
+                         on_progress: Callable[[int, int], None] | None = None) -> int:
+        """Delete dead jobs for good. Returns how many were deleted. Arguments and paging as in
+        :meth:`retry_dead`."""
+        return await dead_letter.retry_or_purge(self, "purge", job_ids, queue, all, on_progress)
 
     async def events(self, queues: Iterable[str] | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """Yield each finished attempt's event (completed, failed, retrying, dead, cancelled) as a dict.

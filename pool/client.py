@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -88,13 +88,15 @@ class Client:
         """One page of a queue's jobs in one state; see :meth:`AsyncClient.jobs`."""
         return self._run(self._async.jobs(queue, status, offset, limit))
 
-    def retry_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False) -> int:
+    def retry_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False,
+                   on_progress: Callable[[int, int], None] | None = None) -> int:
         """Send dead jobs back to their queues; see :meth:`AsyncClient.retry_dead`."""
-        return self._run(self._async.retry_dead(list(job_ids), queue, all=all))
+        return self._run(self._async.retry_dead(list(job_ids), queue, all=all, on_progress=on_progress))
 
-    def purge_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False) -> int:
+    def purge_dead(self, job_ids: Iterable[str] = (), queue: str | None = None, *, all: bool = False,
+                   on_progress: Callable[[int, int], None] | None = None) -> int:
         """Delete dead jobs; see :meth:`AsyncClient.purge_dead`."""
-        return self._run(self._async.purge_dead(list(job_ids), queue, all=all))
+        return self._run(self._async.purge_dead(list(job_ids), queue, all=all, on_progress=on_progress))
 
     def events(self, queues: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
         """Yield finished attempts' events; see :meth:`AsyncClient.events`."""

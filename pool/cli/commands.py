@@ -203,13 +203,31 @@ def _dead(options: argparse.Namespace) -> int:
         if options.action == "show":
             return _show_dead(client, config, options)
         op = client.retry_dead if options.action == "retry" else client.purge_dead
+        progress = _dead_progress(options.action)
         try:
-            count = op(options.job_ids, options.queue, all=options.all)
+            count = op(options.job_ids, options.queue, all=options.all, on_progress=progress)
         except JobNotFound:  # nothing was done: some id is not a full one, maybe the start of one
             job_ids = [ids.resolve(config, job_id, options.queue, dead_only=True)[1] for job_id in options.job_ids]
-            count = op(job_ids, options.queue, all=options.all)
+            count = op(job_ids, options.queue, all=options.all, on_progress=progress)
     print(f"{'retried' if options.action == 'retry' else 'purged'} {count} dead job(s)")
     return ExitCode.OK
+
+
+PROGRESS_EVERY_PAGES = 10  # a progress line per 10,000 dead jobs at the default page size
+
+
+def _dead_progress(action: str) -> Callable[[int, int], None]:
+    """A line on stderr every PROGRESS_EVERY_PAGES pages of a bulk action (none for a small
+    one), so that a long run shows it is moving; stdout keeps only the final count."""
+    pages = 0
+
+    def show(handled: int, total: int) -> None:
+        nonlocal pages
+        pages += 1
+        if pages % PROGRESS_EVERY_PAGES == 0:
+            print(f"pool: dead {action}: {handled:,} of {total:,} dead job(s) handled", file=sys.stderr)
+
+    return show
 
 
 def _show_dead(client: Any, config: Config, options: argparse.Namespace) -> int:

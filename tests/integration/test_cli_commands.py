@@ -10,12 +10,13 @@ import stat
 
 import pytest
 
-from pool import Status
-from pool.cli import ids
+from pool import Status, dead_letter
+from pool.cli import ids, main
 from pool.client import AsyncClient
 from pool.config import load
 from pool.errors import ExitCode
-from pool.testing import async_wait_until
+from pool.keys import Keys
+from pool.testing import async_wait_until, bury
 from tests.conftest import pool_cli, pool_of
 
 
@@ -158,6 +159,23 @@ async def test_a_refused_script_stores_no_traceback(script_config, url, r, name,
         failed = await client.wait(job.id, timeout=10)
     assert failed.error.startswith(f"{error}: ")
     assert failed.traceback is None
+
+
+def test_a_bulk_dead_action_shows_its_progress_on_stderr(write_config, r, prefix, monkeypatch, capsys):
+    """A line on stderr every PROGRESS_EVERY_PAGES pages; stdout keeps the final count alone, and
+    a run of fewer pages prints nothing more than before."""
+    monkeypatch.setattr(dead_letter, "DEAD_PAGE", 7)
+    path = str(write_config())
+    bury(r, prefix, "default", [f"d{i}" for i in range(200)], 10_000)
+    assert main(["dead", "retry", path, "--all"]) == ExitCode.OK
+    out, err = capsys.readouterr()
+    assert out == "retried 200 dead job(s)\n"
+    assert err.splitlines() == ["pool: dead retry: 70 of 200 dead job(s) handled",
+                                "pool: dead retry: 140 of 200 dead job(s) handled"]
+    r.delete(Keys(prefix).queue("default"))
+    bury(r, prefix, "default", [f"p{i}" for i in range(60)], 10_000)
+    assert main(["dead", "purge", path, "--all"]) == ExitCode.OK
+    assert capsys.readouterr() == ("purged 60 dead job(s)\n", "")
 
 
 async def test_purge_dead_picks_the_queue_whose_dead_set_holds_the_id(make_config, url, r):

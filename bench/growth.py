@@ -1,0 +1,184 @@
+"""Growth: what each operation costs when what it works on is small and when it is large, in one run.
+
+    python bench/growth.py                        # every row
+    python bench/growth.py --rows dead-bulk       # some rows (comma-separated names)
+
+Starts a private valkey-server. Each row is one function: it builds its small and its large case,
+measures both, and returns a dict (``row``, ``small`` and ``large`` labels, and ``measures``: for
+each measure its small and large figure). The table prints one line per measure,
+"row | small | large | ratio" (large / small: 1.0 is flat), and the last line is one JSON object
+with every row. Rows (issue 17 names the others to come):
+
+- dead-bulk, `pool dead retry --all` and `pool dead purge --all` over 1,000 vs 100,000 dead jobs:
+  time per job, the peak resident memory of the client process (measured in a child process of
+  its own: VmHWM), the longest command the server ran meanwhile and the 99th percentile (SLOWLOG
+  with slowlog-log-slower-than 0) and the longest and 99th-percentile PING of a
+  prober (how long Redis was held).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import ROOT, PrivateServer, percentile
+from pool.client import Client
+from pool.testing import bury
+
+Row = Callable[[PrivateServer, argparse.Namespace], dict[str, Any]]
+
+
+class PingProber:
+    """PINGs the server every millisecond from a process of its own until stopped: how long a
+    PING waits is how long other clients' commands (or a batch of them) held Redis. Its own
+    process, so that this one's garbage collection does not show up as a wait; the longest wait
+    still catches this shared machine's scheduling hiccups, the 99th percentile less so."""
+
+    def __init__(self, server: PrivateServer) -> None:
+        self.url = server.url
+        self.waits_ms: dict[str, float] = {}
+        self._child: subprocess.Popen[str]
+
+    def __enter__(self) -> PingProber:
+        self._child = subprocess.Popen([sys.executable, __file__, "--ping-probe", self.url], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self._child.stdout is not None and self._child.stdout.readline() == "ready\n"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        out, _ = self._child.communicate(timeout=60)  # closing its stdin stops it
+        self.waits_ms = json.loads(out)
+
+
+def ping_probe(url: str) -> None:
+    """The prober's side: PING until stdin closes, then print the longest and p99 wait in ms."""
+    client = redis.Redis.from_url(url)
+    client.ping()
+    stop = threading.Event()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
+    print("ready", flush=True)
+    waits_ms: list[float] = []
+    while not stop.wait(0.001):  # a PING every millisecond, not a busy loop
+        began = time.perf_counter()
+        client.ping()
+        waits_ms.append((time.perf_counter() - began) * 1000)
+    print(json.dumps({"longest": max(waits_ms), "p99": percentile(waits_ms, 99)}))
+
+
+# -- dead-bulk ---------------------------------------------------------------------------------
+
+def dead_client(action: str, config: str) -> None:
+    """The child's side: one bulk dead action with the sync client, as `pool dead ACTION --all`
+    runs it; prints its seconds, count and peak resident memory as JSON."""
+    with Client.from_config(config) as client:
+        op = client.retry_dead if action == "retry" else client.purge_dead
+        began = time.perf_counter()
+        count = op(all=True)
+        seconds = time.perf_counter() - began
+    print(json.dumps({"seconds": seconds, "count": count, "peak_mib": peak_rss_kib() / 1024}))
+
+
+def peak_rss_kib() -> int:
+    """VmHWM, this process's own peak resident memory (ru_maxrss would carry over the parent's
+    peak through fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def dead_action(server: PrivateServer, action: str, dead: int) -> dict[str, float]:
+    """``dead`` dead jobs, then the action in a child process, watched by SLOWLOG and a prober."""
+    config = server.write_config(dead_letter={"max": dead})
+    prefix = server.keys(config).prefix
+    bury(server.redis, prefix, "default", [f"dead-{i}" for i in range(dead)], int(time.time() * 1000),
+         dead_max=dead)
+    server.redis.config_set("slowlog-log-slower-than", 0)
+    server.redis.config_set("slowlog-max-len", 4 * dead + 1000)
+    server.redis.slowlog_reset()
+    with PingProber(server) as prober:
+        child = subprocess.run([sys.executable, __file__, "--dead-client", action, str(config)],
+                               capture_output=True, text=True, check=True, cwd=ROOT)
+    entries = server.redis.slowlog_get(-1)
+    server.redis.config_set("slowlog-log-slower-than", 10_000)
+    report = json.loads(child.stdout)
+    assert report["count"] == dead, report
+    commands = sorted((e for e in entries if not e["command"].upper().startswith(b"SLOWLOG")),
+                      key=lambda e: e["duration"])
+    longest = commands[-1]
+    print(f"dead-bulk {action} {dead:,}: longest command {longest['duration'] / 1000:.3f} ms: "
+          f"{longest['command'][:60]!r}", file=sys.stderr)
+    return {"us_per_job": report["seconds"] / dead * 1e6, "peak_client_mib": report["peak_mib"],
+            "longest_command_ms": longest["duration"] / 1000,
+            "p99_command_ms": percentile([e["duration"] for e in commands], 99) / 1000,
+            "longest_ping_ms": prober.waits_ms["longest"], "p99_ping_ms": prober.waits_ms["p99"]}
+
+
+def dead_bulk(server: PrivateServer, options: argparse.Namespace) -> dict[str, Any]:
+    small, large = options.dead_small, options.dead_large
+    measures: dict[str, dict[str, float]] = {}
+    for action in ("retry", "purge"):
+        figures = {size: dead_action(server, action, count) for size, count in (("small", small), ("large", large))}
+        for name in figures["small"]:
+            measures[f"{action} {name}"] = {"small": figures["small"][name], "large": figures["large"][name]}
+    return {"row": "dead retry/purge --all", "small": f"{small:,} dead", "large": f"{large:,} dead",
+            "measures": measures}
+
+
+ROWS: dict[str, Row] = {"dead-bulk": dead_bulk}
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print(f"{'row':<48} | {'small':>12} | {'large':>12} | {'ratio':>6}")
+    for result in results:
+        print(f"{result['row']} ({result['small']} vs {result['large']})")
+        for name, figure in result["measures"].items():
+            ratio = figure["large"] / figure["small"] if figure["small"] else float("nan")
+            print(f"  {name:<46} | {figure['small']:>12.3f} | {figure['large']:>12.3f} | {ratio:>6.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows: {', '.join(ROWS)}")
+    parser.add_argument("--dead-small", type=int, default=1_000, help="dead jobs of dead-bulk's small case")
+    parser.add_argument("--dead-large", type=int, default=100_000, help="dead jobs of dead-bulk's large case")
+    parser.add_argument("--dead-client", nargs=2, metavar=("ACTION", "CONFIG"), help=argparse.SUPPRESS)
+    parser.add_argument("--ping-probe", metavar="URL", help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.dead_client:
+        dead_client(*options.dead_client)
+        return
+    if options.ping_probe:
+        ping_probe(options.ping_probe)
+        return
+    names = [name.strip() for name in options.rows.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ROWS]
+    if unknown:
+        parser.error(f"--rows: unknown row {unknown[0]!r} (rows: {', '.join(ROWS)})")
+    with tempfile.TemporaryDirectory() as workdir, PrivateServer(Path(workdir), 1, 1) as server:
+        results = [ROWS[name](server, options) for name in names]
+    print_table(results)
+    print(json.dumps({"growth": results}))
+
+
+if __name__ == "__main__":
+    main()
