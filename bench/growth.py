@@ -14,6 +14,9 @@ with every row. Rows (issue 17 names the others to come):
   its own: VmHWM), the longest command the server ran meanwhile and the 99th percentile (SLOWLOG
   with slowlog-log-slower-than 0) and the longest and 99th-percentile PING of a
   prober (how long Redis was held).
+- cancel, cancelling a queued job from the middle of a queue of 10,000 vs 1,000,000 (cancel.lua's
+  time in SLOWLOG: mean, median, max), and claims of 10 through a clean stretch and through one
+  where every other job was cancelled (bench/growth_cancel.py builds the queues).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import growth_cancel
 from bench.harness import ROOT, PrivateServer, percentile
 from pool.client import Client
 from pool.testing import bury
@@ -142,7 +146,19 @@ def dead_bulk(server: PrivateServer, options: argparse.Namespace) -> dict[str, A
             "measures": measures}
 
 
-ROWS: dict[str, Row] = {"dead-bulk": dead_bulk}
+def cancel_queued(server: PrivateServer, options: argparse.Namespace) -> dict[str, Any]:
+    """cancel.lua at 10k vs 1M queued jobs, and claims through a stretch of cancelled ids."""
+    server.redis.config_set("slowlog-log-slower-than", 0)
+    server.redis.config_set("slowlog-max-len", 10_000)
+    small, large = (growth_cancel.measure(depth, server.redis) for depth in growth_cancel.DEPTHS)
+    server.redis.flushall()
+    measures = {f"{name} {stat.removesuffix('_us')} µs": {"small": small[name][stat], "large": large[name][stat]}
+                for name in ("cancel", "claim_clean", "claim_mixed") for stat in ("mean_us", "p50_us", "max_us")}
+    return {"row": "cancel a queued job", "small": f"{small['depth']:,} queued",
+            "large": f"{large['depth']:,} queued", "measures": measures}
+
+
+ROWS: dict[str, Row] = {"dead-bulk": dead_bulk, "cancel": cancel_queued}
 
 
 # -- the table ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Growth row 5: what cancelling a queued job costs at 10k and at 1M queued jobs.
 
-    python bench/growth_cancel.py
+    python bench/growth_cancel.py     (or: python bench/growth.py --rows cancel)
 
 Starts a private valkey-server, and for each depth queues that many jobs (records and ids, built
 by a Lua loop: enqueue.lua would take minutes for 1M), cancels 100 jobs from the middle of the
