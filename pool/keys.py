@@ -20,7 +20,8 @@ slot, and each Lua script touches a single slot.
 | ``<p>:{q}:cancel:<worker_id>``        | set  | cancel (running jobs)       | the worker's heartbeat    |
 | ``<p>:{q}:stale``                     | set  | cancel (queued jobs)        | claim, status, listing    |
 | ``<p>:{q}:events`` (channel)          | pub  | ack, cancel, requeue        | `pool events`, clients    |
-| ``<p>:{q}:workers``                   | set  | worker heartbeat            | reclaim (supervisors)     |
+| ``<p>:{q}:registry``                  | zset | worker heartbeat (deadline) | reclaim (expired.lua)     |
+| ``<p>:{q}:workers`` (earlier pools)   | set  | workers of earlier versions | reclaim, until it empties |
 | ``<p>:{q}:alive:<worker_id>``         | str  | worker heartbeat (PX ttl)   | reclaim: expired = dead   |
 | ``<p>:workers``                       | set  | worker heartbeat            | status                    |
 | ``<p>:worker:<worker_id>``            | hash | worker heartbeat (with TTL) | status                    |
@@ -28,8 +29,10 @@ slot, and each Lua script touches a single slot.
 | ``<p>:supervisor:<supervisor_id>``    | hash | supervisor heartbeat (TTL)  | status, health            |
 | ``<p>:marker``                        | hash | supervisor (once per data)  | supervisor, status        |
 
-The per-queue ``workers`` set and ``alive`` keys repeat, in each queue's hash tag, what the
-global registry says: reclaim.lua needs liveness, registry and active list in one slot.
+The per-queue ``registry`` and ``alive`` keys repeat, in each queue's hash tag, what the global
+registry says: reclaim needs liveness, registry and active list in one slot. The registry is
+scored by each worker's liveness deadline in the server's clock, so that a supervisor finds the
+expired workers without asking every worker's key (expired.lua).
 
 ``<p>`` is ``key_prefix`` from pool.yaml (default ``pool``).
 """
@@ -122,7 +125,13 @@ class Keys:
     def dead(self, queue: str) -> str:
         return f"{self.prefix}:{{{queue}}}:dead"
 
+    def queue_registry(self, queue: str) -> str:
+        """The queue's workers by liveness deadline (zset, server ms): what reclaim reads."""
+        return f"{self.prefix}:{{{queue}}}:registry"
+
     def queue_workers(self, queue: str) -> str:
+        """The queue's workers as pool versions before :meth:`queue_registry` registered them
+        (set): still read, while it exists, for the workers of a pool upgraded in place."""
         return f"{self.prefix}:{{{queue}}}:workers"
 
     def alive(self, queue: str, worker_id: str) -> str:

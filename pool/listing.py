@@ -77,7 +77,11 @@ async def _ids(client: redis.asyncio.Redis, keys: Keys, queue: str, status: str,
                limit: int) -> tuple[list[bytes], int]:
     last = offset + limit - 1
     if status == "active":
-        workers = sorted(await client.smembers(keys.queue_workers(queue)))
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.zrange(keys.queue_registry(queue), 0, -1)
+            pipe.smembers(keys.queue_workers(queue))  # workers of an earlier pool version
+            registered, earlier = await pipe.execute()
+        workers = sorted({*registered, *earlier})
         async with client.pipeline(transaction=False) as pipe:
             for worker in workers:
                 pipe.lrange(keys.active(queue, cast(bytes, worker).decode()), 0, -1)

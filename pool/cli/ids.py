@@ -70,7 +70,8 @@ def _candidates(client: redis.Redis, keys: Keys, queue: str, prefix: str, dead_o
     if dead_only:
         return ids
     ids.update(_decoded(client.zscan_iter(keys.delayed(queue), match=pattern, count=1000)))
-    workers = _decoded(client.smembers(keys.queue_workers(queue)))
+    workers = {*_decoded(client.zrange(keys.queue_registry(queue), 0, -1)),
+               *_decoded(client.smembers(keys.queue_workers(queue)))}  # (an earlier pool version's)
     with client.pipeline(transaction=False) as pipe:
         pipe.lrange(keys.queue(queue), 0, LIST_ENDS - 1)
         pipe.lrange(keys.queue(queue), -LIST_ENDS, -1)

@@ -112,7 +112,7 @@ def _source(name: str) -> str:
 SOURCES = {
     name: _source(name)
     for name in ("enqueue", "claim", "promote", "ack", "requeue", "retry_dead", "purge", "cancel", "handback",
-                 "fire")
+                 "fire", "heartbeat", "expired")
 }
 
 
@@ -308,10 +308,23 @@ class Scripts:
         keys = [
             self.keys.active(queue, worker_id), self.keys.queue(queue), self.keys.dead(queue),
             self.keys.stats(queue), self.keys.queue_workers(queue), self.keys.alive(queue, worker_id),
+            self.keys.queue_registry(queue),
         ]
         args = [self.keys.queue_prefix(queue), mode, max_deliveries, now_ms, worker_id, dead_ttl_ms,
                 self.keys.events(queue) if events else "", cause, dead_max]
         return self._registered["requeue"](keys=keys, args=args, client=client)
+
+    def heartbeat(self, queue: str, worker_id: str, state: str, ttl_ms: int, client: Any = None) -> Any:
+        """Renew a worker's liveness on one queue: its key for ttl_ms and its registry deadline
+        (server time + ttl_ms). Returns the ids of its running jobs to cancel (bytes)."""
+        keys = [self.keys.alive(queue, worker_id), self.keys.queue_registry(queue), self.keys.cancel(queue, worker_id)]
+        return self._registered["heartbeat"](keys=keys, args=[worker_id, state, ttl_ms], client=client)
+
+    def expired(self, queue: str, limit: int, client: Any = None) -> Any:
+        """Up to ``limit`` workers of the queue whose liveness key expired (bytes), found in
+        O(expired) by their registry deadline (see expired.lua)."""
+        keys = [self.keys.queue_registry(queue), self.keys.queue_workers(queue)]
+        return self._registered["expired"](keys=keys, args=[self.keys.queue_prefix(queue), limit], client=client)
 
     def retry_dead(self, queue: str, job_id: str, now_ms: int, client: Any = None) -> Any:
         """Send a dead job back to its queue with its attempts reset. Returns 1, or 0 if not dead."""

@@ -4,16 +4,18 @@
   KEYS[2]  queue list (LIST)
   KEYS[3]  dead set of the queue (ZSET, score = now_ms)
   KEYS[4]  stats hash of the queue (HASH): 'reclaimed' and 'dead' totals
-  KEYS[5]  per-queue worker registry (SET)
+  KEYS[5]  per-queue worker registry of pool versions before the sorted one (SET; see KEYS[7])
   KEYS[6]  the worker's liveness key in this queue (STRING with PX TTL)
+  KEYS[7]  per-queue worker registry (ZSET, score = liveness deadline: heartbeat.lua)
   ARGV[1]  key prefix of this queue ('<prefix>:{q}:'; job and done keys are built from it and
            carry the same hash tag as KEYS, so they live in the same Cluster slot)
   ARGV[2]  mode: 'stop'    the worker stopped cleanly and hands its jobs back: the delivery
                            does not count (deliveries - 1)
                  'died'    its supervisor saw it die: the delivery counts; a job delivered
                            max_deliveries times goes to the dead set instead of the queue
-                 'reclaim' as 'died', for a worker found dead because its liveness key expired;
-                           only if the key is gone and this caller is the one that unregisters it
+                 'reclaim' as 'died', for a worker found dead because its liveness key expired
+                           (expired.lua); only if the key is gone and this caller is the one
+                           that unregisters it (from either registry)
   ARGV[3]  max_deliveries
   ARGV[4]  now_ms
   ARGV[5]  worker id
@@ -35,13 +37,14 @@
   A poison job is buried as ack.lua buries a dead one (includes/finish.lua bury): the dead-letter
   TTL and dead_max hold for both.
   Invariants: each id moves with LMOVE or LPOP+ZADD in this one step, never held in memory; the
-  oldest claim ends up next in line; in 'reclaim' only the caller whose SREM removes the worker
-  moves its list, so concurrent reclaimers requeue each job exactly once. Expiry is judged by
+  oldest claim ends up next in line; in 'reclaim' only the caller whose ZREM (or, for a worker
+  of an earlier version, SREM) removes the worker moves its list, so concurrent reclaimers requeue each job exactly once. Expiry is judged by
   Redis (the key's TTL), never by comparing the clocks of different hosts. ]]
 --@include codes
 --@include finish
 --@include stale
-local active, queue, dead, stats, registry, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local active, queue, dead, stats, legacy, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local registry = KEYS[7]
 local qprefix, mode, max_deliveries, now_ms, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local dead_ttl, channel, cause, dead_max = tonumber(ARGV[6]), ARGV[7], ARGV[8] or '', tonumber(ARGV[9])
 
@@ -49,11 +52,12 @@ if mode == 'reclaim' then
   if redis.call('EXISTS', alive) == 1 then
     return RequeueCode.WORKER_ALIVE
   end
-  if redis.call('SREM', registry, worker) == 0 then
+  if redis.call('ZREM', registry, worker) + redis.call('SREM', legacy, worker) == 0 then
     return RequeueCode.ALREADY_RECLAIMED
   end
 else
-  redis.call('SREM', registry, worker)
+  redis.call('ZREM', registry, worker)
+  redis.call('SREM', legacy, worker)
   redis.call('DEL', alive)
 end
 redis.call('DEL', qprefix .. 'cancel:' .. worker)  -- its jobs' cancel requests live on in their records

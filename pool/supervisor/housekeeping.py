@@ -41,6 +41,9 @@ logger = logging.getLogger("pool.housekeeping")  # the name JSON logs show, kept
 PRESENCE_SLACK_S = 2.0
 EVICTION_REPORT_S = 60.0
 # What a reclaimed worker's jobs record as its death: nobody saw it die, its heartbeat stopped.
+# Expired workers asked for per script call: bounds its time (one PTTL each); a full batch is
+# followed by another in the same pass.
+EXPIRED_BATCH = 500
 EXPIRED_CAUSE = "stopped heartbeating (host lost, supervisor killed, or its event loop froze)"
 
 
@@ -256,19 +259,20 @@ class Housekeeper:
             self._causes.pop(worker_id, None)
 
     def reclaim_expired(self) -> int:
-        """Reclaim the jobs of every worker whose liveness key expired; returns jobs requeued."""
+        """Reclaim the jobs of every worker whose liveness key expired; returns jobs requeued.
+
+        Asks each queue's registry for its expired workers only (expired.lua: by their deadline
+        in the server's clock), so a pass costs one script call per queue and one per dead
+        worker, whatever the size of the fleet; requeue.lua re-checks each and moves its jobs
+        exactly once among supervisors racing for it.
+        """
         total = 0
         for queue in self.queues:
-            members = [cast(bytes, m).decode() for m in self.redis.smembers(self.keys.queue_workers(queue))]
-            if not members:
-                continue
-            with self.redis.pipeline(transaction=False) as pipe:
-                for worker_id in members:
-                    pipe.exists(self.keys.alive(queue, worker_id))
-                alive = pipe.execute()
-            for worker_id, is_alive in zip(members, alive, strict=True):
-                if not is_alive:
-                    total += self._reclaim(queue, worker_id)
+            while True:
+                expired = [cast(bytes, w).decode() for w in self.scripts.expired(queue, EXPIRED_BATCH)]
+                total += sum(self._reclaim(queue, worker_id) for worker_id in expired)
+                if len(expired) < EXPIRED_BATCH:
+                    break
         return total
 
     def _reclaim(self, queue: str, worker_id: str) -> int:

@@ -1,8 +1,8 @@
 """A worker's presence: in Redis (heartbeat, deregistration) and to its supervisor (alive file).
 
 One pipelined round trip per beat writes, for each queue the worker serves, its liveness key
-(with a TTL: gone = dead, judged by Redis) and its registry entry in the queue's hash tag (what
-reclaim reads), plus the host-wide registry hash that `pool status` shows; and it collects the
+(with a TTL: gone = dead, judged by Redis) and its deadline in the queue's registry (server time +
+TTL: what reclaim reads; both by heartbeat.lua), plus the host-wide registry hash that `pool status` shows; and it collects the
 running jobs that `pool cancel` asked this worker to stop. :class:`Presence` runs the loops: the
 beat (with the process checks: orphaned, over max_memory_per_process), the alive file touched
 from the event loop, and leaving the registry at the end. What a stop or a recycle does is the
@@ -25,6 +25,7 @@ from pool import clock
 from pool.connection import REDIS_ERRORS, is_refusal, is_transient
 from pool.errors import ExitCode
 from pool.keys import Keys
+from pool.lua import Scripts
 from pool.worker.outcomes import Failure
 from pool.worker.shared import WorkerContext
 
@@ -34,7 +35,7 @@ KILL_GRACE_S = 5.0  # an orphan gets this long past shutdown_timeout + heartbeat
 
 
 async def beat(
-    client: redis.asyncio.Redis, keys: Keys, worker_id: str, queues: Iterable[str], state: str,
+    client: redis.asyncio.Redis, scripts: Scripts, worker_id: str, queues: Iterable[str], state: str,
     ttl_ms: int, info: Mapping[str, Any],
 ) -> list[str]:
     """Renew the worker's heartbeat; returns the ids of running jobs to cancel.
@@ -44,24 +45,30 @@ async def beat(
         ttl_ms: how long the liveness keys live without a next beat.
         info: numbers shown by `pool status` (in_flight, done, failed, started_ms, concurrency,
             rss_bytes).
+
+    Raises:
+        the first Redis error of the beat (the pipeline's replies hold them as values).
     """
     queues = list(queues)
+    keys = scripts.keys
     host, pid, _ = worker_id.rsplit(":", 2)
     registry = keys.worker(worker_id)
-    async with client.pipeline(transaction=False) as pipe:
+
+    async def calls(pipe: Any) -> None:
         for queue in queues:
-            pipe.set(keys.alive(queue, worker_id), state, px=ttl_ms)
-            pipe.sadd(keys.queue_workers(queue), worker_id)
-            pipe.spop(keys.cancel(queue, worker_id), 1000)
-        # redis-py's mapping= key type is invariant (Mapping[FieldT, ...]): it refuses Mapping[str, Any]
-        pipe.hset(registry, mapping={
+            await scripts.heartbeat(queue, worker_id, state, ttl_ms, client=pipe)
+        await pipe.hset(registry, mapping={
             "id": worker_id, "host": host, "pid": pid, "queues": ",".join(queues),
-            "heartbeat_ms": clock.now_ms(), "state": state, **info,  # type: ignore[dict-item]
+            "heartbeat_ms": clock.now_ms(), "state": state, **info,
         })
-        pipe.pexpire(registry, ttl_ms)
-        pipe.sadd(keys.workers(), worker_id)
-        replies = await pipe.execute()
-    return [job_id.decode() for cancelled in replies[2:3 * len(queues):3] for job_id in cancelled or ()]
+        await pipe.pexpire(registry, ttl_ms)
+        await pipe.sadd(keys.workers(), worker_id)
+
+    replies = await scripts.pipelined(client, calls)  # a beat may be sent twice (NOSCRIPT)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return [job_id.decode() for cancelled in replies[:len(queues)] for job_id in cancelled or ()]
 
 
 async def renew(client: redis.asyncio.Redis, keys: Keys, worker_id: str, queues: Iterable[str], ttl_ms: int) -> None:
@@ -130,6 +137,7 @@ class Presence:
         self.worker_id = context.worker_id
         self.redis = context.client
         self.keys = context.keys
+        self.scripts = context.scripts
         self.outage = context.outage
         self.slots = context.slots
         self.process = process
@@ -178,7 +186,7 @@ class Presence:
 
     async def beat(self) -> None:
         """One heartbeat; the jobs it brings back to cancel go to ``on_cancel``."""
-        to_cancel = await beat(self.redis, self.keys, self.worker_id, self.config.queues, self._state(),
+        to_cancel = await beat(self.redis, self.scripts, self.worker_id, self.config.queues, self._state(),
                                self._ttl_ms, {
                                    "started_ms": self.started_ms, "in_flight": len(self.slots.running),
                                    "done": self.process.done_count, "failed": self.process.failed_count,
