@@ -7,21 +7,10 @@ import pytest
 
 from pool import AsyncClient, JobCancelled, Status
 from pool.keys import Keys
-from pool.lua import Scripts
 from pool.status import snapshot
 from tests.conftest import pool_of
 
 W = "host:1:abc"
-
-
-@pytest.fixture
-def keys(prefix):
-    return Keys(prefix)
-
-
-@pytest.fixture
-def scripts(r, keys):
-    return Scripts(r, keys)
 
 
 def enqueue(scripts, *ids, due_ms=0, now=1000):

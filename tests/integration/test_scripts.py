@@ -6,20 +6,9 @@ import threading
 
 import pytest
 
-from pool.keys import Keys
 from pool.lua import Ack, AlreadyReclaimed, JobNotActive, Scripts, WorkerAlive, check, solo_threshold
 
 W = "host:1:abc"
-
-
-@pytest.fixture
-def keys(prefix):
-    return Keys(prefix)
-
-
-@pytest.fixture
-def scripts(r, keys):
-    return Scripts(r, keys)
 
 
 def enqueue(scripts, queue, *ids, now=1000):
