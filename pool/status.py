@@ -84,9 +84,9 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
         replies = iter(pipe.execute())
     marker = next(replies)
     now_ms = clock.now_ms()  # heartbeats carry their writer's clock: ages are judged on ours
-    supervisors = [_supervisor(sid, next(replies), now_ms) for sid in supervisor_ids]
-    workers = [_worker(wid, next(replies), now_ms) for wid in worker_ids]
-    _name_workers(workers, supervisors)
+    supervisors = [supervisor_record(sid, next(replies), now_ms) for sid in supervisor_ids]
+    workers = [worker_record(wid, next(replies), now_ms) for wid in worker_ids]
+    name_workers(workers, supervisors)
     queues = {queue: _queue(replies, worker_ids, heads[queue] is not None, now_s, server_ms)
               for queue in config.queues}
     schedules = {s.name: _schedule(s, next(replies), now_ms) for s in config.schedules}
@@ -188,7 +188,8 @@ def window_counts(
 
 # -- supervisors and workers -----------------------------------------------------------------------
 
-def _supervisor(supervisor_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str, Any]:
+def supervisor_record(supervisor_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str, Any]:
+    """Decode a supervisor hash (empty: its heartbeat expired, ``lost``); health.py reads the same."""
     host, pid, _ = ([*supervisor_id.rsplit(":", 2), "", ""])[:3]
     if not fields:
         return {"id": supervisor_id, "host": host, "pid": int(pid) if pid.isdigit() else None, "state": "lost",
@@ -207,7 +208,8 @@ def _supervisor(supervisor_id: str, fields: dict[bytes, bytes], now_ms: int) -> 
     }
 
 
-def _worker(worker_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str, Any]:
+def worker_record(worker_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str, Any]:
+    """Decode a worker hash (empty: its heartbeat expired, ``lost``); health.py reads the same."""
     host, pid, _ = ([*worker_id.rsplit(":", 2), "", ""])[:3]
     if not fields:
         return {"id": worker_id, "host": host, "pid": int(pid) if pid.isdigit() else None,
@@ -235,7 +237,7 @@ def _worker(worker_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str
     }
 
 
-def _name_workers(workers: list[dict[str, Any]], supervisors: list[dict[str, Any]]) -> None:
+def name_workers(workers: list[dict[str, Any]], supervisors: list[dict[str, Any]]) -> None:
     """Tie each worker to the supervisor that lists it, and name it by its place in that list (worker-1...)."""
     by_id = {w["id"]: w for w in workers}
     for supervisor in supervisors:
