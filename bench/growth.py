@@ -17,12 +17,17 @@ with every row. Rows (issue 17 names the others to come):
 - cancel, cancelling a queued job from the middle of a queue of 10,000 vs 1,000,000 (cancel.lua's
   time in SLOWLOG: mean, median, max), and claims of 10 through a clean stretch and through one
   where every other job was cancelled (bench/growth_cancel.py builds the queues).
+- reclaim, one supervisor's reclaim pass beside 10 vs 10,000 live workers (commands and ms per
+  pass), and a pass that finds 100 of 1,000 workers expired (bench/growth_reclaim.py).
+- idle, a pool of 2 processes x 50 slots serving 1 vs 1,000 queues with nothing to do:
+  connections, server commands/s, server and pool CPU (bench/growth_idle.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import subprocess
 import sys
 import tempfile
@@ -36,7 +41,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import growth_cancel
+from bench import growth_cancel, growth_idle, growth_reclaim
 from bench.harness import ROOT, PrivateServer, percentile
 from pool.client import Client
 from pool.testing import bury
@@ -158,7 +163,25 @@ def cancel_queued(server: PrivateServer, options: argparse.Namespace) -> dict[st
             "large": f"{large['depth']:,} queued", "measures": measures}
 
 
-ROWS: dict[str, Row] = {"dead-bulk": dead_bulk, "cancel": cancel_queued}
+def reclaim(server: PrivateServer, options: argparse.Namespace) -> dict[str, Any]:
+    """A reclaim pass beside 10 vs 10k live workers; the pass over 100 expired of 1,000 besides."""
+    logging.getLogger("pool").setLevel(logging.ERROR)  # a 'requeued' line per dead worker otherwise
+    small, large = (growth_reclaim.live_row(server.url, server.redis, size) for size in growth_reclaim.FLEETS)
+    expired = growth_reclaim.expired_row(server.url, server.redis)
+    server.redis.flushall()
+    measures = {name: {"small": small[name], "large": large[name]} for name in ("commands", "ms")}
+    measures[f"ms for {expired['expired']} expired of {expired['workers']:,}"] = {
+        "small": expired["ms"], "large": expired["ms"]}  # one figure: its ratio is 1 by construction
+    return {"row": "reclaim pass", "small": f"{small['workers']:,} live", "large": f"{large['workers']:,} live",
+            "measures": measures}
+
+
+def idle(server: PrivateServer, options: argparse.Namespace) -> dict[str, Any]:
+    """An idle pool serving 1 vs --idle-queues queues."""
+    return growth_idle.idle(server, options.idle_queues, options.idle_window)
+
+
+ROWS: dict[str, Row] = {"dead-bulk": dead_bulk, "cancel": cancel_queued, "reclaim": reclaim, "idle": idle}
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -177,6 +200,8 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows: {', '.join(ROWS)}")
     parser.add_argument("--dead-small", type=int, default=1_000, help="dead jobs of dead-bulk's small case")
     parser.add_argument("--dead-large", type=int, default=100_000, help="dead jobs of dead-bulk's large case")
+    parser.add_argument("--idle-queues", type=int, default=1_000, help="queues of idle's large case")
+    parser.add_argument("--idle-window", type=float, default=10.0, help="seconds idle counts per case")
     parser.add_argument("--dead-client", nargs=2, metavar=("ACTION", "CONFIG"), help=argparse.SUPPRESS)
     parser.add_argument("--ping-probe", metavar="URL", help=argparse.SUPPRESS)
     options = parser.parse_args()

@@ -52,9 +52,13 @@ def _server_sample(server: PrivateServer) -> tuple[int, float]:
     return int(info["total_commands_processed"]), float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
+PROCESSES, CONCURRENCY = 2, 50
+
+
 def measure(server: PrivateServer, queues: int, window_s: float) -> dict[str, float]:
-    """The idle figures of one pool serving ``queues`` queues."""
-    config = server.write_config(queues=[f"q{n}" for n in range(queues)], handlers=["bench.throughput"])
+    """The idle figures of one pool (PROCESSES x CONCURRENCY) serving ``queues`` queues."""
+    config = server.write_config(queues=[f"q{n}" for n in range(queues)], handlers=["bench.throughput"],
+                                 processes=PROCESSES, concurrency=CONCURRENCY)
     pool = server.start_pool(config)
     try:
         time.sleep(SETTLE_S)  # a bench settles for a measured window: no state to wait for
@@ -68,7 +72,7 @@ def measure(server: PrivateServer, queues: int, window_s: float) -> dict[str, fl
         server.stop_pool(pool)
     return {
         "connections": clients,
-        "connections_per_process": clients / server.processes,
+        "connections_per_process": clients / PROCESSES,
         "commands_per_s": (commands_1 - commands_0 - 1) / elapsed,  # the second INFO counts itself
         "server_cpu_pct": (server_cpu_1 - server_cpu_0) / elapsed * 100,
         "pool_cpu_pct": (pool_cpu_1 - pool_cpu_0) / elapsed * 100,
@@ -86,7 +90,7 @@ def main() -> None:
     parser.add_argument("--queues", type=int, default=1_000)
     parser.add_argument("--window", type=float, default=10.0, help="seconds counted per size")
     options = parser.parse_args()
-    with tempfile.TemporaryDirectory() as workdir, PrivateServer(Path(workdir), 2, 50) as server:
+    with tempfile.TemporaryDirectory() as workdir, PrivateServer(Path(workdir), PROCESSES, CONCURRENCY) as server:
         row = idle(server, options.queues, options.window)
     for name, figures in row["measures"].items():
         ratio = figures["large"] / figures["small"] if figures["small"] else float("inf")

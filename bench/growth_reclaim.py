@@ -83,7 +83,7 @@ def _one_pass(keeper: Housekeeper, admin: redis.Redis) -> tuple[int, float, int]
     return _commands(admin) - before - 1, took_ms, requeued  # - 1: the first INFO itself
 
 
-def _live_row(url: str, admin: redis.Redis, size: int) -> dict[str, Any]:
+def live_row(url: str, admin: redis.Redis, size: int) -> dict[str, Any]:
     admin.flushall()
     prefix = f"live{size}"
     asyncio.run(_beat_fleet(url, Keys(prefix), [f"h{i}:{i}:live" for i in range(size)], LIVE_TTL_MS))
@@ -94,7 +94,7 @@ def _live_row(url: str, admin: redis.Redis, size: int) -> dict[str, Any]:
     return {"workers": size, "commands": passes[-1][0], "ms": round(statistics.median(p[1] for p in passes), 2)}
 
 
-def _expired_row(url: str, admin: redis.Redis) -> dict[str, Any]:
+def expired_row(url: str, admin: redis.Redis) -> dict[str, Any]:
     admin.flushall()
     prefix, keys = "expired", Keys("expired")
     live = [f"h{i}:{i}:live" for i in range(EXPIRED_FLEET - EXPIRED)]
@@ -123,8 +123,8 @@ def main() -> None:
         url = server.start()
         admin = redis.Redis.from_url(url)
         try:
-            small, large = (_live_row(url, admin, size) for size in FLEETS)
-            expired = _expired_row(url, admin)
+            small, large = (live_row(url, admin, size) for size in FLEETS)
+            expired = expired_row(url, admin)
         finally:
             admin.close()
             server.stop()

@@ -67,8 +67,8 @@ class PrivateServer:
         log = open(self.workdir / f"{config.stem}.log", "w")  # noqa: SIM115 - the child keeps it
         pool = subprocess.Popen([sys.executable, "-m", "pool", "run", str(config)], stdout=log,
                                 stderr=subprocess.STDOUT, env=env)
-        keys = self.keys(config)
-        wait(lambda: self.redis.scard(keys.workers()) >= self.processes, "the pool's workers")
+        keys, processes = self.keys(config), yaml.safe_load(config.read_text())["processes"]
+        wait(lambda: self.redis.scard(keys.workers()) >= processes, "the pool's workers")
         return pool
 
     @staticmethod
