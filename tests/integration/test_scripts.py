@@ -36,7 +36,8 @@ def test_claim_moves_up_to_k_in_fifo_order_and_marks_active(r, keys, scripts):
     record = r.hgetall(keys.job("q", "a"))
     assert (record[b"status"], record[b"attempts"], record[b"worker"], record[b"started_ms"]) == (b"active", b"1", W.encode(), b"2000")
     assert r.lrange(keys.queue("q"), 0, -1) == [b"c"]
-    assert set(r.lrange(keys.active("q", W), 0, -1)) == {b"a", b"b"}
+    assert r.zrange(keys.running("q", W), 0, -1, withscores=True) == [(b"a", 2000.0), (b"b", 2000 + 1 / 1024)]
+    assert r.llen(keys.active("q", W)) == 0  # the landing list holds only moved, unstarted ids
 
 
 def test_claim_on_empty_queue_returns_nothing(scripts):
@@ -284,7 +285,7 @@ def test_reclaim_refuses_a_live_worker(r, keys, scripts):
     assert code == -1
     with pytest.raises(WorkerAlive):
         check("requeue", code)
-    assert r.llen(keys.active("q", W)) == 1
+    assert r.zcard(keys.running("q", W)) == 1
 
 
 def test_reclaim_of_an_expired_worker_happens_once(r, keys, scripts):
@@ -641,7 +642,7 @@ def test_rate_limit_hands_a_moved_id_back_to_the_head_of_the_queue(r, keys, scri
     _, claimed, wait_ms = scripts.claim("q", W, 6, 0, 1, moved_id="b", rate=(1, 1000))
     assert claimed == [] and wait_ms > 0
     assert r.lrange(keys.queue("q"), 0, -1) == [b"c", b"b"]  # b is the next to start
-    assert r.lrange(keys.active("q", W), 0, -1) == [b"a"]
+    assert r.llen(keys.active("q", W)) == 0 and r.zrange(keys.running("q", W), 0, -1) == [b"a"]
     assert r.hget(keys.job("q", "b"), "status") == b"queued"
 
 
@@ -654,7 +655,7 @@ def test_handback_returns_a_claimed_id_to_the_head_once(r, keys, scripts):
     assert r.llen(keys.active("q", W)) == 0
     scripts.claim("q", W, 5, 1, 0)  # a, started (as reconcile would start a moved id)
     assert scripts.handback("q", W, "a") == 0  # a running job is never put back
-    assert r.lrange(keys.active("q", W), 0, -1) == [b"a"]
+    assert r.zrange(keys.running("q", W), 0, -1) == [b"a"]
 
 
 def test_fire_enqueues_each_tick_once_and_never_an_older_one(r, keys, scripts):

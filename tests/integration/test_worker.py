@@ -228,7 +228,7 @@ async def test_job_outliving_shutdown_timeout_is_requeued(make_config, url, tmp_
     keys = Keys(config.key_prefix)
     assert stored.status is Status.QUEUED
     assert r.lrange(keys.queue("default"), 0, -1) == [job.id.encode()]
-    assert r.llen(keys.active("default", worker.worker_id)) == 0
+    assert not r.exists(keys.active("default", worker.worker_id), keys.running("default", worker.worker_id))
 
 
 async def test_second_stop_cancels_running_jobs_at_once(config, url, client, tmp_path, r):
@@ -297,7 +297,7 @@ async def test_worker_survives_its_connections_being_killed(config, url, client,
 
 
 async def test_lost_claim_reply_is_reconciled(config, url, client, r):
-    """An id moved into the worker's active list without the worker knowing is still run."""
+    """An id moved into the worker's landing list without the worker knowing is still run."""
     worker = new_worker(config, url)
     keys = Keys(config.key_prefix)
     job = await client.enqueue("tests.sample_handlers.add", 7, 7)
@@ -462,7 +462,7 @@ async def test_stalled_acks_stop_claiming_at_twice_the_concurrency(make_config, 
         try:
             jobs = [await client.enqueue("tests.sample_handlers.async_add", i, 1) for i in range(20)]
             await async_wait_until(stalled, timeout=10, message="4 outcomes waiting and their ack retried")
-            assert r.llen(keys.active("default", worker.worker_id)) == 4
+            assert r.zcard(keys.running("default", worker.worker_id)) == 4
             assert r.llen(keys.queue("default")) == 16
         finally:
             cut.clear()
