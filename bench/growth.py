@@ -17,6 +17,8 @@ with every row. Rows (issue 17 names the others to come):
 - cancel, cancelling a queued job from the middle of a queue of 10,000 vs 1,000,000 (cancel.lua's
   time in SLOWLOG: mean, median, max), and claims of 10 through a clean stretch and through one
   where every other job was cancelled (bench/growth_cancel.py builds the queues).
+- ack, claim.lua and ack.lua beside 10 vs 1,000 jobs the worker runs (SLOWLOG: mean, median,
+  max; bench/growth_ack.py).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import growth_cancel
+from bench import growth_ack, growth_cancel
 from bench.harness import ROOT, PrivateServer, percentile
 from pool.client import Client
 from pool.testing import bury
@@ -159,6 +161,7 @@ def cancel_queued(server: PrivateServer, options: argparse.Namespace) -> dict[st
 
 
 ROWS: dict[str, Row] = {"dead-bulk": dead_bulk, "cancel": cancel_queued}
+ROWS["ack"] = growth_ack.measure
 
 
 # -- the table ---------------------------------------------------------------------------------
