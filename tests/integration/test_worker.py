@@ -324,6 +324,23 @@ async def test_stale_claim_landing_later_is_found_by_periodic_reconcile(config, 
         assert await client.result("stale", timeout=5) == 11
 
 
+async def test_an_id_left_landing_is_run_by_the_watcher_s_next_claim_not_the_next_reconcile(
+        config, url, client, r, monkeypatch):
+    """A watcher's BLMOVE that times out sends a claim that starts an id left in the landing list:
+    the worker runs what that reply holds instead of leaving it to the periodic reconcile."""
+    monkeypatch.setattr("pool.worker.fetcher.RECONCILE_INTERVAL_S", 60)
+    worker = new_worker(config, url)
+    keys = Keys(config.key_prefix)
+    async with running(worker, r):
+        with r.pipeline(transaction=True) as pipe:
+            fields = ["id", "left", "handler", "tests.sample_handlers.add", "queue", "default",
+                      "args", "[2,3]", "kwargs", "{}", "status", "queued", "attempts", 0, "created_ms", 1]
+            pipe.hset(keys.job("default", "left"), mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
+            pipe.lpush(keys.active("default", worker.worker_id), "left")
+            pipe.execute()
+        assert await client.result("left", timeout=10) == 5  # a BLMOVE times out within 2 s
+
+
 async def test_max_jobs_per_process_recycles_the_worker(make_config, url, r):
     config = make_config(concurrency=1, max_jobs_per_process=3)
     async with AsyncClient(config, url) as client:
