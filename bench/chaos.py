@@ -10,7 +10,7 @@ Redis refuse commands for S seconds twice, after the restart: BUSY (another clie
 loops until SCRIPT KILL), then OOM (maxmemory reached, noeviction); worker kills pause meanwhile, so that any worker that exits during a window is the pool's own
 failure. Then it waits for every job and reports:
 
-- lost: jobs that never completed (must be 0), leftovers in queues or active lists (must be 0);
+- lost: jobs that never completed (must be 0), leftovers in queues or landing lists or running sets (must be 0);
 - duplicates: runs beyond the first (at-least-once: only jobs in flight at a kill may repeat;
   a process holds at most 2 x concurrency: its running jobs and the outcomes being written);
 - recovery after each worker kill: time until every job it held had started again elsewhere
@@ -276,6 +276,7 @@ class Chaos:
         keys = Keys("chaos")
         total = client.llen(keys.queue("default"))
         total += sum(client.llen(k) for k in client.scan_iter("chaos:{default}:active:*"))
+        total += sum(client.zcard(k) for k in client.scan_iter("chaos:{default}:running:*"))
         client.close()
         return total
 

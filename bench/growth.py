@@ -21,6 +21,8 @@ with every row. Rows (issue 17 names the others to come):
   pass), and a pass that finds 100 of 1,000 workers expired (bench/growth_reclaim.py).
 - idle, a pool of 2 processes x 50 slots serving 1 vs 1,000 queues with nothing to do:
   connections, server commands/s, server and pool CPU (bench/growth_idle.py).
+- ack, claim.lua and ack.lua beside 10 vs 1,000 jobs the worker runs (SLOWLOG: mean, median,
+  max; bench/growth_ack.py).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import growth_cancel, growth_idle, growth_reclaim
+from bench import growth_ack, growth_cancel, growth_idle, growth_reclaim
 from bench.harness import ROOT, PrivateServer, percentile
 from pool.client import Client
 from pool.testing import bury
@@ -182,6 +184,7 @@ def idle(server: PrivateServer, options: argparse.Namespace) -> dict[str, Any]:
 
 
 ROWS: dict[str, Row] = {"dead-bulk": dead_bulk, "cancel": cancel_queued, "reclaim": reclaim, "idle": idle}
+ROWS["ack"] = growth_ack.measure
 
 
 # -- the table ---------------------------------------------------------------------------------

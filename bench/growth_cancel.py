@@ -100,7 +100,8 @@ def _claims(client: redis.Redis, scripts: Scripts, first: int, mixed: bool) -> d
     started = 0
     for _ in range(CLAIMS):
         started += len(scripts.claim(QUEUE, WORKER, 3000, CLAIM_BATCH, 0)[1])
-    client.delete(Keys(scripts.keys.prefix).active(QUEUE, WORKER))  # as if acked: keeps the list short
+    keys = Keys(scripts.keys.prefix)
+    client.delete(keys.active(QUEUE, WORKER), keys.running(QUEUE, WORKER))  # as if acked: keeps them short
     return {**_summary(_script_times_us(client, scripts._registered["claim"].sha)), "started": started}
 
 

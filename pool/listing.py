@@ -1,7 +1,7 @@
 """`pool jobs`: one page of a queue's jobs in one state, read from the list or set that holds them.
 
 Where each state lives (keys.py): ``queued`` in the queue list (listed next-to-run first),
-``active`` in the workers' active lists, ``delayed`` (with the jobs waiting to retry: both wait
+``active`` in the workers' running sets (and landing lists), ``delayed`` (with the jobs waiting to retry: both wait
 in the delayed set) and ``retrying`` (only those) by earliest due first, ``dead`` in the dead set (newest first), and ``completed``, ``failed`` and
 ``cancelled`` in the queue's ``recent:<status>`` lists, which keep the newest 1,000 ids each
 (older finished jobs are still found by id with `pool job`, until their result TTL ends).
@@ -84,8 +84,12 @@ async def _ids(client: redis.asyncio.Redis, keys: Keys, queue: str, status: str,
         workers = sorted({*registered, *earlier})
         async with client.pipeline(transaction=False) as pipe:
             for worker in workers:
-                pipe.lrange(keys.active(queue, cast(bytes, worker).decode()), 0, -1)
-            every = [job_id for ids in await pipe.execute() for job_id in reversed(ids)]
+                worker_id = cast(bytes, worker).decode()
+                pipe.zrange(keys.running(queue, worker_id), 0, -1)  # started, oldest first
+                pipe.lrange(keys.active(queue, worker_id), 0, -1)  # moved, not started yet
+            replies = await pipe.execute()
+        every = [job_id for running, landed in zip(replies[::2], replies[1::2], strict=True)
+                 for job_id in [*running, *reversed(landed)]]
         return every[offset:last + 1], len(every)
     async with client.pipeline(transaction=False) as pipe:
         if status == "delayed":

@@ -108,6 +108,7 @@ def _read_queue(pipe: Any, keys: Keys, queue: str, worker_ids: list[str], head: 
     pipe.zcard(keys.delayed(queue))
     for worker_id in worker_ids:
         pipe.llen(keys.active(queue, worker_id))
+        pipe.zcard(keys.running(queue, worker_id))
     minute = now_s // 60
     pipe.hgetall(keys.tally(queue, minute))
     pipe.hgetall(keys.tally(queue, minute - 1))
@@ -121,7 +122,7 @@ def _read_queue(pipe: Any, keys: Keys, queue: str, worker_ids: list[str], head: 
 def _queue(replies: Any, worker_ids: list[str], has_head: bool, now_s: int, server_ms: int) -> dict[str, Any]:
     queued = waiting(next(replies), next(replies))
     stats, dead, delayed = next(replies), next(replies), next(replies)
-    active = sum(next(replies) for _ in worker_ids)
+    active = sum(next(replies) + next(replies) for _ in worker_ids)  # landing list + running set
     current, previous, hour_ago = next(replies), next(replies), next(replies)
     full_minutes = [next(replies) for _ in range(HOUR_MINUTES - 2)]
     minute, hour = window_counts(now_s % 60, current, previous, hour_ago, full_minutes)
@@ -138,8 +139,8 @@ def _queue(replies: Any, worker_ids: list[str], has_head: bool, now_s: int, serv
 
 def waiting(listed: int, stale: int) -> int:
     """Jobs waiting in a queue: its list's length less the entries that cancel.lua left there
-    (lua/includes/stale.lua). Exact, except for a stale entry a BLMOVE has just moved into an
-    active list, whose claim drops it a moment later: the figure is then one short, never over."""
+    (lua/includes/stale.lua). Exact, except for a stale entry a BLMOVE has just moved into a
+    landing list, whose claim drops it a moment later: the figure is then one short, never over."""
     return max(0, listed - stale)
 
 

@@ -3,8 +3,8 @@
 A full id never comes here: each command first does exactly what it always did with the id, and
 only a miss asks for candidates. They come from the structures pool keeps per queue, never from
 a SCAN of the keyspace: the queue list (its newest and oldest ``LIST_ENDS`` ids, which is where
-a just-enqueued job and the next to run are), the workers' active lists, the delayed and dead
-sets (ZSCAN with MATCH on that one key), and the ``recent:<status>`` lists (newest 1,000 each).
+a just-enqueued job and the next to run are), the workers' landing lists and running sets, the
+delayed and dead sets (ZSCAN with MATCH on that one key), and the ``recent:<status>`` lists (newest 1,000 each).
 A finished job that has fallen out of its recent list is found by its full id only.
 """
 
@@ -79,6 +79,7 @@ def _candidates(client: redis.Redis, keys: Keys, queue: str, prefix: str, dead_o
             pipe.lrange(keys.recent(queue, status), 0, -1)
         for worker in workers:
             pipe.lrange(keys.active(queue, worker), 0, -1)
+            pipe.zrange(keys.running(queue, worker), 0, -1)
         for found in pipe.execute():
             ids.update(job_id for job_id in _decoded(found) if job_id.startswith(prefix))
     return ids

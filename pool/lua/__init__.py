@@ -63,7 +63,7 @@ class Ack(NamedTuple):
 
 
 class JobNotActive(PoolError):
-    """ack: the job is no longer in this worker's active list (requeued or reclaimed meanwhile)."""
+    """ack: the job is no longer in this worker's running set (requeued or reclaimed meanwhile)."""
 
 
 class WorkerAlive(PoolError):
@@ -219,9 +219,9 @@ class Scripts:
                  client: Any = None) -> Any:
         """Give a claimed, not started id back to the head of its queue; with ``started_ms``, one
         that claim.lua started at that time for this worker and that never ran. Returns 1, or 0
-        (not in the active list, or started otherwise)."""
+        (not in the landing list or running set, or started otherwise)."""
         keys = [self.keys.active(queue, worker_id), self.keys.queue(queue), self.keys.job(queue, job_id),
-                self.keys.stale(queue)]
+                self.keys.stale(queue), self.keys.running(queue, worker_id)]
         args: list[Any] = [job_id] if started_ms is None else [job_id, started_ms, worker_id]
         return self._registered["handback"](keys=keys, args=args, client=client)
 
@@ -230,12 +230,13 @@ class Scripts:
         moved_id: str | None = None, solo_at: int = 2, result_ttl_ms: int = 3_600_000,
         rate: tuple[int, int] = (0, 0), head: bool = False, client: Any = None,
     ) -> Any:
-        """Promote due jobs, then move up to ``count`` ids into the worker's active list.
+        """Promote due jobs, then move up to ``count`` ids into the worker's running set.
 
         Args:
             running: jobs the worker's process runs now (a suspect job needs 0: see claim.lua).
-            moved_id: an id already in the active list to start first (BLMOVE, reconcile).
-            head: start the id the BLMOVE just before this call pushed onto the active list
+            moved_id: an id in the landing list to start first (BLMOVE, reconcile), or in the
+                running set (reconcile: its record is sent again).
+            head: start the id the BLMOVE just before this call pushed onto the landing list
                 (see claim.lua); now_ms is then the server's.
             solo_at: deliveries from which a job runs alone (:func:`solo_threshold`).
             result_ttl_ms: how long a job whose cancellation was requested is kept when claim.lua
@@ -247,7 +248,7 @@ class Scripts:
         limit held jobs back.
         """
         keys = [self.keys.queue(queue), self.keys.active(queue, worker_id), self.keys.delayed(queue),
-                self.keys.rate(queue)]
+                self.keys.rate(queue), self.keys.running(queue, worker_id)]
         args: list[Any] = [self.keys.queue_prefix(queue), worker_id, now_ms, count, running, solo_at,
                            result_ttl_ms, rate[0], rate[1], RECENT_JOBS]
         if moved_id is not None or head:
@@ -267,11 +268,11 @@ class Scripts:
         self, queue: str, worker_id: str, acks: Sequence[Ack], *, dead_max: int = 10_000, client: Any = None,
     ) -> Any:
         """Write the outcomes of a worker's attempts on one queue and drop their ids from its
-        active list, in one call (see ack.lua).
+        running set, in one call (see ack.lua).
 
         Returns one :class:`AckCode` value per ack, as ints (decode with ``AckCode(code)``).
         """
-        keys = [self.keys.active(queue, worker_id), self.keys.stats(queue), self.keys.delayed(queue),
+        keys = [self.keys.running(queue, worker_id), self.keys.stats(queue), self.keys.delayed(queue),
                 self.keys.dead(queue)]
         channel = self.keys.events(queue) if any(a.event is not None for a in acks) else ""
         args: list[Any] = [self.keys.queue_prefix(queue), worker_id, RECENT_JOBS, dead_max, channel]
@@ -294,7 +295,8 @@ class Scripts:
         dead_ttl_ms: int = 7 * 86_400_000, dead_max: int = 10_000, events: bool = True, cause: str = "",
         client: Any = None,
     ) -> Any:
-        """Give a worker's active list back to the queue (see requeue.lua for the modes).
+        """Give a worker's claimed jobs (landing list and running set) back to the queue (see
+        requeue.lua for the modes).
 
         Args:
             mode: 'stop' (clean hand-back), 'died' (its supervisor saw it die) or 'reclaim'
@@ -308,7 +310,7 @@ class Scripts:
         keys = [
             self.keys.active(queue, worker_id), self.keys.queue(queue), self.keys.dead(queue),
             self.keys.stats(queue), self.keys.queue_workers(queue), self.keys.alive(queue, worker_id),
-            self.keys.queue_registry(queue),
+            self.keys.queue_registry(queue), self.keys.running(queue, worker_id),
         ]
         args = [self.keys.queue_prefix(queue), mode, max_deliveries, now_ms, worker_id, dead_ttl_ms,
                 self.keys.events(queue) if events else "", cause, dead_max]

@@ -1,6 +1,6 @@
 --[[ ack: record the outcomes of a worker's finished attempts on one queue and release the jobs
   from the worker, each in one step; one call carries every ack a worker has ready for the queue.
-  KEYS[1]  active list of the worker for this queue (LIST)
+  KEYS[1]  running set of the worker for this queue (ZSET, score = started_ms: claim.lua)
   KEYS[2]  stats hash of the queue (HASH): a total per outcome
   KEYS[3]  delayed set of the queue (ZSET, score = due_ms): retrying jobs wait here
   KEYS[4]  dead set of the queue (ZSET, score = now_ms)
@@ -32,16 +32,17 @@
   Returns  one AckCode per ack, in order (pool/lua/codes.py): ACKED; CANCELLED, acked as
            'cancelled' instead of 'retrying' (cancellation was requested while it ran; also the
            answer to a retry of that ack); ALREADY_ACKED by this worker (a retry after a lost
-           reply: nothing changes); NOT_ACTIVE, the id is not in this worker's active list
+           reply: nothing changes); NOT_ACTIVE, the id is not in this worker's running set
            (requeued, reclaimed or cancelled meanwhile: nothing is written, the job will run
            again or already has)
-  Invariant: each id leaves the active list exactly when its outcome is written, and lands in
+  Cost: O(log n) per ack in the n jobs the worker runs (ZREM), never a scan of them.
+  Invariant: each id leaves the running set exactly when its outcome is written, and lands in
   exactly one place: finished (hash with TTL), the delayed set or the dead set. A call that
   fails halfway (an error reply) leaves the acks before the failure written and the rest
   untouched; sent again, the written ones answer ALREADY_ACKED. ]]
 --@include codes
 --@include finish
-local active, stats, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local running_set, stats, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local qprefix, worker, recent_max, dead_max, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 
 local codes, totals, recent = {}, {}, {}
@@ -76,7 +77,7 @@ local function ack(at)
   local due_ms, clear, entry, event = ARGV[at + 4], ARGV[at + 5], ARGV[at + 6], ARGV[at + 7]
   local n = tonumber(ARGV[at + 8])
   local job = qprefix .. 'job:' .. id
-  if redis.call('LREM', active, 1, id) == 0 then
+  if redis.call('ZREM', running_set, id) == 0 then
     return retried(job, id, outcome, now_ms)
   end
   local code = AckCode.ACKED

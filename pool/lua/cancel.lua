@@ -30,9 +30,11 @@ if status == 'active' then
   redis.call('SADD', qprefix .. 'cancel:' .. state[2], id)
   return CancelCode.REQUESTED
 end
--- A queued id is in the queue list or, moved by a BLMOVE whose claim has not run yet, in an active
--- list; which one is not known without a scan. At an end of the queue it is taken out; anywhere
--- else its entry is marked stale: the claim (or handback, or requeue) that meets it drops it.
+-- A queued id is in the queue list or, moved by a BLMOVE whose claim has not run yet, in a
+-- worker's landing list ('active:<worker>'); which one is not known without a scan. (A started
+-- job is in its worker's running set: it is 'active' and only asked to stop, above.) At an end
+-- of the queue it is taken out; anywhere else its entry is marked stale: the claim (or handback,
+-- or requeue) that meets it drops it.
 local function leave_queue()
   if redis.call('LINDEX', queue, -1) == id then
     redis.call('RPOP', queue)

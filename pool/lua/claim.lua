@@ -1,9 +1,13 @@
---[[ claim: promote due jobs, then take up to k ready jobs into a worker's active list and mark
+--[[ claim: promote due jobs, then take up to k ready jobs into a worker's running set and mark
   them active, in one step, within the queue's rate limit.
   KEYS[1]  queue list (LIST)
-  KEYS[2]  active list of this worker for this queue (LIST)
+  KEYS[2]  landing list of this worker for this queue (LIST, '<prefix>:{q}:active:<worker>'):
+           ids its BLMOVE moved that no claim has started yet
   KEYS[3]  delayed set of the queue (ZSET, score = due_ms): due jobs move to the queue first
   KEYS[4]  rate window of the queue (ZSET, score = server time in ms a job started)
+  KEYS[5]  running set of this worker for this queue (ZSET, score = started_ms, plus i/1024 for
+           the i-th job one call starts: a batch keeps its queue order, as requeue gives it
+           back): every job it has started and not acknowledged
   ARGV[1]  key prefix of this queue ('<prefix>:{q}:'; the same hash tag as KEYS)
   ARGV[2]  worker id
   ARGV[3]  now_ms
@@ -14,14 +18,16 @@
   ARGV[8]  rate limit: at most this many job starts per window (0: no limit)
   ARGV[9]  rate window in ms
   ARGV[10] recent_max: how many ids the queue's 'recent:cancelled' list keeps
-  ARGV[11] optional: an id already in the active list (moved by BLMOVE, or found by reconcile)
-           to be started first; ignored unless it is still in that list ('' for none)
-  ARGV[12] optional: 'head' to start the id at the head of the active list, unless it was
-           started already. Sent in one pipeline right after the watcher's BLMOVE (which
-           pushes onto that head, and is the only push there while the queue is watched): the
-           job starts without a second round trip. If the BLMOVE timed out, the head is a
-           running job (or nothing) and nothing starts. now_ms is then the server's clock (the
-           call was written when the BLMOVE began, possibly seconds earlier).
+  ARGV[11] optional: an id already in the landing list (moved by BLMOVE, or found by reconcile)
+           to be started first, or in the running set (started, its reply lost: found by
+           reconcile, its record is sent again); ignored unless it is still in one of them
+           ('' for none)
+  ARGV[12] optional: 'head' to start the id at the head of the landing list. Sent in one
+           pipeline right after the watcher's BLMOVE (which pushes onto that head, and is the
+           only push there): the job starts without a second round trip. If the BLMOVE timed
+           out, the head is an id an earlier claim never started (its reply lost), or nothing;
+           that id starts, and the caller runs what the reply holds. now_ms is then the
+           server's clock (the call was written when the BLMOVE began, possibly seconds earlier).
   A job whose cancellation was requested (cancel_requested_ms) is finished as 'cancelled' here
   instead of being started: a request made while it ran and its worker died is never lost.
   Stale entries (jobs cancel.lua finished while they waited, their ids left in place: see
@@ -43,13 +49,16 @@
   a process with nothing running claims one, and it claims nothing else with it. Deaths from
   then on are counted against the job alone, so a poison job never takes its batch-mates to the
   dead set with it (solo_at < max_deliveries), while one crash costs no throughput (solo_at 2).
-  Invariant: each id leaves the queue in the same atomic step that puts it in the active list
-  (the script's effects are applied and persisted as one), so each id is in exactly one list. Job hashes are built as
-  ARGV[1] .. 'job:' .. id: they carry the queue's hash tag, in the same slot as KEYS. ]]
+  Cost: O(log n) per started job in the n jobs the worker runs (ZADD; the landing list holds at
+  most one id per watched queue), never a scan of the running set.
+  Invariant: each id leaves the queue (or the landing list) in the same atomic step that puts it
+  in the running set (the script's effects are applied and persisted as one), so each id is in
+  exactly one place. Job hashes are built as ARGV[1] .. 'job:' .. id: they carry the queue's hash
+  tag, in the same slot as KEYS. ]]
 --@include finish
 --@include stale
 --@include promote
-local queue, active, delayed, rate = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local queue, landing, delayed, rate, running_set = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local qprefix, worker, now_ms = ARGV[1], ARGV[2], ARGV[3]
 local k, running, solo_at, ttl_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local rate_max, rate_ms, recent_max, moved = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
@@ -61,23 +70,35 @@ local SKIP_MAX = 1000
 if ARGV[12] == 'head' then
   local time = redis.call('TIME')
   now_ms = tostring(tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000))
-  moved = redis.call('LINDEX', active, 0)
-  if moved and redis.call('HGET', qprefix .. 'job:' .. moved, 'status') == 'active' then
-    moved = nil  -- the BLMOVE moved nothing: the head is a job this worker runs
-  end
-  moved = moved or nil
+  moved = redis.call('LINDEX', landing, 0) or nil
 end
 
 local next_due = promote(queue, delayed, qprefix, now_ms)
 
-if moved and not redis.call('LPOS', active, moved) then
+-- Where the moved id is: 'landing' (moved, not started), 'running' (started: reconcile), or nil.
+local moved_in = nil
+if moved and redis.call('LPOS', landing, moved) then
+  moved_in = 'landing'
+elseif moved and redis.call('ZSCORE', running_set, moved) then
+  moved_in = 'running'
+else
   -- A claim that arrives late (held up by a partition after its client gave up) names an id
   -- that was acknowledged or requeued meanwhile: starting it would resurrect a finished job.
   moved = nil
 end
-if moved and drop_stale(stale, moved) then
-  redis.call('LREM', active, 1, moved)  -- cancelled while it waited: dropped, never started
+if moved_in == 'landing' and drop_stale(stale, moved) then
+  redis.call('LREM', landing, 1, moved)  -- cancelled while it waited: dropped, never started
   moved = nil
+end
+
+-- Take id out of where it was: the landing list (LREM of a list of at most a few ids), the
+-- running set, or nowhere ('queue': the RPOP that took it is done).
+local function leave(id, from)
+  if from == 'landing' then
+    redis.call('LREM', landing, 1, id)
+  elseif from == 'running' then
+    redis.call('ZREM', running_set, id)
+  end
 end
 
 local server_ms, room = 0, nil
@@ -90,7 +111,7 @@ if rate_max > 0 then
   if room <= 0 and (fresh_moved or (k > 0 and redis.call('LLEN', queue) > 0)) then
     local oldest = tonumber(redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')[2]) or server_ms
     if fresh_moved then
-      redis.call('LREM', active, 1, moved)
+      leave(moved, moved_in)
       redis.call('RPUSH', queue, moved)  -- back at the head: the next to start when there is room
     end
     return {next_due, {}, math.max(1, oldest + rate_ms - server_ms)}
@@ -99,7 +120,7 @@ end
 
 local claimed = {}
 -- A job's record is read once (HGETALL) and the reply built from it: three calls per claimed
--- job (HGETALL, LMOVE, HSET) whatever the record holds.
+-- job (HGETALL, ZADD, HSET) whatever the record holds.
 local function read(id)
   local record = redis.call('HGETALL', qprefix .. 'job:' .. id)
   local fields = {}
@@ -125,15 +146,17 @@ end
 local function redelivered(record, fields)
   return (tonumber(field(record, fields, 'deliveries')) or 0) >= solo_at
 end
-local function start(id, solo, record, fields)
+-- Start id, taken from `from` (see leave): into the running set, unless its record is gone or
+-- its cancellation was requested (then it is only taken out).
+local function start(id, solo, record, fields, from)
   local job = qprefix .. 'job:' .. id
   if #record == 0 then
-    redis.call('LREM', active, 1, id)
+    leave(id, from)
     claimed[#claimed + 1] = {'id', id, 'missing', '1'}
     return
   end
   if fields['cancel_requested_ms'] then
-    redis.call('LREM', active, 1, id)
+    leave(id, from)
     local ttl = tonumber(field(record, fields, 'result_ttl_ms')) or ttl_ms
     finish_cancelled(qprefix, qprefix .. 'stats', id, now_ms, ttl, recent_max)
     return
@@ -156,6 +179,11 @@ local function start(id, solo, record, fields)
       redis.call('PEXPIRE', rate, rate_ms)
     end
   end
+  if from ~= 'running' then  -- (one reconcile found there stays as it is)
+    leave(id, from)
+    local started_ms = tonumber(field(record, fields, 'started_ms')) or tonumber(now_ms)
+    redis.call('ZADD', running_set, started_ms + #claimed / 1024, id)
+  end
   if solo then
     record[#record + 1] = 'solo'
     record[#record + 1] = '1'
@@ -167,11 +195,11 @@ if moved then
   local record, fields = read(moved)
   local again = redelivered(record, fields) and field(record, fields, 'status') ~= 'active'
   if again and running > 0 then
-    redis.call('LREM', active, 1, moved)
+    leave(moved, moved_in)
     redis.call('RPUSH', queue, moved)  -- back at the head, for a process with nothing running
     return {next_due, {{'solo_wait', '1'}}, 0}
   end
-  start(moved, again, record, fields)
+  start(moved, again, record, fields, moved_in)
   if again then
     return {next_due, claimed, 0}
   end
@@ -226,15 +254,8 @@ end
 if k > 0 then
   local take = {}
   local solo = take_heads(take)
-  if #take > 0 then
-    local ids = {}
-    for i, taken in ipairs(take) do
-      ids[i] = taken[1]
-    end
-    redis.call('LPUSH', active, unpack(ids))
-    for _, taken in ipairs(take) do
-      start(taken[1], solo, taken[2], taken[3])
-    end
+  for _, taken in ipairs(take) do
+    start(taken[1], solo, taken[2], taken[3], 'queue')
   end
 end
 if room and room <= 0 and redis.call('LLEN', queue) > 0 then

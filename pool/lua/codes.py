@@ -19,7 +19,7 @@ class AckCode(IntEnum):
     ACKED = 1
     CANCELLED = 2  # acked as 'cancelled' instead of 'retrying': cancellation was requested while it ran
     ALREADY_ACKED = 0  # a retry of this worker's own ack after a lost reply: nothing changed
-    NOT_ACTIVE = -1  # no longer in this worker's active list (requeued, reclaimed, cancelled)
+    NOT_ACTIVE = -1  # no longer in this worker's running set (requeued, reclaimed, cancelled)
 
 
 class CancelCode(IntEnum):

@@ -1,6 +1,9 @@
---[[ requeue: give a worker's active list back to the queue; the one script for stop, death and
+--[[ requeue: give a worker's claimed jobs (its landing list and running set) back to the queue;
+  the one script for stop, death and
   reclaim, so that all three count deliveries and bury poison jobs the same way.
-  KEYS[1]  active list of the worker (LIST)
+  KEYS[1]  landing list of the worker (LIST, '<prefix>:{q}:active:<worker>'): ids its BLMOVE
+           moved and no claim started; a worker of an earlier pool version kept its started
+           jobs here too, and they are given back the same way
   KEYS[2]  queue list (LIST)
   KEYS[3]  dead set of the queue (ZSET, score = now_ms)
   KEYS[4]  stats hash of the queue (HASH): 'reclaimed' and 'dead' totals
@@ -26,6 +29,8 @@
            'deaths' field (a JSON array) of each job the worker had started, keeping as many
            entries as the job has deliveries (an ack resets those to 0), and a buried job's
            error names them: a poison job says how it killed its workers.
+  KEYS[8]  running set of the worker (ZSET, score = started_ms: claim.lua), emptied after the
+           landing list, newest first
   ARGV[9]  dead_max: the most dead jobs kept in this queue (the oldest are deleted)
   A stale entry (a job cancel.lua finished while it waited, moved by a BLMOVE whose claim never
   ran: includes/stale.lua) is dropped, not requeued: it is finished already.
@@ -36,15 +41,15 @@
            first: it is no longer registered)
   A poison job is buried as ack.lua buries a dead one (includes/finish.lua bury): the dead-letter
   TTL and dead_max hold for both.
-  Invariants: each id moves with LMOVE or LPOP+ZADD in this one step, never held in memory; the
-  oldest claim ends up next in line; in 'reclaim' only the caller whose ZREM (or, for a worker
-  of an earlier version, SREM) removes the worker moves its list, so concurrent reclaimers requeue each job exactly once. Expiry is judged by
+  Invariants: each id moves with LMOVE, LPOP+ZADD or ZREM+RPUSH in this one step, never held in
+  memory; the oldest started job ends up next in line; in 'reclaim' only the caller whose ZREM
+  (or, for a worker of an earlier version, SREM) removes the worker moves its jobs, so concurrent reclaimers requeue each job exactly once. Expiry is judged by
   Redis (the key's TTL), never by comparing the clocks of different hosts. ]]
 --@include codes
 --@include finish
 --@include stale
-local active, queue, dead, stats, legacy, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local registry = KEYS[7]
+local landing, queue, dead, stats, legacy, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local registry, running_set = KEYS[7], KEYS[8]
 local qprefix, mode, max_deliveries, now_ms, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local dead_ttl, channel, cause, dead_max = tonumber(ARGV[6]), ARGV[7], ARGV[8] or '', tonumber(ARGV[9])
 
@@ -91,22 +96,28 @@ local function summary(deaths)
 end
 
 local requeued, buried = 0, 0
-while true do
-  local id = redis.call('LINDEX', active, 0)
-  if not id then
-    break
-  end
+
+-- Give back one id, met at the head of the landing list (from 'list') or in the running set
+-- ('set'): dropped if its entry is stale, buried if it is poison, else pushed onto the queue.
+local function give_back(id, from)
   local job = qprefix .. 'job:' .. id
   local deliveries = tonumber(redis.call('HGET', job, 'deliveries') or '0')
   local started = mode ~= 'stop' and redis.call('HGET', job, 'status') == 'active'
   local deaths = started and record_death(job, deliveries)
+  local function take()
+    if from == 'list' then
+      redis.call('LPOP', landing)
+    else
+      redis.call('ZREM', running_set, id)
+    end
+  end
   if not started and drop_stale(qprefix .. 'stale', id) then
-    redis.call('LPOP', active)
+    take()
   elseif started and deliveries >= max_deliveries then
     local reason = 'PoisonJob: delivered ' .. deliveries .. ' times and its worker died each time ' ..
       'before acknowledging it (max_deliveries is ' .. max_deliveries .. '); how its workers died: ' ..
       summary(deaths)
-    redis.call('LPOP', active)
+    take()
     redis.call('HDEL', job, 'traceback', 'result')  -- an earlier attempt's traceback is not this death's
     bury(qprefix, dead, id, now_ms, dead_ttl, dead_max, 'error', reason)
     if channel ~= '' then
@@ -115,7 +126,12 @@ while true do
     end
     buried = buried + 1
   else
-    redis.call('LMOVE', active, queue, 'LEFT', 'RIGHT')
+    if from == 'list' then
+      redis.call('LMOVE', landing, queue, 'LEFT', 'RIGHT')
+    else
+      redis.call('ZREM', running_set, id)
+      redis.call('RPUSH', queue, id)
+    end
     if redis.call('EXISTS', job) == 1 then
       redis.call('HSET', job, 'status', 'queued', 'updated_ms', now_ms)
       if mode == 'stop' and deliveries > 0 then
@@ -124,6 +140,22 @@ while true do
     end
     requeued = requeued + 1
   end
+end
+
+while true do
+  local id = redis.call('LINDEX', landing, 0)
+  if not id then
+    break
+  end
+  give_back(id, 'list')
+end
+-- Newest first, each pushed onto the head of the queue: the oldest started job is next in line.
+while true do
+  local newest = redis.call('ZRANGE', running_set, -1, -1)[1]
+  if not newest then
+    break
+  end
+  give_back(newest, 'set')
 end
 if buried > 0 then
   redis.call('HINCRBY', stats, 'dead', buried)

@@ -190,7 +190,7 @@ class Supervisor:
         with contextlib.suppress(*OUTAGE_ERRORS, redis.exceptions.RedisError):
             self.housekeeper.withdraw()
         if self.housekeeper.dead_workers:
-            logger.error("Redis is unreachable: the unfinished jobs of %s stay in their active lists "
+            logger.error("Redis is unreachable: the unfinished jobs of %s stay in their running sets "
                          "until a supervisor reclaims them", ", ".join(self.housekeeper.dead_workers))
 
     # -- what auxiliary children ask of their host ----------------------------------------------------

@@ -35,7 +35,7 @@ class AckBatcher:
     """Collects acks and sends them in batches, one round trip each.
 
     Args:
-        context: the worker's client and scripts (ack.lua), its id (whose active lists the acked
+        context: the worker's client and scripts (ack.lua), its id (whose running sets the acked
             ids leave), dead_letter.max, and its outage (a batch is sent again, whole, until Redis
             takes it).
         replicas: WAIT's (replicas, timeout ms) after each batch; None: no wait.

@@ -18,7 +18,7 @@ from pool.jobs import Job
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """One job a claim moved into the worker's active list.
+    """One job a claim moved into the worker's running set.
 
     Attributes:
         job_id: its id.

@@ -94,7 +94,7 @@ class JobRunner:
 
         Raises:
             asyncio.CancelledError: the worker stops and charges nobody: the job stays in the
-                active list and is requeued.
+                running set and is requeued.
         """
         started = clock.monotonic()
         try:
@@ -128,7 +128,7 @@ class JobRunner:
             return Failure("CancelledError", "the handler raised asyncio.CancelledError")
         charge = self.charge_for_stop()
         if charge is None:
-            raise asyncio.CancelledError  # shutting down: the job stays in the active list and is requeued
+            raise asyncio.CancelledError  # shutting down: the job stays in the running set and is requeued
         return charge
 
     async def reject(self, job: Job, error: str) -> None:

@@ -71,7 +71,7 @@ class Fetcher:
 
     Args:
         context: the worker's config (queues, their weights, empty: strict order, and rate
-            limits), id (whose active lists the claimed ids move into), scripts (claim,
+            limits), id (whose landing lists and running sets the claimed ids move into), scripts (claim,
             handback) on the client for everything that does not block, outage, job slots, and
             stopping (no claim starts after it).
         blocking: the client for BLMOVE (its own pool: one connection per watched queue).
@@ -275,12 +275,13 @@ class Fetcher:
         if isinstance(moved, Exception):
             raise moved
         self.outage.recovered(f"watch {queue}")
-        if moved is None:
-            return False
         if isinstance(reply, Exception):  # e.g. NOSCRIPT after a server restart (now loaded): claim it alone
-            await self._start_moved(queue, moved.decode())
-            return True
+            if moved is not None:
+                await self._start_moved(queue, moved.decode())
+            return moved is not None
         claim = decode_claim(reply, queue)
+        if moved is None and not claim.jobs:
+            return False  # timed out; with jobs: an id an earlier claim never started, started now
         if not self.slots.may_claim():  # slots filled up while blocked (other queues' claims)
             await self._undo_starts(queue, claim)
             return True
@@ -295,7 +296,7 @@ class Fetcher:
 
     async def _start_moved(self, queue: str, job_id: str) -> None:
         if self.stopping.is_set():
-            return  # the id stays in the active list and is requeued with the rest
+            return  # the id stays in the landing list and is requeued with the rest
         if not self.slots.may_claim():
             await self.scripts.handback(queue, self.worker_id, job_id)
             return
@@ -306,7 +307,8 @@ class Fetcher:
     # -- reconcile ------------------------------------------------------------------------------
 
     async def _reconcile(self) -> None:
-        """Start ids in our active lists that no task runs: claims whose reply was lost.
+        """Start ids in our landing lists and running sets that no task runs: claims whose reply
+        was lost.
 
         Runs after every error around a claim and every RECONCILE_INTERVAL_S: a claim sent
         before a partition can reach the server after its client gave up on it, and move an id
@@ -315,8 +317,11 @@ class Fetcher:
         self._reconcile_at = clock.monotonic() + RECONCILE_INTERVAL_S
         try:
             for queue in self.config.queues:
-                listed = await self.redis.lrange(self.keys.active(queue, self.worker_id), 0, -1)
-                for raw in listed:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.lrange(self.keys.active(queue, self.worker_id), 0, -1)
+                    pipe.zrange(self.keys.running(queue, self.worker_id), 0, -1)
+                    landed, running = await pipe.execute()
+                for raw in [*landed, *running]:
                     job_id = cast(bytes, raw).decode()
                     if job_id not in self.slots.running and not self.stopping.is_set():
                         self._started(queue, await self._claim_script(queue, 0, moved_id=job_id))

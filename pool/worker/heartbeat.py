@@ -219,7 +219,7 @@ class Presence:
     def _check_parent(self) -> None:
         """An orphan that cannot finish stopping (Redis unreachable, so acks and the requeue retry
         forever) exits after shutdown_timeout + heartbeat_ttl: nobody would ever stop it, and its
-        unfinished jobs are safe in its active list, reclaimed once its heartbeat has expired."""
+        unfinished jobs are safe in its running sets, reclaimed once its heartbeat has expired."""
         if self.parent_pid is None or os.getppid() == self.parent_pid:
             return
         now = clock.monotonic()
@@ -229,7 +229,7 @@ class Presence:
             self.process.stop()
         elif now - self._orphaned_at > self.config.shutdown_timeout_s + self.config.heartbeat_ttl_s + KILL_GRACE_S:
             logger.error("worker %s: orphaned and still unable to stop (Redis unreachable?); exiting. Its "
-                         "unfinished jobs are reclaimed from its active list once its heartbeat expires",
+                         "unfinished jobs are reclaimed from its running sets once its heartbeat expires",
                          self.worker_id)
             logging.shutdown()
             os._exit(ExitCode.JOB_FAILED)

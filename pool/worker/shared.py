@@ -23,7 +23,7 @@ from pool.worker.slots import JobSlots
 class WorkerContext:
     """Attributes:
         config: the pool's settings.
-        worker_id: this process's id (``host:pid:nonce``): whose active lists its claims fill.
+        worker_id: this process's id (``host:pid:nonce``): whose running sets its claims fill.
         client: the non-blocking Redis client (blocking waits have clients of their own).
         scripts: the Lua scripts registered on ``client``.
         outage: logs and paces this process's Redis outages; idempotent steps retry through it.

@@ -39,7 +39,7 @@ def test_a_job_cancelled_mid_queue_never_starts_and_its_slot_goes_to_the_next(r,
     assert ids_of(scripts.claim("q", W, 9001, 3, 0, rate=(3, 60_000))) == [b"a", b"d", b"e"]
     assert r.zcard(keys.rate("q")) == 3  # the dropped ids took no room in the rate window
     assert not r.exists(keys.queue("q"), keys.stale("q"))
-    assert sorted(r.lrange(keys.active("q", W), 0, -1)) == [b"a", b"d", b"e"]
+    assert sorted(r.zrange(keys.running("q", W), 0, -1)) == [b"a", b"d", b"e"]
     assert (r.hget(keys.job("q", "b"), "status"), r.hget(keys.stats("q"), "cancelled")) == (b"cancelled", b"2")
 
 

@@ -17,7 +17,7 @@ def _held_by_dead_worker(r, keys: Keys, queue: str, job_id: str, deliveries: int
     scripts.enqueue(queue, [(job_id, 0, ["id", job_id, "handler", "m.f", "queue", queue, "status", "queued",
                                          "attempts", 0, "deliveries", deliveries])], 1000)
     scripts.claim(queue, W, 1000, 1, 0)
-    assert r.lrange(keys.active(queue, W), 0, -1) == [job_id.encode()]
+    assert r.zrange(keys.running(queue, W), 0, -1) == [job_id.encode()]
 
 
 def test_after_a_reload_the_jobs_of_a_dead_worker_on_a_new_queue_are_requeued(make_config, url, r, prefix):
@@ -28,7 +28,7 @@ def test_after_a_reload_the_jobs_of_a_dead_worker_on_a_new_queue_are_requeued(ma
     keeper.worker_died(W, "exited with code 3")
     keeper.tick(reclaim=False)
     assert r.lrange(keys.queue("other"), 0, -1) == [b"j1"]
-    assert r.llen(keys.active("other", W)) == 0
+    assert not r.exists(keys.active("other", W), keys.running("other", W))
 
 
 def test_a_queue_a_reload_removes_is_still_requeued_for_workers_not_yet_replaced(make_config, url, r, prefix):
@@ -117,7 +117,7 @@ def test_an_expired_worker_is_reclaimed_within_heartbeat_ttl_and_reclaim_interva
 
     wait_until(reclaimed, timeout=0.5 + 0.2 + 0.5, interval=0.01, message="the expired worker's jobs back")
     assert clock.monotonic() - beat_at >= 0.5  # not before its heartbeat expired
-    assert all(r.llen(keys.active("default", f"live{i}:{i}:x")) == 0 for i in range(50))
+    assert not any(r.exists(keys.running("default", f"live{i}:{i}:x")) for i in range(50))
     assert r.zcard(keys.queue_registry("default")) == 50
 
 
@@ -126,7 +126,7 @@ def test_a_live_worker_is_never_reclaimed(make_config, url, r, prefix):
     keeper = Housekeeper(make_config(), url)
     jobs = _held_jobs(r, keys, W, 2, ttl_ms=60_000)
     assert [keeper.reclaim_expired() for _ in range(3)] == [0, 0, 0]
-    assert sorted(r.lrange(keys.active("default", W), 0, -1)) == jobs
+    assert sorted(r.zrange(keys.running("default", W), 0, -1)) == jobs
 
 
 def test_a_worker_renewed_by_pexpire_alone_is_not_reclaimed_and_gets_its_key_s_deadline(make_config, url, r, prefix):
@@ -136,7 +136,7 @@ def test_a_worker_renewed_by_pexpire_alone_is_not_reclaimed_and_gets_its_key_s_d
     _held_jobs(r, keys, W, 1, ttl_ms=60_000)
     r.zadd(keys.queue_registry("default"), {W: 1})  # a deadline long past
     assert keeper.reclaim_expired() == 0
-    assert r.llen(keys.active("default", W)) == 1
+    assert r.zcard(keys.running("default", W)) == 1
     assert r.zscore(keys.queue_registry("default"), W) > 1_000_000_000_000  # now the key's expiry, in server ms
 
 

@@ -36,7 +36,8 @@ def test_claim_moves_up_to_k_in_fifo_order_and_marks_active(r, keys, scripts):
     record = r.hgetall(keys.job("q", "a"))
     assert (record[b"status"], record[b"attempts"], record[b"worker"], record[b"started_ms"]) == (b"active", b"1", W.encode(), b"2000")
     assert r.lrange(keys.queue("q"), 0, -1) == [b"c"]
-    assert set(r.lrange(keys.active("q", W), 0, -1)) == {b"a", b"b"}
+    assert r.zrange(keys.running("q", W), 0, -1, withscores=True) == [(b"a", 2000.0), (b"b", 2000 + 1 / 1024)]
+    assert r.llen(keys.active("q", W)) == 0  # the landing list holds only moved, unstarted ids
 
 
 def test_claim_on_empty_queue_returns_nothing(scripts):
@@ -284,7 +285,7 @@ def test_reclaim_refuses_a_live_worker(r, keys, scripts):
     assert code == -1
     with pytest.raises(WorkerAlive):
         check("requeue", code)
-    assert r.llen(keys.active("q", W)) == 1
+    assert r.zcard(keys.running("q", W)) == 1
 
 
 def test_reclaim_of_an_expired_worker_happens_once(r, keys, scripts):
@@ -641,7 +642,7 @@ def test_rate_limit_hands_a_moved_id_back_to_the_head_of_the_queue(r, keys, scri
     _, claimed, wait_ms = scripts.claim("q", W, 6, 0, 1, moved_id="b", rate=(1, 1000))
     assert claimed == [] and wait_ms > 0
     assert r.lrange(keys.queue("q"), 0, -1) == [b"c", b"b"]  # b is the next to start
-    assert r.lrange(keys.active("q", W), 0, -1) == [b"a"]
+    assert r.llen(keys.active("q", W)) == 0 and r.zrange(keys.running("q", W), 0, -1) == [b"a"]
     assert r.hget(keys.job("q", "b"), "status") == b"queued"
 
 
@@ -654,7 +655,7 @@ def test_handback_returns_a_claimed_id_to_the_head_once(r, keys, scripts):
     assert r.llen(keys.active("q", W)) == 0
     scripts.claim("q", W, 5, 1, 0)  # a, started (as reconcile would start a moved id)
     assert scripts.handback("q", W, "a") == 0  # a running job is never put back
-    assert r.lrange(keys.active("q", W), 0, -1) == [b"a"]
+    assert r.zrange(keys.running("q", W), 0, -1) == [b"a"]
 
 
 def test_fire_enqueues_each_tick_once_and_never_an_older_one(r, keys, scripts):
@@ -692,7 +693,7 @@ def test_a_late_ack_of_a_job_reclaimed_and_then_cancelled_is_refused(r, keys, sc
 
 
 def test_claim_in_head_mode_starts_what_the_blmove_before_it_moved(r, keys, scripts):
-    """The watcher's pipeline: BLMOVE, then claim.lua starting the head of the active list."""
+    """The watcher's pipeline: BLMOVE, then claim.lua starting the head of the landing list."""
     enqueue(scripts, "q", "a", "b")
     scripts.claim("q", W, 5, 1, 0)  # a runs
     assert r.blmove(keys.queue("q"), keys.active("q", W), 1, "RIGHT", "LEFT") == b"b"
@@ -700,9 +701,18 @@ def test_claim_in_head_mode_starts_what_the_blmove_before_it_moved(r, keys, scri
     assert ids_of(reply) == [b"b"]
     fields = dict(zip(records(reply)[0][::2], records(reply)[0][1::2], strict=True))
     assert fields[b"status"] == b"active" and abs(int(fields[b"started_ms"]) - r.time()[0] * 1000) < 5000  # server time
-    # a BLMOVE that timed out leaves running jobs at the head: nothing starts, nothing changes
+    assert r.llen(keys.active("q", W)) == 0 and r.zrange(keys.running("q", W), 0, -1) == [b"a", b"b"]
+    # a BLMOVE that timed out leaves the landing list empty: nothing starts, nothing changes
     assert scripts.claim("q", W, 6, 0, 1, head=True) == [-1, [], 0]
     assert r.hget(keys.job("q", "b"), "attempts") == b"1"
+
+
+def test_claim_in_head_mode_after_a_timed_out_blmove_starts_an_id_left_landing(r, keys, scripts):
+    """An id an earlier claim never started (its reply lost) is started, and named in the reply."""
+    enqueue(scripts, "q", "left")
+    r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")
+    assert ids_of(scripts.claim("q", W, 6, 0, 1, head=True)) == [b"left"]
+    assert r.llen(keys.active("q", W)) == 0 and r.zrange(keys.running("q", W), 0, -1) == [b"left"]
 
 
 def test_claim_in_head_mode_sends_a_suspect_job_back_for_a_solo_claim(r, keys, scripts):
@@ -721,4 +731,98 @@ def test_handback_undoes_a_start_that_never_ran(r, keys, scripts):
     assert scripts.handback("q", W, "a", started_ms=started_ms) == 1
     assert r.lrange(keys.queue("q"), 0, -1) == [b"b", b"a"]  # back at the head
     assert r.hmget(keys.job("q", "a"), "status", "attempts", "deliveries") == [b"queued", b"0", b"0"]
-    assert r.lrange(keys.active("q", W), 0, -1) == []
+    assert not r.exists(keys.active("q", W), keys.running("q", W))
+    assert scripts.handback("q", W, "a", started_ms=started_ms) == 0  # once
+
+
+# -- the running set: ack, claim and handback cost O(log n) in the jobs a worker runs ----------------
+
+SCANS = ("lrem", "lpos", "lrange", "lindex", "zrange", "zrangebyscore", "zscan", "sscan", "smembers")
+
+
+def _calls(r, commands):
+    stats = r.info("commandstats")
+    return {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in commands}
+
+
+def test_acking_the_oldest_of_1000_running_jobs_scans_nothing_and_leaves_the_others(r, keys, scripts):
+    """LREM on a list of every running job was the cost; the ack finds its id in the sorted set."""
+    ids = [f"j{i:04}" for i in range(1000)]
+    enqueue(scripts, "q", *ids)
+    assert len(records(scripts.claim("q", W, 5, 1000, 0))) == 1000
+    scripts.ack("q", W, "j0000", "completed", 6, 60_000, ["result", b"1"])  # loads ack.lua
+    before = _calls(r, SCANS)
+    assert scripts.ack("q", W, "j0001", "completed", 6, 60_000, ["result", b"1"]) == 1
+    assert _calls(r, SCANS) == before  # no command that reads the set or a list along its length
+    assert r.zcard(keys.running("q", W)) == 998
+    assert r.zrange(keys.running("q", W), 0, 1) == [b"j0002", b"j0003"]  # still oldest first
+    assert r.zrange(keys.running("q", W), -1, -1) == [b"j0999"]
+    assert r.hget(keys.job("q", "j0001"), "status") == b"completed"
+    assert scripts.ack("q", W, "j0001", "completed", 6, 60_000, ["result", b"1"]) == 0  # a retry: ALREADY_ACKED
+
+
+def test_claim_and_handback_beside_1000_running_jobs_scan_nothing(r, keys, scripts):
+    enqueue(scripts, "q", *[f"j{i:04}" for i in range(1000)], "x", "y")
+    scripts.claim("q", W, 5, 1000, 0)
+    r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")  # x, as BLMOVE would
+    scripts.handback("q", W, "x")  # loads handback.lua; x back at the head
+    before = _calls(r, ("lrem", "lpos", "zscan"))  # (claim's LRANGE reads the queue's end, k ids)
+    reply = scripts.claim("q", W, 6, 1, 1000)
+    assert ids_of(reply) == [b"x"]
+    started_ms = int(dict(zip(records(reply)[0][::2], records(reply)[0][1::2], strict=True))[b"started_ms"])
+    assert scripts.handback("q", W, "x", started_ms=started_ms) == 1
+    assert _calls(r, ("lrem", "lpos", "zscan")) == before
+    assert r.zcard(keys.running("q", W)) == 1000 and r.lrange(keys.queue("q"), 0, -1) == [b"y", b"x"]
+
+
+def test_a_claimed_id_is_in_exactly_one_place_as_it_moves(r, keys, scripts):
+    """queue -> landing list (BLMOVE) -> running set (claim) -> finished (ack), never in two."""
+    enqueue(scripts, "q", "a")
+
+    def places():
+        return (r.lrange(keys.queue("q"), 0, -1), r.lrange(keys.active("q", W), 0, -1),
+                r.zrange(keys.running("q", W), 0, -1))
+
+    r.blmove(keys.queue("q"), keys.active("q", W), 1, "RIGHT", "LEFT")
+    assert places() == ([], [b"a"], [])
+    scripts.claim("q", W, 5, 0, 0, moved_id="a")
+    assert places() == ([], [], [b"a"])
+    scripts.claim("q", W, 6, 0, 1, moved_id="a")  # reconcile of a started job: it stays running
+    assert places() == ([], [], [b"a"])
+    scripts.ack("q", W, "a", "completed", 7, 60_000, ["result", b"1"])
+    assert places() == ([], [], [])
+
+
+def test_reclaim_with_a_landing_id_and_running_jobs_gives_back_or_buries_each_once(r, keys, scripts):
+    """A dead worker held two started jobs, a poison one and an id its BLMOVE had just moved."""
+    enqueue(scripts, "q", "a", "b", "poison", "moved")
+    r.hset(keys.job("q", "poison"), "deliveries", 2)
+    r.zadd(keys.queue_registry("q"), {W: 1})  # its heartbeat's deadline, long past
+    assert ids_of(scripts.claim("q", W, 5, 2, 0)) == [b"a", b"b"]
+    assert ids_of(scripts.claim("q", W, 6, 1, 0)) == [b"poison"]  # alone: a suspect
+    r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")  # moved, its claim never ran
+    assert scripts.requeue("q", W, "reclaim", 3, 7) == [3, 1]
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"moved", b"b", b"a"]  # a, the oldest start, is next
+    assert r.zrange(keys.dead("q"), 0, -1) == [b"poison"]
+    assert not r.exists(keys.active("q", W), keys.running("q", W))
+    assert r.hmget(keys.job("q", "moved"), "status", "attempts") == [b"queued", b"0"]  # never started
+    assert r.hmget(keys.job("q", "a"), "status", "deliveries") == [b"queued", b"1"]
+    assert scripts.requeue("q", W, "reclaim", 3, 8) == -2  # ALREADY_RECLAIMED: nothing moves twice
+    assert r.llen(keys.queue("q")) == 3
+
+
+@pytest.mark.parametrize("mode", ["died", "reclaim"])
+def test_requeue_gives_back_the_started_jobs_an_earlier_version_left_in_its_active_list(r, keys, scripts, mode):
+    """A pool upgraded in place: a worker of the earlier version kept started jobs in the list."""
+    enqueue(scripts, "q", "old1", "old2", "poison")
+    for job_id in ("old1", "old2", "poison"):  # as the earlier claim.lua left them: LPUSHed, started
+        r.rpop(keys.queue("q"))
+        r.lpush(keys.active("q", W), job_id)
+        r.hset(keys.job("q", job_id), mapping={"status": "active", "worker": W, "attempts": 1, "deliveries": 1})
+    r.hset(keys.job("q", "poison"), "deliveries", 3)
+    r.sadd(keys.queue_workers("q"), W)  # registered the earlier way
+    assert scripts.requeue("q", W, mode, 3, 9) == [2, 1]
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"old2", b"old1"]  # the oldest claim is next
+    assert r.zrange(keys.dead("q"), 0, -1) == [b"poison"]
+    assert not r.exists(keys.active("q", W))
+    assert r.hget(keys.job("q", "old1"), "status") == b"queued"

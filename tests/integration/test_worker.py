@@ -228,7 +228,7 @@ async def test_job_outliving_shutdown_timeout_is_requeued(make_config, url, tmp_
     keys = Keys(config.key_prefix)
     assert stored.status is Status.QUEUED
     assert r.lrange(keys.queue("default"), 0, -1) == [job.id.encode()]
-    assert r.llen(keys.active("default", worker.worker_id)) == 0
+    assert not r.exists(keys.active("default", worker.worker_id), keys.running("default", worker.worker_id))
 
 
 async def test_second_stop_cancels_running_jobs_at_once(config, url, client, tmp_path, r):
@@ -297,7 +297,7 @@ async def test_worker_survives_its_connections_being_killed(config, url, client,
 
 
 async def test_lost_claim_reply_is_reconciled(config, url, client, r):
-    """An id moved into the worker's active list without the worker knowing is still run."""
+    """An id moved into the worker's landing list without the worker knowing is still run."""
     worker = new_worker(config, url)
     keys = Keys(config.key_prefix)
     job = await client.enqueue("tests.sample_handlers.add", 7, 7)
@@ -322,6 +322,23 @@ async def test_stale_claim_landing_later_is_found_by_periodic_reconcile(config, 
             pipe.lpush(keys.active("default", worker.worker_id), "stale")
             pipe.execute()
         assert await client.result("stale", timeout=5) == 11
+
+
+async def test_an_id_left_landing_is_run_by_the_watcher_s_next_claim_not_the_next_reconcile(
+        config, url, client, r, monkeypatch):
+    """A watcher's BLMOVE that times out sends a claim that starts an id left in the landing list:
+    the worker runs what that reply holds instead of leaving it to the periodic reconcile."""
+    monkeypatch.setattr("pool.worker.fetcher.RECONCILE_INTERVAL_S", 60)
+    worker = new_worker(config, url)
+    keys = Keys(config.key_prefix)
+    async with running(worker, r):
+        with r.pipeline(transaction=True) as pipe:
+            fields = ["id", "left", "handler", "tests.sample_handlers.add", "queue", "default",
+                      "args", "[2,3]", "kwargs", "{}", "status", "queued", "attempts", 0, "created_ms", 1]
+            pipe.hset(keys.job("default", "left"), mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
+            pipe.lpush(keys.active("default", worker.worker_id), "left")
+            pipe.execute()
+        assert await client.result("left", timeout=10) == 5  # a BLMOVE times out within 2 s
 
 
 async def test_max_jobs_per_process_recycles_the_worker(make_config, url, r):
@@ -462,7 +479,7 @@ async def test_stalled_acks_stop_claiming_at_twice_the_concurrency(make_config, 
         try:
             jobs = [await client.enqueue("tests.sample_handlers.async_add", i, 1) for i in range(20)]
             await async_wait_until(stalled, timeout=10, message="4 outcomes waiting and their ack retried")
-            assert r.llen(keys.active("default", worker.worker_id)) == 4
+            assert r.zcard(keys.running("default", worker.worker_id)) == 4
             assert r.llen(keys.queue("default")) == 16
         finally:
             cut.clear()

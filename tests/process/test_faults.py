@@ -40,10 +40,11 @@ def read_journal(path: Path) -> list[tuple[str, str, int, float]]:
 
 
 def assert_drained(server: redis.Redis, keys: Keys, queue: str = "default") -> None:
-    """Nothing waiting, nothing held in any worker's active list."""
+    """Nothing waiting, nothing held in any worker's landing list or running set."""
     assert server.llen(keys.queue(queue)) == 0
-    leftovers = [k for k in server.scan_iter(f"{keys.prefix}:{{{queue}}}:active:*") if server.llen(k)]
-    assert leftovers == [], f"jobs left in active lists: {leftovers}"
+    leftovers = [*server.scan_iter(f"{keys.prefix}:{{{queue}}}:active:*"),
+                 *server.scan_iter(f"{keys.prefix}:{{{queue}}}:running:*")]  # (deleted when empty)
+    assert leftovers == [], f"jobs left in workers' lists: {leftovers}"
 
 
 @pytest.fixture

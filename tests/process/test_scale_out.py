@@ -140,7 +140,9 @@ def test_cluster_runs_queues_on_every_node_and_a_killed_worker_loses_nothing(wri
         with node.client() as direct:  # a plain client: it would get MOVED from any other node
             assert int(direct.hget(keys.stats(queue), "completed") or 0) == 100
             assert direct.llen(keys.queue(queue)) == 0
-            assert [k for k in direct.scan_iter(f"{keys.prefix}:{{{queue}}}:active:*") if direct.llen(k)] == []
+            held = [*direct.scan_iter(f"{keys.prefix}:{{{queue}}}:active:*"),
+                    *direct.scan_iter(f"{keys.prefix}:{{{queue}}}:running:*")]
+            assert held == []  # (both are deleted when they empty)
     assert f"pid {victim['pid']} was killed by SIGKILL" in pool.output()
     ran_twice = [key for key, n in runs_per_job(journal).items() if n > 1]
     assert len(ran_twice) <= 2 * 4, ran_twice  # the victim's 4 slots, and acks it had in flight
@@ -157,7 +159,8 @@ def test_cluster_client_sees_one_slot_per_queue(cluster, make_config, prefix):
     keys = Keys(prefix)
     # Then every key of one queue is in one slot, and the global keys need no other key
     with redis.cluster.RedisCluster.from_url(cluster.url) as client:
-        slots = {client.keyslot(key) for key in (keys.queue("a"), keys.active("a", "h:1:x"), keys.job("a", "id"),
+        slots = {client.keyslot(key) for key in (keys.queue("a"), keys.active("a", "h:1:x"),
+                                                  keys.running("a", "h:1:x"), keys.job("a", "id"),
                                                   keys.delayed("a"), keys.dead("a"), keys.alive("a", "h:1:x"),
                                                   keys.queue_workers("a"), keys.schedule("a", "s"))}
         assert len(slots) == 1

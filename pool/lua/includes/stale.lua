@@ -6,9 +6,9 @@
   BLMOVE, listings and every script read them as ids); tombstones judged by the record alone (an
   id enqueued again after its cancelled record expired would have two entries, one of them stale
   and indistinguishable from the live one).
-  <qprefix>stale  (SET) ids whose one entry (in the queue list, or moved by BLMOVE into an active
-                  list and not started yet) belongs to a finished job and is to be dropped
-  Invariant: an id has at most one entry across the queue and the active lists. An id pushed
+  <qprefix>stale  (SET) ids whose one entry (in the queue list, or moved by BLMOVE into a
+                  worker's landing list and not started yet) belongs to a finished job and is to be dropped
+  Invariant: an id has at most one entry across the queue and the landing lists. An id pushed
   while it is stale takes over its old entry (push_ready) instead of getting a second one, so a
   stale mark always names the entry it meets, and a job cancelled while waiting never runs. ]]
 
