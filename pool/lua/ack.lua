@@ -2,7 +2,8 @@
   from the worker, each in one step; one call carries every ack a worker has ready for the queue.
   KEYS[1]  active list of the worker for this queue (LIST)
   KEYS[2]  stats hash of the queue (HASH): a total per outcome
-  KEYS[3]  delayed set of the queue (ZSET, score = due_ms): retrying jobs wait here
+  KEYS[3]  delayed set of the queue (ZSET, score = due_ms): retrying jobs wait here, and are
+           indexed as well in <qprefix>retrying (ZSET, same scores: the retrying ones only)
   KEYS[4]  dead set of the queue (ZSET, score = now_ms)
   ARGV[1]  key prefix of the queue ('<prefix>:{q}:'): job hashes and done lists are built from
            it (same hash tag as KEYS), as are the queue's wake channel (told when a retry becomes
@@ -106,6 +107,7 @@ local function ack(at)
       unpack(ARGV, at + 9, at + 8 + n))
     local earliest = tonumber(redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2])
     redis.call('ZADD', delayed, due_ms, id)
+    redis.call('ZADD', qprefix .. 'retrying', due_ms, id)  -- the retrying jobs' own index: `pool jobs --status retrying`
     if not earliest or tonumber(due_ms) < earliest then
       redis.call('PUBLISH', qprefix .. 'wake', due_ms)  -- the scheduler re-arms its timer
     end

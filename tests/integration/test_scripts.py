@@ -507,6 +507,40 @@ def test_cancel_of_a_retrying_job_removes_it_from_the_delayed_set(r, keys, scrip
     assert r.zcard(keys.delayed("q")) == 0
 
 
+def test_a_scheduled_retry_is_indexed_apart_from_the_delayed_jobs(r, keys, scripts):
+    """ack.lua adds a retry to the retrying index, with its due time; a delayed enqueue does not."""
+    active_job(scripts)
+    scripts.enqueue("q", [("later", 50_000, ["status", "queued"])], 1000)
+    scripts.ack("q", W, "a", "retrying", 9000, 60_000, ["error", "E"], due_ms=12_000)
+    assert r.zrange(keys.delayed("q"), 0, -1) == [b"a", b"later"]
+    assert r.zrange(keys.retrying("q"), 0, -1, withscores=True) == [(b"a", 12000.0)]
+
+
+def test_a_promoted_retry_leaves_the_retrying_index(r, keys, scripts):
+    """Promotion (the scheduler's, or a claim's) takes the id out of both sets at once."""
+    active_job(scripts)
+    scripts.ack("q", W, "a", "retrying", 9000, 60_000, ["error", "E"], due_ms=12_000)
+    assert scripts.promote("q", 12_000) == -1
+    assert r.zcard(keys.delayed("q")) == 0 and r.zcard(keys.retrying("q")) == 0
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"a"]
+
+
+def test_a_claim_that_promotes_a_retry_empties_the_retrying_index(r, keys, scripts):
+    """claim.lua promotes first, through the same include."""
+    active_job(scripts)
+    scripts.ack("q", W, "a", "retrying", 9000, 60_000, ["error", "E"], due_ms=12_000)
+    scripts.claim("q", W, 12_000, 1, 0)
+    assert r.zcard(keys.retrying("q")) == 0
+    assert r.hget(keys.job("q", "a"), "status") == b"active"
+
+
+def test_a_cancelled_retry_leaves_the_retrying_index(r, keys, scripts):
+    active_job(scripts)
+    scripts.ack("q", W, "a", "retrying", 9000, 60_000, ["error", "E"], due_ms=99_000)
+    assert scripts.cancel("q", "a", 9001, 60_000, None) == 1
+    assert r.zcard(keys.retrying("q")) == 0
+
+
 def test_cancel_of_a_running_job_asks_its_worker(r, keys, scripts):
     active_job(scripts)
     assert scripts.cancel("q", "a", 9000, 60_000, None) == 2
