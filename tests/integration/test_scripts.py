@@ -22,10 +22,12 @@ def test_enqueue_creates_hash_and_pushes_id(r, keys, scripts):
     assert r.hget(keys.job("q", "a"), "enqueued_ms") == b"1000"
 
 
-def test_enqueue_of_existing_id_changes_nothing(r, keys, scripts):
+def test_enqueue_of_existing_id_changes_nothing_and_answers_its_record(r, keys, scripts):
     enqueue(scripts, "q", "a")
     r.hset(keys.job("q", "a"), "status", "active")
-    assert enqueue(scripts, "q", "a", "c") == [0, 1]
+    stored, created = enqueue(scripts, "q", "a", "c")
+    assert created == 1
+    assert dict(zip(stored[::2], stored[1::2], strict=True)) == r.hgetall(keys.job("q", "a"))
     assert r.lrange(keys.queue("q"), 0, -1) == [b"c", b"a"]
     assert r.hget(keys.job("q", "a"), "status") == b"active"
 
