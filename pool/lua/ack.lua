@@ -23,7 +23,8 @@
            due_ms ('retrying') or '';
            clear: '1' to delete the error, traceback and result of an earlier attempt first
              (the caller knows from the claimed record whether there are any), or '';
-           history entry (a JSON object) appended to the job's 'history' array, or '';
+           history entry (a JSON object) appended to the job's 'history' array, which keeps
+             the last 20 ('history_count' of them, 'history_dropped' older: includes/history.lua), or '';
            event payload (JSON) to publish, or '';
            n: how many field/value values follow (result, or error and traceback).
   Also counts the attempts in the queue's tally of the current minute (server clock), per
@@ -42,6 +43,7 @@
   untouched; sent again, the written ones answer ALREADY_ACKED. ]]
 --@include codes
 --@include finish
+--@include history
 local active, stats, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local qprefix, worker, recent_max, dead_max, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 
@@ -93,13 +95,7 @@ local function ack(at)
     redis.call('HINCRBY', job, 'failures', 1)  -- failed attempts: what retries are counted against
   end
   if entry ~= '' then
-    local history = redis.call('HGET', job, 'history')
-    if history then
-      history = string.sub(history, 1, -2) .. ',' .. entry .. ']'
-    else
-      history = '[' .. entry .. ']'
-    end
-    redis.call('HSET', job, 'history', history)
+    append_history(job, entry)  -- the last 20 attempts, and a count of those dropped
   end
   -- deliveries counts hand-overs nobody acknowledged: this one was, whatever its outcome.
   if outcome == 'retrying' then

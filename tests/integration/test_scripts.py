@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 
+import orjson
 import pytest
 
+from pool.jobs import Job
 from pool.lua import Ack, AlreadyReclaimed, JobNotActive, Scripts, WorkerAlive, check, solo_threshold
 
 W = "host:1:abc"
@@ -434,6 +436,42 @@ def test_history_grows_by_one_entry_per_failed_attempt(r, keys, scripts):
     scripts.claim("q", W, 5, 1, 0)
     scripts.ack("q", W, "a", "dead", 2, 1000, ["error", "E2"], history=b'{"n":2}')
     assert r.hget(keys.job("q", "a"), "history") == b'[{"n":1},{"n":2}]'
+
+
+HISTORY_MAX = 20  # lua/includes/history.lua
+TRICKY = 'KeyError: \'}\\" ,{"x":[1]}]\''
+
+
+def die_and_retry(scripts, attempts, job_id="a"):
+    """``attempts`` failed attempts of one job, each buried and sent back from the dead set."""
+    for n in range(1, attempts + 1):
+        scripts.claim("q", W, 10 * n, 1, 0)
+        # an error that looks like the array's own punctuation: entries are told apart by parsing
+        entry = orjson.dumps({"n": n, "error": TRICKY})
+        assert scripts.ack("q", W, job_id, "dead", 10 * n + 1, 60_000, ["error", "E"], history=entry) == 1
+        assert scripts.retry_dead("q", job_id, 10 * n + 2) == 1
+
+
+def test_history_keeps_the_last_attempts_and_counts_the_dropped_ones(r, keys, scripts):
+    """After N + 5 dead-letter retries: the last N entries, in order, and 5 counted as dropped."""
+    enqueue(scripts, "q", "a")
+    die_and_retry(scripts, HISTORY_MAX + 5)
+    record = r.hgetall(keys.job("q", "a"))
+    history = orjson.loads(record[b"history"])
+    assert [entry["n"] for entry in history] == list(range(6, HISTORY_MAX + 6))
+    assert {entry["error"] for entry in history} == {TRICKY}
+    assert (record[b"history_count"], record[b"history_dropped"]) == (b"20", b"5")
+    assert Job.from_hash(record).history_dropped == 5
+
+
+def test_a_long_history_of_an_earlier_version_is_cut_to_the_last_attempts(r, keys, scripts):
+    """A record without 'history_count' (30 entries, written before the bound) is counted once."""
+    active_job(scripts)
+    r.hset(keys.job("q", "a"), "history", orjson.dumps([{"n": n} for n in range(30)]))
+    scripts.ack("q", W, "a", "retrying", 9000, 60_000, ["error", "E"], due_ms=99_000, history=b'{"n":30}')
+    record = r.hgetall(keys.job("q", "a"))
+    assert [entry["n"] for entry in orjson.loads(record[b"history"])] == list(range(11, 31))
+    assert (record[b"history_count"], record[b"history_dropped"]) == (b"20", b"11")
 
 
 def test_claim_promotes_due_jobs_and_reports_the_next_due_time(r, keys, scripts):
