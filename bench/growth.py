@@ -23,6 +23,8 @@ with every row. Rows (issue 17 names the others to come):
   connections, server commands/s, server and pool CPU (bench/growth_idle.py).
 - ack, claim.lua and ack.lua beside 10 vs 1,000 jobs the worker runs (SLOWLOG: mean, median,
   max; bench/growth_ack.py).
+- retrying, a page of `pool jobs --status retrying` among 10k vs 1M delayed (bench/growth_retrying.py).
+- enqueue-resend, enqueue_many of 1,000 fresh vs resent ids (bench/growth_enqueue_resend.py).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import growth_ack, growth_cancel, growth_idle, growth_reclaim
+from bench import growth_ack, growth_cancel, growth_enqueue_resend, growth_idle, growth_reclaim, growth_retrying
 from bench.harness import ROOT, PrivateServer, percentile
 from pool.client import Client
 from pool.testing import bury
@@ -185,6 +187,8 @@ def idle(server: PrivateServer, options: argparse.Namespace) -> dict[str, Any]:
 
 ROWS: dict[str, Row] = {"dead-bulk": dead_bulk, "cancel": cancel_queued, "reclaim": reclaim, "idle": idle}
 ROWS["ack"] = growth_ack.measure
+ROWS["retrying"] = growth_retrying.measure
+ROWS["enqueue-resend"] = growth_enqueue_resend.measure
 
 
 # -- the table ---------------------------------------------------------------------------------

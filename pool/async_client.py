@@ -13,7 +13,7 @@ import functools
 import logging
 import math
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -160,28 +160,13 @@ class AsyncClient:
                    for queue, indexes in chunks]
         replies = await self._send_batches(batches, now_ms)
         jobs = [job for job, _ in prepared]
-        existing = [index for (_, indexes), created in zip(chunks, replies, strict=True)
-                    for index, was_created in zip(indexes, created, strict=True) if not was_created]
-        if existing:  # ids that exist: the jobs as stored, not as asked
-            stored = await self._stored_jobs([(jobs[i].queue, jobs[i].id) for i in existing])
-            for index, job in zip(existing, stored, strict=True):
-                jobs[index] = job or jobs[index]
+        # enqueue.lua answers an id that exists with its record as stored, in the same call: a
+        # resent batch costs the round trips of a fresh one, not a read per existing id.
+        for (_, indexes), created in zip(chunks, replies, strict=True):
+            for index, reply in zip(indexes, created, strict=True):
+                if isinstance(reply, list):
+                    jobs[index] = Job.from_hash(dict(zip(reply[::2], reply[1::2], strict=True)))
         return jobs
-
-    async def _stored_jobs(self, targets: Sequence[tuple[str, str]]) -> list[Job | None]:
-        """The records of (queue, id) pairs, pipelined: one round trip per ENQUEUE_CHUNK of them."""
-        found: list[Job | None] = []
-        for first in range(0, len(targets), ENQUEUE_CHUNK):
-            part = targets[first:first + ENQUEUE_CHUNK]
-
-            async def send(part: Sequence[tuple[str, str]] = part) -> list[Any]:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for queue, job_id in part:
-                        pipe.hgetall(self.keys.job(queue, job_id))
-                    return await pipe.execute()
-
-            found += [Job.from_hash(fields) if fields else None for fields in await self._retrying(send)]
-        return found
 
     async def _send_batches(self, chunks: list[tuple[str, list[tuple[str, int, list[Any]]]]], now_ms: int) -> list[Any]:
         """The chunks in pipelines of CHUNKS_PER_ROUND_TRIP, one after the other; replies in order.

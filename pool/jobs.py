@@ -112,7 +112,8 @@ class Job:
     failures: int = 0
     due_ms: int | None = None
     updated_ms: int | None = None
-    history: tuple[dict[str, Any], ...] = ()
+    history: tuple[dict[str, Any], ...] = ()  # the last 20 failed attempts (lua/includes/history.lua)
+    history_dropped: int = 0  # older attempts no longer in ``history``
 
     @property
     def wait_ms(self) -> int:
@@ -163,6 +164,7 @@ class Job:
             due_ms=_int_or_none(get(b"due_ms")),
             updated_ms=_int_or_none(get(b"updated_ms")),
             history=tuple(orjson.loads(get(b"history", b"[]"))),
+            history_dropped=int(get(b"history_dropped", b"0")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,6 +193,7 @@ class Job:
             "due_ms": self.due_ms,
             "updated_ms": self.updated_ms,
             "history": list(self.history),
+            "history_dropped": self.history_dropped,
         }
 
     def outcome(self) -> Any:

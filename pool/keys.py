@@ -14,6 +14,7 @@ slot, and each Lua script touches a single slot.
 | ``<p>:{q}:tally:<minute>``            | hash | ack (counts per s, 62 min)  | status: last minute, hour |
 | ``<p>:{q}:recent:<status>``           | list | ack, cancel (newest 1000)   | `pool jobs --status`      |
 | ``<p>:{q}:delayed``                   | zset | enqueue (delay), ack (retry)| claim (promotes due jobs) |
+| ``<p>:{q}:retrying``                  | zset | ack (retry), by due_ms      | `pool jobs --status retrying` |
 | ``<p>:{q}:wake`` (channel)            | pub  | enqueue, ack: new earliest  | the scheduler (promotion) |
 | ``<p>:{q}:rate``                      | zset | claim (one entry per start) | claim (rate limit window) |
 | ``<p>:{q}:schedule:<name>``           | hash | fire (the latest tick)      | scheduler, status         |
@@ -112,6 +113,10 @@ class Keys:
 
     def delayed(self, queue: str) -> str:
         return f"{self.prefix}:{{{queue}}}:delayed"
+
+    def retrying(self, queue: str) -> str:
+        """The retrying jobs among the delayed ones, by due time: leaves with the delayed set."""
+        return f"{self.prefix}:{{{queue}}}:retrying"
 
     def wake(self, queue: str) -> str:
         """Pub/sub channel telling the scheduler a new earliest due time (a channel, not a key)."""

@@ -2,9 +2,19 @@
 
 Where each state lives (keys.py): ``queued`` in the queue list (listed next-to-run first),
 ``active`` in the workers' running sets (and landing lists), ``delayed`` (with the jobs waiting to retry: both wait
-in the delayed set) and ``retrying`` (only those) by earliest due first, ``dead`` in the dead set (newest first), and ``completed``, ``failed`` and
-``cancelled`` in the queue's ``recent:<status>`` lists, which keep the newest 1,000 ids each
-(older finished jobs are still found by id with `pool job`, until their result TTL ends).
+in the delayed set) and ``retrying`` (only those) by earliest due first, ``dead`` in the dead set
+(newest first), and ``completed``, ``failed`` and ``cancelled`` in the queue's
+``recent:<status>`` lists, which keep the newest 1,000 ids each (older finished jobs are still
+found by id with `pool job`, until their result TTL ends).
+
+Retrying jobs are read from their own index, ``<p>:{q}:retrying`` (same scores as the delayed
+set), which ack.lua writes when it schedules a retry and promotion and cancel empty with the
+delayed set: a page costs O(log n + page) however many jobs are delayed. Picking them out of
+the delayed set by their records' status (the earlier way) read every delayed record before a
+page. A retry scheduled by a pool version before the index is in the delayed set only: it runs
+on time as before and ``delayed`` lists it (as retrying), but ``retrying`` does not, until it
+has fallen due (at the latest the longest retry delay after the upgrade). Rejected: a backfill
+of the index, a walk of the whole delayed set for a window that closes by itself.
 
 Records read for a page are checked against the state asked for: an id whose record expired or
 moved on since it was listed is left out, so a page can hold fewer jobs than ``limit``. So is the
@@ -15,7 +25,6 @@ entry of a job cancelled while it waited, which stays in the queue list until a 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -28,7 +37,6 @@ from pool.keys import Keys
 from pool.status import waiting
 
 STATUSES = ("queued", "active", "delayed", "retrying", "dead", "completed", "failed", "cancelled")
-_SCAN_CHUNK = 500  # retrying jobs are picked out of the delayed set this many ids at a time
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ class JobPage:
     status: str
     offset: int
     limit: int
-    total: int | None  # None when counting would mean reading every record (retrying)
+    total: int | None  # None when counting would mean reading every record
     jobs: list[Job]
     more: bool  # whether a next page exists
 
@@ -60,9 +68,7 @@ async def list_jobs(
         raise UsageError(f"unknown status {status!r}: choose one of {', '.join(STATUSES)}")
     if offset < 0 or limit < 1:
         raise UsageError("--offset must be >= 0 and --limit >= 1")
-    if status == "retrying":
-        ids, total, more = await _retrying(client, keys, queue, offset, limit, read)
-    elif status == "queued":
+    if status == "queued":
         ids, total, more = await read(lambda: _queued(client, keys, queue, offset, limit))
     else:
         ids, total = await read(lambda: _ids(client, keys, queue, status, offset, limit))
@@ -92,9 +98,12 @@ async def _ids(client: redis.asyncio.Redis, keys: Keys, queue: str, status: str,
                  for job_id in [*running, *reversed(landed)]]
         return every[offset:last + 1], len(every)
     async with client.pipeline(transaction=False) as pipe:
-        if status == "delayed":
-            pipe.zcard(keys.delayed(queue))
-            pipe.zrange(keys.delayed(queue), offset, last)
+        if status in ("delayed", "retrying"):
+            # Retrying jobs wait in the delayed set with the delayed ones; ack.lua indexes them
+            # apart as well (same scores), so their page is one ZRANGE whatever the delayed count.
+            key = keys.delayed(queue) if status == "delayed" else keys.retrying(queue)
+            pipe.zcard(key)
+            pipe.zrange(key, offset, last)
         elif status == "dead":
             pipe.zcard(keys.dead(queue))
             pipe.zrevrange(keys.dead(queue), offset, last)
@@ -116,28 +125,6 @@ async def _queued(client: redis.asyncio.Redis, keys: Keys, queue: str, offset: i
         pipe.lrange(keys.queue(queue), -(offset + limit), -(offset + 1))  # the far end starts first
         listed, stale, ids = await pipe.execute()
     return list(reversed(ids)), waiting(listed, stale), offset + limit < listed
-
-
-async def _retrying(client: redis.asyncio.Redis, keys: Keys, queue: str, offset: int, limit: int,
-                    read: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]) -> tuple[list[bytes], None, bool]:
-    """Retrying jobs share the delayed set with delayed ones: walk it, keeping the retrying ids."""
-    found: list[bytes] = []
-    start = 0
-    while len(found) < offset + limit + 1:
-        chunk = await read(functools.partial(client.zrange, keys.delayed(queue), start, start + _SCAN_CHUNK - 1))
-        if not chunk:
-            break
-        statuses = await read(functools.partial(_statuses, client, keys, queue, chunk))
-        found += [job_id for job_id, state in zip(chunk, statuses, strict=True) if state == b"retrying"]
-        start += _SCAN_CHUNK
-    return found[offset:offset + limit], None, len(found) > offset + limit
-
-
-async def _statuses(client: redis.asyncio.Redis, keys: Keys, queue: str, ids: list[bytes]) -> list[bytes | None]:
-    async with client.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.hget(keys.job(queue, job_id.decode()), "status")
-        return await pipe.execute()
 
 
 async def _records(client: redis.asyncio.Redis, keys: Keys, queue: str, ids: list[bytes],

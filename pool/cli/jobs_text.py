@@ -38,7 +38,9 @@ def render_job(job: Job, now_ms: int) -> str:
     width = max(len(name) for name, _ in rows)
     lines += [f"{name.ljust(width)}  {value}" for name, value in rows if value is not None]
     if job.history:
-        lines += ["", "history"]
+        dropped = f" (the last {len(job.history)} of {len(job.history) + job.history_dropped} attempts; " \
+                  f"{job.history_dropped} older not kept)" if job.history_dropped else ""
+        lines += ["", "history" + dropped]
         for entry in job.history:
             at = clock.format_ms(entry["finished_ms"]) if entry.get("finished_ms") else "?"
             lines.append(f"  attempt {entry.get('attempt', '?')}  {at}  {entry.get('outcome', '?')}  "

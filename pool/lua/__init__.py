@@ -197,7 +197,8 @@ class Scripts:
         """Create jobs of one queue. ``jobs`` is ``[(id, due_ms, [field, value, ...]), ...]``;
         a due_ms after now_ms puts the job in the delayed set (0: ready now).
 
-        Returns (awaitable with the async client) one int per job: 1 created, 0 existed.
+        Returns (awaitable with the async client) one reply per job: 1 created, or the
+        existing record's field/value list (a list: untouched) for an id that exists.
         """
         keys = [self.keys.queue(queue), self.keys.delayed(queue), self.keys.stale(queue)]
         keys += [self.keys.job(queue, job_id) for job_id, _, _ in jobs]

@@ -2,7 +2,8 @@
   from the worker, each in one step; one call carries every ack a worker has ready for the queue.
   KEYS[1]  running set of the worker for this queue (ZSET, score = started_ms: claim.lua)
   KEYS[2]  stats hash of the queue (HASH): a total per outcome
-  KEYS[3]  delayed set of the queue (ZSET, score = due_ms): retrying jobs wait here
+  KEYS[3]  delayed set of the queue (ZSET, score = due_ms): retrying jobs wait here, and are
+           indexed as well in <qprefix>retrying (ZSET, same scores: the retrying ones only)
   KEYS[4]  dead set of the queue (ZSET, score = now_ms)
   ARGV[1]  key prefix of the queue ('<prefix>:{q}:'): job hashes and done lists are built from
            it (same hash tag as KEYS), as are the queue's wake channel (told when a retry becomes
@@ -22,7 +23,8 @@
            due_ms ('retrying') or '';
            clear: '1' to delete the error, traceback and result of an earlier attempt first
              (the caller knows from the claimed record whether there are any), or '';
-           history entry (a JSON object) appended to the job's 'history' array, or '';
+           history entry (a JSON object) appended to the job's 'history' array, which keeps
+             the last 20 ('history_count' of them, 'history_dropped' older: includes/history.lua), or '';
            event payload (JSON) to publish, or '';
            n: how many field/value values follow (result, or error and traceback).
   Also counts the attempts in the queue's tally of the current minute (server clock), per
@@ -42,6 +44,7 @@
   untouched; sent again, the written ones answer ALREADY_ACKED. ]]
 --@include codes
 --@include finish
+--@include history
 local running_set, stats, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local qprefix, worker, recent_max, dead_max, channel = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 
@@ -93,13 +96,7 @@ local function ack(at)
     redis.call('HINCRBY', job, 'failures', 1)  -- failed attempts: what retries are counted against
   end
   if entry ~= '' then
-    local history = redis.call('HGET', job, 'history')
-    if history then
-      history = string.sub(history, 1, -2) .. ',' .. entry .. ']'
-    else
-      history = '[' .. entry .. ']'
-    end
-    redis.call('HSET', job, 'history', history)
+    append_history(job, entry)  -- the last 20 attempts, and a count of those dropped
   end
   -- deliveries counts hand-overs nobody acknowledged: this one was, whatever its outcome.
   if outcome == 'retrying' then
@@ -107,6 +104,7 @@ local function ack(at)
       unpack(ARGV, at + 9, at + 8 + n))
     local earliest = tonumber(redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2])
     redis.call('ZADD', delayed, due_ms, id)
+    redis.call('ZADD', qprefix .. 'retrying', due_ms, id)  -- the retrying jobs' own index: `pool jobs --status retrying`
     if not earliest or tonumber(due_ms) < earliest then
       redis.call('PUBLISH', qprefix .. 'wake', due_ms)  -- the scheduler re-arms its timer
     end

@@ -2,8 +2,8 @@
   KEYS[1]  queue list (LIST)   KEYS[2]  delayed set (ZSET)   KEYS[3]  job hash (HASH)
   KEYS[4]  done list of the job (LIST)   KEYS[5]  stats hash (HASH)
   ARGV[1]  job id   ARGV[2]  now_ms   ARGV[3]  result TTL in ms (the job's own wins)
-  ARGV[4]  key prefix of the queue ('<prefix>:{q}:'; the worker's cancel set and the queue's
-           stale set are built from it)
+  ARGV[4]  key prefix of the queue ('<prefix>:{q}:'; the worker's cancel set, the queue's
+           stale set and its index of retrying jobs are built from it)
   ARGV[5]  channel to publish ARGV[6] on, or ''   ARGV[6]  event payload (JSON)
   ARGV[7]  recent_max: how many ids the queue's 'recent:cancelled' list keeps
   Returns  a CancelCode (pool/lua/codes.py): CANCELLED (it was queued, also moved by a BLMOVE
@@ -51,6 +51,7 @@ if status == 'queued' then
   removed = leave_queue()
 elseif status == 'retrying' or status == 'delayed' then
   removed = redis.call('ZREM', delayed, id)
+  redis.call('ZREM', qprefix .. 'retrying', id)  -- the index of retrying jobs (ack.lua)
 end
 if removed == 0 then
   return CancelCode.FINISHED

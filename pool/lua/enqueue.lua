@@ -10,7 +10,9 @@
   ARGV[2]        wake channel of the queue: told the due time when a delayed job becomes the
                  earliest, so that the scheduler promoting this queue re-arms its timer
   ARGV[3..]      per job: id, due_ms (0: run now), field count f, then f field/value pairs
-  Returns        one integer per job: 1 created, 0 an id that already exists (untouched)
+  Returns        one reply per job: 1 created, or for an id that already exists (untouched) its
+                 record as stored (HGETALL's field/value list), so that a resent batch is
+                 answered in this one call instead of a read per existing id
   Invariant: an id is pushed onto the queue (or added to the delayed set) exactly when its hash
   is created, so enqueue is idempotent by id: a client retrying after a lost reply, or a second
   enqueue of a chosen job_id, never creates a second job. ]]
@@ -27,8 +29,9 @@ for i = 4, #KEYS do
   local field_count = tonumber(ARGV[at + 2])
   local first, last = at + 3, at + 2 + field_count * 2
   at = last + 1
-  if redis.call('EXISTS', job) == 1 then
-    created[#created + 1] = 0
+  local stored = redis.call('HGETALL', job)
+  if #stored > 0 then
+    created[#created + 1] = stored
   else
     redis.call('HSET', job, 'enqueued_ms', now_ms, unpack(ARGV, first, last))
     if due_ms > tonumber(now_ms) then

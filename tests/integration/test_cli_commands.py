@@ -8,14 +8,16 @@ import json
 import re
 import stat
 
+import orjson
 import pytest
 
 from pool import Status, dead_letter
 from pool.cli import ids, main
-from pool.client import AsyncClient
+from pool.client import AsyncClient, Client
 from pool.config import load
 from pool.errors import ExitCode
 from pool.keys import Keys
+from pool.lua import Scripts
 from pool.testing import async_wait_until, bury
 from tests.conftest import pool_cli, pool_of
 
@@ -83,6 +85,25 @@ async def test_job_and_cancel_take_a_unique_prefix(write_config, url):
     assert by_prefix.stdout.strip() == "cancelled pfx-abc1", by_prefix.stderr
     # a cancelled job is found by prefix in its recent list
     assert json.loads(pool_cli("job", str(path), "pfx-abc", "--json").stdout)["status"] == "cancelled"
+
+
+def test_job_shows_how_many_attempts_its_bounded_history_left_out(write_config, r):
+    """25 failed attempts, each buried and retried from the dead set: 20 shown, 5 counted."""
+    path = write_config()
+    config = load(path)
+    scripts = Scripts(r, Keys(config.key_prefix))
+    with Client(config) as client:
+        client.enqueue("tests.sample_handlers.add", 1, 2, job_id="often")
+    for n in range(1, 26):
+        scripts.claim("default", "w:1:x", 10 * n, 1, 0)
+        scripts.ack("default", "w:1:x", "often", "dead", 10 * n + 1, 60_000, ["error", f"E{n}"],
+                    history=orjson.dumps({"attempt": n, "finished_ms": 10 * n + 1, "outcome": "dead", "error": f"E{n}"}))
+        scripts.retry_dead("default", "often", 10 * n + 2)
+    shown = pool_cli("job", str(path), "often")
+    assert "history (the last 20 of 25 attempts; 5 older not kept)" in shown.stdout, shown.stderr
+    assert [line.split()[1] for line in shown.stdout.splitlines() if line.startswith("  attempt ")] == \
+        [str(n) for n in range(6, 26)]
+    assert json.loads(pool_cli("job", str(path), "often", "--json").stdout)["history_dropped"] == 5
 
 
 async def test_an_id_that_starts_others_means_itself(write_config, url):

@@ -101,6 +101,25 @@ async def test_enqueue_with_existing_id_returns_the_existing_job(client, r):
     assert r.llen(Keys(client.config.key_prefix).queue("default")) == 1
 
 
+async def test_a_resent_enqueue_many_is_answered_in_the_round_trips_of_a_fresh_one(client, r):
+    """1,000 ids enqueued again: one script call, no read per existing id, the jobs as stored."""
+    specs = [JobSpec("tests.sample_handlers.add", (i, 0), job_id=f"bulk-{i}") for i in range(1000)]
+    await client.enqueue_many(specs)
+    resent = [JobSpec("tests.sample_handlers.add", (9, 9), job_id=f"bulk-{i}") for i in range(1000)]
+    await client.scripts.load(client.redis)
+    with r.monitor() as monitor:  # what clients send, told apart from the scripts' own commands
+        jobs = await client.enqueue_many(resent)
+        await client.redis.echo("resent")  # on the same connection: marks the end
+        sent = []
+        while (command := monitor.next_command())["command"] != "ECHO resent":
+            if command["client_type"] != "lua":
+                sent.append(command["command"].split()[0])
+    assert sent == ["EVALSHA"]
+    assert [job.args for job in jobs] == [(i, 0) for i in range(1000)]
+    assert {job.status for job in jobs} == {Status.QUEUED}
+    assert r.llen(Keys(client.config.key_prefix).queue("default")) == 1000
+
+
 @pytest.mark.parametrize(("call", "message"), [
     (dict(handler="add"), "handler 'add' must be a dotted path"),
     (dict(handler="tests.sample_handlers.add", queue="bad queue"), "queue 'bad queue' is not a valid queue name"),

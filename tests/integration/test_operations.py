@@ -12,6 +12,7 @@ import redis
 from pool import AsyncClient, health, status
 from pool.handlers import load_registry
 from pool.keys import Keys, make_worker_id
+from pool.lua import Scripts
 from pool.testing import async_wait_until
 from pool.worker import Worker
 
@@ -136,7 +137,35 @@ async def test_delayed_lists_earliest_first_and_pages_over_retrying_jobs(config,
         retrying = await client.jobs(status="retrying", limit=2)
     assert [job.id for job in first.jobs] == [job.id for job in soon]  # earliest due first
     assert first.to_dict()["total"] == 5 and first.to_dict()["next_offset"] == 2
-    assert len(retrying.jobs) == 2 and retrying.more and retrying.total is None
+    assert len(retrying.jobs) == 2 and retrying.more and retrying.total == 3
+
+
+def _calls(r, *commands):
+    stats = r.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{command}", {}).get("calls", 0)) for command in commands)
+
+
+async def test_a_page_of_retrying_jobs_reads_a_page_however_many_jobs_are_delayed(config, url, r):
+    """3 retrying among 3,000 delayed: the page asks for its own entries, not the delayed set's."""
+    scripts, worker_id = Scripts(r, Keys(config.key_prefix)), "w"
+    fields = ["handler", "tests.sample_handlers.add", "queue", "default", "status", "queued", "args", "[]",
+              "kwargs", "{}", "created_ms", "1"]
+    for first in range(0, 3000, 1000):
+        scripts.enqueue("default", [(f"d{i}", 10**12 + i, ["id", f"d{i}", *fields]) for i in range(first, first + 1000)],
+                        1000)
+    scripts.enqueue("default", [(f"r{i}", 0, ["id", f"r{i}", *fields]) for i in range(3)], 1000)
+    scripts.claim("default", worker_id, 1000, 3, 0)
+    for i in range(3):  # due after the delayed ones: a walk of the delayed set would reach them last
+        scripts.ack("default", worker_id, f"r{i}", "retrying", 2000, 60_000, ["error", "E"], due_ms=2 * 10**12 + i)
+    async with AsyncClient(config, url) as client:
+        await client.jobs(status="dead")  # connect first: the hello of a new connection is not the page's
+        before = _calls(r, "zrange", "hget", "hgetall", "hmget")
+        first = await client.jobs(status="retrying", limit=2)
+        second = await client.jobs(status="retrying", offset=2, limit=2)
+        asked = _calls(r, "zrange", "hget", "hgetall", "hmget") - before
+    assert [job.id for job in first.jobs] == ["r0", "r1"] and first.more and first.total == 3
+    assert [job.id for job in second.jobs] == ["r2"] and not second.more
+    assert asked <= 2 * (1 + 2)  # per page: one ZRANGE of the index and a record per job listed
 
 
 async def test_jobs_pages_through_a_long_queue(config, url):

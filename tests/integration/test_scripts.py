@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 
+import orjson
 import pytest
 
+from pool.jobs import Job
 from pool.lua import Ack, AlreadyReclaimed, JobNotActive, Scripts, WorkerAlive, check, solo_threshold
 
 W = "host:1:abc"
@@ -22,10 +24,12 @@ def test_enqueue_creates_hash_and_pushes_id(r, keys, scripts):
     assert r.hget(keys.job("q", "a"), "enqueued_ms") == b"1000"
 
 
-def test_enqueue_of_existing_id_changes_nothing(r, keys, scripts):
+def test_enqueue_of_existing_id_changes_nothing_and_answers_its_record(r, keys, scripts):
     enqueue(scripts, "q", "a")
     r.hset(keys.job("q", "a"), "status", "active")
-    assert enqueue(scripts, "q", "a", "c") == [0, 1]
+    stored, created = enqueue(scripts, "q", "a", "c")
+    assert created == 1
+    assert dict(zip(stored[::2], stored[1::2], strict=True)) == r.hgetall(keys.job("q", "a"))
     assert r.lrange(keys.queue("q"), 0, -1) == [b"c", b"a"]
     assert r.hget(keys.job("q", "a"), "status") == b"active"
 
@@ -435,6 +439,42 @@ def test_history_grows_by_one_entry_per_failed_attempt(r, keys, scripts):
     assert r.hget(keys.job("q", "a"), "history") == b'[{"n":1},{"n":2}]'
 
 
+HISTORY_MAX = 20  # lua/includes/history.lua
+TRICKY = 'KeyError: \'}\\" ,{"x":[1]}]\''
+
+
+def die_and_retry(scripts, attempts, job_id="a"):
+    """``attempts`` failed attempts of one job, each buried and sent back from the dead set."""
+    for n in range(1, attempts + 1):
+        scripts.claim("q", W, 10 * n, 1, 0)
+        # an error that looks like the array's own punctuation: entries are told apart by parsing
+        entry = orjson.dumps({"n": n, "error": TRICKY})
+        assert scripts.ack("q", W, job_id, "dead", 10 * n + 1, 60_000, ["error", "E"], history=entry) == 1
+        assert scripts.retry_dead("q", job_id, 10 * n + 2) == 1
+
+
+def test_history_keeps_the_last_attempts_and_counts_the_dropped_ones(r, keys, scripts):
+    """After N + 5 dead-letter retries: the last N entries, in order, and 5 counted as dropped."""
+    enqueue(scripts, "q", "a")
+    die_and_retry(scripts, HISTORY_MAX + 5)
+    record = r.hgetall(keys.job("q", "a"))
+    history = orjson.loads(record[b"history"])
+    assert [entry["n"] for entry in history] == list(range(6, HISTORY_MAX + 6))
+    assert {entry["error"] for entry in history} == {TRICKY}
+    assert (record[b"history_count"], record[b"history_dropped"]) == (b"20", b"5")
+    assert Job.from_hash(record).history_dropped == 5
+
+
+def test_a_long_history_of_an_earlier_version_is_cut_to_the_last_attempts(r, keys, scripts):
+    """A record without 'history_count' (30 entries, written before the bound) is counted once."""
+    active_job(scripts)
+    r.hset(keys.job("q", "a"), "history", orjson.dumps([{"n": n} for n in range(30)]))
+    scripts.ack("q", W, "a", "retrying", 9000, 60_000, ["error", "E"], due_ms=99_000, history=b'{"n":30}')
+    record = r.hgetall(keys.job("q", "a"))
+    assert [entry["n"] for entry in orjson.loads(record[b"history"])] == list(range(11, 31))
+    assert (record[b"history_count"], record[b"history_dropped"]) == (b"20", b"11")
+
+
 def test_claim_promotes_due_jobs_and_reports_the_next_due_time(r, keys, scripts):
     enqueue(scripts, "q", "due", "later")
     for job_id, due in (("due", 500), ("later", 9000)):
@@ -506,6 +546,40 @@ def test_cancel_of_a_retrying_job_removes_it_from_the_delayed_set(r, keys, scrip
     scripts.ack("q", W, "a", "retrying", 9000, 60_000, ["error", "E"], due_ms=99_000)
     assert scripts.cancel("q", "a", 9001, 60_000, None) == 1
     assert r.zcard(keys.delayed("q")) == 0
+
+
+def test_a_scheduled_retry_is_indexed_apart_from_the_delayed_jobs(r, keys, scripts):
+    """ack.lua adds a retry to the retrying index, with its due time; a delayed enqueue does not."""
+    active_job(scripts)
+    scripts.enqueue("q", [("later", 50_000, ["status", "queued"])], 1000)
+    scripts.ack("q", W, "a", "retrying", 9000, 60_000, ["error", "E"], due_ms=12_000)
+    assert r.zrange(keys.delayed("q"), 0, -1) == [b"a", b"later"]
+    assert r.zrange(keys.retrying("q"), 0, -1, withscores=True) == [(b"a", 12000.0)]
+
+
+def test_a_promoted_retry_leaves_the_retrying_index(r, keys, scripts):
+    """Promotion (the scheduler's, or a claim's) takes the id out of both sets at once."""
+    active_job(scripts)
+    scripts.ack("q", W, "a", "retrying", 9000, 60_000, ["error", "E"], due_ms=12_000)
+    assert scripts.promote("q", 12_000) == -1
+    assert r.zcard(keys.delayed("q")) == 0 and r.zcard(keys.retrying("q")) == 0
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"a"]
+
+
+def test_a_claim_that_promotes_a_retry_empties_the_retrying_index(r, keys, scripts):
+    """claim.lua promotes first, through the same include."""
+    active_job(scripts)
+    scripts.ack("q", W, "a", "retrying", 9000, 60_000, ["error", "E"], due_ms=12_000)
+    scripts.claim("q", W, 12_000, 1, 0)
+    assert r.zcard(keys.retrying("q")) == 0
+    assert r.hget(keys.job("q", "a"), "status") == b"active"
+
+
+def test_a_cancelled_retry_leaves_the_retrying_index(r, keys, scripts):
+    active_job(scripts)
+    scripts.ack("q", W, "a", "retrying", 9000, 60_000, ["error", "E"], due_ms=99_000)
+    assert scripts.cancel("q", "a", 9001, 60_000, None) == 1
+    assert r.zcard(keys.retrying("q")) == 0
 
 
 def test_cancel_of_a_running_job_asks_its_worker(r, keys, scripts):

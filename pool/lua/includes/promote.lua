@@ -6,12 +6,14 @@
   delayed  the delayed set (ZSET, score = due_ms)
   <qprefix>job:<id>  each promoted job's hash (HASH): status 'queued'
   <qprefix>stale     the queue's stale set (SET, includes/stale.lua)
+  <qprefix>retrying  the index of the retrying jobs among the delayed (ZSET, ack.lua)
   Returns  when the earliest job still delayed falls due (its score as a string), or -1: none
   Invariant: an id leaves the delayed set in the same step that pushes it onto the queue, so
   concurrent promoters move each due job exactly once. ]]
 local function promote(queue, delayed, qprefix, now_ms)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms, 'LIMIT', 0, 1000)) do
     redis.call('ZREM', delayed, id)
+    redis.call('ZREM', qprefix .. 'retrying', id)  -- a retry leaves its index with the delayed set
     push_ready(queue, qprefix .. 'stale', id)
     redis.call('HSET', qprefix .. 'job:' .. id, 'status', 'queued', 'updated_ms', now_ms)
   end
