@@ -36,7 +36,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import growth_cancel
+from bench import growth_cancel, growth_promote
 from bench.harness import ROOT, PrivateServer, percentile
 from pool.client import Client
 from pool.testing import bury
@@ -158,7 +158,7 @@ def cancel_queued(server: PrivateServer, options: argparse.Namespace) -> dict[st
             "large": f"{large['depth']:,} queued", "measures": measures}
 
 
-ROWS: dict[str, Row] = {"dead-bulk": dead_bulk, "cancel": cancel_queued}
+ROWS: dict[str, Row] = {"dead-bulk": dead_bulk, "cancel": cancel_queued, "promote": growth_promote.measure}
 
 
 # -- the table ---------------------------------------------------------------------------------
