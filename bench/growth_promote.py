@@ -8,7 +8,8 @@ before the measured window) all fall due at one instant DUE_IN_S later; the sche
 on the queue's wake channel, as enqueue.lua tells it. From then on:
 
 - every script call over 1 ms is in SLOWLOG (a threshold of 0 would log each command inside the
-  scripts too, and slow the scripts themselves): the longest, and how many took over 10 ms;
+  scripts too, and slow the scripts themselves): the longest, the longest promote, claim and
+  ack call (claims and acks are the pool running the jobs meanwhile), and how many took over 10 ms;
 - a prober process PINGs every millisecond: longest and 99th-percentile wait;
 - the delayed set is polled every 5 ms: how long after the due instant it was empty (the
   backlog promoted), and how long until every job had completed.
@@ -21,6 +22,7 @@ row (bench/growth.py folds it in).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import PrivateServer  # noqa: E402
+from pool.lua import SOURCES  # noqa: E402
 
 SIZES = (1_000, 100_000)
 PROCESSES, CONCURRENCY = 2, 50
@@ -81,9 +84,16 @@ def _await_drain(server: PrivateServer, config: Path, count: int, due_ms: int) -
     raise TimeoutError(f"{count:,} due jobs did not complete in 600 s")
 
 
-def _script_calls_us(server: PrivateServer) -> list[int]:
-    entries = server.redis.slowlog_get(-1)
-    return sorted(int(e["duration"]) for e in entries if bytes(e["command"]).upper().startswith(b"EVAL"))
+def _script_calls_us(server: PrivateServer) -> dict[str, list[int]]:
+    """Durations (µs) of the script calls SLOWLOG holds, sorted, by script name ('all' for every one)."""
+    names = {hashlib.sha1(source.encode()).hexdigest(): name for name, source in SOURCES.items()}
+    calls: dict[str, list[int]] = {"all": [0], "promote": [0], "claim": [0], "ack": [0]}
+    for entry in server.redis.slowlog_get(-1):
+        words = bytes(entry["command"]).split()
+        if words[0].upper() in (b"EVALSHA", b"EVAL") and len(words) > 1:
+            for name in ("all", names.get(words[1].decode(), "other")):
+                calls.setdefault(name, [0]).append(int(entry["duration"]))
+    return {name: sorted(durations) for name, durations in calls.items()}
 
 
 def one_size(server: PrivateServer, count: int) -> dict[str, float]:
@@ -102,13 +112,14 @@ def one_size(server: PrivateServer, count: int) -> dict[str, float]:
         with PingProber(server) as prober:
             server.redis.publish(server.keys(config).wake(QUEUE), due_ms)
             drained_ms, done_ms = _await_drain(server, config, count, due_ms)
-        calls_us = _script_calls_us(server) or [0]
+        calls_us = _script_calls_us(server)
     finally:
         server.redis.config_set("slowlog-log-slower-than", 10_000)
         server.stop_pool(pool)
     return {"drain µs/job": drained_ms * 1000 / count, "done µs/job": done_ms * 1000 / count,
-            "drain ms": drained_ms, "longest script ms": calls_us[-1] / 1000,
-            "scripts over 10 ms": sum(1 for us in calls_us if us > 10_000),
+            "drain ms": drained_ms, "longest script ms": calls_us["all"][-1] / 1000,
+            **{f"longest {name} ms": calls_us[name][-1] / 1000 for name in ("promote", "claim", "ack")},
+            "scripts over 10 ms": sum(1 for us in calls_us["all"] if us > 10_000),
             "longest PING ms": prober.waits_ms["longest"], "p99 PING ms": prober.waits_ms["p99"]}
 
 
