@@ -7,7 +7,7 @@ Starts a private valkey-server. Each row is one function: it builds its small an
 measures both, and returns a dict (``row``, ``small`` and ``large`` labels, and ``measures``: for
 each measure its small and large figure). The table prints one line per measure,
 "row | small | large | ratio" (large / small: 1.0 is flat), and the last line is one JSON object
-with every row. Rows (issue 17 names the others to come):
+with every row. Rows:
 
 - dead-bulk, `pool dead retry --all` and `pool dead purge --all` over 1,000 vs 100,000 dead jobs:
   time per job, the peak resident memory of the client process (measured in a child process of
@@ -25,6 +25,8 @@ with every row. Rows (issue 17 names the others to come):
   max; bench/growth_ack.py).
 - retrying, a page of `pool jobs --status retrying` among 10k vs 1M delayed (bench/growth_retrying.py).
 - enqueue-resend, enqueue_many of 1,000 fresh vs resent ids (bench/growth_enqueue_resend.py).
+- promote, 1,000 vs 100,000 jobs due at one instant on a 2 x 50 pool: script calls over 10 ms,
+  the longest promote, claim and ack, PING waits, time to drain (bench/growth_promote.py).
 """
 
 from __future__ import annotations
@@ -45,7 +47,15 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import growth_ack, growth_cancel, growth_enqueue_resend, growth_idle, growth_reclaim, growth_retrying
+from bench import (
+    growth_ack,
+    growth_cancel,
+    growth_enqueue_resend,
+    growth_idle,
+    growth_promote,
+    growth_reclaim,
+    growth_retrying,
+)
 from bench.harness import ROOT, PrivateServer, percentile
 from pool.client import Client
 from pool.testing import bury
@@ -185,10 +195,11 @@ def idle(server: PrivateServer, options: argparse.Namespace) -> dict[str, Any]:
     return growth_idle.idle(server, options.idle_queues, options.idle_window)
 
 
-ROWS: dict[str, Row] = {"dead-bulk": dead_bulk, "cancel": cancel_queued, "reclaim": reclaim, "idle": idle}
-ROWS["ack"] = growth_ack.measure
-ROWS["retrying"] = growth_retrying.measure
-ROWS["enqueue-resend"] = growth_enqueue_resend.measure
+ROWS: dict[str, Row] = {
+    "reclaim": reclaim, "cancel": cancel_queued, "ack": growth_ack.measure, "retrying": growth_retrying.measure,
+    "enqueue-resend": growth_enqueue_resend.measure, "promote": growth_promote.measure, "dead-bulk": dead_bulk,
+    "idle": idle,
+}
 
 
 # -- the table ---------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from pool.keys import RECENT_JOBS, Keys
 from pool.lua.codes import AckCode, CancelCode, RequeueCode, lua_tables
 
 __all__ = [
+    "PROMOTE_SLICE",
     "SOURCES",
     "Ack",
     "AckCode",
@@ -108,6 +109,10 @@ def _source(name: str) -> str:
     """The script's source with its ``--@include`` lines replaced by the includes."""
     return _INCLUDE.sub(_include, _read(f"{name}.lua"))
 
+
+# How many due jobs one promotion moves at most (promote.lua, and each claim): the Lua include holds
+# the number, Python reads it from there (one copy).
+PROMOTE_SLICE = int(re.search(r"^local PROMOTE_SLICE = (\d+)$", _read("includes/promote.lua"), re.MULTILINE)[1])
 
 SOURCES = {
     name: _source(name)

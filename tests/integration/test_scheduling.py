@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pool import AsyncClient, Status
+from pool import AsyncClient, JobSpec, Status
 from pool.errors import UsageError
 from pool.keys import Keys
+from pool.lua import PROMOTE_SLICE
 from pool.testing import async_wait_until, drain
+from pool.worker.scheduler import REFRESH_S
 from tests.conftest import pool_of
 from tests.integration.test_worker import new_worker, running
 
@@ -89,6 +91,45 @@ async def test_only_one_of_two_schedulers_promotes_each_job(make_config, url, r)
     assert first.done_count + second.done_count == 20
     stats = r.hgetall(Keys(config.key_prefix).stats("default"))
     assert int(stats[b"completed"]) == 20
+
+
+class CountedPromotions:
+    """Stands in for a scheduler's scripts (the worker's fetcher keeps its own): counts its promote calls."""
+
+    def __init__(self, scripts):
+        self.scripts = scripts
+        self.promotions = 0
+
+    def __getattr__(self, name):
+        return getattr(self.scripts, name)
+
+    def promote(self, *args, **kwargs):
+        self.promotions += 1
+        return self.scripts.promote(*args, **kwargs)
+
+
+async def test_a_backlog_of_several_slices_due_at_once_is_promoted_at_once_and_runs(make_config, url, r, tmp_path):
+    """The scheduler calls again while its reply says more are due, instead of waiting for its timer."""
+    config = make_config(concurrency=1)
+    keys = Keys(config.key_prefix)
+    worker = new_worker(config, url)
+    count = 2 * PROMOTE_SLICE + 7  # three slices
+    async with running(worker, r), AsyncClient(config, url) as client:
+        scripts = worker.scheduler.scripts = CountedPromotions(worker.scheduler.scripts)
+        started, release = tmp_path / "started", tmp_path / "release"
+        busy = await client.enqueue("tests.sample_handlers.start_then_wait", str(started), str(release))
+        await async_wait_until(lambda: _async(started.exists()), message="the job holding the only slot")
+        # Given the only slot busy (so no claim promotes anything), when jobs of three slices
+        # fall due at one instant, then the scheduler moves them all well within its refresh period.
+        at = datetime.now(UTC) + timedelta(milliseconds=300)
+        jobs = await client.enqueue_many(JobSpec("tests.sample_handlers.add", (i, 1), at=at) for i in range(count))
+        await async_wait_until(lambda: _async(r.zcard(keys.delayed("default")) == 0), timeout=REFRESH_S / 3,
+                               message="the delayed set drained")
+        assert r.llen(keys.queue("default")) == count and scripts.promotions >= 3
+        release.touch()
+        assert await client.result(busy.id, timeout=10)
+        results = [await client.result(job.id, timeout=30) for job in jobs]
+    assert results == [i + 1 for i in range(count)]
 
 
 # -- several queues -----------------------------------------------------------------------------

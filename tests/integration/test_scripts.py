@@ -8,7 +8,16 @@ import orjson
 import pytest
 
 from pool.jobs import Job
-from pool.lua import Ack, AlreadyReclaimed, JobNotActive, Scripts, WorkerAlive, check, solo_threshold
+from pool.lua import (
+    PROMOTE_SLICE,
+    Ack,
+    AlreadyReclaimed,
+    JobNotActive,
+    Scripts,
+    WorkerAlive,
+    check,
+    solo_threshold,
+)
 
 W = "host:1:abc"
 
@@ -640,6 +649,49 @@ def test_promote_moves_due_jobs_and_reports_the_next_due_time(r, keys, scripts):
     assert r.hget(keys.job("q", "due"), "status") == b"queued"
     assert r.zrange(keys.delayed("q"), 0, -1) == [b"later"]
     assert scripts.promote("q", 9000) == -1  # nothing delayed any more
+
+
+def delay_jobs(r, keys, queue, count, due_ms=500):
+    """``count`` delayed jobs d0000.. all due at ``due_ms`` (ties go by id: the order promoted)."""
+    ids = [f"d{i:04}" for i in range(count)]
+    with r.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hset(keys.job(queue, job_id), mapping={"id": job_id, "handler": "m.f", "status": "delayed"})
+        pipe.zadd(keys.delayed(queue), dict.fromkeys(ids, due_ms))
+        pipe.execute()
+    return ids
+
+
+def test_promote_moves_at_most_one_slice_and_says_more_are_due(r, keys, scripts):
+    """A backlog goes a slice per call, in due order; the reply's due time (past) says call again."""
+    ids = delay_jobs(r, keys, "q", PROMOTE_SLICE + 3)
+    assert int(scripts.promote("q", 1000)) == 500  # due already: more to promote
+    assert r.lrange(keys.queue("q"), 0, -1)[::-1] == [i.encode() for i in ids[:PROMOTE_SLICE]]
+    assert r.zcard(keys.delayed("q")) == 3
+    assert r.hget(keys.job("q", ids[PROMOTE_SLICE - 1]), "status") == b"queued"
+    assert r.hget(keys.job("q", ids[PROMOTE_SLICE]), "status") == b"delayed"
+    assert scripts.promote("q", 1000) == -1
+    assert r.llen(keys.queue("q")) == PROMOTE_SLICE + 3 and r.zcard(keys.delayed("q")) == 0
+
+
+def test_claim_promotes_at_most_one_slice(r, keys, scripts):
+    delay_jobs(r, keys, "q", PROMOTE_SLICE + 1)
+    next_due, claimed, _ = scripts.claim("q", W, 1000, 2, 0)
+    assert int(next_due) == 500 and len(claimed) == 2
+    assert r.llen(keys.queue("q")) == PROMOTE_SLICE - 2 and r.zcard(keys.delayed("q")) == 1
+
+
+def test_promote_of_a_slice_with_a_stale_id_lets_it_take_over_its_entry(r, keys, scripts):
+    """The others of the slice are pushed in due order; the stale one keeps its earlier place."""
+    enqueue(scripts, "q", "head", "b")
+    r.sadd(keys.queue_prefix("q") + "stale", "b")  # b was cancelled while queued; its entry stays
+    r.zadd(keys.delayed("q"), {"a": 500, "b": 600, "c": 700})
+    for job_id in ("a", "b", "c"):
+        r.hset(keys.job("q", job_id), "status", "delayed")
+    assert scripts.promote("q", 1000) == -1
+    assert r.lrange(keys.queue("q"), 0, -1) == [b"c", b"a", b"b", b"head"]
+    assert not r.exists(keys.queue_prefix("q") + "stale")
+    assert r.hmget(keys.job("q", "b"), "status", "updated_ms") == [b"queued", b"1000"]
 
 
 def test_cancel_of_a_job_moved_but_not_started_is_honoured_at_its_start(r, keys, scripts):
