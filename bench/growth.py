@@ -17,6 +17,8 @@ with every row. Rows (issue 17 names the others to come):
 - cancel, cancelling a queued job from the middle of a queue of 10,000 vs 1,000,000 (cancel.lua's
   time in SLOWLOG: mean, median, max), and claims of 10 through a clean stretch and through one
   where every other job was cancelled (bench/growth_cancel.py builds the queues).
+- status, `pool status` (status.snapshot) beside 10 vs 10,000 workers and 1 vs 1,000 queues busy
+  for an hour: ms per snapshot and commands sent (bench/growth_status.py).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import growth_cancel
+from bench import growth_cancel, growth_status
 from bench.harness import ROOT, PrivateServer, percentile
 from pool.client import Client
 from pool.testing import bury
@@ -158,7 +160,8 @@ def cancel_queued(server: PrivateServer, options: argparse.Namespace) -> dict[st
             "large": f"{large['depth']:,} queued", "measures": measures}
 
 
-ROWS: dict[str, Row] = {"dead-bulk": dead_bulk, "cancel": cancel_queued}
+ROWS: dict[str, Row] = {"dead-bulk": dead_bulk, "cancel": cancel_queued,
+                        "status": lambda server, _: growth_status.measure(server.redis, server.url)}
 
 
 # -- the table ---------------------------------------------------------------------------------
