@@ -27,6 +27,10 @@ with every row. Rows:
 - enqueue-resend, enqueue_many of 1,000 fresh vs resent ids (bench/growth_enqueue_resend.py).
 - promote, 1,000 vs 100,000 jobs due at one instant on a 2 x 50 pool: script calls over 10 ms,
   the longest promote, claim and ack, PING waits, time to drain (bench/growth_promote.py).
+- status, `pool status` (status.snapshot) beside 10 vs 10,000 workers and 1 vs 1,000 queues busy
+  for an hour: ms per snapshot and commands sent (bench/growth_status.py).
+- health, `pool health` and /healthz beside 10 vs 10,000 other workers and 1 vs 1,000 busy queues
+  (bench/growth_health.py).
 """
 
 from __future__ import annotations
@@ -51,10 +55,12 @@ from bench import (
     growth_ack,
     growth_cancel,
     growth_enqueue_resend,
+    growth_health,
     growth_idle,
     growth_promote,
     growth_reclaim,
     growth_retrying,
+    growth_status,
 )
 from bench.harness import ROOT, PrivateServer, percentile
 from pool.client import Client
@@ -190,6 +196,15 @@ def reclaim(server: PrivateServer, options: argparse.Namespace) -> dict[str, Any
             "measures": measures}
 
 
+def health(server: PrivateServer, options: argparse.Namespace) -> dict[str, Any]:
+    """`pool health` and /healthz beside a small and a large simulated fleet."""
+    small, large = (growth_health.measure(size, server.redis, server.url) for size in growth_health.SIZES)
+    server.redis.flushall()
+    return {"row": "pool health", "small": f"{small['other_workers']:,} workers x {small['queues']:,} queues",
+            "large": f"{large['other_workers']:,} workers x {large['queues']:,} queues",
+            "measures": {name: {"small": small[name], "large": large[name]} for name in ("health_ms", "healthz_ms")}}
+
+
 def idle(server: PrivateServer, options: argparse.Namespace) -> dict[str, Any]:
     """An idle pool serving 1 vs --idle-queues queues."""
     return growth_idle.idle(server, options.idle_queues, options.idle_window)
@@ -198,7 +213,7 @@ def idle(server: PrivateServer, options: argparse.Namespace) -> dict[str, Any]:
 ROWS: dict[str, Row] = {
     "reclaim": reclaim, "cancel": cancel_queued, "ack": growth_ack.measure, "retrying": growth_retrying.measure,
     "enqueue-resend": growth_enqueue_resend.measure, "promote": growth_promote.measure, "dead-bulk": dead_bulk,
-    "idle": idle,
+    "status": lambda server, _: growth_status.measure(server.redis, server.url), "health": health, "idle": idle,
 }
 
 

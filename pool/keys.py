@@ -12,6 +12,7 @@ slot, and each Lua script touches a single slot.
 | ``<p>:{q}:done:<id>``                 | list | ack (one token, with TTL)   | client waiting on result  |
 | ``<p>:{q}:stats``                     | hash | ack, reclaim (totals)       | status                    |
 | ``<p>:{q}:tally:<minute>``            | hash | ack (counts per s, 62 min)  | status: last minute, hour |
+| ``<p>:{q}:minutes``                   | hash | ack (counts per minute, 1 h)| status: last hour         |
 | ``<p>:{q}:recent:<status>``           | list | ack, cancel (newest 1000)   | `pool jobs --status`      |
 | ``<p>:{q}:delayed``                   | zset | enqueue (delay), ack (retry)| claim (promotes due jobs) |
 | ``<p>:{q}:retrying``                  | zset | ack (retry), by due_ms      | `pool jobs --status retrying` |
@@ -106,6 +107,10 @@ class Keys:
     def tally(self, queue: str, minute: int) -> str:
         """Counts of finished attempts in one minute (server clock: unix seconds // 60)."""
         return f"{self.prefix}:{{{queue}}}:tally:{minute}"
+
+    def minutes(self, queue: str) -> str:
+        """Counts of finished attempts per minute (``c<minute>``, ``f<minute>``), the last 62."""
+        return f"{self.prefix}:{{{queue}}}:minutes"
 
     def recent(self, queue: str, status: str) -> str:
         """Ids of the latest jobs that finished with ``status`` (completed, failed, cancelled)."""

@@ -16,7 +16,8 @@ The JSON shape (``pool status --json``) is stable; new fields may be added, none
                       "recycles", "metrics", "started_ms", "uptime_s", "heartbeat_age_s"}],
      "workers": [{"id", "host", "pid", "state", "supervisor", "name", "queues", "in_flight",
                   "done", "failed", "concurrency", "memory_bytes", "started_ms",
-                  "heartbeat_age_s", "uptime_s"}],
+                  "heartbeat_age_s", "uptime_s",
+                  "active"}],                          # {queue: jobs it holds} at its last beat, or None
      "schedules": {name: {"handler": str, "queue": str, "when": str, "last_ms": int | None,
                           "last_job_id": str | None, "next_ms": int}},
      "warnings": [str]}
@@ -24,6 +25,8 @@ The JSON shape (``pool status --json``) is stable; new fields may be added, none
 ``last_minute`` and ``last_hour`` count attempts that finished in the last 60 s and 3,600 s of the
 server's clock, to the second: ``completed``, and ``failed`` for every failed attempt (also those
 that are retried). The totals (``completed``, ``failed``) count outcomes since the queue began.
+A queue's ``active`` counts the jobs its workers hold: what each live worker's last heartbeat
+said (so it may lag by one heartbeat interval), plus the lists of lost workers not yet reclaimed.
 
 A supervisor's ``state`` is running, reloading, stopping or crash-looping from its own heartbeat,
 or ``lost`` once that heartbeat expired. A worker's is busy, idle or stopping, or ``lost`` when
@@ -31,11 +34,16 @@ it is still registered but its heartbeat has expired (its jobs stay counted as a
 supervisor reclaims them). The pool is ``down`` when nothing has a heartbeat, ``degraded`` when
 something is lost, missing or crash-looping; ``problems`` says what, in words.
 
-Everything is read in two pipelined round trips, whatever the number of workers and queues.
+Everything is read in two pipelined round trips, whatever the number of workers and queues, and
+a third when lost workers (or workers of an earlier version) hold active lists. The cost is
+O(workers + queues), never O(workers x queues): per queue a fixed number of commands, and an
+hour of tallies in at most 120 per-minute totals and 60 per-second counts (bench/growth_status.py).
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,22 +58,14 @@ from pool.keys import Keys
 from pool.schedules import Schedule
 
 HOUR_MINUTES = 60
+# A worker whose registry deadline is this close is counted from its list if its hash has gone.
+EXPIRING_MS = 1000
 
 
 def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
     """Read everything `pool status` shows. Raises redis errors as they come (the CLI reports them)."""
     keys = Keys(config.key_prefix)
-    cluster = isinstance(client, redis.cluster.RedisCluster)
-    with client.pipeline(transaction=False) as pipe:
-        if not cluster:  # (redis-py allows no keyless command in a Cluster pipeline)
-            pipe.time()
-        pipe.smembers(keys.workers())
-        pipe.smembers(keys.supervisors())
-        for queue in config.queues:
-            pipe.lindex(keys.queue(queue), -1)  # the next to start: enqueue pushes the other end
-        first = pipe.execute()
-    if cluster:
-        first.insert(0, client.time())
+    first = _read_registries(client, keys, config)
     seconds, micros = first[0]
     now_s, server_ms = int(seconds), int(seconds) * 1000 + int(micros) // 1000
     worker_ids = sorted(member.decode() for member in first[1])
@@ -78,7 +78,7 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
         for worker_id in worker_ids:
             pipe.hgetall(keys.worker(worker_id))
         for queue in config.queues:
-            _read_queue(pipe, keys, queue, worker_ids, heads[queue], now_s)
+            _read_queue(pipe, keys, queue, heads[queue], now_s, server_ms)
         for schedule in config.schedules:
             pipe.hgetall(keys.schedule(schedule.queue or config.queues[0], schedule.name))
         replies = iter(pipe.execute())
@@ -87,9 +87,10 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
     supervisors = [supervisor_record(sid, next(replies), now_ms) for sid in supervisor_ids]
     workers = [worker_record(wid, next(replies), now_ms) for wid in worker_ids]
     name_workers(workers, supervisors)
-    queues = {queue: _queue(replies, worker_ids, heads[queue] is not None, now_s, server_ms)
-              for queue in config.queues}
+    read = {queue: _queue(replies, heads[queue] is not None, now_s, server_ms) for queue in config.queues}
     schedules = {s.name: _schedule(s, next(replies), now_ms) for s in config.schedules}
+    queues = {queue: figures for queue, (figures, _) in read.items()}
+    _count_active(client, keys, queues, workers, {queue: expiring for queue, (_, expiring) in read.items()})
     return {
         "time_ms": server_ms, "redis": {"url": redact_url(url), "version": _server_version(client)},
         "pool": _pool(supervisors, workers), "queues": queues, "supervisors": supervisors,
@@ -97,44 +98,63 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
     }
 
 
+def _read_registries(client: redis.Redis, keys: Keys, config: Config) -> list[Any]:
+    """The first round trip: the server's time, who is registered, and each queue's next job."""
+    cluster = isinstance(client, redis.cluster.RedisCluster)
+    with client.pipeline(transaction=False) as pipe:
+        if not cluster:  # (redis-py allows no keyless command in a Cluster pipeline)
+            pipe.time()
+        pipe.smembers(keys.workers())
+        pipe.smembers(keys.supervisors())
+        for queue in config.queues:
+            pipe.lindex(keys.queue(queue), -1)  # the next to start: enqueue pushes the other end
+        first = pipe.execute()
+    if cluster:
+        first.insert(0, client.time())
+    return first
+
+
 # -- queues ----------------------------------------------------------------------------------------
 
-def _read_queue(pipe: Any, keys: Keys, queue: str, worker_ids: list[str], head: bytes | None, now_s: int) -> None:
-    """Queue the reads of one queue; :func:`_queue` takes the replies in the same order."""
+def _read_queue(pipe: Any, keys: Keys, queue: str, head: bytes | None, now_s: int, server_ms: int) -> None:
+    """Queue the reads of one queue, a fixed number of commands whatever the number of workers
+    and however busy the hour was; :func:`_queue` takes the replies in the same order."""
     pipe.llen(keys.queue(queue))
     pipe.scard(keys.stale(queue))  # entries of cancelled jobs still in the list: not waiting
     pipe.hgetall(keys.stats(queue))
     pipe.zcard(keys.dead(queue))
     pipe.zcard(keys.delayed(queue))
-    for worker_id in worker_ids:
-        pipe.llen(keys.active(queue, worker_id))
-        pipe.zcard(keys.running(queue, worker_id))
-    minute = now_s // 60
-    pipe.hgetall(keys.tally(queue, minute))
-    pipe.hgetall(keys.tally(queue, minute - 1))
-    pipe.hgetall(keys.tally(queue, minute - HOUR_MINUTES))
-    for older in range(minute - HOUR_MINUTES + 1, minute - 1):
-        pipe.hgetall(keys.tally(queue, older))
+    # Workers whose heartbeat has expired, or is about to: their jobs are counted from their lists.
+    pipe.zrangebyscore(keys.queue_registry(queue), "-inf", server_ms + EXPIRING_MS)
+    minute, second = divmod(now_s, 60)
+    pipe.hgetall(keys.minutes(queue))
+    fields = boundary_fields(second)
+    if fields:
+        pipe.hmget(keys.tally(queue, minute - 1), fields)
+        pipe.hmget(keys.tally(queue, minute - HOUR_MINUTES), fields)
     if head is not None:
         pipe.hmget(keys.job(queue, head.decode()), "status", "updated_ms", "enqueued_ms", "due_ms", "started_ms")
 
 
-def _queue(replies: Any, worker_ids: list[str], has_head: bool, now_s: int, server_ms: int) -> dict[str, Any]:
+def _queue(replies: Any, has_head: bool, now_s: int, server_ms: int) -> tuple[dict[str, Any], list[str]]:
     queued = waiting(next(replies), next(replies))
     stats, dead, delayed = next(replies), next(replies), next(replies)
-    active = sum(next(replies) + next(replies) for _ in worker_ids)  # landing list + running set
-    current, previous, hour_ago = next(replies), next(replies), next(replies)
-    full_minutes = [next(replies) for _ in range(HOUR_MINUTES - 2)]
-    minute, hour = window_counts(now_s % 60, current, previous, hour_ago, full_minutes)
+    expiring = [member.decode() for member in next(replies)]
+    minute, second = divmod(now_s, 60)
+    totals = next(replies)
+    fields = boundary_fields(second)
+    previous, hour_ago = ((dict(zip(fields, next(replies), strict=True)) for _ in range(2)) if fields
+                          else ({}, {}))
+    last_minute, last_hour = window_counts(minute, second, totals, previous, hour_ago)
     oldest = _oldest_wait_s(next(replies), server_ms) if has_head else None
     return {
-        "queued": queued, "active": active, "delayed": delayed, "dead": dead,
+        "queued": queued, "active": 0, "delayed": delayed, "dead": dead,
         "completed": int(stats.get(b"completed", 0)), "failed": int(stats.get(b"failed", 0)),
         "reclaimed": int(stats.get(b"reclaimed", 0)),
-        "last_minute": minute, "last_hour": hour,
-        "jobs_per_s": round((minute["completed"] + minute["failed"]) / 60, 2),
+        "last_minute": last_minute, "last_hour": last_hour,
+        "jobs_per_s": round((last_minute["completed"] + last_minute["failed"]) / 60, 2),
         "oldest_wait_s": oldest,
-    }
+    }, expiring
 
 
 def waiting(listed: int, stale: int) -> int:
@@ -157,34 +177,97 @@ def _oldest_wait_s(fields: list[bytes | None], server_ms: int) -> float | None:
     return None
 
 
+def boundary_fields(second: int) -> list[str]:
+    """The per-second fields to read of the two minutes a window starts in (the minute before
+    this one, the minute an hour before), ``second`` into the current minute: the seconds after
+    ``second``, or the seconds up to it when they are fewer (:func:`window_counts` then takes
+    them from the minute's total). At most 30 seconds of each kind, none at second 28 or 59."""
+    seconds = range(second + 1) if _counts_head(second) else range(second + 1, 60)
+    return [f"{kind}{s}" for kind in "cf" for s in seconds]
+
+
+def _counts_head(second: int) -> bool:
+    return second + 1 < 59 - second
+
+
 def window_counts(
-    second: int, current: Mapping[bytes, bytes], previous: Mapping[bytes, bytes],
-    hour_ago: Mapping[bytes, bytes], full_minutes: list[Mapping[bytes, bytes]],
+    minute: int, second: int, totals: Mapping[bytes, bytes], previous: Mapping[str, bytes | None],
+    hour_ago: Mapping[str, bytes | None],
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Completed and failed attempts in the last 60 s and the last 3,600 s, to the second.
 
-    Each minute's tally counts per second (``c<s>`` completed, ``f<s>`` failed). The window
-    ending now (``second`` into the current minute) takes the current minute whole, and from the
-    minute before it (for the hour: the minute an hour before) only the seconds after
-    ``second``; the hour takes the 58 minutes between whole.
+    ack.lua counts each minute's attempts per second (``tally:<minute>``, ``c<s>`` completed,
+    ``f<s>`` failed) and in total (``minutes``: ``c<minute>``, ``f<minute>``). The window ending
+    now (``second`` into ``minute``) takes the current minute whole and, of the minute before
+    it (for the hour: the minute an hour before), only the seconds after ``second``; the hour
+    takes the 59 minutes between whole. Bounded work: 120 totals and 60 seconds at most.
 
     Args:
-        second: seconds into the current minute (server clock).
-        current, previous, hour_ago: the tallies of this minute, the one before, and the one
-            60 minutes before.
-        full_minutes: the tallies of the 58 minutes in between.
+        minute, second: the current minute (unix seconds // 60) and the seconds into it (server clock).
+        totals: the queue's ``minutes`` hash.
+        previous, hour_ago: the fields :func:`boundary_fields` named, read from the tallies of
+            the minute before and of the minute an hour before (None: nothing counted then).
     """
-    def count(tally: Mapping[bytes, bytes], kind: bytes, after: int = -1) -> int:
-        return sum(int(value) for field, value in tally.items()
-                   if field[:1] == kind and field[1:].isdigit() and int(field[1:]) > after)
+    last_minute, last_hour = {}, {}
+    for kind, name in (("c", "completed"), ("f", "failed")):
+        def total(at: int, kind: str = kind) -> int:
+            return int(totals.get(f"{kind}{at}".encode(), 0))
 
-    minute, hour = {}, {}
-    for kind, name in ((b"c", "completed"), (b"f", "failed")):
-        now_count = count(current, kind)
-        between = sum(count(tally, kind) for tally in full_minutes) + count(previous, kind)
-        minute[name] = now_count + count(previous, kind, second)
-        hour[name] = now_count + between + count(hour_ago, kind, second)
-    return minute, hour
+        def tail(at: int, seconds: Mapping[str, bytes | None], kind: str = kind) -> int:
+            read = sum(int(value) for field, value in seconds.items() if value and field[:1] == kind)
+            # (a minute counted by an earlier version has no total: its head is then not subtracted)
+            return max(0, total(at) - read) if _counts_head(second) else read
+
+        last_minute[name] = total(minute) + tail(minute - 1, previous)
+        last_hour[name] = sum(total(at) for at in range(minute - HOUR_MINUTES + 1, minute + 1)) + \
+            tail(minute - HOUR_MINUTES, hour_ago)
+    return last_minute, last_hour
+
+
+def _count_active(client: redis.Redis, keys: Keys, queues: dict[str, dict[str, Any]], workers: list[dict[str, Any]],
+                  expiring: dict[str, list[str]]) -> None:
+    """Each queue's active jobs: what each worker's heartbeat says it holds there (its ``active``),
+    and the length of the lists of workers that say nothing: lost ones (their heartbeat expired,
+    the queue's registry still holds them: their jobs wait to be reclaimed) and those of an
+    earlier version. O(workers) in memory and O(lost workers) in commands, not one LLEN per
+    worker and queue (10k workers, 1,000 queues: 10M commands, 175 s)."""
+    counted = {worker["id"] for worker in workers if worker["active"] is not None}
+    for worker in workers:
+        for queue, count in (worker["active"] or {}).items():
+            if queue in queues:
+                queues[queue]["active"] += count
+    unread = {(queue, worker_id) for queue, ids in expiring.items() for worker_id in ids if worker_id not in counted}
+    unread |= {(queue, worker["id"]) for worker in workers if worker["active"] is None
+               for queue in worker["queues"] if queue in queues}
+    pairs = sorted(unread)
+    for (queue, _), length in zip(pairs, active_lengths(client, keys, pairs), strict=True):
+        queues[queue]["active"] += length
+
+
+def active_lengths(client: redis.Redis, keys: Keys, pairs: list[tuple[str, str]]) -> list[int]:
+    """How many ids each (queue, worker) holds, started (its running set) or moved by BLMOVE and
+    not started yet (its landing list), in one round trip (none if no pairs). The one read of
+    those keys in this module."""
+    if not pairs:
+        return []
+    with client.pipeline(transaction=False) as pipe:
+        for queue, worker_id in pairs:
+            pipe.llen(keys.active(queue, worker_id))
+            pipe.zcard(keys.running(queue, worker_id))
+        lengths = [int(length) for length in pipe.execute()]
+    return [landed + running for landed, running in zip(lengths[::2], lengths[1::2], strict=True)]
+
+
+def active_by_queue(field: str) -> dict[str, int] | None:
+    """A worker hash's ``active`` field (JSON, its jobs by queue; heartbeat.py writes it), or None
+    for a worker of an earlier version, which does not write it."""
+    if not field:
+        return None
+    try:
+        counts = json.loads(field)
+    except ValueError:
+        return None
+    return {str(queue): int(count) for queue, count in counts.items()} if isinstance(counts, dict) else None
 
 
 # -- supervisors and workers -----------------------------------------------------------------------
@@ -216,7 +299,7 @@ def worker_record(worker_id: str, fields: dict[bytes, bytes], now_ms: int) -> di
         return {"id": worker_id, "host": host, "pid": int(pid) if pid.isdigit() else None,
                 "state": "lost", "supervisor": None, "name": None, "queues": [], "in_flight": None,
                 "done": None, "failed": None, "concurrency": None, "memory_bytes": None,
-                "started_ms": None, "heartbeat_age_s": None, "uptime_s": None}
+                "started_ms": None, "heartbeat_age_s": None, "uptime_s": None, "active": None}
     get = _getter(fields)
     started_ms = int(get("started_ms") or now_ms)
     return {
@@ -235,6 +318,7 @@ def worker_record(worker_id: str, fields: dict[bytes, bytes], now_ms: int) -> di
         "started_ms": started_ms,
         "heartbeat_age_s": _age_s(now_ms, int(get("heartbeat_ms") or now_ms)),
         "uptime_s": _age_s(now_ms, started_ms),
+        "active": active_by_queue(get("active")),  # jobs in its active lists by queue, at its last beat
     }
 
 
@@ -256,6 +340,7 @@ def _pool(supervisors: list[dict[str, Any]], workers: list[dict[str, Any]]) -> d
     # an application); an unlisted one on a supervised host has just exited or not yet been listed.
     live_workers = [w for w in workers if w["state"] != "lost"
                     and (w["supervisor"] is not None or w["host"] not in supervised_hosts)]
+    running_by_supervisor = Counter(w["supervisor"] for w in live_workers)
     problems = []
     for supervisor in supervisors:
         where = f"supervisor {supervisor['host']} pid {supervisor['pid']}"
@@ -264,7 +349,7 @@ def _pool(supervisors: list[dict[str, Any]], workers: list[dict[str, Any]]) -> d
         elif supervisor["state"] == "crash-looping":
             problems.append(f"{where}: a worker keeps dying at start-up (see its log)")
         elif supervisor["state"] != "stopping":
-            running = sum(1 for w in live_workers if w["supervisor"] == supervisor["id"])
+            running = running_by_supervisor[supervisor["id"]]
             if running < supervisor["processes"]:
                 problems.append(f"{where}: {running} of {supervisor['processes']} workers running")
     lost = [w for w in workers if w["state"] == "lost"]

@@ -39,6 +39,7 @@ def write_fleet(r: redis.Redis, keys: Keys, hosts: int, workers_per_host: int, q
         pipe.hset(keys.stats(queue), mapping={"completed": 3600 * 60, "failed": 60})
         for older in range(minute - 60, minute + 1):
             pipe.hset(keys.tally(queue, older), mapping={f"c{second}": 60 for second in range(60)})
+        pipe.hset(keys.minutes(queue), mapping={f"c{older}": 3600 for older in range(minute - 61, minute + 1)})
         if len(pipe) >= BATCH:
             pipe.execute()
     pipe.execute()
@@ -60,5 +61,6 @@ def _queue_supervisor(pipe: Any, keys: Keys, supervisor_id: str, worker_ids: lis
         pipe.hset(keys.worker(worker_id), mapping={
             "id": worker_id, "host": worker_host, "pid": worker_pid, "queues": "default", "state": "idle",
             "heartbeat_ms": now_ms - int(worker_ages_s.get(worker_id, 0.0) * 1000), "in_flight": 0,
-            "done": 0, "failed": 0, "started_ms": now_ms - 60_000, "concurrency": 8, "rss_bytes": 1 << 20})
+            "done": 0, "failed": 0, "started_ms": now_ms - 60_000, "concurrency": 8, "rss_bytes": 1 << 20,
+            "active": "{}"})
         pipe.sadd(keys.workers(), worker_id)

@@ -30,6 +30,8 @@
   Also counts the attempts in the queue's tally of the current minute (server clock), per
   second: 'c<s>' for completed, 'f<s>' for a failed attempt (retrying, failed or dead), so
   `pool status` sums exactly the last 60 s and the last hour. The tally key lives 62 minutes.
+  Each minute's total goes to the queue's 'minutes' hash too ('c<minute>', 'f<minute>'; the
+  last 62 minutes are kept): status reads an hour in one hash and two minutes' seconds.
   Totals, tallies and recent lists are written once per call, not once per ack.
   Returns  one AckCode per ack, in order (pool/lua/codes.py): ACKED; CANCELLED, acked as
            'cancelled' instead of 'retrying' (cancellation was requested while it ran; also the
@@ -129,12 +131,28 @@ end
 for outcome, total in pairs(totals) do
   redis.call('HINCRBY', stats, outcome, total)
 end
+-- Drop the minutes hash's fields older than 61 minutes: once per kind and minute, over at most
+-- ~124 fields (the fields of an hour, and those of a queue idle meanwhile).
+local function forget_minutes(minutes, minute)
+  local fields = redis.call('HKEYS', minutes)
+  for _, field in ipairs(fields) do
+    if tonumber(string.sub(field, 2)) < minute - 61 then
+      redis.call('HDEL', minutes, field)
+    end
+  end
+end
+
 if counted.c + counted.f > 0 then
   local now_s = tonumber(redis.call('TIME')[1])
-  local tally = qprefix .. 'tally:' .. math.floor(now_s / 60)
+  local minute = math.floor(now_s / 60)
+  local tally, minutes = qprefix .. 'tally:' .. minute, qprefix .. 'minutes'
   for kind, total in pairs(counted) do
     if total > 0 and redis.call('HINCRBY', tally, kind .. (now_s % 60), total) == total then
       redis.call('EXPIRE', tally, 3720)  -- once per kind and second, not per job
+    end
+    if total > 0 and redis.call('HINCRBY', minutes, kind .. minute, total) == total then
+      forget_minutes(minutes, minute)
+      redis.call('EXPIRE', minutes, 3720)
     end
   end
 end

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -44,7 +45,7 @@ async def beat(
         state: busy, idle or stopping.
         ttl_ms: how long the liveness keys live without a next beat.
         info: numbers shown by `pool status` (in_flight, done, failed, started_ms, concurrency,
-            rss_bytes).
+            rss_bytes, active: the jobs in its active lists by queue, as JSON).
 
     Raises:
         the first Redis error of the beat (the pipeline's replies hold them as values).
@@ -191,6 +192,8 @@ class Presence:
                                    "started_ms": self.started_ms, "in_flight": len(self.slots.running),
                                    "done": self.process.done_count, "failed": self.process.failed_count,
                                    "concurrency": self.config.concurrency, "rss_bytes": resident_memory_bytes(),
+                                   # what `pool status` counts as active, without an LLEN per worker and queue
+                                   "active": json.dumps(self.slots.running_by_queue(), separators=(",", ":")),
                                })
         self.on_cancel(to_cancel)
 

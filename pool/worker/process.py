@@ -296,7 +296,7 @@ class Worker:
         if not self.slots.running:
             self._running().presence.mark_busy(True)
         task = asyncio.create_task(work, name=f"job:{job.id}")
-        self.slots.started(job.id, task, solo=claimed.solo and claimed.corrupt is None)
+        self.slots.started(job.id, task, solo=claimed.solo and claimed.corrupt is None, queue=job.queue)
         self.metrics.started(job)
         task.add_done_callback(functools.partial(self._job_ended, job.id, job.queue))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -36,6 +37,7 @@ class JobSlots:
         self.concurrency = concurrency
         self.starts_left: float = max_starts or math.inf
         self.running: dict[str, asyncio.Task[None]] = {}
+        self._queue_of: dict[str, str] = {}  # the queue of each running job, for the heartbeat
         self.acking: set[str] = set()  # in running, handler done, outcome being written
         self.reserved = 0
         self.solo: str | None = None  # a suspect job running alone: nothing else is claimed
@@ -63,15 +65,20 @@ class JobSlots:
         """The process may start no more jobs (max_jobs_per_process) and none is left running."""
         return self.starts_left <= 0 and not self.running
 
+    def running_by_queue(self) -> dict[str, int]:
+        """Running jobs (also those writing their outcome: still in the active list) by queue."""
+        return dict(Counter(self._queue_of.values()))
+
     def handlers_running(self) -> list[asyncio.Task[None]]:
         """The tasks of jobs whose handlers run (not those writing their outcome)."""
         return [task for job_id, task in self.running.items() if job_id not in self.acking]
 
     # -- transitions ----------------------------------------------------------------------------
 
-    def started(self, job_id: str, task: asyncio.Task[None], solo: bool = False) -> None:
-        """A claimed job's task started; a ``solo`` (suspect) one runs alone."""
+    def started(self, job_id: str, task: asyncio.Task[None], solo: bool = False, queue: str = "") -> None:
+        """A claimed job's task started, from ``queue``; a ``solo`` (suspect) one runs alone."""
         self.running[job_id] = task
+        self._queue_of[job_id] = queue
         self.starts_left -= 1
         if solo:
             self.solo = job_id
@@ -86,6 +93,7 @@ class JobSlots:
     def ended(self, job_id: str) -> None:
         """The job's task ended (its outcome written, or it was cancelled): it holds nothing now."""
         self.running.pop(job_id, None)
+        self._queue_of.pop(job_id, None)
         self.acking.discard(job_id)
         self.cancel_requested.discard(job_id)
         if self.solo == job_id:

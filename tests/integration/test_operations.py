@@ -19,7 +19,7 @@ from pool.worker import Worker
 QUEUE_FIELDS = {"queued", "active", "delayed", "dead", "completed", "failed", "reclaimed", "last_minute",
                 "last_hour", "jobs_per_s", "oldest_wait_s"}
 WORKER_FIELDS = {"id", "host", "pid", "state", "supervisor", "name", "queues", "in_flight", "done", "failed",
-                 "concurrency", "memory_bytes", "started_ms", "heartbeat_age_s", "uptime_s"}
+                 "concurrency", "memory_bytes", "started_ms", "heartbeat_age_s", "uptime_s", "active"}
 SUPERVISOR_FIELDS = {"id", "host", "pid", "state", "processes", "workers", "restarts", "recycles", "metrics",
                      "started_ms", "uptime_s", "heartbeat_age_s"}
 
@@ -104,7 +104,7 @@ async def test_status_json_under_load_with_jobs_in_every_state(config, url, r, t
         [w] = data["workers"]
         assert set(w) == WORKER_FIELDS
         assert (w["id"], w["state"], w["in_flight"], w["concurrency"], w["done"]) == (worker.worker_id, "busy", 2, 2, 3)
-        assert w["memory_bytes"] > 10 * 2**20 and w["queues"] == ["default"]
+        assert w["memory_bytes"] > 10 * 2**20 and w["queues"] == ["default"] and w["active"] == {"default": 2}
         assert data["pool"] == {"state": "up", "hosts": 1, "supervisors": 0, "workers": 1, "workers_expected": None,
                                 "problems": []}
 

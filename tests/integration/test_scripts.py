@@ -809,6 +809,24 @@ def test_ack_counts_each_attempt_in_the_minute_tally_and_the_recent_lists(r, key
         assert r.lrange(keys.recent("q", outcome), 0, -1) == ids
 
 
+def test_ack_counts_each_minutes_attempts_in_the_minutes_hash_and_forgets_those_over_an_hour_old(r, keys, scripts):
+    """The per-minute totals status reads for the hour: this minute's attempts by kind, and no
+    field older than 61 minutes once a new minute is counted."""
+    minute = int(r.time()[0]) // 60
+    r.hset(keys.minutes("q"), mapping={f"c{minute - 62}": 5, f"f{minute - 70}": 1, f"c{minute - 61}": 4})
+    for job_id, outcome in (("a", "completed"), ("b", "failed"), ("c", "completed")):
+        enqueue(scripts, "q", job_id)
+        scripts.claim("q", W, 1000, 1, 0)
+        scripts.ack("q", W, job_id, outcome, 2000, 60_000, ["error", "E"])
+    counted = {field.decode(): int(value) for field, value in r.hgetall(keys.minutes("q")).items()}
+    now = int(r.time()[0]) // 60  # (the acks may have crossed into the next minute)
+    assert sum(v for f, v in counted.items() if f[0] == "c" and int(f[1:]) >= minute) == 2
+    assert sum(v for f, v in counted.items() if f[0] == "f" and int(f[1:]) >= minute) == 1
+    assert counted[f"c{minute - 61}"] == 4 or now > minute  # an hour and a minute old: still kept
+    assert f"c{minute - 62}" not in counted and f"f{minute - 70}" not in counted
+    assert 3600 < r.ttl(keys.minutes("q")) <= 3720
+
+
 def test_a_late_ack_of_a_job_reclaimed_and_then_cancelled_is_refused(r, keys, scripts):
     active_job(scripts)
     scripts.cancel("q", "a", 9000, 60_000, None)  # requested while it runs

@@ -3,39 +3,77 @@
 from __future__ import annotations
 
 from pool.cli.status_text import render
-from pool.status import window_counts
+from pool.status import boundary_fields, window_counts, worker_record
+
+MINUTE = 29_000_000  # unix seconds // 60 of some minute
 
 
 def tally(**fields: int) -> dict[bytes, bytes]:
     return {name.encode(): str(value).encode() for name, value in fields.items()}
 
 
+def seconds(second: int, **counts: int) -> dict[str, bytes | None]:
+    """What status reads of a boundary minute's tally at ``second``: the fields it names, None if unset."""
+    return {field: str(counts[field]).encode() if field in counts else None for field in boundary_fields(second)}
+
+
+def totals(**by_minutes_ago: tuple[int, int]) -> dict[bytes, bytes]:
+    """The minutes hash: ``m<n>=(completed, failed)`` for the minute n minutes ago."""
+    out = {}
+    for name, (completed, failed) in by_minutes_ago.items():
+        at = MINUTE - int(name[1:])
+        out |= {f"c{at}".encode(): str(completed).encode(), f"f{at}".encode(): str(failed).encode()}
+    return out
+
+
+def test_boundary_fields_are_the_fewer_side_of_the_second_and_never_more_than_60():
+    assert boundary_fields(0) == ["c0", "f0"]
+    assert boundary_fields(40) == [f"c{s}" for s in range(41, 60)] + [f"f{s}" for s in range(41, 60)]
+    assert boundary_fields(59) == []
+    assert max(len(boundary_fields(s)) for s in range(60)) <= 60
+
+
 def test_last_minute_takes_only_the_seconds_of_the_previous_minute_still_inside_it():
-    # 20 s into the minute: the window is the previous minute's seconds 21..59 plus this one
-    current = tally(c3=2, c19=3, f10=1)
-    previous = tally(c5=4, c20=1, c21=7, f59=2, f0=1)
-    minute, hour = window_counts(20, current, previous, {}, [{}] * 58)
+    # 40 s into the minute: the window is the previous minute's seconds 41..59 plus this one
+    previous = seconds(40, c41=7, f59=2)
+    minute, hour = window_counts(MINUTE, 40, totals(m0=(5, 1), m1=(12, 3)), previous, seconds(40))
     assert minute == {"completed": 5 + 7, "failed": 1 + 2}
     assert hour == {"completed": 5 + 12, "failed": 1 + 3}
 
 
+def test_early_in_a_minute_the_previous_minute_counts_its_total_less_the_seconds_already_out():
+    # 20 s in: seconds 0..20 of the previous minute are outside the window, the rest inside
+    previous = seconds(20, c5=4, c20=1, f0=1)
+    minute, _ = window_counts(MINUTE, 20, totals(m0=(5, 1), m1=(12, 3)), previous, seconds(20))
+    assert minute == {"completed": 5 + 12 - 5, "failed": 1 + 3 - 1}
+
+
 def test_last_hour_adds_the_whole_minutes_between_and_the_tail_of_the_minute_an_hour_ago():
-    hour_ago = tally(c30=60, c31=40, f45=9)
-    full = [tally(c0=4, c59=6, f7=1)] * 58
-    minute, hour = window_counts(30, tally(c1=1), tally(c2=2), hour_ago, full)
+    between = {f"m{n}": (10, 1) for n in range(1, 60)}
+    hour_ago = seconds(30, c31=40, f45=9)
+    minute, hour = window_counts(MINUTE, 30, totals(m0=(1, 0), m60=(100, 9), **between), seconds(30), hour_ago)
     assert minute == {"completed": 1, "failed": 0}
-    assert hour == {"completed": 1 + 2 + 58 * 10 + 40, "failed": 58 * 1 + 9}
+    assert hour == {"completed": 1 + 59 * 10 + 40, "failed": 59 * 1 + 9}
 
 
-def test_tallies_of_an_earlier_version_with_bare_totals_are_read_without_them():
-    minute, _ = window_counts(10, tally(c=99, c1=2), tally(f=5, f30=1), {}, [{}] * 58)
-    assert minute == {"completed": 2, "failed": 1}
-
-
-def test_at_second_59_nothing_of_the_older_minutes_counts():
-    minute, hour = window_counts(59, tally(c0=3), tally(c59=50), tally(c59=7), [{}] * 58)
+def test_minutes_older_than_an_hour_and_a_minute_never_count():
+    minute, hour = window_counts(MINUTE, 59, totals(m0=(3, 0), m60=(50, 0), m61=(7, 7)), seconds(59), seconds(59))
     assert minute == {"completed": 3, "failed": 0}
-    assert hour == {"completed": 53, "failed": 0}
+    assert hour == {"completed": 3, "failed": 0}
+
+
+def test_a_minute_without_a_total_counts_no_negative_attempts():
+    """An earlier version wrote the seconds but no total: the window never goes below zero."""
+    minute, hour = window_counts(MINUTE, 10, totals(m0=(2, 0)), seconds(10, c3=5), seconds(10, f1=1))
+    assert minute == {"completed": 2, "failed": 0}
+    assert hour == {"completed": 2, "failed": 0}
+
+
+def test_a_worker_record_carries_its_active_jobs_by_queue_and_none_from_an_earlier_version():
+    fields = {b"host": b"h", b"pid": b"1", b"queues": b"a,b", b"active": b'{"a":2}'}
+    assert worker_record("h:1:x", fields, 0)["active"] == {"a": 2}
+    assert worker_record("h:1:x", {b"host": b"h", b"pid": b"1"}, 0)["active"] is None
+    assert worker_record("h:1:x", {}, 0)["active"] is None  # lost
 
 
 def _data(pool: dict, supervisors: list, workers: list) -> dict:
