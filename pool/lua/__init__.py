@@ -112,7 +112,15 @@ def _source(name: str) -> str:
 
 # How many due jobs one promotion moves at most (promote.lua, and each claim): the Lua include holds
 # the number, Python reads it from there (one copy).
-PROMOTE_SLICE = int(re.search(r"^local PROMOTE_SLICE = (\d+)$", _read("includes/promote.lua"), re.MULTILINE)[1])
+def _lua_constant(include: str, name: str) -> int:
+    """An integer ``local NAME = N`` from an include, so Lua and Python share one copy."""
+    found = re.search(rf"^local {name} = (\d+)$", _read(f"includes/{include}.lua"), re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"includes/{include}.lua no longer defines 'local {name} = <number>'")
+    return int(found[1])
+
+
+PROMOTE_SLICE = _lua_constant("promote", "PROMOTE_SLICE")
 
 SOURCES = {
     name: _source(name)
