@@ -45,13 +45,14 @@ def check(client: redis.Redis, config: Config, url: str, host: str | None = None
     host = host or socket.gethostname()
     keys = Keys(config.key_prefix)
     ids = [supervisor_id] if supervisor_id else _host_supervisor_ids(client, keys, host)
-    live = [s for s in _read(client, keys.supervisor, ids, status.supervisor_record)
+    live = [s for s in _read(client, keys.supervisor, ids, status.SUPERVISOR_FIELDS, status.supervisor_record)
             if s["host"] == host and s["state"] != "lost"]
     if not live:
         what = "this supervisor has no heartbeat in Redis" if supervisor_id else \
             f"no supervisor is running on host {host} (start one with `pool run {config.path.name}`)"
         return Health(False, what)
-    workers = _read(client, keys.worker, sorted({w for s in live for w in s["workers"]}), status.worker_record)
+    workers = _read(client, keys.worker, sorted({w for s in live for w in s["workers"]}), status.WORKER_FIELDS,
+                    status.worker_record)
     status.name_workers(workers, live)
     problems, summary = [], []
     for supervisor in live:
@@ -76,13 +77,13 @@ def _host_supervisor_ids(client: redis.Redis, keys: Keys, host: str) -> list[str
     return sorted(member for member in members if member.rsplit(":", 2)[0] == host)
 
 
-def _read(client: redis.Redis, key: Any, ids: list[str], decode: Any) -> list[dict[str, Any]]:
-    """The hashes of ``ids`` in one pipelined round trip, decoded as `pool status` decodes them."""
+def _read(client: redis.Redis, key: Any, ids: list[str], fields: tuple[str, ...], decode: Any) -> list[dict[str, Any]]:
+    """The ``fields`` of the hashes of ``ids`` in one pipelined round trip, decoded as `pool status` decodes them."""
     if not ids:
         return []
     with client.pipeline(transaction=False) as pipe:
         for record_id in ids:
-            pipe.hgetall(key(record_id))
+            pipe.hmget(key(record_id), fields)
         replies = pipe.execute()
     now_ms = clock.now_ms()  # heartbeats carry their writer's clock: ages are judged on ours
     return [decode(record_id, fields, now_ms) for record_id, fields in zip(ids, replies, strict=True)]

@@ -34,19 +34,21 @@ it is still registered but its heartbeat has expired (its jobs stay counted as a
 supervisor reclaims them). The pool is ``down`` when nothing has a heartbeat, ``degraded`` when
 something is lost, missing or crash-looping; ``problems`` says what, in words.
 
-Everything is read in two pipelined round trips, whatever the number of workers and queues, and
-a third when lost workers (or workers of an earlier version) hold active lists. The cost is
-O(workers + queues), never O(workers x queues): per queue a fixed number of commands, and an
-hour of tallies in at most 120 per-minute totals and 60 per-second counts (bench/growth_status.py).
+Everything is read in three pipelined round trips, whatever the number of workers and queues
+(who is registered; the fields shown of every supervisor's and worker's hash, a few hundred
+hashes per read_fields.lua call; one queue_figures.lua call per queue), and a fourth when lost workers (or workers of an earlier
+version) hold active lists. The cost is O(workers + queues), never O(workers x queues): per queue
+one call, and an hour of tallies in at most 120 per-minute totals and 60 per-second counts
+(bench/growth_status.py: 10,000 workers and 1,000 queues in about 1,000 calls).
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 import redis
 import redis.cluster
 
@@ -55,6 +57,7 @@ from pool.config import Config
 from pool.config_values import redact_url
 from pool.connection import server_info
 from pool.keys import Keys
+from pool.lua import SOURCES
 from pool.schedules import Schedule
 
 HOUR_MINUTES = 60
@@ -65,30 +68,19 @@ EXPIRING_MS = 1000
 def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
     """Read everything `pool status` shows. Raises redis errors as they come (the CLI reports them)."""
     keys = Keys(config.key_prefix)
-    first = _read_registries(client, keys, config)
-    seconds, micros = first[0]
-    now_s, server_ms = int(seconds), int(seconds) * 1000 + int(micros) // 1000
-    worker_ids = sorted(member.decode() for member in first[1])
-    supervisor_ids = sorted(member.decode() for member in first[2])
-    heads = dict(zip(config.queues, first[3:], strict=True))
-    with client.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.marker())
-        for supervisor_id in supervisor_ids:
-            pipe.hgetall(keys.supervisor(supervisor_id))
-        for worker_id in worker_ids:
-            pipe.hgetall(keys.worker(worker_id))
-        for queue in config.queues:
-            _read_queue(pipe, keys, queue, heads[queue], now_s, server_ms)
-        for schedule in config.schedules:
-            pipe.hgetall(keys.schedule(schedule.queue or config.queues[0], schedule.name))
-        replies = iter(pipe.execute())
-    marker = next(replies)
+    schedule_keys = [keys.schedule(s.queue or config.queues[0], s.name) for s in config.schedules]
+    now_s, server_ms, supervisor_ids, worker_ids, marker, *schedule_states = _read_registries(client, keys,
+                                                                                              schedule_keys)
     now_ms = clock.now_ms()  # heartbeats carry their writer's clock: ages are judged on ours
-    supervisors = [supervisor_record(sid, next(replies), now_ms) for sid in supervisor_ids]
-    workers = [worker_record(wid, next(replies), now_ms) for wid in worker_ids]
+    supervisors = [supervisor_record(sid, values, now_ms) for sid, values in zip(
+        supervisor_ids, read_fields(client, list(map(keys.supervisor, supervisor_ids)), SUPERVISOR_FIELDS),
+        strict=True)]
+    workers = [worker_record(wid, values, now_ms) for wid, values in zip(
+        worker_ids, read_fields(client, list(map(keys.worker, worker_ids)), WORKER_FIELDS), strict=True)]
+    schedules = {s.name: _schedule(s, state, now_ms) for s, state in zip(config.schedules, schedule_states, strict=True)}
     name_workers(workers, supervisors)
-    read = {queue: _queue(replies, heads[queue] is not None, now_s, server_ms) for queue in config.queues}
-    schedules = {s.name: _schedule(s, next(replies), now_ms) for s in config.schedules}
+    read = {queue: _queue(reply, now_s, server_ms)
+            for queue, reply in zip(config.queues, _read_queues(client, keys, config, now_s, server_ms), strict=True)}
     queues = {queue: figures for queue, (figures, _) in read.items()}
     _count_active(client, keys, queues, workers, {queue: expiring for queue, (_, expiring) in read.items()})
     return {
@@ -98,63 +90,93 @@ def snapshot(client: redis.Redis, config: Config, url: str) -> dict[str, Any]:
     }
 
 
-def _read_registries(client: redis.Redis, keys: Keys, config: Config) -> list[Any]:
-    """The first round trip: the server's time, who is registered, and each queue's next job."""
-    cluster = isinstance(client, redis.cluster.RedisCluster)
+def _is_cluster(client: redis.Redis) -> bool:
+    return isinstance(client, redis.cluster.RedisCluster)
+
+
+def _read_registries(client: redis.Redis, keys: Keys, schedule_keys: list[str]) -> list[Any]:
+    """The first round trip: the server's time (seconds, ms), who is registered (supervisors,
+    workers), the marker's hash and each schedule's state hash."""
     with client.pipeline(transaction=False) as pipe:
-        if not cluster:  # (redis-py allows no keyless command in a Cluster pipeline)
+        if not _is_cluster(client):  # (redis-py allows no keyless command in a Cluster pipeline)
             pipe.time()
-        pipe.smembers(keys.workers())
         pipe.smembers(keys.supervisors())
-        for queue in config.queues:
-            pipe.lindex(keys.queue(queue), -1)  # the next to start: enqueue pushes the other end
-        first = pipe.execute()
-    if cluster:
-        first.insert(0, client.time())
-    return first
+        pipe.smembers(keys.workers())
+        pipe.hgetall(keys.marker())
+        for key in schedule_keys:
+            pipe.hgetall(key)
+        replies = pipe.execute()
+    seconds, micros = client.time() if _is_cluster(client) else replies.pop(0)
+    supervisors, workers = (sorted(member.decode() for member in members) for members in replies[:2])
+    return [int(seconds), int(seconds) * 1000 + int(micros) // 1000, supervisors, workers, *replies[2:]]
+
+
+# How many hashes one read_fields.lua call reads: about a millisecond of the server's time.
+HASHES_PER_CALL = 500
+
+
+def read_fields(client: redis.Redis, names: list[str], fields: tuple[str, ...]) -> list[list[bytes | None]]:
+    """HMGET of ``fields`` of every key, in order, in one round trip: read_fields.lua a few
+    hundred keys per call (redis-py's cost per command, not the server's, is what 10,000
+    HMGETs spend); on a Cluster, whose keys here are in many slots, a pipeline of HMGETs."""
+    with client.pipeline(transaction=False) as pipe:
+        if _is_cluster(client):
+            for name in names:
+                pipe.hmget(name, fields)
+            return list(pipe.execute())
+        script = client.register_script(SOURCES["read_fields"])
+        for at in range(0, len(names), HASHES_PER_CALL):
+            script(keys=names[at:at + HASHES_PER_CALL], args=fields, client=pipe)
+        return [values for chunk in pipe.execute() for values in chunk]
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """An HGETALL reply as a script returns it (a flat list) as the dict redis-py would give."""
+    items = iter(flat)
+    return dict(zip(items, items, strict=True))
 
 
 # -- queues ----------------------------------------------------------------------------------------
 
-def _read_queue(pipe: Any, keys: Keys, queue: str, head: bytes | None, now_s: int, server_ms: int) -> None:
-    """Queue the reads of one queue, a fixed number of commands whatever the number of workers
-    and however busy the hour was; :func:`_queue` takes the replies in the same order."""
-    pipe.llen(keys.queue(queue))
-    pipe.scard(keys.stale(queue))  # entries of cancelled jobs still in the list: not waiting
-    pipe.hgetall(keys.stats(queue))
-    pipe.zcard(keys.dead(queue))
-    pipe.zcard(keys.delayed(queue))
-    # Workers whose heartbeat has expired, or is about to: their jobs are counted from their lists.
-    pipe.zrangebyscore(keys.queue_registry(queue), "-inf", server_ms + EXPIRING_MS)
+def _read_queues(client: redis.Redis, keys: Keys, config: Config, now_s: int, server_ms: int) -> list[Any]:
+    """queue_figures.lua once per queue, in one pipeline (a Cluster: one call after the other, as
+    redis-py sends no scripts in a Cluster pipeline): a fixed number of commands per queue
+    whatever the number of workers and however busy the hour was."""
+    script = client.register_script(SOURCES["queue_figures"])
     minute, second = divmod(now_s, 60)
-    pipe.hgetall(keys.minutes(queue))
-    fields = boundary_fields(second)
-    if fields:
-        pipe.hmget(keys.tally(queue, minute - 1), fields)
-        pipe.hmget(keys.tally(queue, minute - HOUR_MINUTES), fields)
-    if head is not None:
-        pipe.hmget(keys.job(queue, head.decode()), "status", "updated_ms", "enqueued_ms", "due_ms", "started_ms")
+    first, last = boundary_seconds(second)
+
+    def call(queue: str, target: Any) -> Any:
+        return script(keys=[
+            keys.queue(queue), keys.stale(queue), keys.stats(queue), keys.dead(queue), keys.delayed(queue),
+            keys.queue_registry(queue), keys.minutes(queue), keys.tally(queue, minute - 1),
+            keys.tally(queue, minute - HOUR_MINUTES)],
+            args=[keys.queue_prefix(queue), server_ms + EXPIRING_MS, first, last], client=target)
+
+    if _is_cluster(client):
+        return [call(queue, client) for queue in config.queues]
+    with client.pipeline(transaction=False) as pipe:
+        for queue in config.queues:
+            call(queue, pipe)
+        return list(pipe.execute())
 
 
-def _queue(replies: Any, has_head: bool, now_s: int, server_ms: int) -> tuple[dict[str, Any], list[str]]:
-    queued = waiting(next(replies), next(replies))
-    stats, dead, delayed = next(replies), next(replies), next(replies)
-    expiring = [member.decode() for member in next(replies)]
+def _queue(reply: list[Any], now_s: int, server_ms: int) -> tuple[dict[str, Any], list[str]]:
+    """One queue's figures from its queue_figures.lua reply, and the workers about to expire."""
+    listed, stale, stats, dead, delayed, expiring, totals, previous, hour_ago, head = reply
+    stats = _pairs(stats)
     minute, second = divmod(now_s, 60)
-    totals = next(replies)
     fields = boundary_fields(second)
-    previous, hour_ago = ((dict(zip(fields, next(replies), strict=True)) for _ in range(2)) if fields
-                          else ({}, {}))
-    last_minute, last_hour = window_counts(minute, second, totals, previous, hour_ago)
-    oldest = _oldest_wait_s(next(replies), server_ms) if has_head else None
+    last_minute, last_hour = window_counts(minute, second, _pairs(totals), dict(zip(fields, previous, strict=True)),
+                                           dict(zip(fields, hour_ago, strict=True)))
     return {
-        "queued": queued, "active": 0, "delayed": delayed, "dead": dead,
+        "queued": waiting(listed, stale), "active": 0, "delayed": delayed, "dead": dead,
         "completed": int(stats.get(b"completed", 0)), "failed": int(stats.get(b"failed", 0)),
         "reclaimed": int(stats.get(b"reclaimed", 0)),
         "last_minute": last_minute, "last_hour": last_hour,
         "jobs_per_s": round((last_minute["completed"] + last_minute["failed"]) / 60, 2),
-        "oldest_wait_s": oldest,
-    }, expiring
+        "oldest_wait_s": _oldest_wait_s(head, server_ms) if head else None,
+    }, [member.decode() for member in expiring]
 
 
 def waiting(listed: int, stale: int) -> int:
@@ -177,13 +199,19 @@ def _oldest_wait_s(fields: list[bytes | None], server_ms: int) -> float | None:
     return None
 
 
+def boundary_seconds(second: int) -> tuple[int, int]:
+    """The first and last second to read (inclusive; first > last: none) of the two minutes a
+    window starts in (the minute before this one, the minute an hour before), ``second`` into
+    the current minute: the seconds after ``second``, or the seconds up to it when they are
+    fewer (:func:`window_counts` then takes them from the minute's total). At most 30 seconds of
+    each kind, none at second 59."""
+    return (0, second) if _counts_head(second) else (second + 1, 59)
+
+
 def boundary_fields(second: int) -> list[str]:
-    """The per-second fields to read of the two minutes a window starts in (the minute before
-    this one, the minute an hour before), ``second`` into the current minute: the seconds after
-    ``second``, or the seconds up to it when they are fewer (:func:`window_counts` then takes
-    them from the minute's total). At most 30 seconds of each kind, none at second 28 or 59."""
-    seconds = range(second + 1) if _counts_head(second) else range(second + 1, 60)
-    return [f"{kind}{s}" for kind in "cf" for s in seconds]
+    """The per-second fields :func:`boundary_seconds` names, as queue_figures.lua reads them."""
+    first, last = boundary_seconds(second)
+    return [f"{kind}{s}" for kind in "cf" for s in range(first, last + 1)]
 
 
 def _counts_head(second: int) -> bool:
@@ -208,6 +236,12 @@ def window_counts(
         previous, hour_ago: the fields :func:`boundary_fields` named, read from the tallies of
             the minute before and of the minute an hour before (None: nothing counted then).
     """
+    first = minute - HOUR_MINUTES + 1
+    hour = {b"c": 0, b"f": 0}
+    for field, value in totals.items():  # one pass over at most ~120 fields, not 120 lookups
+        at = field[1:]
+        if at.isdigit() and first <= int(at) <= minute and field[:1] in hour:
+            hour[field[:1]] += int(value)
     last_minute, last_hour = {}, {}
     for kind, name in (("c", "completed"), ("f", "failed")):
         def total(at: int, kind: str = kind) -> int:
@@ -219,8 +253,7 @@ def window_counts(
             return max(0, total(at) - read) if _counts_head(second) else read
 
         last_minute[name] = total(minute) + tail(minute - 1, previous)
-        last_hour[name] = sum(total(at) for at in range(minute - HOUR_MINUTES + 1, minute + 1)) + \
-            tail(minute - HOUR_MINUTES, hour_ago)
+        last_hour[name] = hour[kind.encode()] + tail(minute - HOUR_MINUTES, hour_ago)
     return last_minute, last_hour
 
 
@@ -264,61 +297,66 @@ def active_by_queue(field: str) -> dict[str, int] | None:
     if not field:
         return None
     try:
-        counts = json.loads(field)
-    except ValueError:
+        counts = orjson.loads(field)
+    except orjson.JSONDecodeError:
         return None
     return {str(queue): int(count) for queue, count in counts.items()} if isinstance(counts, dict) else None
 
 
 # -- supervisors and workers -----------------------------------------------------------------------
 
-def supervisor_record(supervisor_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str, Any]:
-    """Decode a supervisor hash (empty: its heartbeat expired, ``lost``); health.py reads the same."""
-    host, pid, _ = ([*supervisor_id.rsplit(":", 2), "", ""])[:3]
-    if not fields:
-        return {"id": supervisor_id, "host": host, "pid": int(pid) if pid.isdigit() else None, "state": "lost",
-                "processes": None, "workers": [], "restarts": None, "recycles": None, "metrics": None,
-                "started_ms": None,
-                "uptime_s": None, "heartbeat_age_s": None}
-    get = _getter(fields)
-    started_ms = int(get("started_ms") or now_ms)
+# The fields of a supervisor's and a worker's hash that status and health read (HMGET order).
+SUPERVISOR_FIELDS = ("host", "pid", "state", "processes", "workers", "restarts", "recycles", "metrics",
+                     "started_ms", "heartbeat_ms")
+WORKER_FIELDS = ("host", "pid", "state", "queues", "in_flight", "done", "failed", "concurrency", "rss_bytes",
+                 "started_ms", "heartbeat_ms", "active")
+
+
+def _texts(values: Sequence[bytes | None]) -> list[str]:
+    return [value.decode() if value else "" for value in values]
+
+
+def supervisor_record(supervisor_id: str, values: Sequence[bytes | None], now_ms: int) -> dict[str, Any]:
+    """Decode a supervisor hash's :data:`SUPERVISOR_FIELDS` (all missing: its heartbeat expired,
+    ``lost``); health.py reads the same."""
+    host_part, pid_part, _ = ([*supervisor_id.rsplit(":", 2), "", ""])[:3]
+    if not any(values):
+        return {"id": supervisor_id, "host": host_part, "pid": int(pid_part) if pid_part.isdigit() else None,
+                "state": "lost", "processes": None, "workers": [], "restarts": None, "recycles": None,
+                "metrics": None, "started_ms": None, "uptime_s": None, "heartbeat_age_s": None}
+    host, pid, state, processes, workers, restarts, recycles, metrics, started, beat = _texts(values)
+    started_ms = int(started or now_ms)
     return {
-        "id": supervisor_id, "host": get("host") or host, "pid": int(get("pid") or 0),
-        "state": get("state") or "running", "processes": int(get("processes") or 0),
-        "workers": [w for w in get("workers").split(",") if w],
-        "restarts": int(get("restarts") or 0), "recycles": int(get("recycles") or 0),
-        "metrics": get("metrics") or None, "started_ms": started_ms, "uptime_s": _age_s(now_ms, started_ms),
-        "heartbeat_age_s": _age_s(now_ms, int(get("heartbeat_ms") or now_ms)),
+        "id": supervisor_id, "host": host or host_part, "pid": int(pid or 0),
+        "state": state or "running", "processes": int(processes or 0),
+        "workers": [w for w in workers.split(",") if w],
+        "restarts": int(restarts or 0), "recycles": int(recycles or 0),
+        "metrics": metrics or None, "started_ms": started_ms, "uptime_s": _age_s(now_ms, started_ms),
+        "heartbeat_age_s": _age_s(now_ms, int(beat or now_ms)),
     }
 
 
-def worker_record(worker_id: str, fields: dict[bytes, bytes], now_ms: int) -> dict[str, Any]:
-    """Decode a worker hash (empty: its heartbeat expired, ``lost``); health.py reads the same."""
-    host, pid, _ = ([*worker_id.rsplit(":", 2), "", ""])[:3]
-    if not fields:
+def worker_record(worker_id: str, values: Sequence[bytes | None], now_ms: int) -> dict[str, Any]:
+    """Decode a worker hash's :data:`WORKER_FIELDS` (all missing: its heartbeat expired,
+    ``lost``); health.py reads the same. Called once per worker of the fleet: positional, no
+    dict of the hash built first."""
+    if not any(values):
+        host, pid, _ = ([*worker_id.rsplit(":", 2), "", ""])[:3]
         return {"id": worker_id, "host": host, "pid": int(pid) if pid.isdigit() else None,
                 "state": "lost", "supervisor": None, "name": None, "queues": [], "in_flight": None,
                 "done": None, "failed": None, "concurrency": None, "memory_bytes": None,
                 "started_ms": None, "heartbeat_age_s": None, "uptime_s": None, "active": None}
-    get = _getter(fields)
-    started_ms = int(get("started_ms") or now_ms)
+    host, pid, state, queues, in_flight, done, failed, concurrency, rss, started, beat, active = _texts(values)
+    started_ms = int(started or now_ms)
     return {
-        "id": worker_id,
-        "host": get("host"),
-        "pid": int(get("pid") or 0),
-        "state": get("state") or "idle",
-        "supervisor": None,
-        "name": None,
-        "queues": [q for q in get("queues").split(",") if q],
-        "in_flight": int(get("in_flight") or 0),
-        "done": int(get("done") or 0),
-        "failed": int(get("failed") or 0),
-        "concurrency": int(get("concurrency") or 0),
-        "memory_bytes": int(get("rss_bytes")) if get("rss_bytes") else None,
-        "started_ms": started_ms,
-        "heartbeat_age_s": _age_s(now_ms, int(get("heartbeat_ms") or now_ms)),
+        "id": worker_id, "host": host, "pid": int(pid or 0), "state": state or "idle",
+        "supervisor": None, "name": None,
+        "queues": [q for q in queues.split(",") if q],
+        "in_flight": int(in_flight or 0), "done": int(done or 0), "failed": int(failed or 0),
+        "concurrency": int(concurrency or 0), "memory_bytes": int(rss) if rss else None,
+        "started_ms": started_ms, "heartbeat_age_s": _age_s(now_ms, int(beat or now_ms)),
         "uptime_s": _age_s(now_ms, started_ms),
-        "active": active_by_queue(get("active")),  # jobs in its active lists by queue, at its last beat
+        "active": active_by_queue(active),  # jobs in its active lists by queue, at its last beat
     }
 
 
@@ -362,10 +400,6 @@ def _pool(supervisors: list[dict[str, Any]], workers: list[dict[str, Any]]) -> d
         "supervisors": len(live_supervisors), "workers": len(live_workers), "workers_expected": expected,
         "problems": problems,
     }
-
-
-def _getter(fields: dict[bytes, bytes]) -> Any:
-    return lambda name: fields.get(name.encode(), b"").decode()
 
 
 def _age_s(now_ms: int, then_ms: int) -> float:

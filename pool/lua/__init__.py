@@ -125,7 +125,7 @@ PROMOTE_SLICE = _lua_constant("promote", "PROMOTE_SLICE")
 SOURCES = {
     name: _source(name)
     for name in ("enqueue", "claim", "promote", "ack", "requeue", "retry_dead", "purge", "cancel", "handback",
-                 "fire", "heartbeat", "expired")
+                 "fire", "heartbeat", "expired", "queue_figures", "read_fields")
 }
 
 

@@ -110,13 +110,13 @@ def test_health_answers_with_the_right_verdict_while_redis_is_busy_for_half_a_se
     busy = redis.Redis.from_url(url)
     try:
         client.ping()
-        connection = busy.connection_pool.get_connection()
+        connection = busy.connection_pool.make_connection()  # (get_connection's signature differs across redis-py)
         started = time.monotonic()
         connection.send_command("EVAL", BUSY_LOOP, 0, 500_000)  # runs while the probe asks
         verdict = health.check(client, config, url, HOST, OURS)
         elapsed_s = time.monotonic() - started
         assert connection.read_response() == 1
-        busy.connection_pool.release(connection)
+        connection.disconnect()
     finally:
         client.close()
         busy.close()
@@ -133,11 +133,11 @@ def test_pool_health_says_in_one_line_that_redis_is_unreachable_when_busier_than
     config = write_config(redis={"url": url, "socket_timeout": "200ms"})
     busy = redis.Redis.from_url(url)
     try:
-        connection = busy.connection_pool.get_connection()
+        connection = busy.connection_pool.make_connection()  # (get_connection's signature differs across redis-py)
         connection.send_command("EVAL", BUSY_LOOP, 0, 3_000_000)
         probe = pool_cli("health", str(config))
         assert connection.read_response() == 1
-        busy.connection_pool.release(connection)
+        connection.disconnect()
     finally:
         busy.close()
     assert probe.returncode == 3, probe.stderr

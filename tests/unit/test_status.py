@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pool.cli.status_text import render
-from pool.status import boundary_fields, window_counts, worker_record
+from pool.status import WORKER_FIELDS, boundary_fields, window_counts, worker_record
 
 MINUTE = 29_000_000  # unix seconds // 60 of some minute
 
@@ -70,10 +70,14 @@ def test_a_minute_without_a_total_counts_no_negative_attempts():
 
 
 def test_a_worker_record_carries_its_active_jobs_by_queue_and_none_from_an_earlier_version():
-    fields = {b"host": b"h", b"pid": b"1", b"queues": b"a,b", b"active": b'{"a":2}'}
-    assert worker_record("h:1:x", fields, 0)["active"] == {"a": 2}
-    assert worker_record("h:1:x", {b"host": b"h", b"pid": b"1"}, 0)["active"] is None
-    assert worker_record("h:1:x", {}, 0)["active"] is None  # lost
+    def values(**fields: bytes) -> list[bytes | None]:
+        return [fields.get(name) for name in WORKER_FIELDS]  # as HMGET returns them
+
+    record = worker_record("h:1:x", values(host=b"h", pid=b"1", queues=b"a,b", active=b'{"a":2}'), 0)
+    assert record["active"] == {"a": 2} and record["queues"] == ["a", "b"] and record["pid"] == 1
+    assert worker_record("h:1:x", values(host=b"h", pid=b"1"), 0)["active"] is None
+    assert worker_record("h:1:x", values(), 0)["active"] is None  # lost
+    assert worker_record("h:1:x", values(), 0)["state"] == "lost"
 
 
 def _data(pool: dict, supervisors: list, workers: list) -> dict:
