@@ -36,8 +36,10 @@ something is lost, missing or crash-looping; ``problems`` says what, in words.
 
 Everything is read in three pipelined round trips, whatever the number of workers and queues
 (who is registered; the fields shown of every supervisor's and worker's hash, a few hundred
-hashes per read_fields.lua call; one queue_figures.lua call per queue), and a fourth when lost workers (or workers of an earlier
-version) hold active lists. The cost is O(workers + queues), never O(workers x queues): per queue
+hashes per read_fields.lua call; one queue_figures.lua call per queue), one more when lost
+workers (or workers of an earlier version) hold active lists, and one more on a Cluster or for
+a user not allowed to run scripts (a read-only ACL user), where the same reads go as plain
+pipelined commands. The cost is O(workers + queues), never O(workers x queues): per queue
 one call, and an hour of tallies in at most 120 per-minute totals and 60 per-second counts
 (bench/growth_status.py: 10,000 workers and 1,000 queues in about 1,000 calls).
 """
@@ -118,16 +120,21 @@ HASHES_PER_CALL = 500
 def read_fields(client: redis.Redis, names: list[str], fields: tuple[str, ...]) -> list[list[bytes | None]]:
     """HMGET of ``fields`` of every key, in order, in one round trip: read_fields.lua a few
     hundred keys per call (redis-py's cost per command, not the server's, is what 10,000
-    HMGETs spend); on a Cluster, whose keys here are in many slots, a pipeline of HMGETs."""
+    HMGETs spend); a pipeline of HMGETs on a Cluster (the keys are in many slots) or for a user
+    not allowed to run scripts (a read-only ACL user)."""
+    if not _is_cluster(client):
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                script = client.register_script(SOURCES["read_fields"])
+                for at in range(0, len(names), HASHES_PER_CALL):
+                    script(keys=names[at:at + HASHES_PER_CALL], args=fields, client=pipe)
+                return [values for chunk in pipe.execute() for values in chunk]
+        except redis.exceptions.NoPermissionError:
+            pass
     with client.pipeline(transaction=False) as pipe:
-        if _is_cluster(client):
-            for name in names:
-                pipe.hmget(name, fields)
-            return list(pipe.execute())
-        script = client.register_script(SOURCES["read_fields"])
-        for at in range(0, len(names), HASHES_PER_CALL):
-            script(keys=names[at:at + HASHES_PER_CALL], args=fields, client=pipe)
-        return [values for chunk in pipe.execute() for values in chunk]
+        for name in names:
+            pipe.hmget(name, fields)
+        return list(pipe.execute())
 
 
 def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
@@ -139,26 +146,73 @@ def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
 # -- queues ----------------------------------------------------------------------------------------
 
 def _read_queues(client: redis.Redis, keys: Keys, config: Config, now_s: int, server_ms: int) -> list[Any]:
-    """queue_figures.lua once per queue, in one pipeline (a Cluster: one call after the other, as
-    redis-py sends no scripts in a Cluster pipeline): a fixed number of commands per queue
-    whatever the number of workers and however busy the hour was."""
+    """queue_figures.lua once per queue, in one pipeline: a fixed number of commands per queue
+    whatever the number of workers and however busy the hour was. The same reads as plain
+    commands (:func:`_read_queues_plainly`) on a Cluster, whose pipelines take no scripts in
+    every redis-py we support, or for a user not allowed to run scripts."""
+    if _is_cluster(client):
+        return _read_queues_plainly(client, keys, config, now_s, server_ms)
     script = client.register_script(SOURCES["queue_figures"])
     minute, second = divmod(now_s, 60)
     first, last = boundary_seconds(second)
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for queue in config.queues:
+                script(keys=_queue_keys(keys, queue, minute),
+                       args=[keys.queue_prefix(queue), server_ms + EXPIRING_MS, first, last], client=pipe)
+            return list(pipe.execute())
+    except redis.exceptions.NoPermissionError:
+        return _read_queues_plainly(client, keys, config, now_s, server_ms)
 
-    def call(queue: str, target: Any) -> Any:
-        return script(keys=[
-            keys.queue(queue), keys.stale(queue), keys.stats(queue), keys.dead(queue), keys.delayed(queue),
+
+def _queue_keys(keys: Keys, queue: str, minute: int) -> list[str]:
+    """queue_figures.lua's KEYS, in its order."""
+    return [keys.queue(queue), keys.stale(queue), keys.stats(queue), keys.dead(queue), keys.delayed(queue),
             keys.queue_registry(queue), keys.minutes(queue), keys.tally(queue, minute - 1),
-            keys.tally(queue, minute - HOUR_MINUTES)],
-            args=[keys.queue_prefix(queue), server_ms + EXPIRING_MS, first, last], client=target)
+            keys.tally(queue, minute - HOUR_MINUTES)]
 
-    if _is_cluster(client):
-        return [call(queue, client) for queue in config.queues]
+
+def _read_queues_plainly(client: redis.Redis, keys: Keys, config: Config, now_s: int, server_ms: int) -> list[Any]:
+    """queue_figures.lua's replies from plain commands, in two round trips (the head's record
+    needs the head): the head is read as it is, a cancelled job's stale entry included."""
+    minute, second = divmod(now_s, 60)
+    fields = boundary_fields(second)
     with client.pipeline(transaction=False) as pipe:
         for queue in config.queues:
-            call(queue, pipe)
-        return list(pipe.execute())
+            queue_key, stale, stats, dead, delayed, registry, minutes, previous, hour_ago = \
+                _queue_keys(keys, queue, minute)
+            pipe.llen(queue_key)
+            pipe.scard(stale)
+            pipe.hgetall(stats)
+            pipe.zcard(dead)
+            pipe.zcard(delayed)
+            pipe.zrangebyscore(registry, "-inf", server_ms + EXPIRING_MS)
+            pipe.hgetall(minutes)
+            for tally in (previous, hour_ago) if fields else ():
+                pipe.hmget(tally, fields)
+            pipe.lindex(queue_key, -1)
+        replies = iter(pipe.execute())
+    read = []
+    for _ in config.queues:
+        figures = [next(replies) for _ in range(7)]
+        tallies = [next(replies), next(replies)] if fields else [[], []]
+        read.append([*figures[:2], _flat(figures[2]), *figures[3:6], _flat(figures[6]), *tallies, next(replies)])
+    heads = [(reply, keys.job(queue, reply[-1].decode())) for queue, reply in zip(config.queues, read, strict=True)
+             if reply[-1] is not None]
+    with client.pipeline(transaction=False) as pipe:
+        for _, job_key in heads:
+            pipe.hmget(job_key, "status", "updated_ms", "enqueued_ms", "due_ms", "started_ms")
+        records = pipe.execute()
+    for reply in read:
+        reply[-1] = []
+    for (reply, _), record in zip(heads, records, strict=True):
+        reply[-1] = record
+    return read
+
+
+def _flat(pairs: dict[bytes, bytes]) -> list[bytes]:
+    """An HGETALL dict as a script returns it: a flat list (:func:`_pairs` reverses it)."""
+    return [item for pair in pairs.items() for item in pair]
 
 
 def _queue(reply: list[Any], now_s: int, server_ms: int) -> tuple[dict[str, Any], list[str]]:
@@ -188,8 +242,8 @@ def waiting(listed: int, stale: int) -> int:
 
 def _oldest_wait_s(fields: list[bytes | None], server_ms: int) -> float | None:
     """How long the job at the head of the queue has waited: since it entered the queue (enqueue,
-    promotion or requeue all set updated_ms). If a worker took it between the two round trips,
-    the wait it ended with (start minus ready) stands in."""
+    promotion or requeue all set updated_ms). If a worker took it meanwhile (read in two round
+    trips, without scripts), the wait it ended with (start minus ready) stands in."""
     state = fields[0]
     updated, enqueued, due, started = (int(v) if v and v.isdigit() else None for v in fields[1:])
     if state == b"queued" and updated:
@@ -320,7 +374,7 @@ def supervisor_record(supervisor_id: str, values: Sequence[bytes | None], now_ms
     """Decode a supervisor hash's :data:`SUPERVISOR_FIELDS` (all missing: its heartbeat expired,
     ``lost``); health.py reads the same."""
     host_part, pid_part, _ = ([*supervisor_id.rsplit(":", 2), "", ""])[:3]
-    if not any(values):
+    if all(value is None for value in values):  # (HMGET of a key that is gone)
         return {"id": supervisor_id, "host": host_part, "pid": int(pid_part) if pid_part.isdigit() else None,
                 "state": "lost", "processes": None, "workers": [], "restarts": None, "recycles": None,
                 "metrics": None, "started_ms": None, "uptime_s": None, "heartbeat_age_s": None}
@@ -340,7 +394,7 @@ def worker_record(worker_id: str, values: Sequence[bytes | None], now_ms: int) -
     """Decode a worker hash's :data:`WORKER_FIELDS` (all missing: its heartbeat expired,
     ``lost``); health.py reads the same. Called once per worker of the fleet: positional, no
     dict of the hash built first."""
-    if not any(values):
+    if all(value is None for value in values):  # (HMGET of a key that is gone)
         host, pid, _ = ([*worker_id.rsplit(":", 2), "", ""])[:3]
         return {"id": worker_id, "host": host, "pid": int(pid) if pid.isdigit() else None,
                 "state": "lost", "supervisor": None, "name": None, "queues": [], "in_flight": None,

@@ -15,12 +15,14 @@
   Returns  {queue length, stale count, stats pairs, dead count, delayed count, expiring workers,
            totals pairs, the tally fields of KEYS[8] then of KEYS[9] (c<first>..c<last>,
            f<first>..f<last>; false where nothing was counted), the head job's status,
-           updated_ms, enqueued_ms, due_ms, started_ms (empty when the queue is empty)}
+           updated_ms, enqueued_ms, due_ms, started_ms (empty when the queue is empty; the head is
+           the next job that is not a cancelled one's stale entry)}
   Why a script: a fixed number of commands per queue, run where the keys are, so a status of
   1,000 queues is 1,000 calls instead of 10,000 (the cost is the client's, per command). Not
   for atomicity; reading the head and its record in one step means the oldest wait is that of
   the job at the head, never of one a worker took between two round trips. Every key is in the
-  queue's hash slot. ]]
+  queue's hash slot. Where scripts are not allowed (a read-only ACL user) or not pipelined (a
+  Cluster), status.py sends the same reads as plain commands. ]]
 local queue, stale, stats, dead, delayed, registry, minutes, previous, hour_ago =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local qprefix, cutoff_ms, first, last = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -38,7 +40,17 @@ local function tally(key)
   return redis.call('HMGET', key, unpack(fields))
 end
 
-local head = redis.call('LINDEX', queue, -1)
+-- The head: the first entry from the right that is not a cancelled job's (stale) one, among the
+-- next STALE_SCAN (a cancelled job at the head would hide the wait of the jobs behind it).
+local STALE_SCAN = 16
+local head = nil
+for at = -1, -STALE_SCAN, -1 do
+  local id = redis.call('LINDEX', queue, at)
+  if not id or redis.call('SISMEMBER', stale, id) == 0 then
+    head = id
+    break
+  end
+end
 local head_fields = {}
 if head then
   head_fields = redis.call('HMGET', qprefix .. 'job:' .. head, 'status', 'updated_ms', 'enqueued_ms', 'due_ms',

@@ -98,3 +98,51 @@ def test_last_minute_and_last_hour_count_every_second_of_their_window_and_none_o
     assert counts["last_minute"] == _expected(tallies, now_s, 60), now_s
     assert counts["last_hour"] == _expected(tallies, now_s, 3600), now_s
     assert counts["last_hour"]["completed"] > 59 * 60  # (the minutes between counted whole)
+
+
+def _comparable(data: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot less what changes between two reads (clocks and ages)."""
+    workers = [{k: v for k, v in w.items() if k not in ("heartbeat_age_s", "uptime_s")} for w in data["workers"]]
+    return {"queues": data["queues"], "workers": workers, "pool": data["pool"]}
+
+
+def test_a_user_not_allowed_to_run_scripts_gets_the_same_snapshot_from_plain_commands(r, keys, make_config, url):
+    """A read-only ACL user (no @scripting): the same figures, from plain pipelined commands."""
+    config = make_config(queues=["q0", "q1"], heartbeat_ttl="1h")
+    keys = Keys(config.key_prefix)
+    write_supervisor(r, keys, "web-1:1:ours", ["web-1:2:w1"])
+    write_fleet(r, keys, hosts=3, workers_per_host=2, queues=list(config.queues))
+    r.lpush(keys.queue("q0"), "j1")
+    r.hset(keys.job("q0", "j1"), mapping={"status": "queued", "updated_ms": 1, "enqueued_ms": 1})
+    user = f"reader-{keys.prefix}"
+    r.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"], commands=["+@read", "+@connection", "+time",
+                                                                                 "+info"])
+    reader = redis.Redis.from_url(url, username=user, password="pw")
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            reader.eval("return 1", 0)  # (the premise: no scripts for this user)
+        as_reader, as_pool = status.snapshot(reader, config, url), status.snapshot(r, config, url)
+    finally:
+        reader.close()
+        r.acl_deluser(user)
+    assert _comparable(as_reader) == _comparable(as_pool)
+    assert as_reader["queues"]["q0"]["queued"] == 1 and as_reader["queues"]["q0"]["oldest_wait_s"] is not None
+    assert as_reader["pool"]["workers"] == 7
+
+
+def test_the_oldest_wait_is_that_of_the_next_job_when_a_cancelled_one_is_at_the_head(r, keys, make_config, url):
+    """A job cancelled while it waited leaves its entry in the queue (stale): the oldest wait is
+    read past it, from the job that will start next."""
+    from pool.lua import Scripts
+
+    config = make_config(queues=["q"])
+    keys = Keys(config.key_prefix)
+    scripts = Scripts(r, keys)
+    jobs = [(i, 0, ["id", i, "handler", "m.f", "queue", "q", "status", "queued", "attempts", 0, "updated_ms", 1000])
+            for i in "abc"]
+    scripts.enqueue("q", jobs, 1000)  # a is at the head
+    assert [scripts.cancel("q", job_id, 9000, 60_000, None) for job_id in "ba"] == [1, 1]
+    assert r.sismember(keys.stale("q"), r.lindex(keys.queue("q"), -1))  # (the premise: a stale entry at the head)
+    figures = status.snapshot(r, config, url)["queues"]["q"]
+    assert figures["queued"] == 1
+    assert figures["oldest_wait_s"] is not None and figures["oldest_wait_s"] > 0
