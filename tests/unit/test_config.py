@@ -88,6 +88,8 @@ def test_unknown_key_without_close_match_lists_allowed_keys():
     ({"max_payload_size": "lots"}, "pool.yaml: max_payload_size: must be a size >= 64 bytes such as 65536, '512KiB', '1MB' (got 'lots')"),
     ({"key_prefix": "a:b"}, "pool.yaml: key_prefix: must be 1-64 characters of letters, digits, '_', '.', '-' (got 'a:b')"),
     ({"key_prefix": "pool\n"}, "pool.yaml: key_prefix: must be 1-64 characters of letters, digits, '_', '.', '-' (got 'pool\\n')"),
+    ({"shared_wait_from": -1}, "pool.yaml: shared_wait_from: must be an integer >= 0 and <= 100000 (got -1)"),
+    ({"shared_wait_from": "many"}, "pool.yaml: shared_wait_from: must be an integer >= 0 and <= 100000 (got 'many')"),
 ])
 def test_bad_values_name_key_value_and_rule(data, expected):
     assert error_of(data) == expected
