@@ -83,6 +83,7 @@ class SharedWait:
         self._interrupted = False  # an interrupt is in the list, not popped yet
         self._joined = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False  # close() was called (a stop, or the fetcher failed): block no more
 
     def is_waiting(self, queue: str) -> bool:
         """A queue waited on is known to be empty: a token would have ended the wait."""
@@ -126,6 +127,7 @@ class SharedWait:
         tokens owed, and delete the interrupt list."""
         if self._task is None:
             return
+        self._closing = True
         self._joined.set()
         try:
             if self._covered is not None:
@@ -143,7 +145,7 @@ class SharedWait:
     # -- the blocking task ----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while not self.stopping.is_set():
+        while not (self.stopping.is_set() or self._closing):
             self._joined.clear()
             queues = [q for q in self.config.queues if q in self._waiting]  # in priority order
             if not queues:
@@ -175,7 +177,7 @@ class SharedWait:
             self._interrupted = False
             return
         self._waiting.discard(queue)
-        if self.stopping.is_set() or not self.slots.may_claim():
+        if self.stopping.is_set() or self._closing or not self.slots.may_claim():
             await self.give_back([queue])  # for a process with a free slot; we wait on it no more
         else:
             self._owed.add(queue)

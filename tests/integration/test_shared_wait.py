@@ -125,3 +125,20 @@ async def test_an_interrupted_wait_leaves_no_interrupt_list_behind(make_config, 
         await _until(lambda: _blocked(r, "blpop") == 1, message="the shared BLPOP")
     assert _blocked(r, "blpop") == 0
     assert not r.exists(keys.wait_interrupt(worker.worker_id))
+
+
+async def test_a_fetcher_that_fails_ends_its_shared_wait_instead_of_hanging(make_config, url, r, monkeypatch):
+    """A claim pass failing for a reason other than an outage ends the process (it is respawned);
+    the shared BLPOP ends with it even though no stop was asked."""
+    config = make_config(queues=["a", "b"], shared_wait_from=1)
+    worker = new_worker(config, url)
+    async with running(worker, r), AsyncClient(config, url) as client:
+        await _until(lambda: _blocked(r, "blpop") == 1, message="the shared BLPOP")
+
+        async def broken(*args, **kwargs):
+            raise RuntimeError("a bug in the claim pass")
+
+        monkeypatch.setattr(worker.fetcher, "_claim_pass", broken)
+        await client.enqueue("tests.sample_handlers.add", 1, 1, queue="a")  # the token wakes the pass
+        await _until(lambda: worker.crashed, message="the process failing")
+        await _until(lambda: _blocked(r, "blpop") == 0, message="the BLPOP ended")
