@@ -148,6 +148,7 @@ _TOP: _Table = {
     "durability": ("durability", parsers.choice("fast", "replicated")),
     "replication_timeout": ("replication_timeout_s", parsers.duration(0.01)),
     "max_jobs_per_process": ("max_jobs_per_process", parsers.integer(0)),
+    "shared_wait_from": ("shared_wait_from", parsers.integer(0, 100_000)),
     "max_memory_per_process": ("max_memory_per_process", parsers.size(0)),
     "timeout_grace": ("timeout_grace_s", parsers.duration(0, allow_zero=True)),
     "state_dir": ("state_dir", parsers.string),

@@ -17,6 +17,7 @@ slot, and each Lua script touches a single slot.
 | ``<p>:{q}:delayed``                   | zset | enqueue (delay), ack (retry)| claim (promotes due jobs) |
 | ``<p>:{q}:retrying``                  | zset | ack (retry), by due_ms      | `pool jobs --status retrying` |
 | ``<p>:{q}:wake`` (channel)            | pub  | enqueue, ack: new earliest  | the scheduler (promotion) |
+| ``<p>:{q}:ready``                     | list | enqueue, promote, claim, handback, requeue, retry_dead, fire, signal (one token) | shared-wait workers (BLPOP) |
 | ``<p>:{q}:rate``                      | zset | claim (one entry per start) | claim (rate limit window) |
 | ``<p>:{q}:schedule:<name>``           | hash | fire (the latest tick)      | scheduler, status         |
 | ``<p>:{q}:dead``                      | zset | ack (dead), requeue poison  | status, `pool dead`       |
@@ -26,6 +27,7 @@ slot, and each Lua script touches a single slot.
 | ``<p>:{q}:registry``                  | zset | worker heartbeat (deadline) | reclaim (expired.lua)     |
 | ``<p>:{q}:workers`` (earlier pools)   | set  | workers of earlier versions | reclaim, until it empties |
 | ``<p>:{q}:alive:<worker_id>``         | str  | worker heartbeat (PX ttl)   | reclaim: expired = dead   |
+| ``<p>:ready:<worker_id>``             | list | the worker itself           | its own BLPOP (interrupt) |
 | ``<p>:workers``                       | set  | worker heartbeat            | status                    |
 | ``<p>:worker:<worker_id>``            | hash | worker heartbeat (with TTL) | status                    |
 | ``<p>:supervisors``                   | set  | supervisor heartbeat        | status, health            |
@@ -40,6 +42,11 @@ expired workers without asking every worker's key (expired.lua).
 A worker's claimed ids are in two keys: ``active`` only because BLMOVE needs a list to move
 into, ``running`` because an ack must find its id without scanning every running job (LREM on a
 list of 1,000 ids blocked Redis ~74 us per ack). An id is in at most one of the two.
+
+``ready`` holds at most one token: "this queue may hold claimable jobs" (lua/includes/signal.lua).
+A worker process serving many queues blocks in one BLPOP on the ready lists of the queues it
+found empty, plus its own ``ready:<worker_id>`` list, which it pushes onto to end that BLPOP
+early (never cancelled in flight). Not the ``wake`` channel: that is the scheduler's pub/sub.
 
 ``<p>`` is ``key_prefix`` from pool.yaml (default ``pool``).
 """
@@ -126,6 +133,14 @@ class Keys:
     def wake(self, queue: str) -> str:
         """Pub/sub channel telling the scheduler a new earliest due time (a channel, not a key)."""
         return f"{self.prefix}:{{{queue}}}:wake"
+
+    def ready(self, queue: str) -> str:
+        """At most one token: the queue may hold claimable jobs (list; lua/includes/signal.lua)."""
+        return f"{self.prefix}:{{{queue}}}:ready"
+
+    def wait_interrupt(self, worker_id: str) -> str:
+        """A worker's own list in its shared BLPOP: it pushes here to end that wait now."""
+        return f"{self.prefix}:ready:{worker_id}"
 
     def rate(self, queue: str) -> str:
         return f"{self.prefix}:{{{queue}}}:rate"

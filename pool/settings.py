@@ -151,6 +151,9 @@ class Config:
     reclaim_interval_s: float = 2.0
     max_deliveries: int = 5
     max_jobs_per_process: int = 0
+    # A worker process serving at least this many queues waits for jobs in one BLPOP on the
+    # queues' ready tokens instead of one BLMOVE per empty queue (0: never; never on Cluster).
+    shared_wait_from: int = 8
     max_memory_per_process: int = 0
     timeout_grace_s: float = 10.0
     # "replicated": enqueue and ack return only once a replica has the write (WAIT), so a

@@ -75,6 +75,13 @@ def r(url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+def _wait_mode() -> dict[str, Any]:
+    """``POOL_TEST_SHARED_WAIT_FROM=1`` runs every worker of the tests in shared-wait mode (one
+    BLPOP on ready tokens), ``0`` with per-queue BLMOVE watchers; unset: the config's default."""
+    value = os.environ.get("POOL_TEST_SHARED_WAIT_FROM")
+    return {} if value is None else {"shared_wait_from": int(value)}
+
+
 @pytest.fixture
 def make_config(prefix: str, url: str, tmp_path: Path):
     """Build a Config for this test's prefix on the test server; keyword args override keys."""
@@ -87,6 +94,7 @@ def make_config(prefix: str, url: str, tmp_path: Path):
             "concurrency": 4,
             "processes": 1,
             "shutdown_timeout": "5s",
+            **_wait_mode(),
         }
         data.update(overrides)
         return from_mapping(data, ROOT / "pool.yaml", environ={})
@@ -108,6 +116,7 @@ def write_config(prefix: str, url: str, tmp_path: Path):
             "shutdown_timeout": "10s",
             "heartbeat_interval": "200ms",
             "heartbeat_ttl": "2s",
+            **_wait_mode(),
         }
         data.update(overrides)
         data = {k: v for k, v in data.items() if v is not None}

@@ -125,7 +125,7 @@ PROMOTE_SLICE = _lua_constant("promote", "PROMOTE_SLICE")
 SOURCES = {
     name: _source(name)
     for name in ("enqueue", "claim", "promote", "ack", "requeue", "retry_dead", "purge", "cancel", "handback",
-                 "fire", "heartbeat", "expired", "queue_figures", "read_fields")
+                 "fire", "heartbeat", "expired", "signal", "queue_figures", "read_fields")
 }
 
 
@@ -213,7 +213,7 @@ class Scripts:
         Returns (awaitable with the async client) one reply per job: 1 created, or the
         existing record's field/value list (a list: untouched) for an id that exists.
         """
-        keys = [self.keys.queue(queue), self.keys.delayed(queue), self.keys.stale(queue)]
+        keys = [self.keys.queue(queue), self.keys.delayed(queue), self.keys.stale(queue), self.keys.ready(queue)]
         keys += [self.keys.job(queue, job_id) for job_id, _, _ in jobs]
         args: list[Any] = [now_ms, self.keys.wake(queue)]
         for job_id, due_ms, fields in jobs:
@@ -226,7 +226,7 @@ class Scripts:
     ) -> Any:
         """Enqueue one schedule tick's job unless that tick was fired already. Returns 1 or 0."""
         keys = [self.keys.schedule(queue, schedule), self.keys.queue(queue), self.keys.job(queue, job_id),
-                self.keys.stale(queue)]
+                self.keys.stale(queue), self.keys.ready(queue)]
         return self._registered["fire"](keys=keys, args=[tick_ms, now_ms, job_id, *fields], client=client)
 
     def handback(self, queue: str, worker_id: str, job_id: str, started_ms: int | None = None,
@@ -235,9 +235,14 @@ class Scripts:
         that claim.lua started at that time for this worker and that never ran. Returns 1, or 0
         (not in the landing list or running set, or started otherwise)."""
         keys = [self.keys.active(queue, worker_id), self.keys.queue(queue), self.keys.job(queue, job_id),
-                self.keys.stale(queue), self.keys.running(queue, worker_id)]
+                self.keys.stale(queue), self.keys.running(queue, worker_id), self.keys.ready(queue)]
         args: list[Any] = [job_id] if started_ms is None else [job_id, started_ms, worker_id]
         return self._registered["handback"](keys=keys, args=args, client=client)
+
+    def signal(self, queue: str, client: Any = None) -> Any:
+        """Leave a ready token for ``queue`` unless one is there (signal.lua): a process that
+        popped one and cannot claim gives it back. Returns 1."""
+        return self._registered["signal"](keys=[self.keys.ready(queue)], args=[], client=client)
 
     def claim(
         self, queue: str, worker_id: str, now_ms: int, count: int, running: int,
@@ -345,7 +350,7 @@ class Scripts:
     def retry_dead(self, queue: str, job_id: str, now_ms: int, client: Any = None) -> Any:
         """Send a dead job back to its queue with its attempts reset. Returns 1, or 0 if not dead."""
         keys = [self.keys.dead(queue), self.keys.queue(queue), self.keys.job(queue, job_id),
-                self.keys.done(queue, job_id), self.keys.stale(queue)]
+                self.keys.done(queue, job_id), self.keys.stale(queue), self.keys.ready(queue)]
         return self._registered["retry_dead"](keys=keys, args=[job_id, now_ms], client=client)
 
     def purge(self, queue: str, job_id: str, client: Any = None) -> Any:

@@ -45,6 +45,9 @@
            {'id', <id>, 'missing', '1'} for an id whose record is gone (dropped from the list);
            {'solo_wait', '1'} when the next job is a suspect one and the process is busy;
            wait_ms > 0 when the rate limit held jobs back (try again after that long).
+  Chain signal: after its claim, if the queue still holds jobs and the rate limit did not stop
+  the claim, one ready token is left (<qprefix>ready, includes/signal.lua), so the next process
+  waiting on the queue claims the rest: one token wakes one process, no thundering herd.
   Suspect jobs (deliveries >= solo_at: workers died holding them that often) run alone: only
   a process with nothing running claims one, and it claims nothing else with it. Deaths from
   then on are counted against the job alone, so a poison job never takes its batch-mates to the
@@ -57,6 +60,7 @@
   tag, in the same slot as KEYS. ]]
 --@include finish
 --@include stale
+--@include signal
 --@include promote
 local queue, landing, delayed, rate, running_set = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local qprefix, worker, now_ms = ARGV[1], ARGV[2], ARGV[3]
@@ -73,7 +77,7 @@ if ARGV[12] == 'head' then
   moved = redis.call('LINDEX', landing, 0) or nil
 end
 
-local next_due = promote(queue, delayed, qprefix, now_ms)
+local next_due = promote(queue, delayed, qprefix, now_ms, false)
 
 -- Where the moved id is: 'landing' (moved, not started), 'running' (started: reconcile), or nil.
 local moved_in = nil
@@ -197,10 +201,14 @@ if moved then
   if again and running > 0 then
     leave(moved, moved_in)
     redis.call('RPUSH', queue, moved)  -- back at the head, for a process with nothing running
+    signal_ready(qprefix .. 'ready')
     return {next_due, {{'solo_wait', '1'}}, 0}
   end
   start(moved, again, record, fields, moved_in)
   if again then
+    if redis.call('LLEN', queue) > 0 then
+      signal_ready(qprefix .. 'ready')
+    end
     return {next_due, claimed, 0}
   end
 end
@@ -261,5 +269,8 @@ end
 if room and room <= 0 and redis.call('LLEN', queue) > 0 then
   local oldest = tonumber(redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')[2]) or server_ms
   return {next_due, claimed, math.max(1, oldest + rate_ms - server_ms)}
+end
+if redis.call('LLEN', queue) > 0 then
+  signal_ready(qprefix .. 'ready')  -- more for the next process (the rate limit returned above)
 end
 return {next_due, claimed, 0}

@@ -5,7 +5,9 @@
   KEYS[3]        stale set of the queue (SET, includes/stale.lua): a ready id that still has a
                  stale entry (its cancelled job's record expired, the entry not reached yet)
                  takes that entry over instead of getting a second one
-  KEYS[4..n+3]   job hash of each job (HASH), in the same order as the jobs in ARGV
+  KEYS[4]        ready list of the queue (LIST, includes/signal.lua): one token when a job was
+                 made ready (not for a delayed one)
+  KEYS[5..n+4]   job hash of each job (HASH), in the same order as the jobs in ARGV
   ARGV[1]        now_ms (enqueued time)
   ARGV[2]        wake channel of the queue: told the due time when a delayed job becomes the
                  earliest, so that the scheduler promoting this queue re-arms its timer
@@ -17,13 +19,14 @@
   is created, so enqueue is idempotent by id: a client retrying after a lost reply, or a second
   enqueue of a chosen job_id, never creates a second job. ]]
 --@include stale
-local queue, delayed, stale = KEYS[1], KEYS[2], KEYS[3]
+--@include signal
+local queue, delayed, stale, ready_list = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now_ms, wake = ARGV[1], ARGV[2]
 local earliest = tonumber(redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2])
 local woken = nil
 local created, ready = {}, {}
 local at = 3
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   local job = KEYS[i]
   local id, due_ms = ARGV[at], tonumber(ARGV[at + 1])
   local field_count = tonumber(ARGV[at + 2])
@@ -45,6 +48,9 @@ for i = 4, #KEYS do
     end
     created[#created + 1] = 1
   end
+end
+if #ready > 0 then
+  signal_ready(ready_list)  -- (an id taking over a stale entry is claimable too)
 end
 if #ready > 0 and redis.call('EXISTS', stale) == 1 then
   local fresh = {}

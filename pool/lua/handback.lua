@@ -6,6 +6,7 @@
   KEYS[3]  job hash (HASH)
   KEYS[4]  stale set of the queue (SET, includes/stale.lua)
   KEYS[5]  running set of the worker (ZSET, score = started_ms): where a started job is
+  KEYS[6]  ready list of the queue (LIST, includes/signal.lua): one token when the id went back
   ARGV[1]  job id
   ARGV[2]  optional: the started_ms that claim.lua wrote when it started the job for this
            worker (ARGV[3]), which then never ran it: the start is undone (status 'queued',
@@ -21,7 +22,8 @@
   Cost: O(log n) in the n jobs the worker runs (ZREM; LREM of a landing list of a few ids).
   Invariant: the id leaves the landing list or the running set exactly when it returns to the
   queue, and a job that claim.lua marked active is never put back while it runs. ]]
-local landing, queue, job, stale, running_set = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+--@include signal
+local landing, queue, job, stale, running_set, ready = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, started_ms, worker = ARGV[1], ARGV[2], ARGV[3]
 local state = redis.call('HMGET', job, 'status', 'started_ms', 'worker')
 local unstart = started_ms and state[1] == 'active' and state[2] == started_ms and state[3] == worker
@@ -44,4 +46,5 @@ else
   end
 end
 redis.call('RPUSH', queue, id)
+signal_ready(ready)
 return 1

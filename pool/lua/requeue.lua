@@ -36,6 +36,9 @@
   ran: includes/stale.lua) is dropped, not requeued: it is finished already.
   Only started jobs (status 'active') are buried: an id a BLMOVE moved whose claim never ran
   had no delivery counted, and is requeued whatever its count.
+  Ready token: in every mode, when the queue holds jobs afterwards, one token is left in the
+  queue's ready list (<qprefix>ready, includes/signal.lua): the jobs given back, and a token the
+  worker may have popped and not honoured before it stopped or died, wake a waiting process.
   Returns  {requeued, buried}; for 'reclaim' also a RequeueCode (pool/lua/codes.py):
            WORKER_ALIVE (its liveness key exists), ALREADY_RECLAIMED (another caller reclaimed it
            first: it is no longer registered)
@@ -48,6 +51,7 @@
 --@include codes
 --@include finish
 --@include stale
+--@include signal
 local landing, queue, dead, stats, legacy, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local registry, running_set = KEYS[7], KEYS[8]
 local qprefix, mode, max_deliveries, now_ms, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
@@ -162,5 +166,8 @@ if buried > 0 then
 end
 if requeued > 0 and mode ~= 'stop' then
   redis.call('HINCRBY', stats, 'reclaimed', requeued)
+end
+if redis.call('LLEN', queue) > 0 then
+  signal_ready(qprefix .. 'ready')
 end
 return {requeued, buried}

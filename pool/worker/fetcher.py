@@ -13,6 +13,14 @@ that receives a job when every slot is busy hands it back to the head of its que
 a free slot does: no job waits behind a busy process.
 
 A queue over its rate limit is skipped until claim.lua says the window has room again.
+
+Shared wait (a process serving at least ``shared_wait_from`` queues, never on Cluster): instead
+of the watchers, the empty queues are waited on in one BLPOP over their ready tokens
+(ready_wait.py); a token popped makes its queue claimable again and wakes the dispatcher, whose
+claim pass claims it in priority order (or by weight) as any other.
+
+Reconcile (lost claim replies) asks only the queues a claim was sent to since the last one;
+every queue after an error.
 """
 
 from __future__ import annotations
@@ -30,11 +38,15 @@ from pool.connection import BLOCK_TIMEOUT_S, REDIS_ERRORS, is_refusal, is_transi
 from pool.keys import Keys
 from pool.lua import solo_threshold
 from pool.worker.claim_reply import Claimed, ClaimReply, decode_claim
+from pool.worker.ready_wait import NoSharedWait, SharedWait, uses_shared_wait
 from pool.worker.shared import WorkerContext
 
 logger = logging.getLogger("pool.fetcher")  # the name JSON logs show, kept stable
 
 RECONCILE_INTERVAL_S = 5.0
+# After an error around a claim, this many reconciles (the one at once, then the periodic ones)
+# ask every queue: a claim sent before a partition can land after its client gave up on it.
+RECONCILE_ALL_ROUNDS = 2
 
 
 class WeightedShares:
@@ -74,7 +86,8 @@ class Fetcher:
             limits), id (whose landing lists and running sets the claimed ids move into), scripts (claim,
             handback) on the client for everything that does not block, outage, job slots, and
             stopping (no claim starts after it).
-        blocking: the client for BLMOVE (its own pool: one connection per watched queue).
+        blocking: the client for BLMOVE (its own pool: one connection per watched queue), or in
+            shared-wait mode (:func:`~pool.worker.ready_wait.uses_shared_wait`) for the one BLPOP.
         start: starts the task of one claimed job.
         on_due: told each queue's next due time that a claim reply names.
         burst: return once nothing is claimable and nothing runs (no blocking).
@@ -98,6 +111,10 @@ class Fetcher:
         self.burst = burst
         self._shares = WeightedShares(config.queue_weights) if config.queue_weights else None
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._shared: SharedWait | NoSharedWait = (
+            SharedWait(context, blocking, self.wake, self._lost) if uses_shared_wait(config) else NoSharedWait())
+        self._sent: set[str] = set()  # queues a claim went to since the last reconcile
+        self._reconcile_all = 0  # reconciles left that ask every queue (after an error)
         self._throttled_until: dict[str, float] = {}  # queue → monotonic time its window has room
         self._wake = asyncio.Event()
         self._reconcile_at = clock.monotonic() + RECONCILE_INTERVAL_S
@@ -124,7 +141,7 @@ class Fetcher:
                 except REDIS_ERRORS as exc:
                     if not is_transient(exc):
                         raise
-                    self._must_reconcile = True
+                    self._lost()
                     await self.outage.retry_after(exc, "claim")
                     continue
                 if self.burst:
@@ -133,20 +150,29 @@ class Fetcher:
                     if not found:
                         await self.slots.wait_freed()
                     continue
-                self._watch(exhausted)
+                await self._watch(exhausted)
                 if not found:
                     await self._wait()
         finally:
             # Never cancel a BLMOVE in flight (the server may already have moved an id): the
-            # watchers see the stop flag within one block timeout.
+            # watchers see the stop flag within one block timeout. The shared BLPOP is ended by
+            # its interrupt list, never cancelled either.
             await asyncio.gather(*self._watchers.values(), return_exceptions=True)
+            await self._shared.close()
+
+    def _lost(self) -> None:
+        """A claim reply may be lost (an error around a claim, a BLMOVE or the shared BLPOP):
+        reconcile every queue, and let the dispatcher claim from every queue once."""
+        self._must_reconcile = True
+        self._reconcile_all = RECONCILE_ALL_ROUNDS
+        self.wake()
 
     # -- claim pass -----------------------------------------------------------------------------
 
     def _claimable(self) -> list[str]:
         now = clock.monotonic()
         return [q for q in self.config.queues
-                if q not in self._watchers and self._throttled_until.get(q, 0.0) <= now]
+                if q not in self._watchers and not self._shared.is_waiting(q) and self._throttled_until.get(q, 0.0) <= now]
 
     async def _claim_pass(self) -> tuple[int, set[str]]:
         """Claim up to the free slots from the queues in order (or by weight).
@@ -161,6 +187,13 @@ class Fetcher:
         if not await self.slots.wait_for_room(self.stopping):
             return 0, exhausted
         queues = self._claimable()  # after the wait: a watcher may have ended meanwhile
+        owed, asked = self._shared.owed(), set[str]()
+        found = await self._fill(queues, exhausted, asked)
+        await self._shared.settle(owed, asked)  # tokens of queues not asked go to other processes
+        return found, exhausted
+
+    async def _fill(self, queues: list[str], exhausted: set[str], asked: set[str]) -> int:
+        """The claims of one pass; adds the queues found empty to ``exhausted``, those asked to ``asked``."""
         found = 0
         while queues and self.slots.may_claim():
             free = self.slots.free()
@@ -169,6 +202,7 @@ class Fetcher:
                 ask = min(share, self.slots.free())
                 if ask <= 0 or not self.slots.may_claim():
                     break
+                asked.add(queue)
                 count = await self._claim(queue, ask)
                 found += count
                 if count < ask:
@@ -176,7 +210,7 @@ class Fetcher:
             if not exhausted.intersection(queues):
                 break  # every share was filled: no slot is left for this pass
             queues = [q for q in queues if q not in exhausted]
-        return found, exhausted
+        return found
 
     async def _claim(self, queue: str, count: int) -> int:
         with self.slots.reserving(count):
@@ -185,6 +219,7 @@ class Fetcher:
 
     async def _claim_script(self, queue: str, count: int, moved_id: str | None = None) -> ClaimReply:
         """claim.lua for this worker: up to ``count`` ids, or start ``moved_id``, within the rate limit."""
+        self._sent.add(queue)
         return decode_claim(await self.scripts.claim(
             queue, self.worker_id, clock.now_ms(), count, self.slots.busy(), moved_id=moved_id,
             rate=self.config.rate_limits.get(queue, (0, 0)), **self._claim_options), queue)
@@ -209,8 +244,11 @@ class Fetcher:
 
     # -- blocking -------------------------------------------------------------------------------
 
-    def _watch(self, queues: set[str]) -> None:
+    async def _watch(self, queues: set[str]) -> None:
         """Block on each of these (empty) queues, unless watched already or over their rate limit."""
+        if self._shared.active:
+            await self._shared.join(q for q in self._claimable() if q in queues)
+            return
         for queue in self._claimable():
             if queue in queues:
                 self._watchers[queue] = asyncio.create_task(self._watch_queue(queue), name=f"watch:{queue}")
@@ -244,12 +282,13 @@ class Fetcher:
                 )
                 self.outage.recovered(f"watch {queue}")
                 if job_id is not None:
+                    self._sent.add(queue)
                     await self._start_moved(queue, cast(bytes, job_id).decode())
                     return
         except REDIS_ERRORS as exc:
             if not is_transient(exc):
                 raise
-            self._must_reconcile = True  # the BLMOVE may have moved an id whose reply was lost
+            self._lost()  # the BLMOVE may have moved an id whose reply was lost
             if is_refusal(exc):
                 # BLMOVE is refused at maxmemory while claim.lua is not: wait, then let the next
                 # claim pass take what is queued (ending at once would spin: pass, watch, refused)
@@ -271,6 +310,7 @@ class Fetcher:
                 client=pipe, **self._claim_options)
 
         # never sent twice: the BLMOVE may have moved an id already
+        self._sent.add(queue)  # (a reply that says nothing moved is taken back below)
         moved, reply = await self.scripts.pipelined(self.blocking, calls, resend=False)
         if isinstance(moved, Exception):
             raise moved
@@ -281,6 +321,7 @@ class Fetcher:
             return moved is not None
         claim = decode_claim(reply, queue)
         if moved is None and not claim.jobs:
+            self._sent.discard(queue)
             return False  # timed out; with jobs: an id an earlier claim never started, started now
         if not self.slots.may_claim():  # slots filled up while blocked (other queues' claims)
             await self._undo_starts(queue, claim)
@@ -312,11 +353,15 @@ class Fetcher:
 
         Runs after every error around a claim and every RECONCILE_INTERVAL_S: a claim sent
         before a partition can reach the server after its client gave up on it, and move an id
-        into this list long after the error that a one-off check would follow.
+        into this list long after the error that a one-off check would follow. Asks only the
+        queues a claim (or a BLMOVE that moved an id) went to since the last reconcile: an idle
+        process asks nothing; after an error, every queue for RECONCILE_ALL_ROUNDS rounds.
         """
         self._reconcile_at = clock.monotonic() + RECONCILE_INTERVAL_S
+        sent, self._sent = self._sent, set()
+        queues = self.config.queues if self._reconcile_all else [q for q in self.config.queues if q in sent]
         try:
-            for queue in self.config.queues:
+            for queue in queues:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.lrange(self.keys.active(queue, self.worker_id), 0, -1)
                     pipe.zrange(self.keys.running(queue, self.worker_id), 0, -1)
@@ -326,7 +371,9 @@ class Fetcher:
                     if job_id not in self.slots.running and not self.stopping.is_set():
                         self._started(queue, await self._claim_script(queue, 0, moved_id=job_id))
             self._must_reconcile = False
+            self._reconcile_all = max(0, self._reconcile_all - 1)
         except REDIS_ERRORS as exc:
             if not is_transient(exc):
                 raise
+            self._sent |= sent
             self._must_reconcile = True  # still down: the dispatcher backs off and tries again

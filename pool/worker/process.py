@@ -41,6 +41,7 @@ from pool.worker.claim_reply import Claimed
 from pool.worker.execution import JobRunner
 from pool.worker.fetcher import Fetcher
 from pool.worker.heartbeat import Presence
+from pool.worker.ready_wait import uses_shared_wait
 from pool.worker.scheduler import Scheduler
 from pool.worker.shared import WorkerContext
 from pool.worker.slots import JobSlots
@@ -197,7 +198,9 @@ class Worker:
         # and one fire per schedule can all be in flight at once.
         connections = self.config.concurrency + 2 * len(self.config.queues) + len(self.config.schedules) + 8
         client = async_client(self.config, self.url, max_connections=connections)
-        blocking = blocking_client(self.config, self.url, max_connections=len(self.config.queues) + 1)
+        # One BLMOVE per watched queue; in shared-wait mode one BLPOP for them all (+1 spare).
+        waits = 1 if uses_shared_wait(self.config) else len(self.config.queues)
+        blocking = blocking_client(self.config, self.url, max_connections=waits + 1)
         scripts = Scripts(client, self.keys)
         context = WorkerContext(self.config, self.worker_id, client, scripts, self._outage, self.slots, self.stopping)
         scheduler = Scheduler(context, backup=not self._runs_scheduler)

@@ -187,7 +187,8 @@ async def test_weights_split_the_slots_between_busy_queues(make_config, url, tmp
 async def test_worker_blocked_on_three_empty_queues_wakes_on_a_push_to_the_third(make_config, url, r):
     # A heartbeat is one heartbeat.lua call per queue: a long interval keeps beats out of the
     # count of scripts below (the first one, at start, comes before the BLMOVEs block).
-    config = make_config(queues=["a", "b", "c"], heartbeat_interval="30s", heartbeat_ttl="90s")
+    config = make_config(queues=["a", "b", "c"], heartbeat_interval="30s", heartbeat_ttl="90s",
+                         shared_wait_from=0)  # (the shared wait's own: tests/integration/test_shared_wait.py)
     keys = Keys(config.key_prefix)
     async with pool_of(config, url, r) as client:
         # Nothing to do: the worker blocks in Redis on all three queues.

@@ -970,3 +970,90 @@ def test_requeue_gives_back_the_started_jobs_an_earlier_version_left_in_its_acti
     assert r.zrange(keys.dead("q"), 0, -1) == [b"poison"]
     assert not r.exists(keys.active("q", W))
     assert r.hget(keys.job("q", "old1"), "status") == b"queued"
+
+
+# -- ready tokens (includes/signal.lua) --------------------------------------------------------
+
+def test_ready_list_never_holds_more_than_one_token(r, keys, scripts):
+    """Every script that makes jobs claimable leaves one token at most, however often it runs."""
+    enqueue(scripts, "q", "a")
+    enqueue(scripts, "q", "b", "c")
+    scripts.signal("q")
+    assert r.lrange(keys.ready("q"), 0, -1) == [b"1"]
+    assert ids_of(scripts.claim("q", W, 2000, 1, 0)) == [b"a"]  # jobs remain: the chain signal
+    assert r.llen(keys.ready("q")) == 1
+    assert scripts.handback("q", W, "a", started_ms=2000) == 1
+    r.zadd(keys.delayed("q"), {"d": 500})
+    r.hset(keys.job("q", "d"), mapping={"id": "d", "handler": "m.f", "queue": "q", "status": "delayed"})
+    scripts.promote("q", 3000)
+    scripts.requeue("q", W, "stop", 5, 3000)
+    assert r.lrange(keys.ready("q"), 0, -1) == [b"1"]
+
+
+def test_enqueue_signals_a_ready_job_and_not_a_delayed_one(r, keys, scripts):
+    scripts.enqueue("q", [("later", 10_000, ["id", "later", "handler", "m.f", "queue", "q"])], 1000)
+    assert r.llen(keys.ready("q")) == 0
+    enqueue(scripts, "q", "now")
+    assert r.llen(keys.ready("q")) == 1
+
+
+def test_a_claim_that_empties_the_queue_leaves_no_token_for_the_next_process(r, keys, scripts):
+    enqueue(scripts, "q", "a", "b")
+    r.delete(keys.ready("q"))  # (as if a waiting process popped the enqueue's token)
+    assert ids_of(scripts.claim("q", W, 2000, 2, 0)) == [b"a", b"b"]
+    assert r.llen(keys.ready("q")) == 0
+
+
+def test_a_claim_stopped_by_the_rate_limit_leaves_no_token(r, keys, scripts):
+    enqueue(scripts, "q", "a", "b")
+    r.delete(keys.ready("q"))
+    reply = scripts.claim("q", W, 2000, 2, 0, rate=(1, 60_000))
+    assert ids_of(reply) == [b"a"] and reply[2] > 0
+    assert r.llen(keys.ready("q")) == 0  # the throttled process claims again when the window has room
+
+
+@pytest.mark.parametrize("mode", ["stop", "died"])
+def test_requeue_signals_the_queue_it_gave_jobs_back_to(r, keys, scripts, mode):
+    enqueue(scripts, "q", "a")
+    scripts.claim("q", W, 2000, 1, 0)
+    r.delete(keys.ready("q"))
+    assert scripts.requeue("q", W, mode, 5, 3000) == [1, 0]
+    assert r.llen(keys.ready("q")) == 1
+
+
+def test_requeue_signals_a_queue_holding_jobs_even_if_it_gave_none_back(r, keys, scripts):
+    """The worker may have died holding the queue's token: its reclaim leaves a new one."""
+    enqueue(scripts, "q", "a")
+    r.delete(keys.ready("q"))
+    assert scripts.requeue("q", W, "died", 5, 3000) == [0, 0]
+    assert r.llen(keys.ready("q")) == 1
+
+
+def test_requeue_of_an_empty_queue_leaves_no_token(r, keys, scripts):
+    assert scripts.requeue("q", W, "died", 5, 3000) == [0, 0]
+    assert r.llen(keys.ready("q")) == 0
+
+
+def test_promote_signals_only_when_due_jobs_moved(r, keys, scripts):
+    r.zadd(keys.delayed("q"), {"d": 5000})
+    r.hset(keys.job("q", "d"), mapping={"id": "d", "handler": "m.f", "queue": "q", "status": "delayed"})
+    scripts.promote("q", 3000)
+    assert r.llen(keys.ready("q")) == 0
+    scripts.promote("q", 6000)
+    assert r.llen(keys.ready("q")) == 1
+
+
+def test_handback_retry_dead_and_fire_signal_their_queue(r, keys, scripts):
+    enqueue(scripts, "q", "a")
+    r.lmove(keys.queue("q"), keys.active("q", W), "RIGHT", "LEFT")
+    r.delete(keys.ready("q"))
+    assert scripts.handback("q", W, "a") == 1
+    assert r.llen(keys.ready("q")) == 1
+    r.delete(keys.ready("q"))
+    r.zadd(keys.dead("q"), {"x": 1})
+    r.hset(keys.job("q", "x"), mapping={"id": "x", "handler": "m.f", "queue": "q", "status": "dead"})
+    assert scripts.retry_dead("q", "x", 2000) == 1
+    assert r.llen(keys.ready("q")) == 1
+    r.delete(keys.ready("q"))
+    assert scripts.fire("q", "tick", 1000, 2000, "tick-1", ["id", "tick-1", "handler", "m.f", "queue", "q"]) == 1
+    assert r.llen(keys.ready("q")) == 1

@@ -18,9 +18,10 @@ from pool.testing import async_wait_until, drain
 from pool.worker import Worker
 
 
-@pytest.fixture
-def config(make_config):
-    return make_config(queues=["default", "other"])
+@pytest.fixture(params=[0, 1], ids=["watchers", "shared-wait"])
+def config(make_config, request):
+    """Each test on this config runs with per-queue BLMOVE watchers and with the shared wait."""
+    return make_config(queues=["default", "other"], shared_wait_from=request.param)
 
 
 @pytest.fixture
@@ -314,6 +315,7 @@ async def test_stale_claim_landing_later_is_found_by_periodic_reconcile(config, 
     worker = new_worker(config, url)
     keys = Keys(config.key_prefix)
     async with running(worker, r):
+        worker.fetcher._lost()  # the client gave up on a claim (an error): it may land later
         # enqueue and move in one MULTI, so the worker's own BLMOVE cannot take the job first
         with r.pipeline(transaction=True) as pipe:
             fields = ["id", "stale", "handler", "tests.sample_handlers.add", "queue", "default",
@@ -325,13 +327,14 @@ async def test_stale_claim_landing_later_is_found_by_periodic_reconcile(config, 
 
 
 async def test_an_id_left_landing_is_run_by_the_watcher_s_next_claim_not_the_next_reconcile(
-        config, url, client, r, monkeypatch):
+        make_config, url, r, monkeypatch):
     """A watcher's BLMOVE that times out sends a claim that starts an id left in the landing list:
     the worker runs what that reply holds instead of leaving it to the periodic reconcile."""
+    config = make_config(queues=["default", "other"], shared_wait_from=0)  # (no watchers in shared wait)
     monkeypatch.setattr("pool.worker.fetcher.RECONCILE_INTERVAL_S", 60)
     worker = new_worker(config, url)
     keys = Keys(config.key_prefix)
-    async with running(worker, r):
+    async with running(worker, r), AsyncClient(config, url) as client:
         with r.pipeline(transaction=True) as pipe:
             fields = ["id", "left", "handler", "tests.sample_handlers.add", "queue", "default",
                       "args", "[2,3]", "kwargs", "{}", "status", "queued", "attempts", 0, "created_ms", 1]

@@ -175,20 +175,26 @@ def test_network_blackhole_heals_without_loss(write_config, start_pool, server, 
     assert_drained(redis.Redis.from_url(url), key_prefix(config))
 
 
-def test_lost_claim_reply_is_recovered_without_waiting_for_a_heartbeat(write_config, start_pool, server, url):
-    # Given an idle worker blocked in BLMOVE through a proxy, with a long heartbeat TTL (30s)
+@pytest.mark.parametrize(("command", "shared_wait_from"), [(b"BLMOVE", 0), (b"BLPOP", 1)],
+                         ids=["watcher", "shared-wait"])
+def test_lost_claim_reply_is_recovered_without_waiting_for_a_heartbeat(write_config, start_pool, server, url,
+                                                                       command, shared_wait_from):
+    # Given an idle worker blocked in BLMOVE (or, in shared-wait mode, in the BLPOP on the ready
+    # tokens) through a proxy, with a long heartbeat TTL (30s)
     with FaultProxy(server.port) as proxy:
         config = write_config(redis={"url": proxy.url}, processes=1, concurrency=2,
-                              heartbeat_interval="1s", heartbeat_ttl="30s")
+                              heartbeat_interval="1s", heartbeat_ttl="30s", shared_wait_from=shared_wait_from)
         pool = start_pool(config)
         wait_until(live_workers(config, 1), timeout=30, message="1 worker")
         direct = write_config("direct.yaml", redis={"url": url})
         with Client.from_config(direct) as client:
-            # When the server moves a job into the worker's list but the reply is lost on the way back
-            proxy.drop_reply_of(b"BLMOVE")
+            # When the server moves a job into the worker's list (or pops the queue's ready token)
+            # but the reply is lost on the way back
+            proxy.drop_reply_of(command)
             time.sleep(2.5)  # let the worker's current BLMOVE (≤ 2 s) end, so the next one is armed
             job = client.enqueue("tests.sample_handlers.add", 20, 22)
-            # Then the worker finds it in its own active list and runs it, long before 30s
+            # Then the worker finds it in its own active list (or, its token lost, claims from every
+            # queue once before blocking again) and runs it, long before 30s
             assert client.result(job.id, timeout=10) == 42
             assert client.get_job(job.id).attempts == 1
         assert proxy.dropped_replies == 1

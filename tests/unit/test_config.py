@@ -8,6 +8,7 @@ import pytest
 
 from pool.config import Config, from_mapping, load, parse_duration
 from pool.errors import ConfigError
+from pool.worker.ready_wait import uses_shared_wait
 from tests.conftest import pool_cli
 
 
@@ -88,6 +89,8 @@ def test_unknown_key_without_close_match_lists_allowed_keys():
     ({"max_payload_size": "lots"}, "pool.yaml: max_payload_size: must be a size >= 64 bytes such as 65536, '512KiB', '1MB' (got 'lots')"),
     ({"key_prefix": "a:b"}, "pool.yaml: key_prefix: must be 1-64 characters of letters, digits, '_', '.', '-' (got 'a:b')"),
     ({"key_prefix": "pool\n"}, "pool.yaml: key_prefix: must be 1-64 characters of letters, digits, '_', '.', '-' (got 'pool\\n')"),
+    ({"shared_wait_from": -1}, "pool.yaml: shared_wait_from: must be an integer >= 0 and <= 100000 (got -1)"),
+    ({"shared_wait_from": "many"}, "pool.yaml: shared_wait_from: must be an integer >= 0 and <= 100000 (got 'many')"),
 ])
 def test_bad_values_name_key_value_and_rule(data, expected):
     assert error_of(data) == expected
@@ -524,3 +527,14 @@ def test_a_hostile_file_is_one_line_and_exit_2(tmp_path, content, message):
     path.write_bytes(content)
     done = pool_cli("status", str(path), timeout=60)
     assert (done.returncode, done.stderr.strip(), done.stdout) == (2, message, "")
+
+
+@pytest.mark.parametrize(("data", "shared"), [
+    ({"queues": [f"q{n}" for n in range(7)]}, False),  # the default (8): per-queue watchers below it
+    ({"queues": [f"q{n}" for n in range(8)]}, True),
+    ({"queues": ["a"], "shared_wait_from": 1}, True),
+    ({"queues": [f"q{n}" for n in range(50)], "shared_wait_from": 0}, False),  # 0: never
+    ({"queues": [f"q{n}" for n in range(50)], "redis": {"url": "redis://h:7000", "cluster": True}}, False),
+])
+def test_shared_wait_is_used_from_shared_wait_from_queues_and_never_on_cluster(data, shared):
+    assert uses_shared_wait(parse(data)) is shared

@@ -1,11 +1,14 @@
---[[ promote(queue, delayed, qprefix, now_ms): move the queue's due delayed jobs, at most
+--[[ promote(queue, delayed, qprefix, now_ms, signal): move the queue's due delayed jobs, at most
   PROMOTE_SLICE of them, to the tail of its queue, in due order. Used by promote.lua (the
-  scheduler's timer) and by claim.lua (every claim promotes first); both include stale.lua before
-  this (push_ready: an id that still has a stale entry takes it over).
+  scheduler's timer) and by claim.lua (every claim promotes first); both include stale.lua and
+  signal.lua before this (push_ready: an id that still has a stale entry takes it over).
+  signal   true: leave a ready token (includes/signal.lua) when due jobs moved; claim.lua passes
+           false, it signals after its own claim if the queue still holds jobs
   queue    the queue list (LIST)
   delayed  the delayed set (ZSET, score = due_ms)
   <qprefix>job:<id>  each promoted job's hash (HASH): status 'queued'
   <qprefix>stale     the queue's stale set (SET, includes/stale.lua)
+  <qprefix>ready     the queue's ready list (LIST, includes/signal.lua): one token when jobs moved
   <qprefix>retrying  the index of the retrying jobs among the delayed (ZSET, ack.lua)
   Returns  when the earliest job still delayed falls due (its score as a string), or -1: none.
            A time at or before now_ms means the slice was full and more are due: the caller
@@ -18,7 +21,7 @@
   Invariant: an id leaves the delayed set in the same step that pushes it onto the queue, so
   concurrent promoters move each due job exactly once. ]]
 local PROMOTE_SLICE = 250
-local function promote(queue, delayed, qprefix, now_ms)
+local function promote(queue, delayed, qprefix, now_ms, signal)
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms, 'LIMIT', 0, PROMOTE_SLICE)
   if #due > 0 then
     redis.call('ZREM', delayed, unpack(due))
@@ -38,6 +41,9 @@ local function promote(queue, delayed, qprefix, now_ms)
     end
     for _, id in ipairs(due) do
       redis.call('HSET', qprefix .. 'job:' .. id, 'status', 'queued', 'updated_ms', now_ms)
+    end
+    if signal then
+      signal_ready(qprefix .. 'ready')
     end
   end
   return redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2] or -1
