@@ -34,7 +34,7 @@ import redis.asyncio
 from pool.errors import CorruptJob, UsageError
 from pool.jobs import Job, Status
 from pool.keys import Keys
-from pool.status import waiting
+from pool.status_queues import waiting
 
 STATUSES = ("queued", "active", "delayed", "retrying", "dead", "completed", "failed", "cancelled")
 

@@ -10,7 +10,7 @@
   KEYS[9]  per-second tally of the minute an hour before this one
   ARGV[1]  key prefix of this queue ('<prefix>:{q}:'; the head's job hash is built from it)
   ARGV[2]  registry cutoff in server ms: workers whose deadline is before it are returned
-  ARGV[3]  first second of the tallies to read (status.boundary_fields)
+  ARGV[3]  first second of the tallies to read (status_queues.boundary_fields)
   ARGV[4]  last second of the tallies to read (an empty range when it is below ARGV[3])
   Returns  {queue length, stale count, stats pairs, dead count, delayed count, expiring workers,
            totals pairs, the tally fields of KEYS[8] then of KEYS[9] (c<first>..c<last>,
@@ -22,7 +22,7 @@
   for atomicity; reading the head and its record in one step means the oldest wait is that of
   the job at the head, never of one a worker took between two round trips. Every key is in the
   queue's hash slot. Where scripts are not allowed (a read-only ACL user) or not pipelined (a
-  Cluster), status.py sends the same reads as plain commands. ]]
+  Cluster), status_queues.py sends the same reads as plain commands. ]]
 local queue, stale, stats, dead, delayed, registry, minutes, previous, hour_ago =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local qprefix, cutoff_ms, first, last = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pool.cli.status_text import render
-from pool.status import WORKER_FIELDS, boundary_fields, window_counts, worker_record
+from pool.status import WORKER_FIELDS, worker_record
+from pool.status_queues import boundary_fields, window_counts
 
 MINUTE = 29_000_000  # unix seconds // 60 of some minute
 
